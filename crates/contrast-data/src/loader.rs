@@ -1,0 +1,258 @@
+//! A loader that augments views in parallel (rayon) on a background thread, a few
+//! batches ahead of the model.
+//!
+//! Determinism: the epoch's order comes from `(seed, epoch)` and each image's
+//! augmentation from `(seed, epoch, view, dataset index)`, so results do not depend on
+//! thread scheduling, the prefetch depth or where a resumed run starts.
+
+use crate::dataset::{Dataset, ImageShape};
+use crate::error::{DataError, Result};
+use crate::recipe::ViewRecipe;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Batching and ordering options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoaderConfig {
+    /// Images per batch (each yields one sample per view).
+    pub batch_size: usize,
+    /// Drop the last incomplete batch of an epoch.
+    pub drop_last: bool,
+    /// Shuffle the order each epoch.
+    pub shuffle: bool,
+    /// Seed of every random choice the loader makes.
+    pub seed: u64,
+    /// Batches prepared ahead of the consumer.
+    pub prefetch: usize,
+}
+
+/// Per-channel normalisation applied after augmentation: `(x - mean) / std`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalization {
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+impl Normalization {
+    /// Normalisation with the dataset's own training statistics.
+    pub fn from_dataset(d: &Dataset) -> Self {
+        let (mean, std) = d.channel_stats();
+        Self { mean, std }
+    }
+}
+
+/// One batch: the dataset indices (instance ids), labels, and one `[B, H, W, C]` buffer
+/// per view.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    pub epoch: usize,
+    pub step: usize,
+    pub indices: Vec<u32>,
+    pub labels: Vec<u32>,
+    pub views: Vec<Vec<f32>>,
+    pub shape: ImageShape,
+}
+
+impl Batch {
+    /// Number of images in the batch.
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    /// True for an empty batch.
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+}
+
+/// SplitMix64 finaliser: decorrelates nearby integers into seeds.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// A seed derived from a base seed and a path of indices.
+pub fn derive_seed(seed: u64, path: &[u64]) -> u64 {
+    path.iter().fold(mix(seed), |acc, &p| mix(acc ^ mix(p)))
+}
+
+/// Produces augmented multi-view batches from a dataset.
+#[derive(Clone)]
+pub struct ViewLoader {
+    dataset: Arc<Dataset>,
+    recipes: Arc<Vec<ViewRecipe>>,
+    norm: Arc<Normalization>,
+    config: LoaderConfig,
+}
+
+impl ViewLoader {
+    /// Checks the recipes and configuration against the dataset.
+    pub fn new(
+        dataset: Arc<Dataset>,
+        recipes: Vec<ViewRecipe>,
+        norm: Normalization,
+        config: LoaderConfig,
+    ) -> Result<Self> {
+        if recipes.is_empty() {
+            return Err(DataError::config("views", "at least one view recipe is required"));
+        }
+        for r in &recipes {
+            r.validate()?;
+        }
+        if config.batch_size == 0 {
+            return Err(DataError::config("batch_size", "must be at least 1"));
+        }
+        if config.drop_last && config.batch_size > dataset.len() {
+            return Err(DataError::config(
+                "batch_size",
+                format!(
+                    "{} exceeds the {} images of `{}` while drop_last is set",
+                    config.batch_size,
+                    dataset.len(),
+                    dataset.name
+                ),
+            ));
+        }
+        let c = dataset.shape.channels;
+        if norm.mean.len() != c || norm.std.len() != c || norm.std.iter().any(|s| *s <= 0.0) {
+            return Err(DataError::config(
+                "normalization",
+                format!("expected {c} means and {c} positive standard deviations"),
+            ));
+        }
+        Ok(Self {
+            dataset,
+            recipes: Arc::new(recipes),
+            norm: Arc::new(norm),
+            config: LoaderConfig {
+                prefetch: config.prefetch.max(1),
+                ..config
+            },
+        })
+    }
+
+    /// The dataset being loaded.
+    pub fn dataset(&self) -> &Dataset {
+        &self.dataset
+    }
+
+    /// Batches per epoch.
+    pub fn steps_per_epoch(&self) -> usize {
+        let (n, b) = (self.dataset.len(), self.config.batch_size);
+        if self.config.drop_last { n / b } else { n.div_ceil(b) }
+    }
+
+    /// The order of dataset indices in `epoch`.
+    pub fn order(&self, epoch: usize) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..self.dataset.len() as u32).collect();
+        if self.config.shuffle {
+            let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(self.config.seed, &[epoch as u64]));
+            order.shuffle(&mut rng);
+        }
+        order
+    }
+
+    /// Builds batch `step` of `epoch` from that epoch's `order`, augmenting in
+    /// parallel over images.
+    pub fn batch(&self, epoch: usize, step: usize, order: &[u32]) -> Batch {
+        let b = self.config.batch_size;
+        let indices: Vec<u32> = order[step * b..((step + 1) * b).min(order.len())].to_vec();
+        let shape = self.dataset.shape;
+        let numel = shape.numel();
+        let c = shape.channels;
+        let views = self
+            .recipes
+            .iter()
+            .enumerate()
+            .map(|(v, recipe)| {
+                let mut buf = vec![0f32; indices.len() * numel];
+                buf.par_chunks_mut(numel)
+                    .zip(indices.par_iter())
+                    .for_each(|(out, &idx)| {
+                        let seed = derive_seed(self.config.seed, &[epoch as u64, v as u64, idx as u64]);
+                        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                        let img = recipe.apply(self.dataset.image(idx as usize), shape, &mut rng);
+                        for (k, (o, x)) in out.iter_mut().zip(&img.data).enumerate() {
+                            *o = (x - self.norm.mean[k % c]) / self.norm.std[k % c];
+                        }
+                    });
+                buf
+            })
+            .collect();
+        Batch {
+            epoch,
+            step,
+            labels: indices.iter().map(|&i| self.dataset.labels[i as usize]).collect(),
+            indices,
+            views,
+            shape,
+        }
+    }
+
+    /// Streams the batches of `epoch` from `start_step` on, prepared on a background
+    /// thread up to `prefetch` batches ahead.
+    pub fn stream(&self, epoch: usize, start_step: usize) -> EpochStream {
+        let (tx, rx): (SyncSender<Batch>, Receiver<Batch>) = sync_channel(self.config.prefetch);
+        let loader = self.clone();
+        let steps = self.steps_per_epoch();
+        let handle = std::thread::Builder::new()
+            .name("contrast-loader".into())
+            .spawn(move || {
+                let order = loader.order(epoch);
+                for step in start_step..steps {
+                    if tx.send(loader.batch(epoch, step, &order)).is_err() {
+                        break;
+                    }
+                }
+            })
+            .expect("spawning the loader thread");
+        EpochStream {
+            rx: Some(rx),
+            handle: Some(handle),
+            waited: Duration::ZERO,
+        }
+    }
+}
+
+/// The batches of one epoch, arriving from the loader thread. Records how long the
+/// consumer waited for data, which should stay near zero.
+pub struct EpochStream {
+    rx: Option<Receiver<Batch>>,
+    handle: Option<JoinHandle<()>>,
+    waited: Duration,
+}
+
+impl EpochStream {
+    /// Total time spent blocked waiting for a batch.
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+}
+
+impl Iterator for EpochStream {
+    type Item = Batch;
+
+    fn next(&mut self) -> Option<Batch> {
+        let start = Instant::now();
+        let batch = self.rx.as_ref()?.recv().ok();
+        self.waited += start.elapsed();
+        batch
+    }
+}
+
+impl Drop for EpochStream {
+    fn drop(&mut self) {
+        self.rx.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! View recipes: a fixed pipeline of random augmentations, configured in TOML.
+//!
+//! The pipeline order follows SimCLR's: resized crop, horizontal flip, colour jitter,
+//! random grayscale, Gaussian blur, solarize, then per-channel normalisation.
+
+use crate::augment::{self, Image};
+use crate::dataset::ImageShape;
+use crate::error::{DataError, Result};
+use rand::Rng;
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+/// Random resized crop: area fraction `scale` and aspect ratio `ratio` ranges.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CropConfig {
+    /// Fraction of the image area kept, `[min, max]` within `(0, 1]`.
+    pub scale: [f32; 2],
+    /// Width / height ratio range, `[min, max]`, both positive.
+    #[serde(default = "default_ratio")]
+    pub ratio: [f32; 2],
+}
+
+fn default_ratio() -> [f32; 2] {
+    [3.0 / 4.0, 4.0 / 3.0]
+}
+
+/// Colour jitter, applied as a whole with probability `p`, its four adjustments in a
+/// random order. Each strength `s` draws a factor in `[max(0, 1 - s), 1 + s]`; `hue`
+/// draws a shift in `[-hue, hue]` turns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColorJitterConfig {
+    pub brightness: f32,
+    pub contrast: f32,
+    #[serde(default)]
+    pub saturation: f32,
+    #[serde(default)]
+    pub hue: f32,
+    pub p: f32,
+}
+
+/// Gaussian blur with probability `p`, `sigma` drawn uniformly in a range (pixels).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlurConfig {
+    pub p: f32,
+    pub sigma: [f32; 2],
+    /// Odd kernel side in pixels.
+    pub kernel_size: usize,
+}
+
+/// Solarize with probability `p` at `threshold` (intensity in `[0, 1]`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SolarizeConfig {
+    pub p: f32,
+    pub threshold: f32,
+}
+
+/// One view's augmentation pipeline. Missing stages are skipped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewRecipe {
+    #[serde(default)]
+    pub crop: Option<CropConfig>,
+    /// Probability of a horizontal flip.
+    #[serde(default)]
+    pub hflip: f32,
+    #[serde(default)]
+    pub color_jitter: Option<ColorJitterConfig>,
+    /// Probability of converting to grayscale (no effect on one channel).
+    #[serde(default)]
+    pub grayscale: f32,
+    #[serde(default)]
+    pub blur: Option<BlurConfig>,
+    #[serde(default)]
+    pub solarize: Option<SolarizeConfig>,
+}
+
+fn check_prob(field: &str, p: f32) -> Result<()> {
+    if !(0.0..=1.0).contains(&p) {
+        return Err(DataError::config(field, format!("probability {p} is outside [0, 1]")));
+    }
+    Ok(())
+}
+
+fn check_range(field: &str, r: [f32; 2], lo: f32, hi: f32) -> Result<()> {
+    if !(r[0] > lo && r[0] <= r[1] && r[1] <= hi) {
+        return Err(DataError::config(
+            field,
+            format!("range [{}, {}] must satisfy {lo} < min <= max <= {hi}", r[0], r[1]),
+        ));
+    }
+    Ok(())
+}
+
+impl ViewRecipe {
+    /// SimCLR's recipe adapted to small grayscale images such as Fashion-MNIST
+    /// (28x28): crop scale `[0.2, 1]` instead of `[0.08, 1]`, because an 8% crop of a
+    /// 28-pixel image is about 8 pixels wide; no blur, which SimCLR also drops on
+    /// CIFAR. Flip and jitter strengths are SimCLR's (s = 0.5).
+    pub fn simclr_small_grayscale() -> Self {
+        Self {
+            crop: Some(CropConfig {
+                scale: [0.2, 1.0],
+                ratio: default_ratio(),
+            }),
+            hflip: 0.5,
+            color_jitter: Some(ColorJitterConfig {
+                brightness: 0.4,
+                contrast: 0.4,
+                saturation: 0.0,
+                hue: 0.0,
+                p: 0.8,
+            }),
+            grayscale: 0.0,
+            blur: None,
+            solarize: None,
+        }
+    }
+
+    /// SimCLR's CIFAR recipe (colour strength 0.5, no blur).
+    pub fn simclr_cifar() -> Self {
+        Self {
+            crop: Some(CropConfig {
+                scale: [0.08, 1.0],
+                ratio: default_ratio(),
+            }),
+            hflip: 0.5,
+            color_jitter: Some(ColorJitterConfig {
+                brightness: 0.4,
+                contrast: 0.4,
+                saturation: 0.4,
+                hue: 0.1,
+                p: 0.8,
+            }),
+            grayscale: 0.2,
+            blur: None,
+            solarize: None,
+        }
+    }
+
+    /// Checks every probability and range.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(c) = &self.crop {
+            check_range("crop.scale", c.scale, 0.0, 1.0)?;
+            check_range("crop.ratio", c.ratio, 0.0, f32::INFINITY)?;
+        }
+        check_prob("hflip", self.hflip)?;
+        check_prob("grayscale", self.grayscale)?;
+        if let Some(j) = &self.color_jitter {
+            check_prob("color_jitter.p", j.p)?;
+            for (name, v) in [
+                ("color_jitter.brightness", j.brightness),
+                ("color_jitter.contrast", j.contrast),
+                ("color_jitter.saturation", j.saturation),
+            ] {
+                if !(v >= 0.0 && v.is_finite()) {
+                    return Err(DataError::config(name, format!("strength {v} must be >= 0")));
+                }
+            }
+            if !(0.0..=0.5).contains(&j.hue) {
+                return Err(DataError::config("color_jitter.hue", format!("{} is outside [0, 0.5]", j.hue)));
+            }
+        }
+        if let Some(b) = &self.blur {
+            check_prob("blur.p", b.p)?;
+            check_range("blur.sigma", b.sigma, 0.0, f32::INFINITY)?;
+            if b.kernel_size % 2 == 0 {
+                return Err(DataError::config("blur.kernel_size", format!("{} must be odd", b.kernel_size)));
+            }
+        }
+        if let Some(s) = &self.solarize {
+            check_prob("solarize.p", s.p)?;
+            check_prob("solarize.threshold", s.threshold)?;
+        }
+        Ok(())
+    }
+
+    /// Augments one image of `shape` and returns it at the same size, in `[0, 1]`.
+    pub fn apply<R: Rng>(&self, pixels: &[u8], shape: ImageShape, rng: &mut R) -> Image {
+        let mut img = Image::from_u8(pixels, shape.height, shape.width, shape.channels);
+        if let Some(c) = &self.crop {
+            let b = augment::sample_crop_box(shape.height, shape.width, c.scale, c.ratio, rng);
+            img = augment::resized_crop(&img, b, shape.height, shape.width);
+        }
+        if self.hflip > 0.0 && rng.random::<f32>() < self.hflip {
+            augment::hflip(&mut img);
+        }
+        if let Some(j) = &self.color_jitter
+            && rng.random::<f32>() < j.p
+        {
+            let mut order = [0u8, 1, 2, 3];
+            order.shuffle(rng);
+            let factor = |s: f32, rng: &mut R| rng.random_range((1.0 - s).max(0.0)..=1.0 + s);
+            for op in order {
+                match op {
+                    0 if j.brightness > 0.0 => augment::adjust_brightness(&mut img, factor(j.brightness, rng)),
+                    1 if j.contrast > 0.0 => augment::adjust_contrast(&mut img, factor(j.contrast, rng)),
+                    2 if j.saturation > 0.0 => augment::adjust_saturation(&mut img, factor(j.saturation, rng)),
+                    3 if j.hue > 0.0 => augment::adjust_hue(&mut img, rng.random_range(-j.hue..=j.hue)),
+                    _ => {}
+                }
+            }
+        }
+        if self.grayscale > 0.0 && rng.random::<f32>() < self.grayscale {
+            augment::to_grayscale(&mut img);
+        }
+        if let Some(b) = &self.blur
+            && rng.random::<f32>() < b.p
+        {
+            augment::gaussian_blur(&mut img, rng.random_range(b.sigma[0]..=b.sigma[1]), b.kernel_size);
+        }
+        if let Some(s) = &self.solarize
+            && rng.random::<f32>() < s.p
+        {
+            augment::solarize(&mut img, s.threshold);
+        }
+        img
+    }
+}

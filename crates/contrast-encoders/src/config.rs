@@ -1,0 +1,42 @@
+//! Encoder configuration (serde) and construction.
+
+use crate::convnet::ConvNet;
+use crate::mlp::Mlp;
+use crate::resnet::ResNet18;
+use crate::{Encoder, Identity, InputShape};
+use candle_core::Result;
+use candle_nn::VarBuilder;
+use serde::{Deserialize, Serialize};
+
+/// Which backbone to build, selected by `kind` in TOML.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EncoderConfig {
+    /// Flattened pixels through `Linear -> BN -> ReLU` layers of these widths.
+    Mlp { hidden: Vec<usize> },
+    /// `conv3x3 -> BN -> ReLU` stages of these widths, max-pooled between stages.
+    Convnet { channels: Vec<usize> },
+    /// CIFAR-stem ResNet-18 with base width `width` (64 is standard).
+    Resnet18 {
+        #[serde(default = "default_resnet_width")]
+        width: usize,
+    },
+    /// No parameters: the flattened pixels themselves (a baseline).
+    Identity,
+}
+
+fn default_resnet_width() -> usize {
+    64
+}
+
+impl EncoderConfig {
+    /// Builds the encoder with its variables under `vb`.
+    pub fn build(&self, input: InputShape, vb: VarBuilder) -> Result<Box<dyn Encoder>> {
+        Ok(match self {
+            EncoderConfig::Mlp { hidden } => Box::new(Mlp::new(input, hidden, vb)?),
+            EncoderConfig::Convnet { channels } => Box::new(ConvNet::new(input, channels, vb)?),
+            EncoderConfig::Resnet18 { width } => Box::new(ResNet18::new(input, *width, vb)?),
+            EncoderConfig::Identity => Box::new(Identity::new(input)),
+        })
+    }
+}

@@ -1,0 +1,55 @@
+//! A small VGG-style ConvNet, sized for 28x28 and 32x32 images on a CPU.
+
+use crate::batch_norm::BatchNorm;
+use crate::conv::{Conv2d, ConvSpec};
+use crate::ops::{global_avg_pool, max_pool2};
+use crate::{Encoder, InputShape};
+use candle_core::{Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// Stages of `conv3x3 -> BatchNorm -> ReLU`, each listed width one stage. A 2x2 max
+/// pool follows every stage but the last; global average pooling ends the network,
+/// so the representation has the last stage's width.
+#[derive(Debug, Clone)]
+pub struct ConvNet {
+    stages: Vec<(Conv2d, BatchNorm)>,
+    out_dim: usize,
+}
+
+impl ConvNet {
+    /// Builds one stage per entry of `channels` (at least one).
+    pub fn new(input: InputShape, channels: &[usize], vb: VarBuilder) -> Result<Self> {
+        if channels.is_empty() {
+            candle_core::bail!("convnet encoder: `channels` needs at least one width");
+        }
+        let mut stages = Vec::with_capacity(channels.len());
+        let mut prev = input.channels;
+        for (i, &c) in channels.iter().enumerate() {
+            let vb = vb.pp(format!("stage{i}"));
+            stages.push((
+                Conv2d::new(ConvSpec::same(prev, c, 3, 1), false, vb.pp("conv"))?,
+                BatchNorm::new(c, vb.pp("bn"))?,
+            ));
+            prev = c;
+        }
+        Ok(Self { stages, out_dim: prev })
+    }
+}
+
+impl Encoder for ConvNet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut h = x.clone();
+        let last = self.stages.len() - 1;
+        for (i, (conv, bn)) in self.stages.iter().enumerate() {
+            h = bn.forward_t(&conv.forward(&h)?, train)?.relu()?;
+            if i < last {
+                h = max_pool2(&h)?;
+            }
+        }
+        global_avg_pool(&h)
+    }
+
+    fn out_dim(&self) -> usize {
+        self.out_dim
+    }
+}

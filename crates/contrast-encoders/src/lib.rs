@@ -1,0 +1,80 @@
+//! Encoders for contrastive learning, channels last (`[B, H, W, C]`).
+//!
+//! - Backbones: [`Mlp`], [`ConvNet`], the CIFAR-stem [`ResNet18`], and [`Identity`]
+//!   (raw pixels, for baselines).
+//! - [`BatchNorm`] that trains: batch statistics and running-statistic updates in
+//!   training mode, running statistics in eval mode.
+//! - [`ProjectionHead`]: the MLP between representation and loss.
+//!
+//! Layers are built from plain candle tensor ops that all have gradients (no fused
+//! LayerNorm or softmax, whose candle 0.11 fast paths drop gradients), and
+//! convolutions are im2col plus a matrix product ([`conv`]).
+
+pub mod batch_norm;
+pub mod config;
+pub mod conv;
+pub mod convnet;
+pub mod head;
+pub mod linear;
+pub mod mlp;
+pub mod ops;
+pub mod resnet;
+
+pub use batch_norm::{BatchNorm, RUNNING_STAT};
+pub use config::EncoderConfig;
+pub use conv::{Conv2d, ConvSpec};
+pub use convnet::ConvNet;
+pub use head::{HeadConfig, ProjectionHead};
+pub use linear::Linear;
+pub use mlp::Mlp;
+pub use resnet::ResNet18;
+
+use candle_core::{Result, Tensor};
+
+/// Height, width and channels of the images an encoder takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InputShape {
+    pub height: usize,
+    pub width: usize,
+    pub channels: usize,
+}
+
+impl InputShape {
+    /// Values per image.
+    pub fn numel(&self) -> usize {
+        self.height * self.width * self.channels
+    }
+}
+
+/// A backbone: images `[B, H, W, C]` to representations `[B, out_dim]`.
+pub trait Encoder: Send + Sync {
+    /// Runs the network; `train` selects batch statistics in BatchNorm (and updates
+    /// the running ones).
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor>;
+
+    /// Width of the representation.
+    fn out_dim(&self) -> usize;
+}
+
+/// The flattened input as the representation: the raw-pixel baseline.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    dim: usize,
+}
+
+impl Identity {
+    /// An identity encoder for images of `input` shape.
+    pub fn new(input: InputShape) -> Self {
+        Self { dim: input.numel() }
+    }
+}
+
+impl Encoder for Identity {
+    fn forward_t(&self, x: &Tensor, _train: bool) -> Result<Tensor> {
+        x.flatten_from(1)
+    }
+
+    fn out_dim(&self) -> usize {
+        self.dim
+    }
+}

@@ -1,0 +1,36 @@
+//! Fully connected layer with PyTorch's default initialisation.
+
+use candle_core::{Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+/// `y = x W + b` for `x` `[N, in]`, with `W` stored `[in, out]` so that no transpose is
+/// needed on the hot path.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Uniform initialisation in `±1/sqrt(in)` for weight and bias (PyTorch's default).
+    pub fn new(input: usize, output: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+        let bound = 1.0 / (input as f64).sqrt();
+        let init = Init::Uniform { lo: -bound, up: bound };
+        let weight = vb.get_with_hints((input, output), "weight", init)?;
+        let bias = if bias {
+            Some(vb.get_with_hints(output, "bias", init)?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    /// Maps `[N, in]` to `[N, out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = x.matmul(&self.weight)?;
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! Small shape-level operations shared by the encoders (channels last).
+
+use candle_core::{Result, Tensor};
+
+/// Global average pooling, `[B, H, W, C] -> [B, C]`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    x.reshape((b, h * w, c))?.mean(1)
+}
+
+/// 2x2 max pooling with stride 2 on `[B, H, W, C]` (odd trailing rows and columns are
+/// dropped, as PyTorch does).
+pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    let (ho, wo) = (h / 2, w / 2);
+    let x = if h % 2 == 1 || w % 2 == 1 {
+        x.narrow(1, 0, ho * 2)?.narrow(2, 0, wo * 2)?
+    } else {
+        x.clone()
+    };
+    x.reshape((b, ho, 2, wo, 2, c))?.max(4)?.max(2)
+}
+
+

@@ -1,0 +1,40 @@
+//! NT-Xent, the SimCLR loss.
+
+use crate::error::{Result, check_same_shape, check_temperature};
+use crate::generalized::{generalized_info_nce, one_hot};
+use candle_core::Tensor;
+use contrast_kernels::l2_normalize;
+use serde::{Deserialize, Serialize};
+
+/// Parameters of [`nt_xent`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NtXentConfig {
+    /// Softmax temperature `t > 0` (SimCLR: 0.5 on CIFAR, 0.1 on ImageNet).
+    pub temperature: f64,
+}
+
+impl Default for NtXentConfig {
+    fn default() -> Self {
+        Self { temperature: 0.5 }
+    }
+}
+
+/// NT-Xent over two views `z1`, `z2` `[B, D]` (raw; normalised inside).
+///
+/// The `2B` views are the anchors and the candidates. Each anchor's positive is its
+/// other view and its other `2B - 2` views are negatives; the anchor itself is removed
+/// (weight 0). Reduction: mean over the `2B` anchors (symmetric), as lightly's
+/// `NTXentLoss`. SimCLR's official code returns twice this value.
+pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<Tensor> {
+    let (b, _) = check_same_shape("z1", z1, "z2", z2)?;
+    check_temperature("temperature", temperature)?;
+    let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)?)?;
+    let logits = (z.matmul(&z.t()?)? / temperature)?;
+    let n = 2 * b;
+    let partner: Vec<usize> = (0..n).map(|i| (i + b) % n).collect();
+    let targets = one_hot(&partner, n, z.dtype(), z.device())?;
+    let not_self = (Tensor::ones((n, n), z.dtype(), z.device())?
+        - Tensor::eye(n, z.dtype(), z.device())?)?;
+    Ok(generalized_info_nce(&logits, &targets, Some(&not_self))?.mean_all()?)
+}
