@@ -1,1 +1,179 @@
-fn main() {}
+//! `cargo xtask`: project commands.
+//!
+//! - `cargo xtask train [--config FILE] [--set key=value ...] [--data-dir DIR] [--out DIR] [--resume]`
+//! - `cargo xtask data fetch <dataset> [--data-dir DIR]`
+//!
+//! Errors print as one line (`error: ...`, the causes joined by `: `) and exit with 1.
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use contrast_data::DatasetId;
+use contrast_data::fetch::{Provisioned, fetch};
+use contrast_train::{Config, RunOptions};
+use std::path::{Path, PathBuf};
+
+/// mimalloc for the binaries: glibc's malloc returns large temporary buffers to the
+/// kernel after every operation, which costs up to 2.5x on large tensor ops (see
+/// docs/performance.md). Library crates leave the choice to their users.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const DEFAULT_CONFIG: &str = "configs/simclr-fmnist.toml";
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Contrast project commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a contrastive encoder and evaluate it (kNN, linear probe).
+    Train {
+        /// Run configuration (TOML).
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Override a config value, e.g. `--set optim.lr=0.1` (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Directory holding the dataset (before CONTRAST_DATA_DIR and the defaults).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Run directory; defaults to `runs/<name>-<timestamp>`.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue the run in `--out` (or the newest run of this config) from its
+        /// latest checkpoint.
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Dataset management.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataCommand {
+    /// Make a dataset available: Debian's package where there is one, otherwise a
+    /// verified download into `./data/<name>`.
+    Fetch {
+        /// fashion-mnist, mnist, cifar-10 or cifar-100.
+        dataset: String,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+}
+
+/// UTC `YYYYMMDD-HHMMSS` for run directory names.
+fn timestamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (proleptic Gregorian), after Howard Hinnant's algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// The newest `runs/<name>-*` directory holding a checkpoint.
+fn newest_run(name: &str) -> Option<PathBuf> {
+    let mut runs: Vec<PathBuf> = std::fs::read_dir("runs")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{name}-")))
+                && p.join("checkpoints/latest").is_file()
+        })
+        .collect();
+    runs.sort();
+    runs.pop()
+}
+
+fn provision(id: DatasetId, data_dir: Option<&Path>) -> Result<PathBuf> {
+    let got =
+        fetch(id, data_dir, Path::new("data")).with_context(|| format!("provisioning `{id}`"))?;
+    match &got {
+        Provisioned::Present(_) => {}
+        Provisioned::Apt(d) => println!("installed Debian package for `{id}` into {}", d.display()),
+        Provisioned::Downloaded(d) => {
+            println!("downloaded and verified `{id}` into {}", d.display())
+        }
+    }
+    Ok(got.dir().to_path_buf())
+}
+
+fn train(
+    config: &Path,
+    set: &[String],
+    data_dir: Option<PathBuf>,
+    out: Option<PathBuf>,
+    resume: bool,
+) -> Result<()> {
+    let cfg = Config::load(config, set)?;
+    let data_dir = Some(provision(cfg.data.dataset, data_dir.as_deref())?);
+    let out_dir = match out {
+        Some(o) => o,
+        None if resume => newest_run(&cfg.name).with_context(|| {
+            format!(
+                "--resume: no run of `{}` with a checkpoint under runs/",
+                cfg.name
+            )
+        })?,
+        None => PathBuf::from("runs").join(format!("{}-{}", cfg.name, timestamp())),
+    };
+    println!("run directory: {}", out_dir.display());
+    let summary = contrast_train::run(
+        &cfg,
+        &RunOptions {
+            out_dir: out_dir.clone(),
+            data_dir,
+            resume,
+            progress: true,
+        },
+    )?;
+    println!("{}", serde_json::to_string_pretty(&summary)?);
+    println!("wrote {}", out_dir.join("summary.json").display());
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train {
+            config,
+            set,
+            data_dir,
+            out,
+            resume,
+        } => train(&config, &set, data_dir, out, resume),
+        Command::Data {
+            command: DataCommand::Fetch { dataset, data_dir },
+        } => dataset
+            .parse::<DatasetId>()
+            .map_err(anyhow::Error::from)
+            .and_then(|id| provision(id, data_dir.as_deref()))
+            .map(|dir| println!("{dir}", dir = dir.display())),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -41,7 +41,11 @@ impl Image {
 
     /// Mean grayscale intensity over the image.
     fn mean_luma(&self) -> f32 {
-        let sum: f32 = self.data.chunks_exact(self.channels).map(|px| self.luma(px)).sum();
+        let sum: f32 = self
+            .data
+            .chunks_exact(self.channels)
+            .map(|px| self.luma(px))
+            .sum();
         sum / (self.height * self.width) as f32
     }
 }
@@ -150,13 +154,17 @@ fn blend_clamped(v: f32, other: f32, factor: f32) -> f32 {
 
 /// Multiplies intensities by `factor` (torchvision `adjust_brightness`).
 pub fn adjust_brightness(img: &mut Image, factor: f32) {
-    img.data.iter_mut().for_each(|v| *v = (*v * factor).clamp(0.0, 1.0));
+    img.data
+        .iter_mut()
+        .for_each(|v| *v = (*v * factor).clamp(0.0, 1.0));
 }
 
 /// Blends with the mean grayscale intensity (torchvision `adjust_contrast`).
 pub fn adjust_contrast(img: &mut Image, factor: f32) {
     let mean = img.mean_luma();
-    img.data.iter_mut().for_each(|v| *v = blend_clamped(*v, mean, factor));
+    img.data
+        .iter_mut()
+        .for_each(|v| *v = blend_clamped(*v, mean, factor));
 }
 
 /// Blends each pixel with its grayscale value (torchvision `adjust_saturation`).
@@ -167,7 +175,8 @@ pub fn adjust_saturation(img: &mut Image, factor: f32) {
     }
     for px in img.data.chunks_exact_mut(3) {
         let g = LUMA[0] * px[0] + LUMA[1] * px[1] + LUMA[2] * px[2];
-        px.iter_mut().for_each(|v| *v = blend_clamped(*v, g, factor));
+        px.iter_mut()
+            .for_each(|v| *v = blend_clamped(*v, g, factor));
     }
 }
 
@@ -260,7 +269,9 @@ pub fn gaussian_blur(img: &mut Image, sigma: f32, kernel_size: usize) {
                 tmp[(y * w + x) * c + ch] = weights
                     .iter()
                     .enumerate()
-                    .map(|(t, wt)| wt * img.data[(y * w + reflect(x as isize + t as isize - r, w)) * c + ch])
+                    .map(|(t, wt)| {
+                        wt * img.data[(y * w + reflect(x as isize + t as isize - r, w)) * c + ch]
+                    })
                     .sum();
             }
         }
@@ -271,7 +282,9 @@ pub fn gaussian_blur(img: &mut Image, sigma: f32, kernel_size: usize) {
                 img.data[(y * w + x) * c + ch] = weights
                     .iter()
                     .enumerate()
-                    .map(|(t, wt)| wt * tmp[(reflect(y as isize + t as isize - r, h) * w + x) * c + ch])
+                    .map(|(t, wt)| {
+                        wt * tmp[(reflect(y as isize + t as isize - r, h) * w + x) * c + ch]
+                    })
                     .sum();
             }
         }

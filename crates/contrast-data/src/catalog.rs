@@ -70,7 +70,8 @@ impl DatasetId {
             DatasetId::Cifar100 => &["", "cifar-100-binary"],
             _ => &[""],
         };
-        subs.iter().any(|s| find_file(&dir.join(s), self.marker()).is_some())
+        subs.iter()
+            .any(|s| find_file(&dir.join(s), self.marker()).is_some())
     }
 
     /// Loads the train and test splits from a directory that holds the files.

@@ -101,12 +101,19 @@ pub fn load_cifar_dir(name: &str, kind: CifarKind, dir: &Path) -> Result<Split> 
         ),
         CifarKind::Cifar100 => ("cifar-100-binary", vec!["train.bin".into()], "test.bin"),
     };
-    let root = if dir.join(sub).is_dir() { dir.join(sub) } else { dir.to_path_buf() };
+    let root = if dir.join(sub).is_dir() {
+        dir.join(sub)
+    } else {
+        dir.to_path_buf()
+    };
     let find = |n: &str| {
         find_file(&root, n)
             .ok_or_else(|| DataError::format(root.join(n), "missing CIFAR batch file"))
     };
-    let train_files = train_names.iter().map(|n| find(n)).collect::<Result<Vec<_>>>()?;
+    let train_files = train_names
+        .iter()
+        .map(|n| find(n))
+        .collect::<Result<Vec<_>>>()?;
     let test_files = vec![find(test_name)?];
     Ok(Split {
         train: load_files(name, kind, &train_files)?,

@@ -142,7 +142,12 @@ impl Dataset {
     /// Images `range` as `f32`, scaled to `[0, 1]` and normalised per channel with
     /// `mean` and `std`, laid out `[n, H, W, C]`. This is the un-augmented input used
     /// for evaluation.
-    pub fn normalized_f32(&self, range: std::ops::Range<usize>, mean: &[f32], std: &[f32]) -> Vec<f32> {
+    pub fn normalized_f32(
+        &self,
+        range: std::ops::Range<usize>,
+        mean: &[f32],
+        std: &[f32],
+    ) -> Vec<f32> {
         let c = self.shape.channels;
         let n = self.shape.numel();
         self.images[range.start * n..range.end * n]

@@ -88,7 +88,10 @@ fn try_apt(package: &str) -> bool {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn download(files: &[RemoteFile], dest: &Path) -> Result<()> {
@@ -110,14 +113,20 @@ fn download(files: &[RemoteFile], dest: &Path) -> Result<()> {
                 source,
             })?;
         if !status.success() {
-            return Err(DataError::format(&partial, format!("download of {url} failed ({status})")));
+            return Err(DataError::format(
+                &partial,
+                format!("download of {url} failed ({status})"),
+            ));
         }
         let got = sha256_hex(&read_maybe_gz(&partial)?);
         if got != f.sha256 {
             let _ = std::fs::remove_file(&partial);
             return Err(DataError::format(
                 &target,
-                format!("checksum mismatch: content SHA-256 {got}, expected {}", f.sha256),
+                format!(
+                    "checksum mismatch: content SHA-256 {got}, expected {}",
+                    f.sha256
+                ),
             ));
         }
         std::fs::rename(&partial, &target).map_err(|source| DataError::Io {

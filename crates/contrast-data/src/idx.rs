@@ -23,7 +23,10 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
     if bytes.len() < 4 {
         return Err(DataError::format(
             path,
-            format!("truncated IDX header: {} bytes, expected at least 4", bytes.len()),
+            format!(
+                "truncated IDX header: {} bytes, expected at least 4",
+                bytes.len()
+            ),
         ));
     }
     if bytes[0] != 0 || bytes[1] != 0 {
@@ -38,7 +41,10 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
     if bytes[2] != TYPE_U8 {
         return Err(DataError::format(
             path,
-            format!("IDX element type 0x{:02x} is not supported: expected 0x08 (unsigned byte)", bytes[2]),
+            format!(
+                "IDX element type 0x{:02x} is not supported: expected 0x08 (unsigned byte)",
+                bytes[2]
+            ),
         ));
     }
     let ndim = bytes[3] as usize;
@@ -46,18 +52,26 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray> {
     if ndim == 0 || bytes.len() < header {
         return Err(DataError::format(
             path,
-            format!("truncated IDX header: rank {ndim} needs {header} bytes, file has {}", bytes.len()),
+            format!(
+                "truncated IDX header: rank {ndim} needs {header} bytes, file has {}",
+                bytes.len()
+            ),
         ));
     }
     let dims: Vec<usize> = (0..ndim)
         .map(|d| u32::from_be_bytes(bytes[4 + 4 * d..8 + 4 * d].try_into().unwrap()) as usize)
         .collect();
-    let expected = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| {
-        DataError::format(path, format!("IDX dimensions {dims:?} overflow"))
-    })?;
+    let expected = dims
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| DataError::format(path, format!("IDX dimensions {dims:?} overflow")))?;
     let found = bytes.len() - header;
     if found != expected {
-        let what = if found < expected { "truncated" } else { "oversized" };
+        let what = if found < expected {
+            "truncated"
+        } else {
+            "oversized"
+        };
         return Err(DataError::format(
             path,
             format!("{what} IDX data: dimensions {dims:?} need {expected} bytes, found {found}"),
@@ -85,14 +99,20 @@ pub fn read_idx_pair(
     if images.dims.len() != 3 {
         return Err(DataError::format(
             images_path,
-            format!("expected a rank-3 image array [N, H, W], found dimensions {:?}", images.dims),
+            format!(
+                "expected a rank-3 image array [N, H, W], found dimensions {:?}",
+                images.dims
+            ),
         ));
     }
     let labels = read_idx(labels_path)?;
     if labels.dims.len() != 1 {
         return Err(DataError::format(
             labels_path,
-            format!("expected a rank-1 label array [N], found dimensions {:?}", labels.dims),
+            format!(
+                "expected a rank-1 label array [N], found dimensions {:?}",
+                labels.dims
+            ),
         ));
     }
     if labels.dims[0] != images.dims[0] {
@@ -136,7 +156,10 @@ pub fn read_idx_pair(
 pub fn load_mnist_dir(name: &str, dir: &Path) -> Result<Split> {
     let file = |stem: &str| {
         find_file(dir, stem).ok_or_else(|| {
-            DataError::format(dir.join(stem), "missing file (looked for it raw and with .gz)")
+            DataError::format(
+                dir.join(stem),
+                "missing file (looked for it raw and with .gz)",
+            )
         })
     };
     let train = read_idx_pair(

@@ -102,7 +102,10 @@ impl ViewLoader {
         config: LoaderConfig,
     ) -> Result<Self> {
         if recipes.is_empty() {
-            return Err(DataError::config("views", "at least one view recipe is required"));
+            return Err(DataError::config(
+                "views",
+                "at least one view recipe is required",
+            ));
         }
         for r in &recipes {
             r.validate()?;
@@ -147,7 +150,11 @@ impl ViewLoader {
     /// Batches per epoch.
     pub fn steps_per_epoch(&self) -> usize {
         let (n, b) = (self.dataset.len(), self.config.batch_size);
-        if self.config.drop_last { n / b } else { n.div_ceil(b) }
+        if self.config.drop_last {
+            n / b
+        } else {
+            n.div_ceil(b)
+        }
     }
 
     /// The order of dataset indices in `epoch`.
@@ -177,7 +184,8 @@ impl ViewLoader {
                 buf.par_chunks_mut(numel)
                     .zip(indices.par_iter())
                     .for_each(|(out, &idx)| {
-                        let seed = derive_seed(self.config.seed, &[epoch as u64, v as u64, idx as u64]);
+                        let seed =
+                            derive_seed(self.config.seed, &[epoch as u64, v as u64, idx as u64]);
                         let mut rng = ChaCha8Rng::seed_from_u64(seed);
                         let img = recipe.apply(self.dataset.image(idx as usize), shape, &mut rng);
                         for (k, (o, x)) in out.iter_mut().zip(&img.data).enumerate() {
@@ -190,7 +198,10 @@ impl ViewLoader {
         Batch {
             epoch,
             step,
-            labels: indices.iter().map(|&i| self.dataset.labels[i as usize]).collect(),
+            labels: indices
+                .iter()
+                .map(|&i| self.dataset.labels[i as usize])
+                .collect(),
             indices,
             views,
             shape,

@@ -80,7 +80,10 @@ pub struct ViewRecipe {
 
 fn check_prob(field: &str, p: f32) -> Result<()> {
     if !(0.0..=1.0).contains(&p) {
-        return Err(DataError::config(field, format!("probability {p} is outside [0, 1]")));
+        return Err(DataError::config(
+            field,
+            format!("probability {p} is outside [0, 1]"),
+        ));
     }
     Ok(())
 }
@@ -89,7 +92,10 @@ fn check_range(field: &str, r: [f32; 2], lo: f32, hi: f32) -> Result<()> {
     if !(r[0] > lo && r[0] <= r[1] && r[1] <= hi) {
         return Err(DataError::config(
             field,
-            format!("range [{}, {}] must satisfy {lo} < min <= max <= {hi}", r[0], r[1]),
+            format!(
+                "range [{}, {}] must satisfy {lo} < min <= max <= {hi}",
+                r[0], r[1]
+            ),
         ));
     }
     Ok(())
@@ -157,18 +163,27 @@ impl ViewRecipe {
                 ("color_jitter.saturation", j.saturation),
             ] {
                 if !(v >= 0.0 && v.is_finite()) {
-                    return Err(DataError::config(name, format!("strength {v} must be >= 0")));
+                    return Err(DataError::config(
+                        name,
+                        format!("strength {v} must be >= 0"),
+                    ));
                 }
             }
             if !(0.0..=0.5).contains(&j.hue) {
-                return Err(DataError::config("color_jitter.hue", format!("{} is outside [0, 0.5]", j.hue)));
+                return Err(DataError::config(
+                    "color_jitter.hue",
+                    format!("{} is outside [0, 0.5]", j.hue),
+                ));
             }
         }
         if let Some(b) = &self.blur {
             check_prob("blur.p", b.p)?;
             check_range("blur.sigma", b.sigma, 0.0, f32::INFINITY)?;
             if b.kernel_size % 2 == 0 {
-                return Err(DataError::config("blur.kernel_size", format!("{} must be odd", b.kernel_size)));
+                return Err(DataError::config(
+                    "blur.kernel_size",
+                    format!("{} must be odd", b.kernel_size),
+                ));
             }
         }
         if let Some(s) = &self.solarize {
@@ -196,10 +211,18 @@ impl ViewRecipe {
             let factor = |s: f32, rng: &mut R| rng.random_range((1.0 - s).max(0.0)..=1.0 + s);
             for op in order {
                 match op {
-                    0 if j.brightness > 0.0 => augment::adjust_brightness(&mut img, factor(j.brightness, rng)),
-                    1 if j.contrast > 0.0 => augment::adjust_contrast(&mut img, factor(j.contrast, rng)),
-                    2 if j.saturation > 0.0 => augment::adjust_saturation(&mut img, factor(j.saturation, rng)),
-                    3 if j.hue > 0.0 => augment::adjust_hue(&mut img, rng.random_range(-j.hue..=j.hue)),
+                    0 if j.brightness > 0.0 => {
+                        augment::adjust_brightness(&mut img, factor(j.brightness, rng))
+                    }
+                    1 if j.contrast > 0.0 => {
+                        augment::adjust_contrast(&mut img, factor(j.contrast, rng))
+                    }
+                    2 if j.saturation > 0.0 => {
+                        augment::adjust_saturation(&mut img, factor(j.saturation, rng))
+                    }
+                    3 if j.hue > 0.0 => {
+                        augment::adjust_hue(&mut img, rng.random_range(-j.hue..=j.hue))
+                    }
                     _ => {}
                 }
             }
@@ -210,7 +233,11 @@ impl ViewRecipe {
         if let Some(b) = &self.blur
             && rng.random::<f32>() < b.p
         {
-            augment::gaussian_blur(&mut img, rng.random_range(b.sigma[0]..=b.sigma[1]), b.kernel_size);
+            augment::gaussian_blur(
+                &mut img,
+                rng.random_range(b.sigma[0]..=b.sigma[1]),
+                b.kernel_size,
+            );
         }
         if let Some(s) = &self.solarize
             && rng.random::<f32>() < s.p

@@ -6,8 +6,8 @@
 //! running statistics (momentum 0.1, unbiased variance, as PyTorch); in eval mode it
 //! uses the running statistics.
 
+use crate::params::{ParamBuilder, ParamInit};
 use candle_core::{Result, Tensor, Var};
-use candle_nn::{Init, VarBuilder};
 
 /// Name fragment that marks a variable as a running statistic, not a parameter.
 pub const RUNNING_STAT: &str = "running_";
@@ -26,11 +26,11 @@ pub struct BatchNorm {
 
 impl BatchNorm {
     /// Creates `weight` (ones), `bias` (zeros), `running_mean` and `running_var` under `vb`.
-    pub fn new(channels: usize, vb: VarBuilder) -> Result<Self> {
-        let weight = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
-        let bias = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
-        let running_mean = vb.get_with_hints(channels, "running_mean", Init::Const(0.0))?;
-        let running_var = vb.get_with_hints(channels, "running_var", Init::Const(1.0))?;
+    pub fn new(channels: usize, vb: ParamBuilder) -> Result<Self> {
+        let weight = vb.get(channels, "weight", ParamInit::Const(1.0))?;
+        let bias = vb.get(channels, "bias", ParamInit::Const(0.0))?;
+        let running_mean = vb.get(channels, "running_mean", ParamInit::Const(0.0))?;
+        let running_var = vb.get(channels, "running_var", ParamInit::Const(1.0))?;
         Ok(Self {
             weight,
             bias,
@@ -58,13 +58,18 @@ impl BatchNorm {
         let dims = x.dims().to_vec();
         let c = *dims.last().unwrap_or(&0);
         if c != self.channels {
-            candle_core::bail!("BatchNorm over {} channels got input of shape {dims:?}", self.channels);
+            candle_core::bail!(
+                "BatchNorm over {} channels got input of shape {dims:?}",
+                self.channels
+            );
         }
         let flat = x.reshape(((), c))?;
         let (mean, var) = if train {
             let n = flat.dim(0)?;
             if n < 2 {
-                candle_core::bail!("BatchNorm in training mode needs at least 2 values per channel, got {n}");
+                candle_core::bail!(
+                    "BatchNorm in training mode needs at least 2 values per channel, got {n}"
+                );
             }
             let mean = flat.mean(0)?;
             let centered = flat.broadcast_sub(&mean)?;
@@ -73,8 +78,10 @@ impl BatchNorm {
             let unbiased = (var.detach() * (n as f64 / (n as f64 - 1.0)))?;
             let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
             let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
-            self.running_mean.set(&rm.to_dtype(self.running_mean.dtype())?)?;
-            self.running_var.set(&rv.to_dtype(self.running_var.dtype())?)?;
+            self.running_mean
+                .set(&rm.to_dtype(self.running_mean.dtype())?)?;
+            self.running_var
+                .set(&rv.to_dtype(self.running_var.dtype())?)?;
             (mean, var)
         } else {
             (

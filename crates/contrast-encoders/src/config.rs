@@ -2,10 +2,10 @@
 
 use crate::convnet::ConvNet;
 use crate::mlp::Mlp;
+use crate::params::ParamBuilder;
 use crate::resnet::ResNet18;
 use crate::{Encoder, Identity, InputShape};
 use candle_core::Result;
-use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 /// Which backbone to build, selected by `kind` in TOML.
@@ -31,7 +31,7 @@ fn default_resnet_width() -> usize {
 
 impl EncoderConfig {
     /// Builds the encoder with its variables under `vb`.
-    pub fn build(&self, input: InputShape, vb: VarBuilder) -> Result<Box<dyn Encoder>> {
+    pub fn build(&self, input: InputShape, vb: ParamBuilder) -> Result<Box<dyn Encoder>> {
         Ok(match self {
             EncoderConfig::Mlp { hidden } => Box::new(Mlp::new(input, hidden, vb)?),
             EncoderConfig::Convnet { channels } => Box::new(ConvNet::new(input, channels, vb)?),

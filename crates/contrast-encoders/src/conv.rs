@@ -7,8 +7,8 @@
 //! convolution routes the input gradient through a naive `conv_transpose2d`; this
 //! formulation avoids it.
 
+use crate::params::{ParamBuilder, ParamInit};
 use candle_core::{Result, Tensor};
-use candle_nn::{Init, VarBuilder};
 
 /// Geometry of a square convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,16 +51,16 @@ pub struct Conv2d {
 impl Conv2d {
     /// Creates the weight with Kaiming-normal initialisation (fan-in, ReLU gain), and a
     /// zero bias when `bias` is set. Convolutions followed by BatchNorm need no bias.
-    pub fn new(spec: ConvSpec, bias: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn new(spec: ConvSpec, bias: bool, vb: ParamBuilder) -> Result<Self> {
         let fan_in = spec.kernel * spec.kernel * spec.in_channels;
         let std = (2.0 / fan_in as f64).sqrt();
-        let weight = vb.get_with_hints(
+        let weight = vb.get(
             (fan_in, spec.out_channels),
             "weight",
-            Init::Randn { mean: 0.0, stdev: std },
+            ParamInit::Normal(std),
         )?;
         let bias = if bias {
-            Some(vb.get_with_hints(spec.out_channels, "bias", Init::Const(0.0))?)
+            Some(vb.get(spec.out_channels, "bias", ParamInit::Const(0.0))?)
         } else {
             None
         };
@@ -89,7 +89,10 @@ impl Conv2d {
             );
         }
         if h + 2 * s.padding < s.kernel || w + 2 * s.padding < s.kernel {
-            candle_core::bail!("Conv2d kernel {} is larger than the padded input {h}x{w}", s.kernel);
+            candle_core::bail!(
+                "Conv2d kernel {} is larger than the padded input {h}x{w}",
+                s.kernel
+            );
         }
         let (ho, wo) = (s.out_size(h), s.out_size(w));
         let cols = im2col(x, s, ho, wo)?;
@@ -117,7 +120,9 @@ fn im2col(x: &Tensor, s: ConvSpec, ho: usize, wo: usize) -> Result<Tensor> {
     let mut windows = Vec::with_capacity(s.kernel * s.kernel);
     for dy in 0..s.kernel {
         for dx in 0..s.kernel {
-            let win = xp.narrow(1, dy, ho * s.stride)?.narrow(2, dx, wo * s.stride)?;
+            let win = xp
+                .narrow(1, dy, ho * s.stride)?
+                .narrow(2, dx, wo * s.stride)?;
             windows.push(subsample(&win, s.stride, ho, wo)?);
         }
     }

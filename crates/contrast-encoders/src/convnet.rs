@@ -3,9 +3,9 @@
 use crate::batch_norm::BatchNorm;
 use crate::conv::{Conv2d, ConvSpec};
 use crate::ops::{global_avg_pool, max_pool2};
+use crate::params::ParamBuilder;
 use crate::{Encoder, InputShape};
 use candle_core::{Result, Tensor};
-use candle_nn::VarBuilder;
 
 /// Stages of `conv3x3 -> BatchNorm -> ReLU`, each listed width one stage. A 2x2 max
 /// pool follows every stage but the last; global average pooling ends the network,
@@ -18,7 +18,7 @@ pub struct ConvNet {
 
 impl ConvNet {
     /// Builds one stage per entry of `channels` (at least one).
-    pub fn new(input: InputShape, channels: &[usize], vb: VarBuilder) -> Result<Self> {
+    pub fn new(input: InputShape, channels: &[usize], vb: ParamBuilder) -> Result<Self> {
         if channels.is_empty() {
             candle_core::bail!("convnet encoder: `channels` needs at least one width");
         }
@@ -32,7 +32,10 @@ impl ConvNet {
             ));
             prev = c;
         }
-        Ok(Self { stages, out_dim: prev })
+        Ok(Self {
+            stages,
+            out_dim: prev,
+        })
     }
 }
 

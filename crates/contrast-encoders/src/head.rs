@@ -2,8 +2,8 @@
 
 use crate::batch_norm::BatchNorm;
 use crate::linear::Linear;
+use crate::params::ParamBuilder;
 use candle_core::{Result, Tensor};
-use candle_nn::VarBuilder;
 use serde::{Deserialize, Serialize};
 
 /// Projection head shape: `layers - 1` blocks of `Linear -> BatchNorm -> ReLU` of width
@@ -45,7 +45,7 @@ pub struct ProjectionHead {
 
 impl ProjectionHead {
     /// Builds the head on `input`-dimensional representations.
-    pub fn new(input: usize, cfg: &HeadConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(input: usize, cfg: &HeadConfig, vb: ParamBuilder) -> Result<Self> {
         if cfg.layers == 0 || cfg.out == 0 || (cfg.layers > 1 && cfg.hidden == 0) {
             candle_core::bail!(
                 "projection head: layers ({}) and out ({}) must be >= 1, and hidden ({}) >= 1 when layers > 1",
@@ -70,7 +70,11 @@ impl ProjectionHead {
         } else {
             None
         };
-        Ok(Self { hidden, last, out_bn })
+        Ok(Self {
+            hidden,
+            last,
+            out_bn,
+        })
     }
 
     /// Projects `[B, in]` to `[B, out]`.

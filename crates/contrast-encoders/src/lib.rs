@@ -18,6 +18,7 @@ pub mod head;
 pub mod linear;
 pub mod mlp;
 pub mod ops;
+pub mod params;
 pub mod resnet;
 
 pub use batch_norm::{BatchNorm, RUNNING_STAT};
@@ -27,6 +28,7 @@ pub use convnet::ConvNet;
 pub use head::{HeadConfig, ProjectionHead};
 pub use linear::Linear;
 pub use mlp::Mlp;
+pub use params::{ParamBuilder, ParamInit};
 pub use resnet::ResNet18;
 
 use candle_core::{Result, Tensor};

@@ -1,7 +1,7 @@
 //! Fully connected layer with PyTorch's default initialisation.
 
+use crate::params::{ParamBuilder, ParamInit};
 use candle_core::{Result, Tensor};
-use candle_nn::{Init, VarBuilder};
 
 /// `y = x W + b` for `x` `[N, in]`, with `W` stored `[in, out]` so that no transpose is
 /// needed on the hot path.
@@ -13,12 +13,12 @@ pub struct Linear {
 
 impl Linear {
     /// Uniform initialisation in `±1/sqrt(in)` for weight and bias (PyTorch's default).
-    pub fn new(input: usize, output: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+    pub fn new(input: usize, output: usize, bias: bool, vb: ParamBuilder) -> Result<Self> {
         let bound = 1.0 / (input as f64).sqrt();
-        let init = Init::Uniform { lo: -bound, up: bound };
-        let weight = vb.get_with_hints((input, output), "weight", init)?;
+        let init = ParamInit::Uniform(bound);
+        let weight = vb.get((input, output), "weight", init)?;
         let bias = if bias {
-            Some(vb.get_with_hints(output, "bias", init)?)
+            Some(vb.get(output, "bias", init)?)
         } else {
             None
         };

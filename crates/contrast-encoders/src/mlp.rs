@@ -2,9 +2,9 @@
 
 use crate::batch_norm::BatchNorm;
 use crate::linear::Linear;
+use crate::params::ParamBuilder;
 use crate::{Encoder, InputShape};
 use candle_core::{Result, Tensor};
-use candle_nn::VarBuilder;
 
 /// Flattens `[B, H, W, C]` and applies `Linear -> BatchNorm -> ReLU` per hidden width.
 /// The representation is the last hidden layer's output.
@@ -16,7 +16,7 @@ pub struct Mlp {
 
 impl Mlp {
     /// Builds layers of the given `widths` (at least one) on `input`.
-    pub fn new(input: InputShape, widths: &[usize], vb: VarBuilder) -> Result<Self> {
+    pub fn new(input: InputShape, widths: &[usize], vb: ParamBuilder) -> Result<Self> {
         if widths.is_empty() {
             candle_core::bail!("mlp encoder: `hidden` needs at least one width");
         }
@@ -24,10 +24,16 @@ impl Mlp {
         let mut prev = input.numel();
         for (i, &w) in widths.iter().enumerate() {
             let vb = vb.pp(format!("layer{i}"));
-            layers.push((Linear::new(prev, w, false, vb.pp("fc"))?, BatchNorm::new(w, vb.pp("bn"))?));
+            layers.push((
+                Linear::new(prev, w, false, vb.pp("fc"))?,
+                BatchNorm::new(w, vb.pp("bn"))?,
+            ));
             prev = w;
         }
-        Ok(Self { layers, out_dim: prev })
+        Ok(Self {
+            layers,
+            out_dim: prev,
+        })
     }
 }
 

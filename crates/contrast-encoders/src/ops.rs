@@ -20,5 +20,3 @@ pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
     };
     x.reshape((b, ho, 2, wo, 2, c))?.max(4)?.max(2)
 }
-
-

@@ -6,9 +6,9 @@
 use crate::batch_norm::BatchNorm;
 use crate::conv::{Conv2d, ConvSpec};
 use crate::ops::global_avg_pool;
+use crate::params::ParamBuilder;
 use crate::{Encoder, InputShape};
 use candle_core::{Result, Tensor};
-use candle_nn::VarBuilder;
 
 /// The basic residual block: two 3x3 convolutions, with a 1x1 projection shortcut
 /// when the stride or width changes.
@@ -22,7 +22,7 @@ struct BasicBlock {
 }
 
 impl BasicBlock {
-    fn new(cin: usize, cout: usize, stride: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(cin: usize, cout: usize, stride: usize, vb: ParamBuilder) -> Result<Self> {
         let shortcut = if stride != 1 || cin != cout {
             let spec = ConvSpec {
                 in_channels: cin,
@@ -69,12 +69,16 @@ pub struct ResNet18 {
 
 impl ResNet18 {
     /// Builds the network with base width `width`.
-    pub fn new(input: InputShape, width: usize, vb: VarBuilder) -> Result<Self> {
+    pub fn new(input: InputShape, width: usize, vb: ParamBuilder) -> Result<Self> {
         if width == 0 {
             candle_core::bail!("resnet18 encoder: `width` must be at least 1");
         }
         let stem = (
-            Conv2d::new(ConvSpec::same(input.channels, width, 3, 1), false, vb.pp("stem.conv"))?,
+            Conv2d::new(
+                ConvSpec::same(input.channels, width, 3, 1),
+                false,
+                vb.pp("stem.conv"),
+            )?,
             BatchNorm::new(width, vb.pp("stem.bn"))?,
         );
         let mut blocks = Vec::with_capacity(8);
@@ -83,17 +87,30 @@ impl ResNet18 {
             let cout = width * mult;
             for b in 0..2 {
                 let stride = if stage > 0 && b == 0 { 2 } else { 1 };
-                blocks.push(BasicBlock::new(cin, cout, stride, vb.pp(format!("layer{}.{b}", stage + 1)))?);
+                blocks.push(BasicBlock::new(
+                    cin,
+                    cout,
+                    stride,
+                    vb.pp(format!("layer{}.{b}", stage + 1)),
+                )?);
                 cin = cout;
             }
         }
-        Ok(Self { stem, blocks, out_dim: cin })
+        Ok(Self {
+            stem,
+            blocks,
+            out_dim: cin,
+        })
     }
 }
 
 impl Encoder for ResNet18 {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut h = self.stem.1.forward_t(&self.stem.0.forward(x)?, train)?.relu()?;
+        let mut h = self
+            .stem
+            .1
+            .forward_t(&self.stem.0.forward(x)?, train)?
+            .relu()?;
         for block in &self.blocks {
             h = block.forward_t(&h, train)?;
         }

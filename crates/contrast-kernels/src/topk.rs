@@ -21,7 +21,10 @@ impl TopK {
     /// Row `q` as `(similarity, index)` pairs.
     pub fn row(&self, q: usize) -> impl Iterator<Item = (f32, u32)> + '_ {
         let r = q * self.k..(q + 1) * self.k;
-        self.values[r.clone()].iter().copied().zip(self.indices[r].iter().copied())
+        self.values[r.clone()]
+            .iter()
+            .copied()
+            .zip(self.indices[r].iter().copied())
     }
 }
 
@@ -51,11 +54,8 @@ pub fn topk_similarity(queries: &Tensor, bank: &Tensor, k: usize) -> Result<TopK
             .par_chunks(n)
             .map(|row| {
                 let mut idx: Vec<u32> = (0..n as u32).collect();
-                let cmp = |a: &u32, b: &u32| {
-                    row[*b as usize]
-                        .total_cmp(&row[*a as usize])
-                        .then(a.cmp(b))
-                };
+                let cmp =
+                    |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
                 if k < n {
                     idx.select_nth_unstable_by(k - 1, cmp);
                     idx.truncate(k);

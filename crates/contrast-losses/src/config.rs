@@ -39,7 +39,9 @@ impl LossConfig {
     /// Validates the parameters without computing anything.
     pub fn validate(&self) -> Result<()> {
         match self {
-            LossConfig::NtXent(c) => crate::error::check_temperature("loss.temperature", c.temperature),
+            LossConfig::NtXent(c) => {
+                crate::error::check_temperature("loss.temperature", c.temperature)
+            }
         }
     }
 

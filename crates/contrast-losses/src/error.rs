@@ -33,7 +33,10 @@ pub(crate) fn check_temperature(arg: &'static str, t: f64) -> Result<()> {
 pub(crate) fn check_matrix(arg: &'static str, x: &candle_core::Tensor) -> Result<(usize, usize)> {
     match x.dims() {
         &[n, d] if n > 0 && d > 0 => Ok((n, d)),
-        dims => Err(invalid(arg, format!("expected a non-empty [N, D] matrix, got shape {dims:?}"))),
+        dims => Err(invalid(
+            arg,
+            format!("expected a non-empty [N, D] matrix, got shape {dims:?}"),
+        )),
     }
 }
 
@@ -49,7 +52,11 @@ pub(crate) fn check_same_shape(
     if a.dims() != b.dims() {
         return Err(invalid(
             b_name,
-            format!("shape {:?} differs from `{a_name}` shape {:?}", b.dims(), a.dims()),
+            format!(
+                "shape {:?} differs from `{a_name}` shape {:?}",
+                b.dims(),
+                a.dims()
+            ),
         ));
     }
     Ok(shape)

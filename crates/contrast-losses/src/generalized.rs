@@ -31,13 +31,20 @@ pub fn weighted_logsumexp(logits: &Tensor, weights: Option<&Tensor>) -> Result<T
             if w.dims() != logits.dims() {
                 return Err(invalid(
                     "weights",
-                    format!("shape {:?} differs from the logits' {:?}", w.dims(), logits.dims()),
+                    format!(
+                        "shape {:?} differs from the logits' {:?}",
+                        w.dims(),
+                        logits.dims()
+                    ),
                 ));
             }
             let keep = w.gt(MIN_WEIGHT)?;
             let kept_per_row = keep.to_dtype(DType::F32)?.sum(D::Minus1)?.min(0)?;
             if kept_per_row.to_scalar::<f32>()? < 1.0 {
-                return Err(invalid("weights", "an anchor has no candidate with a positive weight"));
+                return Err(invalid(
+                    "weights",
+                    "an anchor has no candidate with a positive weight",
+                ));
             }
             let log_w = w.clamp(MIN_WEIGHT, f64::INFINITY)?.log()?;
             let removed = (logits.zeros_like()? + f64::NEG_INFINITY)?;
@@ -58,12 +65,19 @@ pub fn generalized_info_nce(
     weights: Option<&Tensor>,
 ) -> Result<Tensor> {
     if logits.rank() != 2 {
-        return Err(invalid("logits", format!("expected [B, N], got shape {:?}", logits.dims())));
+        return Err(invalid(
+            "logits",
+            format!("expected [B, N], got shape {:?}", logits.dims()),
+        ));
     }
     if targets.dims() != logits.dims() {
         return Err(invalid(
             "targets",
-            format!("shape {:?} differs from the logits' {:?}", targets.dims(), logits.dims()),
+            format!(
+                "shape {:?} differs from the logits' {:?}",
+                targets.dims(),
+                logits.dims()
+            ),
         ));
     }
     let lse = weighted_logsumexp(logits, weights)?;
@@ -73,11 +87,19 @@ pub fn generalized_info_nce(
 }
 
 /// One-hot targets `[B, N]` with a 1 at `(i, index[i])`.
-pub fn one_hot(index: &[usize], n: usize, dtype: DType, device: &candle_core::Device) -> Result<Tensor> {
+pub fn one_hot(
+    index: &[usize],
+    n: usize,
+    dtype: DType,
+    device: &candle_core::Device,
+) -> Result<Tensor> {
     let mut data = vec![0f32; index.len() * n];
     for (i, &j) in index.iter().enumerate() {
         if j >= n {
-            return Err(invalid("targets", format!("positive index {j} for anchor {i} is not below {n}")));
+            return Err(invalid(
+                "targets",
+                format!("positive index {j} for anchor {i} is not below {n}"),
+            ));
         }
         data[i * n + j] = 1.0;
     }

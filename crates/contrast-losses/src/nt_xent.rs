@@ -34,7 +34,7 @@ pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<Tensor> {
     let n = 2 * b;
     let partner: Vec<usize> = (0..n).map(|i| (i + b) % n).collect();
     let targets = one_hot(&partner, n, z.dtype(), z.device())?;
-    let not_self = (Tensor::ones((n, n), z.dtype(), z.device())?
-        - Tensor::eye(n, z.dtype(), z.device())?)?;
+    let not_self =
+        (Tensor::ones((n, n), z.dtype(), z.device())? - Tensor::eye(n, z.dtype(), z.device())?)?;
     Ok(generalized_info_nce(&logits, &targets, Some(&not_self))?.mean_all()?)
 }

@@ -14,7 +14,9 @@ use std::path::PathBuf;
 fn golden_path() -> PathBuf {
     match std::env::var_os("CONTRAST_GOLDEN") {
         Some(p) => PathBuf::from(p),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/losses.json"),
+        None => {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/golden/losses.json")
+        }
     }
 }
 
@@ -22,14 +24,23 @@ fn matrix(v: &Value) -> Vec<Vec<f64>> {
     v.as_array()
         .expect("matrix")
         .iter()
-        .map(|r| r.as_array().expect("row").iter().map(|x| x.as_f64().expect("number")).collect())
+        .map(|r| {
+            r.as_array()
+                .expect("row")
+                .iter()
+                .map(|x| x.as_f64().expect("number"))
+                .collect()
+        })
         .collect()
 }
 
 fn tensor(rows: &[Vec<f64>], dtype: DType) -> Tensor {
     let (n, d) = (rows.len(), rows[0].len());
     let flat: Vec<f64> = rows.iter().flatten().copied().collect();
-    Tensor::from_vec(flat, (n, d), &Device::Cpu).unwrap().to_dtype(dtype).unwrap()
+    Tensor::from_vec(flat, (n, d), &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
 }
 
 fn param(case: &Value, key: &str) -> f64 {
@@ -45,7 +56,10 @@ fn evaluate(case: &Value, dtype: DType) -> Option<(f64, BTreeMap<String, Vec<Vec
     let mut vars: BTreeMap<String, Var> = BTreeMap::new();
     for key in ["z1", "z2", "z3"] {
         if inputs.get(key).is_some() {
-            vars.insert(key.into(), Var::from_tensor(&tensor(&matrix(&inputs[key]), dtype)).unwrap());
+            vars.insert(
+                key.into(),
+                Var::from_tensor(&tensor(&matrix(&inputs[key]), dtype)).unwrap(),
+            );
         }
     }
     let t = |k: &str| vars[k].as_tensor();
@@ -54,11 +68,18 @@ fn evaluate(case: &Value, dtype: DType) -> Option<(f64, BTreeMap<String, Vec<Vec
         _ => return None,
     };
     let grads = loss.backward().unwrap();
-    let value = loss.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap();
+    let value = loss
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
     let mut out = BTreeMap::new();
     for (k, v) in &vars {
         if let Some(g) = grads.get(v.as_tensor()) {
-            out.insert(k.clone(), g.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap());
+            out.insert(
+                k.clone(),
+                g.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap(),
+            );
         }
     }
     Some((value, out))
@@ -69,7 +90,11 @@ fn rel_err(got: f64, want: f64) -> f64 {
 }
 
 fn grad_err(got: &[Vec<f64>], want: &[Vec<f64>]) -> f64 {
-    let scale = want.iter().flatten().fold(0f64, |m, x| m.max(x.abs())).max(1e-12);
+    let scale = want
+        .iter()
+        .flatten()
+        .fold(0f64, |m, x| m.max(x.abs()))
+        .max(1e-12);
     got.iter()
         .flatten()
         .zip(want.iter().flatten())
@@ -111,7 +136,12 @@ fn main() {
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("cannot read golden file {}: {e}", path.display()));
     let doc: Value = serde_json::from_str(&text).expect("golden file is JSON");
-    assert_eq!(doc["format"], "contrast-golden/1", "{}: unexpected format", path.display());
+    assert_eq!(
+        doc["format"],
+        "contrast-golden/1",
+        "{}: unexpected format",
+        path.display()
+    );
     let (mut passed, mut failed) = (0usize, 0usize);
     let mut skipped: Vec<String> = Vec::new();
     for case in doc["cases"].as_array().expect("cases") {

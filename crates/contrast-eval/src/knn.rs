@@ -1,0 +1,110 @@
+//! Weighted k-nearest-neighbour classification (InstDisc / lightly `knn_predict`).
+//!
+//! Features are L2-normalised; each query's `k` most similar bank rows vote for their
+//! class with weight `exp(s / t)`; the class with the largest total wins. This is the
+//! standard online monitor of self-supervised training.
+
+use crate::error::{Result, check_labelled, invalid};
+use candle_core::{DType, Tensor};
+use contrast_kernels::{l2_normalize, topk_similarity};
+use serde::{Deserialize, Serialize};
+
+/// Neighbourhood size and vote temperature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KnnConfig {
+    /// Neighbours per query (200 is the InstDisc / solo-learn default).
+    pub k: usize,
+    /// Vote temperature `t > 0`; weights are `exp(similarity / t)`.
+    pub temperature: f64,
+}
+
+impl Default for KnnConfig {
+    fn default() -> Self {
+        Self {
+            k: 200,
+            temperature: 0.1,
+        }
+    }
+}
+
+/// Class scores and predictions for a set of queries.
+#[derive(Debug, Clone)]
+pub struct KnnPrediction {
+    /// Class scores `[Q, num_classes]`.
+    pub scores: Vec<f64>,
+    /// Predicted class per query.
+    pub predictions: Vec<u32>,
+    pub num_classes: usize,
+}
+
+/// Scores every class for each query row of `queries` against the labelled `bank`.
+pub fn knn_predict(
+    queries: &Tensor,
+    bank: &Tensor,
+    bank_labels: &[u32],
+    num_classes: usize,
+    cfg: &KnnConfig,
+) -> Result<KnnPrediction> {
+    let n = check_labelled("bank", bank, bank_labels, num_classes)?;
+    if !(cfg.temperature > 0.0 && cfg.temperature.is_finite()) {
+        return Err(invalid(
+            "temperature",
+            format!("{} must be > 0", cfg.temperature),
+        ));
+    }
+    if cfg.k == 0 || cfg.k > n {
+        return Err(invalid(
+            "k",
+            format!("{} must be in 1..={n} (the bank size)", cfg.k),
+        ));
+    }
+    let q = l2_normalize(&queries.to_dtype(DType::F32)?)?;
+    let b = l2_normalize(&bank.to_dtype(DType::F32)?)?;
+    let top = topk_similarity(&q, &b, cfg.k)?;
+    let rows = q.dim(0)?;
+    let mut scores = vec![0f64; rows * num_classes];
+    let mut predictions = Vec::with_capacity(rows);
+    for r in 0..rows {
+        let s = &mut scores[r * num_classes..(r + 1) * num_classes];
+        for (sim, idx) in top.row(r) {
+            s[bank_labels[idx as usize] as usize] += (sim as f64 / cfg.temperature).exp();
+        }
+        let best = (0..num_classes)
+            .max_by(|&a, &b| s[a].total_cmp(&s[b]).then(b.cmp(&a)))
+            .unwrap_or(0);
+        predictions.push(best as u32);
+    }
+    Ok(KnnPrediction {
+        scores,
+        predictions,
+        num_classes,
+    })
+}
+
+/// Top-1 accuracy of weighted kNN on `test` against the `train` bank.
+pub fn knn_accuracy(
+    train: &Tensor,
+    train_labels: &[u32],
+    test: &Tensor,
+    test_labels: &[u32],
+    num_classes: usize,
+    cfg: &KnnConfig,
+) -> Result<f64> {
+    check_labelled("test", test, test_labels, num_classes)?;
+    let pred = knn_predict(test, train, train_labels, num_classes, cfg)?;
+    Ok(accuracy(&pred.predictions, test_labels))
+}
+
+/// Fraction of predictions equal to the labels.
+pub fn accuracy(predictions: &[u32], labels: &[u32]) -> f64 {
+    if labels.is_empty() {
+        return 0.0;
+    }
+    let hits = predictions
+        .iter()
+        .zip(labels)
+        .filter(|(p, l)| p == l)
+        .count();
+    hits as f64 / labels.len() as f64
+}

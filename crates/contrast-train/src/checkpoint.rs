@@ -1,0 +1,148 @@
+//! Checkpoints: model and optimiser tensors as safetensors, training state as JSON.
+//!
+//! Each checkpoint is written into a fresh directory `checkpoints/epoch-NNNN/`; only
+//! when all of its files are complete does the `checkpoints/latest` pointer move to
+//! it (temporary file plus rename). An interrupted write therefore never damages the
+//! checkpoint that `--resume` uses.
+
+use crate::metrics::EpochRecord;
+use crate::model::ContrastiveModel;
+use crate::optim::Optimizer;
+use anyhow::{Context, Result, bail};
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Everything besides tensors needed to continue a run exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Epochs completed.
+    pub epoch: usize,
+    pub optimizer_steps: u64,
+    pub history: Vec<EpochRecord>,
+    pub train_seconds: f64,
+    pub eval_seconds: f64,
+    pub images_seen: u64,
+    pub data_wait_seconds: f64,
+    pub untrained_knn_top1: Option<f64>,
+    /// The run's configuration, to detect a resume under a different one.
+    pub config_toml: String,
+}
+
+const MODEL_FILE: &str = "model.safetensors";
+const OPTIM_FILE: &str = "optimizer.safetensors";
+const STATE_FILE: &str = "state.json";
+const LATEST: &str = "latest";
+
+fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    write(&tmp)?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
+}
+
+/// Saves a checkpoint under `root` and points `latest` at it; keeps the newest `keep`.
+pub fn save(
+    root: &Path,
+    model: &ContrastiveModel,
+    opt: &Optimizer,
+    state: &TrainState,
+    keep: usize,
+) -> Result<PathBuf> {
+    let dir = root.join(format!("epoch-{:04}", state.epoch));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_atomic(&dir.join(MODEL_FILE), |p| {
+        model
+            .varmap
+            .save(p)
+            .with_context(|| format!("writing {}", p.display()))
+    })?;
+    let (buffers, _) = opt.state();
+    write_atomic(&dir.join(OPTIM_FILE), |p| {
+        candle_core::safetensors::save(&buffers, p)
+            .with_context(|| format!("writing {}", p.display()))
+    })?;
+    write_atomic(&dir.join(STATE_FILE), |p| {
+        std::fs::write(p, serde_json::to_string_pretty(state)?)
+            .with_context(|| format!("writing {}", p.display()))
+    })?;
+    let name = dir
+        .file_name()
+        .expect("dir name")
+        .to_string_lossy()
+        .to_string();
+    write_atomic(&root.join(LATEST), |p| {
+        std::fs::write(p, &name).with_context(|| format!("writing {}", p.display()))
+    })?;
+    prune(root, keep.max(1))?;
+    Ok(dir)
+}
+
+fn prune(root: &Path, keep: usize) -> Result<()> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_dir()
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("epoch-"))
+        })
+        .collect();
+    dirs.sort();
+    let excess = dirs.len().saturating_sub(keep);
+    for d in &dirs[..excess] {
+        std::fs::remove_dir_all(d)
+            .with_context(|| format!("removing old checkpoint {}", d.display()))?;
+    }
+    Ok(())
+}
+
+/// The directory `latest` points to, if any.
+pub fn latest(root: &Path) -> Result<Option<PathBuf>> {
+    let pointer = root.join(LATEST);
+    if !pointer.exists() {
+        return Ok(None);
+    }
+    let name = std::fs::read_to_string(&pointer)
+        .with_context(|| format!("reading {}", pointer.display()))?;
+    let dir = root.join(name.trim());
+    if !dir.join(STATE_FILE).is_file() {
+        bail!(
+            "{} points to {}, which holds no complete checkpoint",
+            pointer.display(),
+            dir.display()
+        );
+    }
+    Ok(Some(dir))
+}
+
+/// Restores model variables and optimiser state from `dir`; returns the state.
+pub fn load(dir: &Path, model: &mut ContrastiveModel, opt: &mut Optimizer) -> Result<TrainState> {
+    let state: TrainState = serde_json::from_str(
+        &std::fs::read_to_string(dir.join(STATE_FILE))
+            .with_context(|| format!("reading {}", dir.join(STATE_FILE).display()))?,
+    )
+    .with_context(|| format!("{}: corrupt training state", dir.join(STATE_FILE).display()))?;
+    model.varmap.load(dir.join(MODEL_FILE)).with_context(|| {
+        format!(
+            "{}: cannot restore the model",
+            dir.join(MODEL_FILE).display()
+        )
+    })?;
+    let buffers =
+        candle_core::safetensors::load(dir.join(OPTIM_FILE), &Device::Cpu).with_context(|| {
+            format!(
+                "{}: cannot read optimizer state",
+                dir.join(OPTIM_FILE).display()
+            )
+        })?;
+    opt.load_state(buffers, state.optimizer_steps)
+        .with_context(|| {
+            format!(
+                "{}: optimizer state does not fit the model",
+                dir.join(OPTIM_FILE).display()
+            )
+        })?;
+    Ok(state)
+}

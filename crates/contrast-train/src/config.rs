@@ -1,0 +1,313 @@
+//! Run configuration: TOML files, `--set key=value` overrides and validation.
+//!
+//! Unknown keys are errors (every table denies them), so a typo never silently falls
+//! back to a default.
+
+use anyhow::{Context, Result, bail};
+use contrast_data::{DatasetId, ViewRecipe};
+use contrast_encoders::{EncoderConfig, HeadConfig};
+use contrast_eval::{KnnConfig, ProbeConfig};
+use contrast_losses::LossConfig;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// A whole training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Run name; output directories default to `runs/<name>-<timestamp>`.
+    pub name: String,
+    /// Seed of every random choice (initialisation, order, augmentation, probe).
+    #[serde(default)]
+    pub seed: u64,
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub loss: LossConfig,
+    pub optim: OptimConfig,
+    #[serde(default)]
+    pub schedule: ScheduleConfig,
+    pub train: TrainConfig,
+    #[serde(default)]
+    pub eval: EvalConfig,
+}
+
+/// Dataset, batching and augmentation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    pub dataset: DatasetId,
+    /// Images per batch (each contributes one sample per view).
+    pub batch_size: usize,
+    /// Use only the first `n` training images (all when absent).
+    #[serde(default)]
+    pub train_subset: Option<usize>,
+    /// Use only the first `n` test images (all when absent).
+    #[serde(default)]
+    pub test_subset: Option<usize>,
+    /// Views per image.
+    #[serde(default = "default_views")]
+    pub views: usize,
+    /// Batches prepared ahead of the model.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+    /// The augmentation recipe applied to every view.
+    pub augment: ViewRecipe,
+}
+
+fn default_views() -> usize {
+    2
+}
+
+fn default_prefetch() -> usize {
+    3
+}
+
+/// Backbone and projection head.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub encoder: EncoderConfig,
+    pub head: HeadConfig,
+}
+
+/// Optimiser and its hyper-parameters, tagged by `name`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OptimConfig {
+    /// SGD with (optionally Nesterov) momentum and decoupled-from-bias weight decay.
+    Sgd {
+        lr: f64,
+        #[serde(default = "default_momentum")]
+        momentum: f64,
+        #[serde(default)]
+        nesterov: bool,
+        #[serde(default)]
+        weight_decay: f64,
+    },
+    /// AdamW (decoupled weight decay).
+    Adamw {
+        lr: f64,
+        #[serde(default = "default_betas")]
+        betas: [f64; 2],
+        #[serde(default = "default_eps")]
+        eps: f64,
+        #[serde(default)]
+        weight_decay: f64,
+    },
+}
+
+fn default_momentum() -> f64 {
+    0.9
+}
+
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+
+fn default_eps() -> f64 {
+    1e-8
+}
+
+impl OptimConfig {
+    /// Peak learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            OptimConfig::Sgd { lr, .. } | OptimConfig::Adamw { lr, .. } => *lr,
+        }
+    }
+}
+
+/// Learning-rate schedule: linear warm-up, then cosine decay to `final_lr_fraction`
+/// of the peak.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    #[serde(default)]
+    pub warmup_epochs: f64,
+    #[serde(default)]
+    pub final_lr_fraction: f64,
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            warmup_epochs: 0.0,
+            final_lr_fraction: 0.0,
+        }
+    }
+}
+
+/// Length of training and checkpointing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub epochs: usize,
+    /// Checkpoints kept on disk (older ones are deleted).
+    #[serde(default = "default_keep")]
+    pub keep_checkpoints: usize,
+}
+
+fn default_keep() -> usize {
+    2
+}
+
+/// Evaluation protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    #[serde(default)]
+    pub knn: KnnConfig,
+    #[serde(default)]
+    pub probe: ProbeConfig,
+    /// Training images in the per-epoch kNN bank (the final evaluation uses all).
+    #[serde(default = "default_monitor_bank")]
+    pub monitor_bank: usize,
+    /// Run kNN on the untrained encoder and on raw pixels as references.
+    #[serde(default = "default_true")]
+    pub baselines: bool,
+    /// Images per forward pass when extracting features.
+    #[serde(default = "default_eval_batch")]
+    pub batch_size: usize,
+}
+
+fn default_monitor_bank() -> usize {
+    10_000
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_eval_batch() -> usize {
+    1000
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        Self {
+            knn: KnnConfig::default(),
+            probe: ProbeConfig::default(),
+            monitor_bank: default_monitor_bank(),
+            baselines: true,
+            batch_size: default_eval_batch(),
+        }
+    }
+}
+
+/// Sets `path` (dotted, e.g. `optim.lr`) in a TOML table to `raw`, parsed as a TOML
+/// value when it is one (`0.1`, `true`, `[1, 2]`) and as a string otherwise.
+pub fn set_path(table: &mut toml::Table, path: &str, raw: &str) -> Result<()> {
+    let value: toml::Value = match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+        Ok(mut t) => t.remove("v").expect("parsed key"),
+        Err(_) => toml::Value::String(raw.to_string()),
+    };
+    let keys: Vec<&str> = path.split('.').collect();
+    if keys.iter().any(|k| k.is_empty()) {
+        bail!("--set {path}={raw}: empty key in path `{path}`");
+    }
+    let mut cur = table;
+    for k in &keys[..keys.len() - 1] {
+        cur = cur
+            .entry(k.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .with_context(|| format!("--set {path}={raw}: `{k}` is not a table"))?;
+    }
+    cur.insert(keys[keys.len() - 1].to_string(), value);
+    Ok(())
+}
+
+impl Config {
+    /// Parses TOML text (with `origin` naming it in errors), applies `key=value`
+    /// overrides, and validates the result.
+    pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
+        let mut table: toml::Table =
+            toml::from_str(text).with_context(|| format!("{origin}: not valid TOML"))?;
+        for o in overrides {
+            let (k, v) = o
+                .split_once('=')
+                .with_context(|| format!("--set `{o}`: expected key=value"))?;
+            set_path(&mut table, k.trim(), v.trim())?;
+        }
+        let cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| anyhow::anyhow!("{origin}: {}", e.message().trim()))?;
+        cfg.validate()
+            .with_context(|| format!("{origin}: invalid configuration"))?;
+        Ok(cfg)
+    }
+
+    /// Reads and parses a config file.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        Self::from_toml(&text, &path.display().to_string(), overrides)
+    }
+
+    /// The config as TOML text.
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+
+    /// Checks values that the types alone cannot.
+    pub fn validate(&self) -> Result<()> {
+        self.loss.validate()?;
+        self.data.augment.validate()?;
+        if self.data.batch_size < 2 {
+            bail!(
+                "data.batch_size = {} must be at least 2",
+                self.data.batch_size
+            );
+        }
+        if self.data.views < 2 {
+            bail!("data.views = {} must be at least 2", self.data.views);
+        }
+        if self.train.epochs == 0 {
+            bail!("train.epochs must be at least 1");
+        }
+        let lr = self.optim.lr();
+        if !(lr > 0.0 && lr.is_finite()) {
+            bail!("optim.lr = {lr} must be a finite number > 0");
+        }
+        match &self.optim {
+            OptimConfig::Sgd {
+                momentum,
+                weight_decay,
+                ..
+            } => {
+                if !(0.0..1.0).contains(momentum) {
+                    bail!("optim.momentum = {momentum} must be in [0, 1)");
+                }
+                if *weight_decay < 0.0 {
+                    bail!("optim.weight_decay = {weight_decay} must be >= 0");
+                }
+            }
+            OptimConfig::Adamw {
+                betas,
+                eps,
+                weight_decay,
+                ..
+            } => {
+                if betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+                    bail!("optim.betas = {betas:?} must lie in [0, 1)");
+                }
+                if *eps <= 0.0 || *weight_decay < 0.0 {
+                    bail!("optim.eps must be > 0 and optim.weight_decay >= 0");
+                }
+            }
+        }
+        if !(0.0..=1.0).contains(&self.schedule.final_lr_fraction)
+            || self.schedule.warmup_epochs < 0.0
+        {
+            bail!("schedule.final_lr_fraction must be in [0, 1] and schedule.warmup_epochs >= 0");
+        }
+        if !(self.eval.knn.temperature > 0.0) || self.eval.knn.k == 0 {
+            bail!(
+                "eval.knn: k = {} must be >= 1 and temperature = {} > 0",
+                self.eval.knn.k,
+                self.eval.knn.temperature
+            );
+        }
+        Ok(())
+    }
+}

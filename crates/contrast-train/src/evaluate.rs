@@ -1,0 +1,102 @@
+//! Feature extraction and the evaluation protocol (kNN monitor, final kNN and linear
+//! probe, raw-pixel baselines).
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use contrast_data::{Dataset, Normalization};
+use contrast_encoders::{Encoder, Identity, InputShape};
+use contrast_eval::{KnnConfig, ProbeConfig, ProbeReport, knn_accuracy, linear_probe};
+
+/// The input shape of a dataset's images.
+pub fn input_shape(d: &Dataset) -> InputShape {
+    InputShape {
+        height: d.shape.height,
+        width: d.shape.width,
+        channels: d.shape.channels,
+    }
+}
+
+/// Evaluation settings shared by every measurement of a run.
+pub struct Evaluator<'a> {
+    pub norm: &'a Normalization,
+    pub knn: &'a KnnConfig,
+    pub probe: &'a ProbeConfig,
+    /// Images per forward pass.
+    pub batch: usize,
+    pub device: &'a Device,
+}
+
+impl Evaluator<'_> {
+    /// Representations `[N, D]` of every image of `data`, in eval mode (no
+    /// augmentation).
+    pub fn features(&self, encoder: &dyn Encoder, data: &Dataset) -> Result<Tensor> {
+        let s = data.shape;
+        let mut parts = Vec::new();
+        for start in (0..data.len()).step_by(self.batch.max(1)) {
+            let end = (start + self.batch).min(data.len());
+            let x = Tensor::from_vec(
+                data.normalized_f32(start..end, &self.norm.mean, &self.norm.std),
+                (end - start, s.height, s.width, s.channels),
+                self.device,
+            )?;
+            parts.push(encoder.forward_t(&x, false)?.detach());
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    fn knn_on(
+        &self,
+        bank: &Tensor,
+        bank_data: &Dataset,
+        test: &Tensor,
+        test_data: &Dataset,
+    ) -> Result<f64> {
+        let knn = KnnConfig {
+            k: self.knn.k.min(bank_data.len()),
+            ..self.knn.clone()
+        };
+        knn_accuracy(
+            bank,
+            &bank_data.labels,
+            test,
+            &test_data.labels,
+            bank_data.num_classes,
+            &knn,
+        )
+        .context("kNN evaluation")
+    }
+
+    /// Weighted-kNN top-1 of `test` against the `bank` images.
+    pub fn knn(&self, encoder: &dyn Encoder, bank: &Dataset, test: &Dataset) -> Result<f64> {
+        let fb = self.features(encoder, bank)?;
+        let ft = self.features(encoder, test)?;
+        self.knn_on(&fb, bank, &ft, test)
+    }
+
+    /// kNN top-1 and linear probe on the given train and test sets.
+    pub fn full(
+        &self,
+        encoder: &dyn Encoder,
+        train: &Dataset,
+        test: &Dataset,
+    ) -> Result<(f64, ProbeReport)> {
+        let ftr = self.features(encoder, train)?;
+        let fte = self.features(encoder, test)?;
+        let top1 = self.knn_on(&ftr, train, &fte, test)?;
+        let report = linear_probe(
+            &ftr,
+            &train.labels,
+            &fte,
+            &test.labels,
+            train.num_classes,
+            self.probe,
+        )
+        .context("linear probe")?;
+        Ok((top1, report))
+    }
+
+    /// The raw-pixel baseline: the same kNN and probe on normalised pixels.
+    pub fn pixels(&self, train: &Dataset, test: &Dataset) -> Result<(f64, ProbeReport)> {
+        self.full(&Identity::new(input_shape(train)), train, test)
+    }
+}

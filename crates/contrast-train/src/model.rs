@@ -1,0 +1,58 @@
+//! The trained network: backbone plus projection head, with its variables.
+
+use crate::config::ModelConfig;
+use crate::optim::Param;
+use anyhow::{Context, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarMap;
+use contrast_encoders::{Encoder, InputShape, ParamBuilder, ProjectionHead, RUNNING_STAT};
+
+/// Backbone and projection head sharing one [`VarMap`] (names `backbone.*`, `head.*`).
+pub struct ContrastiveModel {
+    pub varmap: VarMap,
+    pub backbone: Box<dyn Encoder>,
+    pub head: ProjectionHead,
+}
+
+impl ContrastiveModel {
+    /// Builds the model with seeded initial values.
+    pub fn new(cfg: &ModelConfig, input: InputShape, device: &Device, seed: u64) -> Result<Self> {
+        let varmap = VarMap::new();
+        let pb = ParamBuilder::new(&varmap, DType::F32, device, seed);
+        let backbone = cfg
+            .encoder
+            .build(input, pb.pp("backbone"))
+            .context("building the encoder (model.encoder)")?;
+        let head = ProjectionHead::new(backbone.out_dim(), &cfg.head, pb.pp("head"))
+            .context("building the projection head (model.head)")?;
+        Ok(Self {
+            varmap,
+            backbone,
+            head,
+        })
+    }
+
+    /// Representation `[B, D]` and projection `[B, out]` of images `[B, H, W, C]`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
+        let h = self.backbone.forward_t(x, train)?;
+        let z = self.head.forward_t(&h, train)?;
+        Ok((h, z))
+    }
+
+    /// Trainable parameters (running statistics excluded), sorted by name.
+    pub fn params(&self) -> Vec<Param> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut params: Vec<Param> = data
+            .iter()
+            .filter(|(name, _)| !name.contains(RUNNING_STAT))
+            .map(|(name, var)| Param::new(name.clone(), var.clone()))
+            .collect();
+        params.sort_by(|a, b| a.name.cmp(&b.name));
+        params
+    }
+
+    /// Number of trainable scalars.
+    pub fn num_params(&self) -> usize {
+        self.params().iter().map(|p| p.var.elem_count()).sum()
+    }
+}
