@@ -124,7 +124,7 @@ pub fn resized_crop(img: &Image, b: CropBox, out_h: usize, out_w: usize) -> Imag
                 let at = |yy: usize, xx: usize| img.data[(yy * img.width + xx) * c + ch];
                 let top = at(y0, x0) * (1.0 - wx) + at(y0, x1) * wx;
                 let bottom = at(y1, x0) * (1.0 - wx) + at(y1, x1) * wx;
-                data[(y * out_w + x) * c + ch] = top * (1.0 - wy) + bottom * wy;
+                data[(y * out_w + x) * c + ch] = (top * (1.0 - wy) + bottom * wy).clamp(0.0, 1.0);
             }
         }
     }
@@ -223,9 +223,9 @@ pub fn adjust_hue(img: &mut Image, shift: f32) {
     for px in img.data.chunks_exact_mut(3) {
         let (h, s, v) = rgb_to_hsv(px[0], px[1], px[2]);
         let (r, g, b) = hsv_to_rgb(h + shift, s, v);
-        px[0] = r;
-        px[1] = g;
-        px[2] = b;
+        px[0] = r.clamp(0.0, 1.0);
+        px[1] = g.clamp(0.0, 1.0);
+        px[2] = b.clamp(0.0, 1.0);
     }
 }
 
@@ -236,59 +236,67 @@ pub fn to_grayscale(img: &mut Image) {
     }
     for px in img.data.chunks_exact_mut(3) {
         let g = LUMA[0] * px[0] + LUMA[1] * px[1] + LUMA[2] * px[2];
-        px.fill(g);
+        px.fill(g.clamp(0.0, 1.0));
+    }
+}
+
+/// Index `i` reflected into `0..n` (torchvision's "reflect" padding, edge excluded).
+fn reflect(i: isize, n: usize) -> usize {
+    let n = n as isize;
+    if n == 1 {
+        return 0;
+    }
+    let mut i = i;
+    while i < 0 || i >= n {
+        i = if i < 0 { -i } else { 2 * (n - 1) - i };
+    }
+    i as usize
+}
+
+/// One 1-D pass of `weights` (centred) along rows (`vertical = false`) or columns.
+fn blur_pass(
+    src: &[f32],
+    dst: &mut [f32],
+    (h, w, c): (usize, usize, usize),
+    weights: &[f32],
+    vertical: bool,
+) {
+    let r = (weights.len() / 2) as isize;
+    for y in 0..h {
+        for x in 0..w {
+            for ch in 0..c {
+                let v: f32 = weights
+                    .iter()
+                    .enumerate()
+                    .map(|(t, wt)| {
+                        let off = t as isize - r;
+                        let (yy, xx) = if vertical {
+                            (reflect(y as isize + off, h), x)
+                        } else {
+                            (y, reflect(x as isize + off, w))
+                        };
+                        wt * src[(yy * w + xx) * c + ch]
+                    })
+                    .sum();
+                dst[(y * w + x) * c + ch] = v.clamp(0.0, 1.0);
+            }
+        }
     }
 }
 
 /// Separable Gaussian blur with standard deviation `sigma` (pixels) and an odd
 /// `kernel_size`, reflecting at the borders as torchvision does.
 pub fn gaussian_blur(img: &mut Image, sigma: f32, kernel_size: usize) {
-    let k = kernel_size.max(1) | 1;
-    let r = (k / 2) as isize;
+    let r = (kernel_size.max(1) / 2) as isize;
     let mut weights: Vec<f32> = (-r..=r)
         .map(|i| (-((i * i) as f32) / (2.0 * sigma * sigma)).exp())
         .collect();
     let norm: f32 = weights.iter().sum();
     weights.iter_mut().for_each(|w| *w /= norm);
-    let reflect = |i: isize, n: usize| -> usize {
-        let n = n as isize;
-        if n == 1 {
-            return 0;
-        }
-        let mut i = i;
-        while i < 0 || i >= n {
-            i = if i < 0 { -i } else { 2 * (n - 1) - i };
-        }
-        i as usize
-    };
-    let (h, w, c) = (img.height, img.width, img.channels);
+    let dims = (img.height, img.width, img.channels);
     let mut tmp = vec![0f32; img.data.len()];
-    for y in 0..h {
-        for x in 0..w {
-            for ch in 0..c {
-                tmp[(y * w + x) * c + ch] = weights
-                    .iter()
-                    .enumerate()
-                    .map(|(t, wt)| {
-                        wt * img.data[(y * w + reflect(x as isize + t as isize - r, w)) * c + ch]
-                    })
-                    .sum();
-            }
-        }
-    }
-    for y in 0..h {
-        for x in 0..w {
-            for ch in 0..c {
-                img.data[(y * w + x) * c + ch] = weights
-                    .iter()
-                    .enumerate()
-                    .map(|(t, wt)| {
-                        wt * tmp[(reflect(y as isize + t as isize - r, h) * w + x) * c + ch]
-                    })
-                    .sum();
-            }
-        }
-    }
+    blur_pass(&img.data, &mut tmp, dims, &weights, false);
+    blur_pass(&tmp, &mut img.data, dims, &weights, true);
 }
 
 /// Inverts every intensity at or above `threshold` (torchvision `solarize`).
