@@ -7,7 +7,8 @@
 //! uses the running statistics.
 
 use crate::params::{ParamBuilder, ParamInit};
-use candle_core::{Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
+use contrast_kernels::{BatchNormMode, ChannelStats, batch_norm};
 
 /// Name fragment that marks a variable as a running statistic, not a parameter.
 pub const RUNNING_STAT: &str = "running_";
@@ -55,45 +56,53 @@ impl BatchNorm {
     /// Normalises `x` `[..., C]`. With `train`, batch statistics are used and the
     /// running statistics move towards them.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let c = *dims.last().unwrap_or(&0);
-        if c != self.channels {
+        self.forward_act(x, train, false)
+    }
+
+    /// As [`BatchNorm::forward_t`], followed by a ReLU when `relu` is set (fused into
+    /// the same pass on the CPU).
+    pub fn forward_act(&self, x: &Tensor, train: bool, relu: bool) -> Result<Tensor> {
+        if x.dims().last() != Some(&self.channels) {
             candle_core::bail!(
-                "BatchNorm over {} channels got input of shape {dims:?}",
-                self.channels
+                "BatchNorm over {} channels got input of shape {:?}",
+                self.channels,
+                x.dims()
             );
         }
-        let flat = x.reshape(((), c))?;
-        let (mean, var) = if train {
-            let n = flat.dim(0)?;
-            if n < 2 {
-                candle_core::bail!(
-                    "BatchNorm in training mode needs at least 2 values per channel, got {n}"
-                );
-            }
-            let mean = flat.mean(0)?;
-            let centered = flat.broadcast_sub(&mean)?;
-            let var = centered.sqr()?.mean(0)?;
-            let m = self.momentum;
-            let unbiased = (var.detach() * (n as f64 / (n as f64 - 1.0)))?;
-            let rm = ((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach() * m)?)?;
-            let rv = ((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?;
-            self.running_mean
-                .set(&rm.to_dtype(self.running_mean.dtype())?)?;
-            self.running_var
-                .set(&rv.to_dtype(self.running_var.dtype())?)?;
-            (mean, var)
+        let mode = if train {
+            BatchNormMode::Batch
         } else {
-            (
-                self.running_mean.as_tensor().detach(),
-                self.running_var.as_tensor().detach(),
-            )
+            BatchNormMode::Fixed(ChannelStats {
+                mean: self
+                    .running_mean
+                    .as_tensor()
+                    .to_dtype(DType::F64)?
+                    .to_vec1()?,
+                var: self
+                    .running_var
+                    .as_tensor()
+                    .to_dtype(DType::F64)?
+                    .to_vec1()?,
+            })
         };
-        let inv_std = (var + self.eps)?.sqrt()?.recip()?;
-        let scale = (inv_std * &self.weight)?;
-        let shift = (&self.bias - (mean * &scale)?)?;
-        flat.broadcast_mul(&scale)?
-            .broadcast_add(&shift)?
-            .reshape(dims)
+        let out = batch_norm(x, &self.weight, &self.bias, mode, self.eps, relu)?;
+        if train {
+            let n = (x.elem_count() / self.channels) as f64;
+            let m = self.momentum;
+            let update = |running: &Var, batch: &[f64], correction: f64| -> Result<()> {
+                let old: Vec<f64> = running.as_tensor().to_dtype(DType::F64)?.to_vec1()?;
+                let new: Vec<f64> = old
+                    .iter()
+                    .zip(batch)
+                    .map(|(o, b)| (1.0 - m) * o + m * b * correction)
+                    .collect();
+                running.set(
+                    &Tensor::from_vec(new, self.channels, x.device())?.to_dtype(running.dtype())?,
+                )
+            };
+            update(&self.running_mean, &out.stats.mean, 1.0)?;
+            update(&self.running_var, &out.stats.var, n / (n - 1.0))?;
+        }
+        Ok(out.y)
     }
 }

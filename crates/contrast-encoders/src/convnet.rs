@@ -44,7 +44,7 @@ impl Encoder for ConvNet {
         let mut h = x.clone();
         let last = self.stages.len() - 1;
         for (i, (conv, bn)) in self.stages.iter().enumerate() {
-            h = bn.forward_t(&conv.forward(&h)?, train)?.relu()?;
+            h = bn.forward_act(&conv.forward(&h)?, train, true)?;
             if i < last {
                 h = max_pool2(&h)?;
             }

@@ -81,7 +81,7 @@ impl ProjectionHead {
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut h = x.clone();
         for (fc, bn) in &self.hidden {
-            h = bn.forward_t(&fc.forward(&h)?, train)?.relu()?;
+            h = bn.forward_act(&fc.forward(&h)?, train, true)?;
         }
         let y = self.last.forward(&h)?;
         match &self.out_bn {

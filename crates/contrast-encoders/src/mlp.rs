@@ -41,7 +41,7 @@ impl Encoder for Mlp {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut h = x.flatten_from(1)?;
         for (fc, bn) in &self.layers {
-            h = bn.forward_t(&fc.forward(&h)?, train)?.relu()?;
+            h = bn.forward_act(&fc.forward(&h)?, train, true)?;
         }
         Ok(h)
     }

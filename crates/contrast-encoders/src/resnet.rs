@@ -48,7 +48,7 @@ impl BasicBlock {
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.bn1.forward_t(&self.conv1.forward(x)?, train)?.relu()?;
+        let h = self.bn1.forward_act(&self.conv1.forward(x)?, train, true)?;
         let h = self.bn2.forward_t(&self.conv2.forward(&h)?, train)?;
         let identity = match &self.shortcut {
             Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
@@ -109,8 +109,7 @@ impl Encoder for ResNet18 {
         let mut h = self
             .stem
             .1
-            .forward_t(&self.stem.0.forward(x)?, train)?
-            .relu()?;
+            .forward_act(&self.stem.0.forward(x)?, train, true)?;
         for block in &self.blocks {
             h = block.forward_t(&h, train)?;
         }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// Neighbourhood size and vote temperature.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct KnnConfig {
     /// Neighbours per query (200 is the InstDisc / solo-learn default).
     pub k: usize,

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 /// Linear-probe training options.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct ProbeConfig {
     pub epochs: usize,
     pub batch_size: usize,

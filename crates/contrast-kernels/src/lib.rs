@@ -1,15 +1,29 @@
-//! The similarity hot path of Contrast.
+//! The hot paths of Contrast, as candle custom ops with CPU kernels.
 //!
 //! - [`l2_normalize`]: row normalisation with PyTorch's `F.normalize` semantics.
 //! - [`topk_similarity`]: blocked top-k similarity search, used by kNN evaluation,
 //!   nearest-neighbour mining and memory lookups.
+//! - [`conv2d_nhwc`]: channels-last convolution with GEMM-based forward and backward
+//!   passes (the encoders' convolutions).
+//! - [`batch_norm`]: fused batch normalisation (+ ReLU) with its backward pass.
+//! - [`max_pool2`]: 2x2 max pooling with its backward pass.
+//! - [`gemm`]: a checked wrapper over the `gemm` crate, shared by the kernels.
 //!
-//! The streaming generalised InfoNCE (forward and backward over candidate tiles, with
-//! CPU, CUDA and Metal kernels behind candle custom ops) is the next addition; the
-//! plain candle composition in `contrast-losses` is its reference.
+//! Every kernel has a plain candle composition beside it that serves as its reference
+//! in tests and as the path on devices without a kernel.
 
+pub mod batch_norm;
+pub mod conv2d;
+pub mod gemm;
 pub mod normalize;
+pub mod parallel;
+pub mod pool;
 pub mod topk;
 
+pub use batch_norm::{
+    BatchNormMode, BatchNormOutput, ChannelStats, batch_norm, batch_norm_reference,
+};
+pub use conv2d::{ConvGeometry, conv2d_nhwc, conv2d_nhwc_reference};
 pub use normalize::{NORM_EPS, l2_normalize};
+pub use pool::{max_pool2, max_pool2_reference};
 pub use topk::{QUERY_BLOCK, TopK, topk_similarity};

@@ -229,9 +229,22 @@ impl Config {
                 .with_context(|| format!("--set `{o}`: expected key=value"))?;
             set_path(&mut table, k.trim(), v.trim())?;
         }
-        let cfg: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| anyhow::anyhow!("{origin}: {}", e.message().trim()))?;
+        // Re-parse the merged table as text so that errors carry a location, which is
+        // turned into the name of the table at fault.
+        let merged = toml::to_string(&table)?;
+        let cfg: Config = toml::from_str(&merged).map_err(|e| {
+            let table = e
+                .span()
+                .and_then(|span| {
+                    merged[..span.start]
+                        .lines()
+                        .rev()
+                        .find(|l| l.starts_with('['))
+                })
+                .map(|h| format!(" (in {})", h.trim()))
+                .unwrap_or_default();
+            anyhow::anyhow!("{origin}: {}{table}", e.message().trim())
+        })?;
         cfg.validate()
             .with_context(|| format!("{origin}: invalid configuration"))?;
         Ok(cfg)

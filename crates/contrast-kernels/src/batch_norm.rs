@@ -1,0 +1,513 @@
+//! Fused batch normalisation (+ optional ReLU) over the last dimension, forward and
+//! backward, as a candle custom op.
+//!
+//! For `x` `[M, C]` (any leading shape flattened), per channel `c`:
+//! `y = act(gamma_c * (x - mu_c) / sqrt(var_c + eps) + beta_c)` with `act` the
+//! identity or ReLU. In training mode `mu` and `var` (biased) are the batch statistics
+//! and the gradient flows through them:
+//!
+//! ```text
+//! g    = dy * [y > 0]          (ReLU mask, when fused)
+//! dbeta  = sum g,  dgamma = sum g * xhat
+//! dx   = gamma * invstd / M * (M g - dbeta - xhat * dgamma)     (training)
+//! dx   = gamma * invstd * g                                      (running statistics)
+//! ```
+//!
+//! Each pass is one or two sweeps over memory, parallel over row blocks. The batch
+//! statistics computed by the forward pass are kept for the backward pass and for the
+//! caller's running-statistics update, so no sweep is repeated.
+
+use crate::gemm::Element;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// Rows per parallel block.
+const BLOCK_ROWS: usize = 4096;
+
+/// Float types of the kernels, with conversions to the f64 accumulators.
+pub trait Float:
+    Element
+    + PartialOrd
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+{
+    fn to_f64(self) -> f64;
+    fn from_f64(v: f64) -> Self;
+}
+
+impl Float for f32 {
+    fn to_f64(self) -> f64 {
+        self as f64
+    }
+    fn from_f64(v: f64) -> Self {
+        v as f32
+    }
+}
+
+impl Float for f64 {
+    fn to_f64(self) -> f64 {
+        self
+    }
+    fn from_f64(v: f64) -> Self {
+        v
+    }
+}
+
+/// Per-channel statistics used to normalise.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelStats {
+    pub mean: Vec<f64>,
+    /// Biased variance.
+    pub var: Vec<f64>,
+}
+
+/// Where the normalisation statistics come from.
+#[derive(Debug, Clone)]
+pub enum BatchNormMode {
+    /// Batch statistics (training); the gradient flows through them.
+    Batch,
+    /// Given statistics (evaluation, or frozen BatchNorm).
+    Fixed(ChannelStats),
+}
+
+/// Sums `f(block, accumulator)` over `blocks` into a `width`-long f64 vector.
+///
+/// The blocks are split into one contiguous group per thread, each group is summed in
+/// order, and the group results are added in order, so the result does not depend on
+/// rayon's scheduling (only on the thread count).
+fn reduce_blocks<F>(width: usize, blocks: usize, f: F) -> Vec<f64>
+where
+    F: Fn(usize, &mut [f64]) + Sync,
+{
+    crate::parallel::ordered_sum(width, blocks, |range, acc| range.for_each(|b| f(b, acc)))
+}
+
+/// Batch mean and biased variance of `x` `[M, C]`, in one sweep with f64
+/// accumulators.
+pub fn channel_stats<T: Float>(x: &[T], c: usize) -> ChannelStats {
+    let rows = x.len() / c;
+    let blocks = rows.div_ceil(BLOCK_ROWS);
+    let sums = reduce_blocks(2 * c, blocks, |b, acc| {
+        let (sum, sq) = acc.split_at_mut(c);
+        for row in x[b * BLOCK_ROWS * c..((b + 1) * BLOCK_ROWS * c).min(x.len())].chunks_exact(c) {
+            for ((s, q), v) in sum.iter_mut().zip(sq.iter_mut()).zip(row) {
+                let v = v.to_f64();
+                *s += v;
+                *q += v * v;
+            }
+        }
+    });
+    let m = rows.max(1) as f64;
+    let mean: Vec<f64> = sums[..c].iter().map(|s| s / m).collect();
+    let var = sums[c..]
+        .iter()
+        .zip(&mean)
+        .map(|(q, mu)| (q / m - mu * mu).max(0.0))
+        .collect();
+    ChannelStats { mean, var }
+}
+
+fn inv_std(stats: &ChannelStats, eps: f64) -> Vec<f64> {
+    stats.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect()
+}
+
+/// `out = x * a + b` per channel, then ReLU if asked, over `[M, C]` in parallel.
+fn affine<T: Float>(out: &mut [T], x: &[T], a: &[T], b: &[T], relu: bool) {
+    let c = a.len();
+    out.par_chunks_mut(BLOCK_ROWS * c)
+        .zip(x.par_chunks(BLOCK_ROWS * c))
+        .for_each(|(ob, xb)| {
+            for (or, xr) in ob.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
+                for (((o, &v), &a), &b) in or.iter_mut().zip(xr).zip(a).zip(b) {
+                    let y = v * a + b;
+                    *o = if relu && y < T::ZERO { T::ZERO } else { y };
+                }
+            }
+        });
+}
+
+fn to_t<T: Float>(v: impl Iterator<Item = f64>) -> Vec<T> {
+    v.map(T::from_f64).collect()
+}
+
+fn forward<T: Float>(
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    stats: &ChannelStats,
+    eps: f64,
+    relu: bool,
+) -> Vec<T> {
+    let c = gamma.len();
+    let inv = inv_std(stats, eps);
+    let scale: Vec<f64> = (0..c).map(|j| gamma[j].to_f64() * inv[j]).collect();
+    let shift = to_t((0..c).map(|j| beta[j].to_f64() - stats.mean[j] * scale[j]));
+    let mut y = vec![T::ZERO; x.len()];
+    affine(&mut y, x, &to_t(scale.into_iter()), &shift, relu);
+    y
+}
+
+/// What the backward pass needs besides the tensors.
+struct BackwardSpec<'a> {
+    gamma: &'a [f64],
+    stats: &'a ChannelStats,
+    eps: f64,
+    relu: bool,
+    /// Whether the statistics were the batch's (the gradient flows through them).
+    batch_stats: bool,
+}
+
+/// Gradients `(dx, dgamma, dbeta)`. With `g = dy * [y > 0]` (ReLU) and
+/// `k = gamma * invstd`, training mode gives `dx = k g + c1 x + c0` per channel with
+/// `c1 = -k invstd dgamma / M` and `c0 = -k dbeta / M - c1 mean`.
+fn backward<T: Float>(
+    x: &[T],
+    y: &[T],
+    dy: &[T],
+    spec: &BackwardSpec<'_>,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let c = spec.gamma.len();
+    let rows = x.len() / c;
+    let inv = inv_std(spec.stats, spec.eps);
+    let mean = &spec.stats.mean;
+    let blocks = rows.div_ceil(BLOCK_ROWS);
+    let relu = spec.relu;
+    // One sweep: sum g and sum g * x per channel.
+    let sums = reduce_blocks(2 * c, blocks, |b, acc| {
+        let range = b * BLOCK_ROWS * c..((b + 1) * BLOCK_ROWS * c).min(x.len());
+        let (sg, sgx) = acc.split_at_mut(c);
+        for ((xr, yr), dr) in x[range.clone()]
+            .chunks_exact(c)
+            .zip(y[range.clone()].chunks_exact(c))
+            .zip(dy[range].chunks_exact(c))
+        {
+            for ((((a, bx), &v), &o), &d) in
+                sg.iter_mut().zip(sgx.iter_mut()).zip(xr).zip(yr).zip(dr)
+            {
+                let g = if relu && o <= T::ZERO {
+                    0.0
+                } else {
+                    d.to_f64()
+                };
+                *a += g;
+                *bx += g * v.to_f64();
+            }
+        }
+    });
+    let dbeta: Vec<f64> = sums[..c].to_vec();
+    // sum g * xhat = invstd * (sum g x - mean sum g)
+    let dgamma: Vec<f64> = (0..c)
+        .map(|j| inv[j] * (sums[c + j] - mean[j] * sums[j]))
+        .collect();
+    let k: Vec<f64> = (0..c).map(|j| spec.gamma[j] * inv[j]).collect();
+    let m = rows.max(1) as f64;
+    let (c1, c0): (Vec<f64>, Vec<f64>) = if spec.batch_stats {
+        (0..c)
+            .map(|j| {
+                let c1 = -k[j] * inv[j] * dgamma[j] / m;
+                (c1, -k[j] * dbeta[j] / m - c1 * mean[j])
+            })
+            .unzip()
+    } else {
+        (vec![0.0; c], vec![0.0; c])
+    };
+    let (k, c1, c0): (Vec<T>, Vec<T>, Vec<T>) = (
+        to_t(k.into_iter()),
+        to_t(c1.into_iter()),
+        to_t(c0.into_iter()),
+    );
+    let mut dx = vec![T::ZERO; x.len()];
+    dx.par_chunks_mut(BLOCK_ROWS * c)
+        .zip(x.par_chunks(BLOCK_ROWS * c))
+        .zip(
+            y.par_chunks(BLOCK_ROWS * c)
+                .zip(dy.par_chunks(BLOCK_ROWS * c)),
+        )
+        .for_each(|((dxb, xb), (yb, db))| {
+            for ((dxr, xr), (yr, dr)) in dxb
+                .chunks_exact_mut(c)
+                .zip(xb.chunks_exact(c))
+                .zip(yb.chunks_exact(c).zip(db.chunks_exact(c)))
+            {
+                for (j, (((o, &v), &yo), &d)) in dxr.iter_mut().zip(xr).zip(yr).zip(dr).enumerate()
+                {
+                    let g = if relu && yo <= T::ZERO { T::ZERO } else { d };
+                    *o = k[j] * g + c1[j] * v + c0[j];
+                }
+            }
+        });
+    (dx, to_t(dgamma.into_iter()), to_t(dbeta.into_iter()))
+}
+
+fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("batch_norm: {what} must be contiguous"),
+    }
+}
+
+/// The forward op `(x, gamma, beta) -> y`; remembers the statistics it used.
+struct BatchNormOp {
+    eps: f64,
+    relu: bool,
+    mode: BatchNormMode,
+    used: Arc<Mutex<Option<ChannelStats>>>,
+}
+
+impl BatchNormOp {
+    fn stats_for<T: Float>(&self, x: &[T], c: usize) -> ChannelStats {
+        let stats = match &self.mode {
+            BatchNormMode::Batch => channel_stats(x, c),
+            BatchNormMode::Fixed(s) => s.clone(),
+        };
+        *self.used.lock().expect("stats lock") = Some(stats.clone());
+        stats
+    }
+}
+
+impl CustomOp3 for BatchNormOp {
+    fn name(&self) -> &'static str {
+        "contrast-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let c = l2.shape().elem_count();
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => {
+                let (x, g, b) = (
+                    contiguous(x, l1, "x")?,
+                    contiguous(g, l2, "gamma")?,
+                    contiguous(b, l3, "beta")?,
+                );
+                let stats = self.stats_for(x, c);
+                CpuStorage::F32(forward(x, g, b, &stats, self.eps, self.relu))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(b)) => {
+                let (x, g, b) = (
+                    contiguous(x, l1, "x")?,
+                    contiguous(g, l2, "gamma")?,
+                    contiguous(b, l3, "beta")?,
+                );
+                let stats = self.stats_for(x, c);
+                CpuStorage::F64(forward(x, g, b, &stats, self.eps, self.relu))
+            }
+            _ => bail!(
+                "batch_norm: expected f32 or f64 tensors of one type, got {:?}",
+                s1.dtype()
+            ),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let stats = self
+            .used
+            .lock()
+            .expect("stats lock")
+            .clone()
+            .ok_or_else(|| candle_core::Error::Msg("batch_norm: backward before forward".into()))?;
+        let op = BatchNormGradOp {
+            eps: self.eps,
+            relu: self.relu,
+            batch_stats: matches!(self.mode, BatchNormMode::Batch),
+            stats,
+            gamma: gamma.to_dtype(DType::F64)?.to_vec1()?,
+            grads: Arc::new(Mutex::new(None)),
+        };
+        let dx = x.apply_op3_no_bwd(y, &dy.contiguous()?, &op)?;
+        let (dg, db) = op
+            .grads
+            .lock()
+            .expect("grad lock")
+            .take()
+            .expect("filled by the op");
+        let as_tensor = |v: Vec<f64>| {
+            Tensor::from_vec(v, gamma.elem_count(), gamma.device())?.to_dtype(gamma.dtype())
+        };
+        Ok((Some(dx), Some(as_tensor(dg)?), Some(as_tensor(db)?)))
+    }
+}
+
+/// Backward op `(x, y, dy) -> dx`, which also produces `dgamma` and `dbeta`
+/// (left in `grads` as f64).
+struct BatchNormGradOp {
+    eps: f64,
+    relu: bool,
+    batch_stats: bool,
+    stats: ChannelStats,
+    gamma: Vec<f64>,
+    grads: Arc<Mutex<Option<(Vec<f64>, Vec<f64>)>>>,
+}
+
+impl BatchNormGradOp {
+    fn run<T: Float>(&self, x: &[T], y: &[T], dy: &[T]) -> Vec<T> {
+        let spec = BackwardSpec {
+            gamma: &self.gamma,
+            stats: &self.stats,
+            eps: self.eps,
+            relu: self.relu,
+            batch_stats: self.batch_stats,
+        };
+        let (dx, dg, db) = backward(x, y, dy, &spec);
+        let to64 = |v: Vec<T>| v.into_iter().map(|t| t.to_f64()).collect();
+        *self.grads.lock().expect("grad lock") = Some((to64(dg), to64(db)));
+        dx
+    }
+}
+
+impl CustomOp3 for BatchNormGradOp {
+    fn name(&self) -> &'static str {
+        "contrast-batch-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2, s3) {
+            (CpuStorage::F32(x), CpuStorage::F32(y), CpuStorage::F32(d)) => {
+                CpuStorage::F32(self.run(
+                    contiguous(x, l1, "x")?,
+                    contiguous(y, l2, "y")?,
+                    contiguous(d, l3, "dy")?,
+                ))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(y), CpuStorage::F64(d)) => {
+                CpuStorage::F64(self.run(
+                    contiguous(x, l1, "x")?,
+                    contiguous(y, l2, "y")?,
+                    contiguous(d, l3, "dy")?,
+                ))
+            }
+            _ => bail!("batch_norm backward: unsupported dtype {:?}", s1.dtype()),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// Output of [`batch_norm`]: the normalised tensor and the statistics it used.
+pub struct BatchNormOutput {
+    pub y: Tensor,
+    pub stats: ChannelStats,
+}
+
+/// Batch-normalises `x` `[..., C]` over every dimension but the last, with scale
+/// `gamma` and shift `beta` `[C]`, optionally followed by a ReLU. Differentiable in
+/// `x`, `gamma` and `beta`. CPU tensors of f32 or f64 use the fused kernels; other
+/// devices use [`batch_norm_reference`].
+pub fn batch_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mode: BatchNormMode,
+    eps: f64,
+    relu: bool,
+) -> Result<BatchNormOutput> {
+    let c = gamma.elem_count();
+    if x.dims().last() != Some(&c) || beta.elem_count() != c {
+        bail!(
+            "batch_norm: input {:?}, gamma [{c}] and beta [{}] disagree on the channel count",
+            x.dims(),
+            beta.elem_count()
+        );
+    }
+    if let BatchNormMode::Fixed(s) = &mode
+        && (s.mean.len() != c || s.var.len() != c)
+    {
+        bail!(
+            "batch_norm: fixed statistics have {} means and {} variances for {c} channels",
+            s.mean.len(),
+            s.var.len()
+        );
+    }
+    if matches!(mode, BatchNormMode::Batch) && x.elem_count() / c.max(1) < 2 {
+        bail!(
+            "batch_norm: batch statistics need at least 2 values per channel, input is {:?}",
+            x.dims()
+        );
+    }
+    let fused = x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && gamma.dtype() == x.dtype()
+        && beta.dtype() == x.dtype();
+    if !fused {
+        return batch_norm_reference(x, gamma, beta, mode, eps, relu);
+    }
+    let used = Arc::new(Mutex::new(None));
+    let op = BatchNormOp {
+        eps,
+        relu,
+        mode,
+        used: used.clone(),
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let stats = used
+        .lock()
+        .expect("stats lock")
+        .clone()
+        .expect("filled by the forward pass");
+    Ok(BatchNormOutput { y, stats })
+}
+
+/// The same normalisation in plain candle ops (the reference, and the path on
+/// devices without a kernel).
+pub fn batch_norm_reference(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mode: BatchNormMode,
+    eps: f64,
+    relu: bool,
+) -> Result<BatchNormOutput> {
+    let dims = x.dims().to_vec();
+    let c = gamma.elem_count();
+    let flat = x.reshape(((), c))?;
+    let (mean, var, stats) = match mode {
+        BatchNormMode::Batch => {
+            let mean = flat.mean(0)?;
+            let var = flat.broadcast_sub(&mean)?.sqr()?.mean(0)?;
+            let stats = ChannelStats {
+                mean: mean.to_dtype(DType::F64)?.to_vec1()?,
+                var: var.to_dtype(DType::F64)?.to_vec1()?,
+            };
+            (mean, var, stats)
+        }
+        BatchNormMode::Fixed(s) => {
+            let t = |v: &[f64]| Tensor::from_slice(v, c, x.device())?.to_dtype(x.dtype());
+            (t(&s.mean)?, t(&s.var)?, s)
+        }
+    };
+    let scale = ((var + eps)?.sqrt()?.recip()? * gamma)?;
+    let shift = (beta - (mean * &scale)?)?;
+    let y = flat.broadcast_mul(&scale)?.broadcast_add(&shift)?;
+    let y = if relu { y.relu()? } else { y };
+    Ok(BatchNormOutput {
+        y: y.reshape(dims)?,
+        stats,
+    })
+}

@@ -1,0 +1,470 @@
+//! 2-D convolution on channels-last tensors, forward and both backward passes, as
+//! candle custom ops over im2col plus GEMM.
+//!
+//! Layouts: input `[B, H, W, Cin]`, weight `[k*k*Cin, Cout]` (row `(dy*k + dx)*Cin + ci`),
+//! output `[B, Ho, Wo, Cout]`. The batch is cut into chunks of whole images; each
+//! chunk's im2col buffer is built, multiplied and dropped inside one rayon task, so
+//! memory stays at a few chunk buffers rather than an im2col of the whole batch.
+//!
+//! - forward: `Y_c = col(X_c) W`
+//! - input gradient: `dX_c = col^T(dY_c W^T)` (col2im scatter-add)
+//! - weight gradient: `dW = sum_c col(X_c)^T dY_c`
+//!
+//! candle's own CPU convolution takes the input gradient through a naive
+//! `conv_transpose2d`; these passes are all GEMMs. [`conv2d_nhwc_reference`] is the
+//! same convolution in plain candle ops: the reference in tests and the path on
+//! devices without a kernel.
+
+use crate::gemm::{Element, MatRef, matmul};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+/// Rows of im2col per chunk the kernels aim for (balances GEMM efficiency against
+/// buffer size: 2048 rows of a 3x3x256 patch are 18 MB in f32).
+const TARGET_ROWS: usize = 2048;
+
+/// Sizes of one convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub batch: usize,
+    pub height: usize,
+    pub width: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl ConvGeometry {
+    /// Output height.
+    pub fn out_h(&self) -> usize {
+        (self.height + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    /// Output width.
+    pub fn out_w(&self) -> usize {
+        (self.width + 2 * self.padding - self.kernel) / self.stride + 1
+    }
+
+    /// Length of one im2col row, `k * k * Cin`.
+    pub fn patch(&self) -> usize {
+        self.kernel * self.kernel * self.in_channels
+    }
+
+    fn in_image(&self) -> usize {
+        self.height * self.width * self.in_channels
+    }
+
+    fn out_pixels(&self) -> usize {
+        self.out_h() * self.out_w()
+    }
+
+    /// Whether im2col is the identity (1x1, stride 1, no padding).
+    fn is_pointwise(&self) -> bool {
+        self.kernel == 1 && self.stride == 1 && self.padding == 0
+    }
+
+    /// Images per chunk: about `TARGET_ROWS` output pixels, and enough chunks to keep
+    /// every thread busy.
+    fn images_per_chunk(&self) -> usize {
+        let by_rows = (TARGET_ROWS / self.out_pixels().max(1)).max(1);
+        let by_threads = self
+            .batch
+            .div_ceil(rayon::current_num_threads().max(1))
+            .max(1);
+        by_rows.min(by_threads)
+    }
+
+    /// FLOPs of the forward pass (`2 * B * Ho * Wo * k*k*Cin * Cout`).
+    pub fn forward_flops(&self) -> f64 {
+        2.0 * (self.batch * self.out_pixels() * self.patch() * self.out_channels) as f64
+    }
+
+    /// Derives the geometry from an input `[B, H, W, Cin]` and a weight
+    /// `[k*k*Cin, Cout]`, checking that they agree.
+    pub fn from_shapes(
+        x: &[usize],
+        w: &[usize],
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> Result<Self> {
+        let &[batch, height, width, in_channels] = x else {
+            bail!("conv2d: input must be [B, H, W, C], got {x:?}");
+        };
+        let &[patch, out_channels] = w else {
+            bail!("conv2d: weight must be [k*k*Cin, Cout], got {w:?}");
+        };
+        if kernel == 0 || stride == 0 {
+            bail!("conv2d: kernel ({kernel}) and stride ({stride}) must be >= 1");
+        }
+        if patch != kernel * kernel * in_channels {
+            bail!(
+                "conv2d: weight has {patch} rows, expected {kernel}x{kernel}x{in_channels} for input {x:?}"
+            );
+        }
+        if height + 2 * padding < kernel || width + 2 * padding < kernel {
+            bail!(
+                "conv2d: kernel {kernel} exceeds the padded input {height}x{width} (padding {padding})"
+            );
+        }
+        Ok(Self {
+            batch,
+            height,
+            width,
+            in_channels,
+            out_channels,
+            kernel,
+            stride,
+            padding,
+        })
+    }
+}
+
+/// Source pixel of tap `d` for output coordinate `o`, or `None` inside the padding.
+#[inline]
+fn source(o: usize, d: usize, g: &ConvGeometry, limit: usize) -> Option<usize> {
+    (o * g.stride + d)
+        .checked_sub(g.padding)
+        .filter(|&v| v < limit)
+}
+
+/// Fills `col` (`[n * Ho * Wo, k*k*Cin]`) from `n` images `x`.
+fn im2col<T: Element>(x: &[T], g: &ConvGeometry, n: usize, col: &mut [T]) {
+    let (oh, ow, c, k) = (g.out_h(), g.out_w(), g.in_channels, g.kernel);
+    let patch = g.patch();
+    for img in 0..n {
+        let xi = &x[img * g.in_image()..(img + 1) * g.in_image()];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let row = &mut col[((img * oh + oy) * ow + ox) * patch..][..patch];
+                for dy in 0..k {
+                    let sy = source(oy, dy, g, g.height);
+                    for dx in 0..k {
+                        let dst = &mut row[(dy * k + dx) * c..][..c];
+                        match (sy, source(ox, dx, g, g.width)) {
+                            (Some(sy), Some(sx)) => {
+                                dst.copy_from_slice(&xi[(sy * g.width + sx) * c..][..c])
+                            }
+                            _ => dst.fill(T::ZERO),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Adds `col` (`[n * Ho * Wo, k*k*Cin]`) back onto `n` images `dx`.
+fn col2im_add<T: Element>(col: &[T], g: &ConvGeometry, n: usize, dx: &mut [T]) {
+    let (oh, ow, c, k) = (g.out_h(), g.out_w(), g.in_channels, g.kernel);
+    let patch = g.patch();
+    for img in 0..n {
+        let di = &mut dx[img * g.in_image()..(img + 1) * g.in_image()];
+        for oy in 0..oh {
+            for ox in 0..ow {
+                let row = &col[((img * oh + oy) * ow + ox) * patch..][..patch];
+                for dy in 0..k {
+                    let Some(sy) = source(oy, dy, g, g.height) else {
+                        continue;
+                    };
+                    for dxx in 0..k {
+                        let Some(sx) = source(ox, dxx, g, g.width) else {
+                            continue;
+                        };
+                        let src = &row[(dy * k + dxx) * c..][..c];
+                        for (d, s) in di[(sy * g.width + sx) * c..][..c].iter_mut().zip(src) {
+                            *d += *s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Forward pass: `y` `[B, Ho, Wo, Cout]` from `x` and `w`.
+pub fn forward<T: Element>(x: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
+    let per = g.images_per_chunk();
+    let rows_per_image = g.out_pixels();
+    let mut y = vec![T::ZERO; g.batch * rows_per_image * g.out_channels];
+    let wm = MatRef::row_major(w, g.patch(), g.out_channels);
+    y.par_chunks_mut(per * rows_per_image * g.out_channels)
+        .zip(x.par_chunks(per * g.in_image()))
+        .for_each(|(yc, xc)| {
+            let n = xc.len() / g.in_image();
+            let rows = n * rows_per_image;
+            if g.is_pointwise() {
+                matmul(yc, MatRef::row_major(xc, rows, g.patch()), wm, false, 1);
+            } else {
+                let mut col = vec![T::ZERO; rows * g.patch()];
+                im2col(xc, g, n, &mut col);
+                matmul(yc, MatRef::row_major(&col, rows, g.patch()), wm, false, 1);
+            }
+        });
+    y
+}
+
+/// Input gradient `dx` `[B, H, W, Cin]` from the output gradient `dy` and `w`.
+pub fn backward_input<T: Element>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
+    let per = g.images_per_chunk();
+    let rows_per_image = g.out_pixels();
+    let mut dx = vec![T::ZERO; g.batch * g.in_image()];
+    let wt = MatRef::row_major(w, g.patch(), g.out_channels).t();
+    dx.par_chunks_mut(per * g.in_image())
+        .zip(dy.par_chunks(per * rows_per_image * g.out_channels))
+        .for_each(|(dxc, dyc)| {
+            let n = dxc.len() / g.in_image();
+            let rows = n * rows_per_image;
+            let dym = MatRef::row_major(dyc, rows, g.out_channels);
+            if g.is_pointwise() {
+                matmul(dxc, dym, wt, false, 1);
+            } else {
+                let mut col = vec![T::ZERO; rows * g.patch()];
+                matmul(&mut col, dym, wt, false, 1);
+                col2im_add(&col, g, n, dxc);
+            }
+        });
+    dx
+}
+
+/// Weight gradient `dw` `[k*k*Cin, Cout]` from the input `x` and output gradient `dy`.
+pub fn backward_weight<T: Element>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T> {
+    let per = g.images_per_chunk();
+    let rows_per_image = g.out_pixels();
+    let chunks = g.batch.div_ceil(per);
+    crate::parallel::ordered_sum(g.patch() * g.out_channels, chunks, |range, acc| {
+        let mut col = Vec::new();
+        for chunk in range {
+            let first = chunk * per;
+            let n = per.min(g.batch - first);
+            let rows = n * rows_per_image;
+            let xc = &x[first * g.in_image()..(first + n) * g.in_image()];
+            let dyc = &dy[first * rows_per_image * g.out_channels..][..rows * g.out_channels];
+            let dym = MatRef::row_major(dyc, rows, g.out_channels);
+            let cols = if g.is_pointwise() {
+                MatRef::row_major(xc, rows, g.patch())
+            } else {
+                col.resize(rows * g.patch(), T::ZERO);
+                im2col(xc, g, n, &mut col);
+                MatRef::row_major(&col[..], rows, g.patch())
+            };
+            matmul(acc, cols.t(), dym, true, 1);
+        }
+    })
+}
+
+/// The contiguous slice a layout covers.
+fn slice<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("conv2d: {what} must be contiguous"),
+    }
+}
+
+/// Runs `f` on two CPU storages of the same float type.
+fn with_slices(
+    s1: &CpuStorage,
+    l1: &Layout,
+    s2: &CpuStorage,
+    l2: &Layout,
+    f32_fn: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
+    f64_fn: impl FnOnce(&[f64], &[f64]) -> Vec<f64>,
+) -> Result<CpuStorage> {
+    match (s1, s2) {
+        (CpuStorage::F32(a), CpuStorage::F32(b)) => Ok(CpuStorage::F32(f32_fn(
+            slice(a, l1, "lhs")?,
+            slice(b, l2, "rhs")?,
+        ))),
+        (CpuStorage::F64(a), CpuStorage::F64(b)) => Ok(CpuStorage::F64(f64_fn(
+            slice(a, l1, "lhs")?,
+            slice(b, l2, "rhs")?,
+        ))),
+        _ => bail!(
+            "conv2d: expected two f32 or two f64 tensors, got {:?} and {:?}",
+            s1.dtype(),
+            s2.dtype()
+        ),
+    }
+}
+
+/// The convolution op: `(x, w) -> y`, differentiable in both arguments.
+struct Conv2dOp {
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+}
+
+impl CustomOp2 for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "contrast-conv2d-nhwc"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = ConvGeometry::from_shapes(
+            l1.dims(),
+            l2.dims(),
+            self.kernel,
+            self.stride,
+            self.padding,
+        )?;
+        let out = with_slices(
+            s1,
+            l1,
+            s2,
+            l2,
+            |x, w| forward(x, w, &g),
+            |x, w| forward(x, w, &g),
+        )?;
+        Ok((
+            out,
+            Shape::from((g.batch, g.out_h(), g.out_w(), g.out_channels)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g =
+            ConvGeometry::from_shapes(x.dims(), w.dims(), self.kernel, self.stride, self.padding)?;
+        let dy = dy.contiguous()?;
+        let dx = dy.apply_op2_no_bwd(w, &InputGradOp(g))?;
+        let dw = x.apply_op2_no_bwd(&dy, &WeightGradOp(g))?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `(dy, w) -> dx`.
+struct InputGradOp(ConvGeometry);
+
+impl CustomOp2 for InputGradOp {
+    fn name(&self) -> &'static str {
+        "contrast-conv2d-nhwc-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let out = with_slices(
+            s1,
+            l1,
+            s2,
+            l2,
+            |d, w| backward_input(d, w, &g),
+            |d, w| backward_input(d, w, &g),
+        )?;
+        Ok((
+            out,
+            Shape::from((g.batch, g.height, g.width, g.in_channels)),
+        ))
+    }
+}
+
+/// `(x, dy) -> dw`.
+struct WeightGradOp(ConvGeometry);
+
+impl CustomOp2 for WeightGradOp {
+    fn name(&self) -> &'static str {
+        "contrast-conv2d-nhwc-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.0;
+        let out = with_slices(
+            s1,
+            l1,
+            s2,
+            l2,
+            |x, d| backward_weight(x, d, &g),
+            |x, d| backward_weight(x, d, &g),
+        )?;
+        Ok((out, Shape::from((g.patch(), g.out_channels))))
+    }
+}
+
+/// Convolves `x` `[B, H, W, Cin]` with `w` `[k*k*Cin, Cout]` into `[B, Ho, Wo, Cout]`.
+///
+/// On the CPU (f32 or f64) this runs the GEMM kernels above; elsewhere it runs
+/// [`conv2d_nhwc_reference`]. Both are differentiable in `x` and `w`.
+pub fn conv2d_nhwc(
+    x: &Tensor,
+    w: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    ConvGeometry::from_shapes(x.dims(), w.dims(), kernel, stride, padding)?;
+    let cpu_float = x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && x.dtype() == w.dtype();
+    if cpu_float {
+        x.contiguous()?.apply_op2(
+            &w.contiguous()?,
+            Conv2dOp {
+                kernel,
+                stride,
+                padding,
+            },
+        )
+    } else {
+        conv2d_nhwc_reference(x, w, kernel, stride, padding)
+    }
+}
+
+/// The same convolution in plain candle ops: the `k*k` shifted windows of the
+/// zero-padded input concatenated on the channel axis, times `w`.
+pub fn conv2d_nhwc_reference(
+    x: &Tensor,
+    w: &Tensor,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Result<Tensor> {
+    let g = ConvGeometry::from_shapes(x.dims(), w.dims(), kernel, stride, padding)?;
+    let (oh, ow) = (g.out_h(), g.out_w());
+    // Extra zeros at the far edge let every strided window be cut as `stride * out`.
+    let extra = stride - 1;
+    let xp = x
+        .pad_with_zeros(1, padding, padding + extra)?
+        .pad_with_zeros(2, padding, padding + extra)?;
+    let mut windows = Vec::with_capacity(kernel * kernel);
+    for dy in 0..kernel {
+        for dx in 0..kernel {
+            let win = xp.narrow(1, dy, oh * stride)?.narrow(2, dx, ow * stride)?;
+            let win = if stride == 1 {
+                win
+            } else {
+                win.reshape((g.batch, oh, stride, ow, stride, g.in_channels))?
+                    .narrow(2, 0, 1)?
+                    .narrow(4, 0, 1)?
+            };
+            windows.push(win.reshape((g.batch * oh * ow, g.in_channels))?);
+        }
+    }
+    Tensor::cat(&windows, 1)?
+        .matmul(w)?
+        .reshape((g.batch, oh, ow, g.out_channels))
+}

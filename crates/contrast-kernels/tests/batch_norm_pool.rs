@@ -1,0 +1,186 @@
+//! Fused BatchNorm(+ReLU) and max-pool kernels against their plain candle
+//! compositions: values, statistics, and gradients to every input.
+
+use candle_core::{DType, Device, Tensor, Var};
+use contrast_kernels::{
+    BatchNormMode, ChannelStats, batch_norm, batch_norm_reference, max_pool2, max_pool2_reference,
+};
+use proptest::prelude::*;
+
+fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
+    let a: Vec<f64> = a
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let b: Vec<f64> = b
+        .to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let scale = b.iter().fold(1e-12f64, |m, x| m.max(x.abs()));
+    a.iter()
+        .zip(&b)
+        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
+        / scale
+}
+
+fn var(shape: &[usize], std: f64, dtype: DType) -> Var {
+    Var::from_tensor(
+        &Tensor::randn(0f64, std, shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Runs the kernel in `dtype` and the reference in f64 on the same inputs (and the
+/// same upstream gradient); returns the relative errors of output, statistics and
+/// the gradients to x, gamma and beta.
+fn bn_errors(shape: &[usize], fixed: bool, relu: bool, dtype: DType) -> Vec<f64> {
+    let c = *shape.last().unwrap();
+    let x = var(shape, 2.0, dtype);
+    let gamma = Var::from_tensor(
+        &(Tensor::randn(1f64, 0.3, c, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()),
+    )
+    .unwrap();
+    let beta = var(&[c], 0.5, dtype);
+    let mode = || {
+        if fixed {
+            BatchNormMode::Fixed(ChannelStats {
+                mean: (0..c).map(|j| j as f64 * 0.1 - 0.2).collect(),
+                var: (0..c).map(|j| 0.5 + j as f64 * 0.3).collect(),
+            })
+        } else {
+            BatchNormMode::Batch
+        }
+    };
+    let wide = |v: &Var| Var::from_tensor(&v.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
+    let (x64, g64, b64) = (wide(&x), wide(&gamma), wide(&beta));
+    let fast = batch_norm(
+        x.as_tensor(),
+        gamma.as_tensor(),
+        beta.as_tensor(),
+        mode(),
+        1e-5,
+        relu,
+    )
+    .unwrap();
+    let slow = batch_norm_reference(
+        x64.as_tensor(),
+        g64.as_tensor(),
+        b64.as_tensor(),
+        mode(),
+        1e-5,
+        relu,
+    )
+    .unwrap();
+    let up = Tensor::randn(0f64, 1.0, shape, &Device::Cpu).unwrap();
+    let gf = (fast.y.clone() * up.to_dtype(dtype).unwrap())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let gs = (slow.y.clone() * &up)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let stat_err = fast
+        .stats
+        .mean
+        .iter()
+        .chain(&fast.stats.var)
+        .zip(slow.stats.mean.iter().chain(&slow.stats.var))
+        .fold(0f64, |m, (a, b)| m.max((a - b).abs() / b.abs().max(1.0)));
+    let mut errs = vec![max_rel(&fast.y, &slow.y), stat_err];
+    for (v, v64) in [(&x, &x64), (&gamma, &g64), (&beta, &b64)] {
+        errs.push(max_rel(
+            gf.get(v.as_tensor()).unwrap(),
+            gs.get(v64.as_tensor()).unwrap(),
+        ));
+    }
+    errs
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn batch_norm_matches_reference(b in 2usize..5, h in 1usize..6, c in 1usize..9, fixed in any::<bool>(), relu in any::<bool>()) {
+        for e in bn_errors(&[b, h, h, c], fixed, relu, DType::F64) {
+            prop_assert!(e < 1e-10, "relative error {e}");
+        }
+    }
+
+    #[test]
+    fn max_pool_matches_reference(b in 1usize..4, h in 2usize..9, w in 2usize..9, c in 1usize..6) {
+        let x = var(&[b, h, w, c], 1.0, DType::F64);
+        let fast = max_pool2(x.as_tensor()).unwrap();
+        let slow = max_pool2_reference(x.as_tensor()).unwrap();
+        prop_assert!(max_rel(&fast, &slow) == 0.0);
+        let up = Tensor::randn(0f64, 1.0, fast.dims(), &Device::Cpu).unwrap();
+        let gf = (fast * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gs = (slow * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        prop_assert!(max_rel(gf.get(x.as_tensor()).unwrap(), gs.get(x.as_tensor()).unwrap()) < 1e-15);
+    }
+}
+
+#[test]
+fn batch_norm_f32_on_network_shapes() {
+    for (shape, relu) in [(vec![64, 28, 28, 32], true), (vec![512, 512], false)] {
+        for e in bn_errors(&shape, false, relu, DType::F32) {
+            assert!(e < 1e-4, "{shape:?}: relative error {e} against f64");
+        }
+    }
+}
+
+#[test]
+fn pooling_ties_send_the_gradient_once() {
+    let x =
+        Var::from_tensor(&Tensor::ones((1, 2, 2, 1), DType::F64, &Device::Cpu).unwrap()).unwrap();
+    let g = max_pool2(x.as_tensor())
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let g: Vec<f64> = g
+        .get(x.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert_eq!(g, vec![1.0, 0.0, 0.0, 0.0]);
+}
+
+#[test]
+fn bad_inputs_are_errors() {
+    let x = Tensor::zeros((1, 4), DType::F32, &Device::Cpu).unwrap();
+    let g = Tensor::ones(4, DType::F32, &Device::Cpu).unwrap();
+    let e = batch_norm(&x, &g, &g, BatchNormMode::Batch, 1e-5, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("at least 2 values per channel"), "{e}");
+    let g3 = Tensor::ones(3, DType::F32, &Device::Cpu).unwrap();
+    let e = batch_norm(&x, &g3, &g3, BatchNormMode::Batch, 1e-5, false)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("disagree on the channel count"), "{e}");
+    let e = max_pool2(&Tensor::zeros((1, 1, 4, 2), DType::F32, &Device::Cpu).unwrap())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("smaller than the 2x2 window"), "{e}");
+}

@@ -1,0 +1,127 @@
+//! Checkpoints: a resumed run ends exactly where an uninterrupted one does, files
+//! are written atomically, and a run directory is never silently overwritten.
+
+mod common;
+
+use common::{tiny_config, write_synthetic_mnist};
+use contrast_train::{RunOptions, run};
+use std::path::Path;
+
+fn opts(out: &Path, data: &Path, resume: bool) -> RunOptions {
+    RunOptions {
+        out_dir: out.to_path_buf(),
+        data_dir: Some(data.to_path_buf()),
+        resume,
+        progress: false,
+    }
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+/// Copies the files of a run directory (one level of sub-directories deep).
+fn copy_run(from: &Path, to: &Path) {
+    for entry in walk(from) {
+        let rel = entry.strip_prefix(from).unwrap();
+        let dest = to.join(rel);
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, dest).unwrap();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p))
+        } else {
+            out.push(p)
+        }
+    }
+    out
+}
+
+#[test]
+fn resumed_run_matches_uninterrupted_run() {
+    let data = tempfile::tempdir().unwrap();
+    write_synthetic_mnist(data.path(), 320, 100);
+    let straight = tempfile::tempdir().unwrap();
+    let cfg = tiny_config(2);
+    let full = run(&cfg, &opts(straight.path(), data.path(), false)).unwrap();
+    let ckpt = straight.path().join("checkpoints");
+    assert_eq!(
+        std::fs::read_to_string(ckpt.join("latest")).unwrap(),
+        "epoch-0002"
+    );
+    for f in ["model.safetensors", "optimizer.safetensors", "state.json"] {
+        assert!(ckpt.join("epoch-0001").join(f).is_file(), "{f} missing");
+    }
+
+    // An interruption during epoch 2 leaves `latest` at epoch 1 and no summary.
+    let split = tempfile::tempdir().unwrap();
+    copy_run(straight.path(), split.path());
+    std::fs::write(split.path().join("checkpoints/latest"), "epoch-0001").unwrap();
+    std::fs::remove_dir_all(split.path().join("checkpoints/epoch-0002")).unwrap();
+    std::fs::remove_file(split.path().join("summary.json")).unwrap();
+
+    // Without --resume an existing run directory is refused.
+    let e = format!(
+        "{:#}",
+        run(&cfg, &opts(split.path(), data.path(), false)).unwrap_err()
+    );
+    assert!(e.contains("already holds a checkpoint"), "{e}");
+    let resumed = run(&cfg, &opts(split.path(), data.path(), true)).unwrap();
+
+    let a = lines(&straight.path().join("metrics.jsonl"));
+    let b = lines(&split.path().join("metrics.jsonl"));
+    assert_eq!(a.len(), 2);
+    // Everything but wall-clock measurements must be identical.
+    let deterministic = |l: &String| {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        ["epoch", "step", "loss", "lr", "knn_top1"].map(|k| v[k].to_string())
+    };
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(
+            deterministic(x),
+            deterministic(y),
+            "metrics after resume differ from the uninterrupted run's"
+        );
+    }
+    assert_eq!(full.knn_top1, resumed.knn_top1);
+    assert_eq!(full.linear_top1, resumed.linear_top1);
+    assert_eq!(resumed.epochs, 2);
+    for f in [
+        "config.toml",
+        "summary.json",
+        "plots/loss.svg",
+        "plots/knn.svg",
+    ] {
+        assert!(split.path().join(f).is_file(), "{f} missing");
+    }
+}
+
+#[test]
+fn a_damaged_latest_pointer_is_reported() {
+    let data = tempfile::tempdir().unwrap();
+    write_synthetic_mnist(data.path(), 64, 20);
+    let out = tempfile::tempdir().unwrap();
+    let mut cfg = tiny_config(1);
+    cfg.eval.baselines = false;
+    cfg.eval.knn.k = 5;
+    run(&cfg, &opts(out.path(), data.path(), false)).unwrap();
+    std::fs::write(out.path().join("checkpoints/latest"), "epoch-0042").unwrap();
+    let e = format!(
+        "{:#}",
+        run(&cfg, &opts(out.path(), data.path(), true)).unwrap_err()
+    );
+    assert!(
+        e.contains("epoch-0042") && e.contains("no complete checkpoint"),
+        "{e}"
+    );
+}
