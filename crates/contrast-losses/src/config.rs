@@ -1,25 +1,39 @@
-//! Loss selection by name, as used in TOML configs (`[loss] name = "nt_xent"`).
+//! Loss selection by name, as used in TOML configs (`[loss] name = "hcl"`).
 
-use crate::error::{Result, invalid};
-use crate::nt_xent::{NtXentConfig, nt_xent};
+use crate::error::{Result, check_temperature, invalid};
+use crate::{
+    AsclConfig, DebiasedConfig, DecoupledConfig, DecoupledWeightedConfig, FncConfig, HclConfig,
+    MocoConfig, NtXentConfig, RingConfig, SupConConfig,
+};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 /// What a loss may read: the projections of each view and optional side information.
 #[derive(Debug, Clone, Copy)]
 pub struct LossInputs<'a> {
-    /// Projections per view, each `[B, D]`, rows aligned across views.
+    /// Projections per view, each `[B, D]`, rows aligned across views. For the
+    /// queue-based losses view 0 is the query and view 1 the key.
     pub views: &'a [Tensor],
-    /// Class labels `[B]` (`u32`), where the method uses them.
+    /// Class labels `[B]`, where the method uses them.
     pub labels: Option<&'a Tensor>,
+    /// Normalised negatives from a memory queue `[K, D]`, where the method uses them.
+    pub queue: Option<&'a Tensor>,
 }
 
 /// A loss and its parameters, tagged by `name`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "snake_case")]
 pub enum LossConfig {
-    /// SimCLR's NT-Xent ([`nt_xent`]).
     NtXent(NtXentConfig),
+    MocoInfoNce(MocoConfig),
+    Supcon(SupConConfig),
+    Decoupled(DecoupledConfig),
+    DecoupledWeighted(DecoupledWeightedConfig),
+    Debiased(DebiasedConfig),
+    Hcl(HclConfig),
+    Ring(RingConfig),
+    Fnc(FncConfig),
+    Ascl(AsclConfig),
 }
 
 impl Default for LossConfig {
@@ -28,34 +42,147 @@ impl Default for LossConfig {
     }
 }
 
+fn two<'a>(name: &str, views: &'a [Tensor]) -> Result<(&'a Tensor, &'a Tensor)> {
+    match views {
+        [a, b] => Ok((a, b)),
+        _ => Err(invalid(
+            "views",
+            format!("{name} needs exactly 2 views, got {}", views.len()),
+        )),
+    }
+}
+
+fn need<'a>(name: &str, what: &'static str, t: Option<&'a Tensor>) -> Result<&'a Tensor> {
+    t.ok_or_else(|| {
+        invalid(
+            what,
+            format!("{name} needs `{what}`, which this method does not provide"),
+        )
+    })
+}
+
 impl LossConfig {
     /// The loss's name as written in configs.
     pub fn name(&self) -> &'static str {
         match self {
             LossConfig::NtXent(_) => "nt_xent",
+            LossConfig::MocoInfoNce(_) => "moco_info_nce",
+            LossConfig::Supcon(_) => "supcon",
+            LossConfig::Decoupled(_) => "decoupled",
+            LossConfig::DecoupledWeighted(_) => "decoupled_weighted",
+            LossConfig::Debiased(_) => "debiased",
+            LossConfig::Hcl(_) => "hcl",
+            LossConfig::Ring(_) => "ring",
+            LossConfig::Fnc(_) => "fnc",
+            LossConfig::Ascl(_) => "ascl",
         }
+    }
+
+    /// Whether the loss reads negatives from a memory queue.
+    pub fn needs_queue(&self) -> bool {
+        matches!(
+            self,
+            LossConfig::MocoInfoNce(_) | LossConfig::Ring(_) | LossConfig::Ascl(_)
+        )
+    }
+
+    /// Whether the loss reads class labels.
+    pub fn needs_labels(&self) -> bool {
+        matches!(self, LossConfig::Supcon(_))
     }
 
     /// Validates the parameters without computing anything.
     pub fn validate(&self) -> Result<()> {
+        let t = |v: f64| check_temperature("loss.temperature", v);
         match self {
-            LossConfig::NtXent(c) => {
-                crate::error::check_temperature("loss.temperature", c.temperature)
+            LossConfig::NtXent(c) => t(c.temperature),
+            LossConfig::MocoInfoNce(c) => t(c.temperature),
+            LossConfig::Supcon(c) => {
+                t(c.temperature)?;
+                c.base_temperature
+                    .map_or(Ok(()), |b| check_temperature("loss.base_temperature", b))
+            }
+            LossConfig::Decoupled(c) => t(c.temperature),
+            LossConfig::DecoupledWeighted(c) => {
+                t(c.temperature)?;
+                check_temperature("loss.sigma", c.sigma)
+            }
+            LossConfig::Debiased(c) => {
+                t(c.temperature)?;
+                crate::debiased::check_tau_plus(c.tau_plus)
+            }
+            LossConfig::Hcl(c) => {
+                t(c.temperature)?;
+                crate::debiased::check_tau_plus(c.tau_plus)?;
+                if !(c.beta >= 0.0 && c.beta.is_finite()) {
+                    return Err(invalid(
+                        "loss.beta",
+                        format!("{} must be a finite number >= 0", c.beta),
+                    ));
+                }
+                Ok(())
+            }
+            LossConfig::Ring(c) => {
+                t(c.temperature)?;
+                crate::ring::ring_band(1 << 20, c.outer, c.inner).map(|_| ())
+            }
+            LossConfig::Fnc(c) => {
+                t(c.temperature)?;
+                if c.topk.is_none() && c.threshold.is_none() {
+                    return Err(invalid("loss.topk", "set topk, threshold or both"));
+                }
+                Ok(())
+            }
+            LossConfig::Ascl(c) => {
+                t(c.temperature)?;
+                check_temperature("loss.target_temperature", c.target_temperature)
             }
         }
     }
 
     /// Computes the scalar loss.
     pub fn compute(&self, inputs: LossInputs<'_>) -> Result<Tensor> {
+        let name = self.name();
+        let v = inputs.views;
         match self {
             LossConfig::NtXent(c) => {
-                let [z1, z2] = inputs.views else {
-                    return Err(invalid(
-                        "views",
-                        format!("nt_xent needs exactly 2 views, got {}", inputs.views.len()),
-                    ));
-                };
-                nt_xent(z1, z2, c.temperature)
+                let (a, b) = two(name, v)?;
+                crate::nt_xent(a, b, c.temperature)
+            }
+            LossConfig::MocoInfoNce(c) => {
+                let (a, b) = two(name, v)?;
+                crate::moco_info_nce(a, b, need(name, "queue", inputs.queue)?, c.temperature)
+            }
+            LossConfig::Supcon(c) => crate::supcon(
+                v,
+                need(name, "labels", inputs.labels)?,
+                c.temperature,
+                c.base_temperature.unwrap_or(c.temperature),
+            ),
+            LossConfig::Decoupled(c) => {
+                let (a, b) = two(name, v)?;
+                crate::decoupled(a, b, c.temperature)
+            }
+            LossConfig::DecoupledWeighted(c) => {
+                let (a, b) = two(name, v)?;
+                crate::decoupled_weighted(a, b, c.temperature, c.sigma)
+            }
+            LossConfig::Debiased(c) => {
+                let (a, b) = two(name, v)?;
+                crate::debiased(a, b, c.temperature, c.tau_plus)
+            }
+            LossConfig::Hcl(c) => {
+                let (a, b) = two(name, v)?;
+                crate::hcl(a, b, c.temperature, c.tau_plus, c.beta)
+            }
+            LossConfig::Ring(c) => {
+                let (a, b) = two(name, v)?;
+                crate::ring(a, b, need(name, "queue", inputs.queue)?, c)
+            }
+            LossConfig::Fnc(c) => Ok(crate::fnc(v, c)?.0),
+            LossConfig::Ascl(c) => {
+                let (a, b) = two(name, v)?;
+                Ok(crate::ascl(a, b, need(name, "queue", inputs.queue)?, c)?.0)
             }
         }
     }

@@ -2,8 +2,8 @@
 
 use crate::error::{Result, check_same_shape, check_temperature};
 use crate::generalized::{generalized_info_nce, one_hot};
+use crate::views::{logits, not_self, stack_normalized};
 use candle_core::Tensor;
-use contrast_kernels::l2_normalize;
 use serde::{Deserialize, Serialize};
 
 /// Parameters of [`nt_xent`].
@@ -29,12 +29,16 @@ impl Default for NtXentConfig {
 pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<Tensor> {
     let (b, _) = check_same_shape("z1", z1, "z2", z2)?;
     check_temperature("temperature", temperature)?;
-    let z = l2_normalize(&Tensor::cat(&[z1, z2], 0)?)?;
-    let logits = (z.matmul(&z.t()?)? / temperature)?;
+    let z = stack_normalized(&[z1.clone(), z2.clone()])?;
     let n = 2 * b;
     let partner: Vec<usize> = (0..n).map(|i| (i + b) % n).collect();
     let targets = one_hot(&partner, n, z.dtype(), z.device())?;
-    let not_self =
-        (Tensor::ones((n, n), z.dtype(), z.device())? - Tensor::eye(n, z.dtype(), z.device())?)?;
-    Ok(generalized_info_nce(&logits, &targets, Some(&not_self))?.mean_all()?)
+    let weights = not_self(n, z.dtype(), z.device())?;
+    Ok(generalized_info_nce(
+        &logits(&z, &z, temperature)?,
+        &targets,
+        Some(&weights),
+        None,
+    )?
+    .mean_all()?)
 }

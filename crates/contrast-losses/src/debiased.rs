@@ -1,0 +1,109 @@
+//! Debiased contrastive loss (Chuang et al., 2020) and hard-negative HCL (Robinson et
+//! al., 2021), both on the two-view SimCLR batch.
+
+use crate::error::{Result, check_same_shape, check_temperature, invalid};
+use crate::generalized::{Debias, generalized_info_nce, one_hot};
+use crate::views::{logits, not_self, stack_normalized};
+use candle_core::{D, Tensor};
+use serde::{Deserialize, Serialize};
+
+/// Parameters of [`debiased`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DebiasedConfig {
+    pub temperature: f64,
+    /// Class prior `tau+` in `[0, 1)`.
+    pub tau_plus: f64,
+}
+
+impl Default for DebiasedConfig {
+    fn default() -> Self {
+        Self {
+            temperature: 0.5,
+            tau_plus: 0.1,
+        }
+    }
+}
+
+/// Parameters of [`hcl`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HclConfig {
+    pub temperature: f64,
+    pub tau_plus: f64,
+    /// Concentration `beta >= 0` of the hardness weights `exp(beta * s / t)`.
+    pub beta: f64,
+}
+
+impl Default for HclConfig {
+    fn default() -> Self {
+        Self {
+            temperature: 0.5,
+            tau_plus: 0.1,
+            beta: 1.0,
+        }
+    }
+}
+
+pub(crate) fn check_tau_plus(tau_plus: f64) -> Result<()> {
+    if !(0.0..1.0).contains(&tau_plus) {
+        return Err(invalid("tau_plus", format!("{tau_plus} is outside [0, 1)")));
+    }
+    Ok(())
+}
+
+/// Logits, targets and not-self weights of the two-view batch.
+fn batch(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, _) = check_same_shape("z1", z1, "z2", z2)?;
+    check_temperature("temperature", temperature)?;
+    let z = stack_normalized(&[z1.clone(), z2.clone()])?;
+    let n = 2 * b;
+    let partner: Vec<usize> = (0..n).map(|i| (i + b) % n).collect();
+    Ok((
+        logits(&z, &z, temperature)?,
+        one_hot(&partner, n, z.dtype(), z.device())?,
+        not_self(n, z.dtype(), z.device())?,
+    ))
+}
+
+/// Debiased contrastive loss over two views `[B, D]` (raw), as chingyaoc/DCL:
+/// `-log(pos / (pos + Ng))` with `Ng = max((sum neg - tau+ N pos) / (1 - tau+), N e^(-1/t))`
+/// and `N = 2B - 2`. Reduction: mean over the `2B` anchors. `tau+ = 0` gives NT-Xent.
+pub fn debiased(z1: &Tensor, z2: &Tensor, temperature: f64, tau_plus: f64) -> Result<Tensor> {
+    check_tau_plus(tau_plus)?;
+    let (l, targets, weights) = batch(z1, z2, temperature)?;
+    let d = Debias {
+        tau_plus,
+        temperature,
+    };
+    Ok(generalized_info_nce(&l, &targets, Some(&weights), Some(d))?.mean_all()?)
+}
+
+/// HCL over two views `[B, D]` (raw), as joshr17/HCL (`estimator = "hard"`): the
+/// negatives of the debiased loss reweighted by `imp / mean(imp)`, `imp = exp(beta l)`
+/// over each anchor's negatives. `imp` is not detached (as in the code). `beta = 0`
+/// gives [`debiased`].
+pub fn hcl(z1: &Tensor, z2: &Tensor, temperature: f64, tau_plus: f64, beta: f64) -> Result<Tensor> {
+    check_tau_plus(tau_plus)?;
+    if !(beta >= 0.0 && beta.is_finite()) {
+        return Err(invalid(
+            "beta",
+            format!("{beta} must be a finite number >= 0"),
+        ));
+    }
+    let (l, targets, not_self) = batch(z1, z2, temperature)?;
+    // Negatives: not the anchor, not its positive.
+    let neg = (&not_self - &targets)?;
+    // Importance exp(beta * l), shifted by the row max for stability (the ratio
+    // imp / mean(imp) does not change).
+    let scaled = (&l * beta)?;
+    let shift = (&scaled * &neg)?.max_keepdim(D::Minus1)?.detach();
+    let imp = (scaled.broadcast_sub(&shift)?.exp()? * &neg)?;
+    let mean_imp = (imp.sum_keepdim(D::Minus1)? / neg.sum_keepdim(D::Minus1)?)?;
+    let weights = (imp.broadcast_div(&mean_imp)? + &targets)?;
+    let d = Debias {
+        tau_plus,
+        temperature,
+    };
+    Ok(generalized_info_nce(&l, &targets, Some(&weights), Some(d))?.mean_all()?)
+}
