@@ -69,7 +69,24 @@ impl BatchNorm {
                 x.dims()
             );
         }
-        let mode = if train {
+        let out = batch_norm(
+            x,
+            &self.weight,
+            &self.bias,
+            self.mode(train)?,
+            self.eps,
+            relu,
+        )?;
+        if train {
+            self.update_running(&out.stats, x.elem_count() / self.channels)?;
+        }
+        Ok(out.y)
+    }
+
+    /// The statistics to normalise with: the batch's in training, the running ones
+    /// otherwise.
+    pub fn mode(&self, train: bool) -> Result<BatchNormMode> {
+        Ok(if train {
             BatchNormMode::Batch
         } else {
             BatchNormMode::Fixed(ChannelStats {
@@ -84,25 +101,46 @@ impl BatchNorm {
                     .to_dtype(DType::F64)?
                     .to_vec1()?,
             })
+        })
+    }
+
+    /// Moves the running statistics towards batch statistics computed over `n`
+    /// values per channel (momentum 0.1; the variance made unbiased, as PyTorch).
+    pub fn update_running(&self, batch: &ChannelStats, n: usize) -> Result<()> {
+        let m = self.momentum;
+        let n = n as f64;
+        let update = |running: &Var, values: &[f64], correction: f64| -> Result<()> {
+            let old: Vec<f64> = running.as_tensor().to_dtype(DType::F64)?.to_vec1()?;
+            let new: Vec<f64> = old
+                .iter()
+                .zip(values)
+                .map(|(o, b)| (1.0 - m) * o + m * b * correction)
+                .collect();
+            running.set(
+                &Tensor::from_vec(new, self.channels, running.device())?
+                    .to_dtype(running.dtype())?,
+            )
         };
-        let out = batch_norm(x, &self.weight, &self.bias, mode, self.eps, relu)?;
-        if train {
-            let n = (x.elem_count() / self.channels) as f64;
-            let m = self.momentum;
-            let update = |running: &Var, batch: &[f64], correction: f64| -> Result<()> {
-                let old: Vec<f64> = running.as_tensor().to_dtype(DType::F64)?.to_vec1()?;
-                let new: Vec<f64> = old
-                    .iter()
-                    .zip(batch)
-                    .map(|(o, b)| (1.0 - m) * o + m * b * correction)
-                    .collect();
-                running.set(
-                    &Tensor::from_vec(new, self.channels, x.device())?.to_dtype(running.dtype())?,
-                )
-            };
-            update(&self.running_mean, &out.stats.mean, 1.0)?;
-            update(&self.running_var, &out.stats.var, n / (n - 1.0))?;
-        }
-        Ok(out.y)
+        update(&self.running_mean, &batch.mean, 1.0)?;
+        update(
+            &self.running_var,
+            &batch.var,
+            if n > 1.0 { n / (n - 1.0) } else { 1.0 },
+        )
+    }
+
+    /// Scale `[C]`.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// Shift `[C]`.
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
+    }
+
+    /// BatchNorm epsilon.
+    pub fn eps(&self) -> f64 {
+        self.eps
     }
 }

@@ -5,9 +5,10 @@
 //! buffer of the whole batch exists. candle 0.11's own CPU convolution routes the
 //! input gradient through a naive `conv_transpose2d`; this layer avoids it.
 
+use crate::batch_norm::BatchNorm;
 use crate::params::{ParamBuilder, ParamInit};
 use candle_core::{Result, Tensor};
-use contrast_kernels::conv2d_nhwc;
+use contrast_kernels::{BlockSpec, conv_block, conv2d_nhwc};
 /// Geometry of a square convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvSpec {
@@ -83,5 +84,52 @@ impl Conv2d {
             Some(bias) => out.broadcast_add(bias),
             None => Ok(out),
         }
+    }
+}
+
+/// `conv -> BatchNorm -> [ReLU] -> [2x2 max pool]` as one fused operation (see
+/// [`contrast_kernels::conv_block`]). The convolution has no bias: BatchNorm's shift
+/// replaces it.
+#[derive(Debug, Clone)]
+pub struct ConvBnAct {
+    conv: Conv2d,
+    bn: BatchNorm,
+}
+
+impl ConvBnAct {
+    /// Creates `conv.weight` and `bn.{weight,bias,running_mean,running_var}` under `vb`.
+    pub fn new(spec: ConvSpec, vb: ParamBuilder) -> Result<Self> {
+        Ok(Self {
+            conv: Conv2d::new(spec, false, vb.pp("conv"))?,
+            bn: BatchNorm::new(spec.out_channels, vb.pp("bn"))?,
+        })
+    }
+
+    /// Runs the block on `x` `[B, H, W, Cin]`; in training mode the BatchNorm running
+    /// statistics are updated.
+    pub fn forward(&self, x: &Tensor, train: bool, relu: bool, pool: bool) -> Result<Tensor> {
+        let s = self.conv.spec;
+        let spec = BlockSpec {
+            kernel: s.kernel,
+            stride: s.stride,
+            padding: s.padding,
+            eps: self.bn.eps(),
+            relu,
+            pool,
+        };
+        let out = conv_block(
+            x,
+            &self.conv.weight,
+            self.bn.weight(),
+            self.bn.bias(),
+            spec,
+            self.bn.mode(train)?,
+        )?;
+        if train {
+            let (b, h, w, _) = x.dims4()?;
+            self.bn
+                .update_running(&out.stats, b * s.out_size(h) * s.out_size(w))?;
+        }
+        Ok(out.y)
     }
 }

@@ -1,8 +1,7 @@
 //! A small VGG-style ConvNet, sized for 28x28 and 32x32 images on a CPU.
 
-use crate::batch_norm::BatchNorm;
-use crate::conv::{Conv2d, ConvSpec};
-use crate::ops::{global_avg_pool, max_pool2};
+use crate::conv::{ConvBnAct, ConvSpec};
+use crate::ops::global_avg_pool;
 use crate::params::ParamBuilder;
 use crate::{Encoder, InputShape};
 use candle_core::{Result, Tensor};
@@ -12,7 +11,7 @@ use candle_core::{Result, Tensor};
 /// so the representation has the last stage's width.
 #[derive(Debug, Clone)]
 pub struct ConvNet {
-    stages: Vec<(Conv2d, BatchNorm)>,
+    stages: Vec<ConvBnAct>,
     out_dim: usize,
 }
 
@@ -26,10 +25,7 @@ impl ConvNet {
         let mut prev = input.channels;
         for (i, &c) in channels.iter().enumerate() {
             let vb = vb.pp(format!("stage{i}"));
-            stages.push((
-                Conv2d::new(ConvSpec::same(prev, c, 3, 1), false, vb.pp("conv"))?,
-                BatchNorm::new(c, vb.pp("bn"))?,
-            ));
+            stages.push(ConvBnAct::new(ConvSpec::same(prev, c, 3, 1), vb)?);
             prev = c;
         }
         Ok(Self {
@@ -43,11 +39,8 @@ impl Encoder for ConvNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut h = x.clone();
         let last = self.stages.len() - 1;
-        for (i, (conv, bn)) in self.stages.iter().enumerate() {
-            h = bn.forward_act(&conv.forward(&h)?, train, true)?;
-            if i < last {
-                h = max_pool2(&h)?;
-            }
+        for (i, stage) in self.stages.iter().enumerate() {
+            h = stage.forward(&h, train, true, i < last)?;
         }
         global_avg_pool(&h)
     }

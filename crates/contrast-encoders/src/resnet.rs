@@ -3,8 +3,7 @@
 //! candle-transformers' ResNet keeps BatchNorm in eval mode and cannot be pre-trained;
 //! this one trains its BatchNorm statistics.
 
-use crate::batch_norm::BatchNorm;
-use crate::conv::{Conv2d, ConvSpec};
+use crate::conv::{ConvBnAct, ConvSpec};
 use crate::ops::global_avg_pool;
 use crate::params::ParamBuilder;
 use crate::{Encoder, InputShape};
@@ -14,11 +13,9 @@ use candle_core::{Result, Tensor};
 /// when the stride or width changes.
 #[derive(Debug, Clone)]
 struct BasicBlock {
-    conv1: Conv2d,
-    bn1: BatchNorm,
-    conv2: Conv2d,
-    bn2: BatchNorm,
-    shortcut: Option<(Conv2d, BatchNorm)>,
+    first: ConvBnAct,
+    second: ConvBnAct,
+    shortcut: Option<ConvBnAct>,
 }
 
 impl BasicBlock {
@@ -31,27 +28,22 @@ impl BasicBlock {
                 stride,
                 padding: 0,
             };
-            Some((
-                Conv2d::new(spec, false, vb.pp("shortcut.conv"))?,
-                BatchNorm::new(cout, vb.pp("shortcut.bn"))?,
-            ))
+            Some(ConvBnAct::new(spec, vb.pp("shortcut"))?)
         } else {
             None
         };
         Ok(Self {
-            conv1: Conv2d::new(ConvSpec::same(cin, cout, 3, stride), false, vb.pp("conv1"))?,
-            bn1: BatchNorm::new(cout, vb.pp("bn1"))?,
-            conv2: Conv2d::new(ConvSpec::same(cout, cout, 3, 1), false, vb.pp("conv2"))?,
-            bn2: BatchNorm::new(cout, vb.pp("bn2"))?,
+            first: ConvBnAct::new(ConvSpec::same(cin, cout, 3, stride), vb.pp("block1"))?,
+            second: ConvBnAct::new(ConvSpec::same(cout, cout, 3, 1), vb.pp("block2"))?,
             shortcut,
         })
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.bn1.forward_act(&self.conv1.forward(x)?, train, true)?;
-        let h = self.bn2.forward_t(&self.conv2.forward(&h)?, train)?;
+        let h = self.first.forward(x, train, true, false)?;
+        let h = self.second.forward(&h, train, false, false)?;
         let identity = match &self.shortcut {
-            Some((conv, bn)) => bn.forward_t(&conv.forward(x)?, train)?,
+            Some(block) => block.forward(x, train, false, false)?,
             None => x.clone(),
         };
         (h + identity)?.relu()
@@ -62,7 +54,7 @@ impl BasicBlock {
 /// 1, 2, 2, 2), global average pooling. `w = 64` is the standard network (512-d).
 #[derive(Debug, Clone)]
 pub struct ResNet18 {
-    stem: (Conv2d, BatchNorm),
+    stem: ConvBnAct,
     blocks: Vec<BasicBlock>,
     out_dim: usize,
 }
@@ -73,14 +65,7 @@ impl ResNet18 {
         if width == 0 {
             candle_core::bail!("resnet18 encoder: `width` must be at least 1");
         }
-        let stem = (
-            Conv2d::new(
-                ConvSpec::same(input.channels, width, 3, 1),
-                false,
-                vb.pp("stem.conv"),
-            )?,
-            BatchNorm::new(width, vb.pp("stem.bn"))?,
-        );
+        let stem = ConvBnAct::new(ConvSpec::same(input.channels, width, 3, 1), vb.pp("stem"))?;
         let mut blocks = Vec::with_capacity(8);
         let mut cin = width;
         for (stage, mult) in [1usize, 2, 4, 8].into_iter().enumerate() {
@@ -106,10 +91,7 @@ impl ResNet18 {
 
 impl Encoder for ResNet18 {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut h = self
-            .stem
-            .1
-            .forward_act(&self.stem.0.forward(x)?, train, true)?;
+        let mut h = self.stem.forward(x, train, true, false)?;
         for block in &self.blocks {
             h = block.forward_t(&h, train)?;
         }

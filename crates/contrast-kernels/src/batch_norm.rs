@@ -133,7 +133,7 @@ fn to_t<T: Float>(v: impl Iterator<Item = f64>) -> Vec<T> {
     v.map(T::from_f64).collect()
 }
 
-fn forward<T: Float>(
+pub(crate) fn forward<T: Float>(
     x: &[T],
     gamma: &[T],
     beta: &[T],
@@ -151,19 +151,19 @@ fn forward<T: Float>(
 }
 
 /// What the backward pass needs besides the tensors.
-struct BackwardSpec<'a> {
-    gamma: &'a [f64],
-    stats: &'a ChannelStats,
-    eps: f64,
-    relu: bool,
+pub(crate) struct BackwardSpec<'a> {
+    pub(crate) gamma: &'a [f64],
+    pub(crate) stats: &'a ChannelStats,
+    pub(crate) eps: f64,
+    pub(crate) relu: bool,
     /// Whether the statistics were the batch's (the gradient flows through them).
-    batch_stats: bool,
+    pub(crate) batch_stats: bool,
 }
 
 /// Gradients `(dx, dgamma, dbeta)`. With `g = dy * [y > 0]` (ReLU) and
 /// `k = gamma * invstd`, training mode gives `dx = k g + c1 x + c0` per channel with
 /// `c1 = -k invstd dgamma / M` and `c0 = -k dbeta / M - c1 mean`.
-fn backward<T: Float>(
+pub(crate) fn backward<T: Float>(
     x: &[T],
     y: &[T],
     dy: &[T],

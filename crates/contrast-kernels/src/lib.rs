@@ -5,6 +5,7 @@
 //!   nearest-neighbour mining and memory lookups.
 //! - [`conv2d_nhwc`]: channels-last convolution with GEMM-based forward and backward
 //!   passes (the encoders' convolutions).
+//! - [`conv_block`]: convolution, BatchNorm, ReLU and pooling fused into one op.
 //! - [`batch_norm`]: fused batch normalisation (+ ReLU) with its backward pass.
 //! - [`max_pool2`]: 2x2 max pooling with its backward pass.
 //! - [`gemm`]: a checked wrapper over the `gemm` crate, shared by the kernels.
@@ -14,6 +15,7 @@
 
 pub mod batch_norm;
 pub mod conv2d;
+pub mod conv_block;
 pub mod gemm;
 pub mod normalize;
 pub mod parallel;
@@ -23,6 +25,7 @@ pub mod topk;
 pub use batch_norm::{
     BatchNormMode, BatchNormOutput, ChannelStats, batch_norm, batch_norm_reference,
 };
+pub use conv_block::{BlockSpec, conv_block};
 pub use conv2d::{ConvGeometry, conv2d_nhwc, conv2d_nhwc_reference};
 pub use normalize::{NORM_EPS, l2_normalize};
 pub use pool::{max_pool2, max_pool2_reference};

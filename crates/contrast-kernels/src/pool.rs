@@ -29,7 +29,7 @@ fn window(oy: usize, ox: usize, w: usize, c: usize) -> [usize; 4] {
     [base, base + c, base + w * c, base + (w + 1) * c]
 }
 
-fn forward<T: Float>(x: &[T], (b, h, w, c): (usize, usize, usize, usize)) -> Vec<T> {
+pub(crate) fn forward<T: Float>(x: &[T], (b, h, w, c): (usize, usize, usize, usize)) -> Vec<T> {
     let (oh, ow) = (h / 2, w / 2);
     let mut y = vec![T::ZERO; b * oh * ow * c];
     y.par_chunks_mut(oh * ow * c)
@@ -55,7 +55,11 @@ fn forward<T: Float>(x: &[T], (b, h, w, c): (usize, usize, usize, usize)) -> Vec
     y
 }
 
-fn backward<T: Float>(x: &[T], dy: &[T], (b, h, w, c): (usize, usize, usize, usize)) -> Vec<T> {
+pub(crate) fn backward<T: Float>(
+    x: &[T],
+    dy: &[T],
+    (b, h, w, c): (usize, usize, usize, usize),
+) -> Vec<T> {
     let (oh, ow) = (h / 2, w / 2);
     let mut dx = vec![T::ZERO; b * h * w * c];
     dx.par_chunks_mut(h * w * c)

@@ -265,6 +265,12 @@ impl Config {
     /// Checks values that the types alone cannot.
     pub fn validate(&self) -> Result<()> {
         self.loss.validate()?;
+        if self.loss.needs_queue() {
+            bail!(
+                "loss.name = \"{}\" reads negatives from a memory queue, which the in-batch trainer does not keep yet",
+                self.loss.name()
+            );
+        }
         self.data.augment.validate()?;
         if self.data.batch_size < 2 {
             bail!(

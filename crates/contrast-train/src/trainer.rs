@@ -78,6 +78,7 @@ fn train_step(
     let loss = cfg.loss.compute(LossInputs {
         views: &views,
         labels: Some(&labels),
+        queue: None,
     })?;
     let value = loss.to_scalar::<f32>()? as f64;
     if !value.is_finite() {
