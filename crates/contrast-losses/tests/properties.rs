@@ -1,0 +1,208 @@
+//! Identities between losses, numerical stability, and argument errors.
+
+use candle_core::{DType, Device, Tensor, Var};
+use contrast_losses::{
+    Cancellation, FncConfig, LossError, debiased, decoupled, fnc, generalized_info_nce, hcl,
+    nt_xent, one_hot, supcon,
+};
+use proptest::prelude::*;
+
+fn randn(seed: u64, shape: (usize, usize)) -> Tensor {
+    // A small deterministic generator, so that proptest shrinks over seeds.
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let data: Vec<f64> = (0..shape.0 * shape.1)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+}
+
+fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() <= 1e-9 * b.abs().max(1.0)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn debiased_with_zero_prior_is_nt_xent(seed in any::<u64>(), b in 2usize..9, d in 2usize..9, t in 0.05f64..1.0) {
+        let (z1, z2) = (randn(seed, (b, d)), randn(seed ^ 1, (b, d)));
+        prop_assert!(close(scalar(&debiased(&z1, &z2, t, 0.0).unwrap()), scalar(&nt_xent(&z1, &z2, t).unwrap())));
+    }
+
+    #[test]
+    fn hcl_with_zero_beta_is_debiased(seed in any::<u64>(), b in 2usize..9, t in 0.05f64..1.0, tp in 0.0f64..0.5) {
+        let (z1, z2) = (randn(seed, (b, 6)), randn(seed ^ 2, (b, 6)));
+        prop_assert!(close(scalar(&hcl(&z1, &z2, t, tp, 0.0).unwrap()), scalar(&debiased(&z1, &z2, t, tp).unwrap())));
+    }
+
+    #[test]
+    fn supcon_with_distinct_labels_is_nt_xent(seed in any::<u64>(), b in 2usize..9, t in 0.05f64..1.0) {
+        let (z1, z2) = (randn(seed, (b, 5)), randn(seed ^ 3, (b, 5)));
+        let labels = Tensor::new((0..b as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
+        let s = supcon(&[z1.clone(), z2.clone()], &labels, t, t).unwrap();
+        prop_assert!(close(scalar(&s), scalar(&nt_xent(&z1, &z2, t).unwrap())));
+    }
+
+    #[test]
+    fn fnc_without_false_negatives_is_twice_nt_xent(seed in any::<u64>(), b in 2usize..8, t in 0.05f64..1.0, elim in any::<bool>()) {
+        let (z1, z2) = (randn(seed, (b, 5)), randn(seed ^ 4, (b, 5)));
+        let cfg = FncConfig {
+            temperature: t,
+            topk: Some(3),
+            threshold: Some(2.0),
+            cancellation: if elim { Cancellation::Elimination } else { Cancellation::Attraction },
+            ..FncConfig::default()
+        };
+        let (loss, fns) = fnc(&[z1.clone(), z2.clone()], &cfg).unwrap();
+        prop_assert_eq!(fns.count(), 0);
+        prop_assert!(close(scalar(&loss), 2.0 * scalar(&nt_xent(&z1, &z2, t).unwrap())));
+    }
+
+    #[test]
+    fn unit_weights_and_one_hot_targets_give_info_nce(seed in any::<u64>(), b in 1usize..6, n in 2usize..9) {
+        let logits = (randn(seed, (b, n)) * 5.0).unwrap();
+        let pos: Vec<usize> = (0..b).map(|i| (i * 7 + seed as usize) % n).collect();
+        let targets = one_hot(&pos, n, DType::F64, &Device::Cpu).unwrap();
+        let ones = Tensor::ones((b, n), DType::F64, &Device::Cpu).unwrap();
+        let got: Vec<f64> = generalized_info_nce(&logits, &targets, Some(&ones), None).unwrap().to_vec1().unwrap();
+        let rows: Vec<Vec<f64>> = logits.to_vec2().unwrap();
+        for (i, row) in rows.iter().enumerate() {
+            let lse = row.iter().map(|x| x.exp()).sum::<f64>().ln();
+            prop_assert!(close(got[i], lse - row[pos[i]]));
+        }
+    }
+
+    #[test]
+    fn removed_candidates_do_not_matter(seed in any::<u64>(), n in 3usize..9) {
+        // A zero weight removes a candidate exactly, whatever its logit.
+        let logits = randn(seed, (1, n));
+        let targets = one_hot(&[0], n, DType::F64, &Device::Cpu).unwrap();
+        let w: Vec<f64> = (0..n).map(|j| if j == n - 1 { 0.0 } else { 1.0 }).collect();
+        let w = Tensor::from_vec(w, (1, n), &Device::Cpu).unwrap();
+        let bumped = logits.broadcast_add(&Tensor::from_vec((0..n).map(|j| if j == n - 1 { 1e3 } else { 0.0 }).collect::<Vec<f64>>(), (1, n), &Device::Cpu).unwrap()).unwrap();
+        let a = scalar(&generalized_info_nce(&logits, &targets, Some(&w), None).unwrap().sum_all().unwrap());
+        let b = scalar(&generalized_info_nce(&bumped, &targets, Some(&w), None).unwrap().sum_all().unwrap());
+        prop_assert!(close(a, b));
+    }
+}
+
+/// Loss and gradient at temperature 0.05 on nearly identical embeddings: finite, and
+/// the gradient equals central differences.
+#[test]
+fn stable_at_low_temperature_with_near_duplicates() {
+    let base = randn(9, (1, 8));
+    let z1 = (base.broadcast_as((6, 8)).unwrap() + (randn(10, (6, 8)) * 1e-3).unwrap()).unwrap();
+    let z2 = (base.broadcast_as((6, 8)).unwrap() + (randn(11, (6, 8)) * 1e-3).unwrap()).unwrap();
+    let labels = Tensor::new(&[0u32, 1, 0, 1, 2, 2], &Device::Cpu).unwrap();
+    type LossFn = Box<dyn Fn(&Tensor, &Tensor) -> Tensor>;
+    let losses: Vec<(&str, LossFn)> = vec![
+        ("nt_xent", Box::new(|a, b| nt_xent(a, b, 0.05).unwrap())),
+        (
+            "debiased",
+            Box::new(|a, b| debiased(a, b, 0.05, 0.1).unwrap()),
+        ),
+        ("hcl", Box::new(|a, b| hcl(a, b, 0.05, 0.1, 1.0).unwrap())),
+        ("decoupled", Box::new(|a, b| decoupled(a, b, 0.05).unwrap())),
+        (
+            "supcon",
+            Box::new(move |a, b| supcon(&[a.clone(), b.clone()], &labels, 0.05, 0.05).unwrap()),
+        ),
+    ];
+    for (name, f) in losses {
+        for dtype in [DType::F32, DType::F64] {
+            let v = Var::from_tensor(&z1.to_dtype(dtype).unwrap()).unwrap();
+            let other = z2.to_dtype(dtype).unwrap();
+            let loss = f(v.as_tensor(), &other);
+            let value = scalar(&loss);
+            assert!(value.is_finite(), "{name} {dtype:?}: loss {value}");
+            let g: Vec<f64> = loss
+                .backward()
+                .unwrap()
+                .get(v.as_tensor())
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert!(
+                g.iter().all(|x| x.is_finite()),
+                "{name} {dtype:?}: non-finite gradient"
+            );
+            if dtype == DType::F64 {
+                let base: Vec<f64> = z1.flatten_all().unwrap().to_vec1().unwrap();
+                let h = 1e-7;
+                for idx in [0, 13, 47] {
+                    let at = |delta: f64| {
+                        let mut p = base.clone();
+                        p[idx] += delta;
+                        scalar(&f(&Tensor::from_vec(p, (6, 8), &Device::Cpu).unwrap(), &z2))
+                    };
+                    let fd = (at(h) - at(-h)) / (2.0 * h);
+                    let scale = g.iter().fold(1e-6f64, |m, x| m.max(x.abs()));
+                    assert!(
+                        (fd - g[idx]).abs() / scale < 1e-4,
+                        "{name}: grad[{idx}] {} vs finite difference {fd}",
+                        g[idx]
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn arg_of(e: LossError) -> &'static str {
+    match e {
+        LossError::InvalidArgument { arg, .. } => arg,
+        other => panic!("expected an argument error, got {other}"),
+    }
+}
+
+#[test]
+fn bad_arguments_are_named_errors() {
+    let z = randn(1, (4, 3));
+    let wrong = randn(2, (5, 3));
+    assert_eq!(arg_of(nt_xent(&z, &wrong, 0.5).unwrap_err()), "z2");
+    assert_eq!(arg_of(nt_xent(&z, &z, 0.0).unwrap_err()), "temperature");
+    assert_eq!(arg_of(nt_xent(&z, &z, -1.0).unwrap_err()), "temperature");
+    assert_eq!(arg_of(debiased(&z, &z, 0.5, 1.0).unwrap_err()), "tau_plus");
+    assert_eq!(arg_of(debiased(&z, &z, 0.5, -0.1).unwrap_err()), "tau_plus");
+    assert_eq!(arg_of(hcl(&z, &z, 0.5, 0.1, -1.0).unwrap_err()), "beta");
+    let short = Tensor::new(&[0u32, 1, 2], &Device::Cpu).unwrap();
+    assert_eq!(
+        arg_of(supcon(&[z.clone(), z.clone()], &short, 0.1, 0.1).unwrap_err()),
+        "labels"
+    );
+    assert_eq!(
+        arg_of(supcon(&[z.clone()], &short, 0.1, 0.1).unwrap_err()),
+        "views"
+    );
+    let vector = Tensor::new(&[1.0f64, 2.0], &Device::Cpu).unwrap();
+    assert_eq!(arg_of(nt_xent(&vector, &vector, 0.5).unwrap_err()), "z1");
+    // An anchor whose only candidates are removed has no denominator.
+    let targets = one_hot(&[0], 2, DType::F64, &Device::Cpu).unwrap();
+    let zero = Tensor::zeros((1, 2), DType::F64, &Device::Cpu).unwrap();
+    assert_eq!(
+        arg_of(generalized_info_nce(&targets, &targets, Some(&zero), None).unwrap_err()),
+        "weights"
+    );
+    let e = FncConfig {
+        topk: None,
+        threshold: None,
+        ..FncConfig::default()
+    };
+    assert_eq!(
+        arg_of(fnc(&[z.clone(), z.clone()], &e).unwrap_err()),
+        "topk"
+    );
+}
