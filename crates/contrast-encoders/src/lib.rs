@@ -5,6 +5,7 @@
 //! - [`BatchNorm`] that trains: batch statistics and running-statistic updates in
 //!   training mode, running statistics in eval mode.
 //! - [`ProjectionHead`]: the MLP between representation and loss.
+//! - [`FeatureFilter`]: SimLAP's class-pair gates.
 //!
 //! Layers are built from plain candle tensor ops that all have gradients (no fused
 //! LayerNorm or softmax, whose candle 0.11 fast paths drop gradients), and
@@ -14,6 +15,7 @@ pub mod batch_norm;
 pub mod config;
 pub mod conv;
 pub mod convnet;
+pub mod filter;
 pub mod head;
 pub mod linear;
 pub mod mlp;
@@ -25,6 +27,7 @@ pub use batch_norm::{BatchNorm, RUNNING_STAT};
 pub use config::EncoderConfig;
 pub use conv::{Conv2d, ConvSpec};
 pub use convnet::ConvNet;
+pub use filter::{FeatureFilter, FeatureFilterConfig};
 pub use head::{HeadConfig, ProjectionHead};
 pub use linear::Linear;
 pub use mlp::Mlp;

@@ -3,7 +3,7 @@
 use crate::error::{Result, check_temperature, invalid};
 use crate::{
     AsclConfig, DebiasedConfig, DecoupledConfig, DecoupledWeightedConfig, FncConfig, HclConfig,
-    MocoConfig, NtXentConfig, RingConfig, SupConConfig,
+    MocoConfig, NtXentConfig, RingConfig, SimLapConfig, SupConConfig,
 };
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -18,6 +18,23 @@ pub struct LossInputs<'a> {
     pub labels: Option<&'a Tensor>,
     /// Normalised negatives from a memory queue `[K, D]`, where the method uses them.
     pub queue: Option<&'a Tensor>,
+    /// SimLAP: the partner class of each anchor `[B]`.
+    pub partners: Option<&'a Tensor>,
+    /// SimLAP: the gates of each anchor's class pair `[B, D]`.
+    pub gates: Option<&'a Tensor>,
+}
+
+impl<'a> LossInputs<'a> {
+    /// Inputs with only the views.
+    pub fn views(views: &'a [Tensor]) -> Self {
+        Self {
+            views,
+            labels: None,
+            queue: None,
+            partners: None,
+            gates: None,
+        }
+    }
 }
 
 /// A loss and its parameters, tagged by `name`.
@@ -34,6 +51,7 @@ pub enum LossConfig {
     Ring(RingConfig),
     Fnc(FncConfig),
     Ascl(AsclConfig),
+    Simlap(SimLapConfig),
 }
 
 impl Default for LossConfig {
@@ -75,6 +93,7 @@ impl LossConfig {
             LossConfig::Ring(_) => "ring",
             LossConfig::Fnc(_) => "fnc",
             LossConfig::Ascl(_) => "ascl",
+            LossConfig::Simlap(_) => "simlap",
         }
     }
 
@@ -88,7 +107,7 @@ impl LossConfig {
 
     /// Whether the loss reads class labels.
     pub fn needs_labels(&self) -> bool {
-        matches!(self, LossConfig::Supcon(_))
+        matches!(self, LossConfig::Supcon(_) | LossConfig::Simlap(_))
     }
 
     /// Validates the parameters without computing anything.
@@ -137,6 +156,16 @@ impl LossConfig {
                 t(c.temperature)?;
                 check_temperature("loss.target_temperature", c.target_temperature)
             }
+            LossConfig::Simlap(c) => {
+                t(c.temperature)?;
+                if !(c.penalty_weight >= 0.0 && c.penalty_weight.is_finite()) {
+                    return Err(invalid(
+                        "loss.penalty_weight",
+                        format!("{} must be >= 0", c.penalty_weight),
+                    ));
+                }
+                Ok(())
+            }
         }
     }
 
@@ -183,6 +212,23 @@ impl LossConfig {
             LossConfig::Ascl(c) => {
                 let (a, b) = two(name, v)?;
                 Ok(crate::ascl(a, b, need(name, "queue", inputs.queue)?, c)?.0)
+            }
+            LossConfig::Simlap(c) => {
+                let (a, b) = two(name, v)?;
+                let gates = need(name, "gates", inputs.gates)?;
+                let loss = crate::simlap(
+                    a,
+                    b,
+                    need(name, "labels", inputs.labels)?,
+                    need(name, "partners", inputs.partners)?,
+                    gates,
+                    c.temperature,
+                )?;
+                if c.penalty_weight > 0.0 {
+                    Ok((loss + (crate::gate_penalty(gates, c.penalty)? * c.penalty_weight))?)
+                } else {
+                    Ok(loss)
+                }
             }
         }
     }

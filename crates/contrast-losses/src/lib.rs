@@ -17,6 +17,8 @@
 //! | FNC | [`fnc`] | other views + false negatives | all but self (or FNs removed) |
 //! | InvP | [`invariance_propagation`] | propagated kNN | background set |
 //! | ASCL | [`ascl`] | soft targets over the queue | key + queue |
+//! | SimLAP | [`simlap`] | partner class, gated subspace | outside the class pair |
+//! | LooC | [`looc`] | per-space key | negatives (+ other keys) |
 //! | alignment / uniformity | [`align_uniform`] | metrics | |
 
 pub mod align_uniform;
@@ -28,9 +30,11 @@ pub mod error;
 pub mod fnc;
 pub mod generalized;
 pub mod invariance_propagation;
+pub mod looc;
 pub mod moco;
 pub mod nt_xent;
 pub mod ring;
+pub mod simlap;
 pub mod supcon;
 pub mod views;
 
@@ -43,7 +47,9 @@ pub use error::{LossError, Result};
 pub use fnc::{Aggregation, Cancellation, FalseNegatives, FncConfig, fnc};
 pub use generalized::{Debias, generalized_info_nce, one_hot, weighted_logsumexp};
 pub use invariance_propagation::{InvPConfig, InvPOutput, invariance_propagation};
+pub use looc::looc;
 pub use moco::{MocoConfig, moco_info_nce};
 pub use nt_xent::{NtXentConfig, nt_xent};
 pub use ring::{RingConfig, ring};
+pub use simlap::{GatePenalty, PairMode, SimLapConfig, gate_penalty, partner_classes, simlap};
 pub use supcon::{SupConConfig, supcon};

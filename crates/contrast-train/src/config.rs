@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 use contrast_data::{DatasetId, ViewRecipe};
-use contrast_encoders::{EncoderConfig, HeadConfig};
+use contrast_encoders::{EncoderConfig, FeatureFilterConfig, HeadConfig};
 use contrast_eval::{KnnConfig, ProbeConfig};
 use contrast_losses::LossConfig;
 use serde::{Deserialize, Serialize};
@@ -68,6 +68,9 @@ fn default_prefetch() -> usize {
 pub struct ModelConfig {
     pub encoder: EncoderConfig,
     pub head: HeadConfig,
+    /// SimLAP's feature filter (used only with `loss.name = "simlap"`).
+    #[serde(default)]
+    pub filter: Option<FeatureFilterConfig>,
 }
 
 /// Optimiser and its hyper-parameters, tagged by `name`.
@@ -217,6 +220,47 @@ pub fn set_path(table: &mut toml::Table, path: &str, raw: &str) -> Result<()> {
     Ok(())
 }
 
+/// Reads a config file into a table. A file may name a base with
+/// `extends = "other.toml"` (relative to its own directory); the file's keys are then
+/// merged over the base's: tables merge key by key, except tables with a `name` key
+/// (tagged choices such as `[loss]` and `[optim]`), which replace the base's whole.
+pub fn read_table(path: &Path, depth: usize) -> Result<toml::Table> {
+    if depth > 8 {
+        bail!("{}: `extends` chain is too deep (a cycle?)", path.display());
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
+    match table.remove("extends") {
+        None => Ok(table),
+        Some(toml::Value::String(base)) => {
+            let base_path = path.parent().unwrap_or(Path::new(".")).join(&base);
+            let mut merged = read_table(&base_path, depth + 1)
+                .with_context(|| format!("{}: extends \"{base}\"", path.display()))?;
+            merge(&mut merged, table);
+            Ok(merged)
+        }
+        Some(other) => bail!(
+            "{}: `extends` must be a file name, got {other}",
+            path.display()
+        ),
+    }
+}
+
+fn merge(base: &mut toml::Table, top: toml::Table) {
+    for (k, v) in top {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(t)) if !t.contains_key("name") => {
+                merge(b, t)
+            }
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
 impl Config {
     /// Parses TOML text (with `origin` naming it in errors), applies `key=value`
     /// overrides, and validates the result.
@@ -250,11 +294,14 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Reads and parses a config file.
+    /// Reads and parses a config file, resolving `extends` (see [`read_table`]).
     pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config file {}", path.display()))?;
-        Self::from_toml(&text, &path.display().to_string(), overrides)
+        let table = read_table(path, 0)?;
+        Self::from_toml(
+            &toml::to_string(&table)?,
+            &path.display().to_string(),
+            overrides,
+        )
     }
 
     /// The config as TOML text.

@@ -5,18 +5,29 @@ use crate::optim::Param;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use contrast_encoders::{Encoder, InputShape, ParamBuilder, ProjectionHead, RUNNING_STAT};
+use contrast_encoders::{
+    Encoder, FeatureFilter, InputShape, ParamBuilder, ProjectionHead, RUNNING_STAT,
+};
 
-/// Backbone and projection head sharing one [`VarMap`] (names `backbone.*`, `head.*`).
+/// Backbone, projection head and optional SimLAP feature filter sharing one
+/// [`VarMap`] (names `backbone.*`, `head.*`, `filter.*`).
 pub struct ContrastiveModel {
     pub varmap: VarMap,
     pub backbone: Box<dyn Encoder>,
     pub head: ProjectionHead,
+    pub filter: Option<FeatureFilter>,
 }
 
 impl ContrastiveModel {
-    /// Builds the model with seeded initial values.
-    pub fn new(cfg: &ModelConfig, input: InputShape, device: &Device, seed: u64) -> Result<Self> {
+    /// Builds the model with seeded initial values; `filter_classes` asks for a SimLAP
+    /// feature filter over that many classes.
+    pub fn new(
+        cfg: &ModelConfig,
+        input: InputShape,
+        filter_classes: Option<usize>,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
         let varmap = VarMap::new();
         let pb = ParamBuilder::new(&varmap, DType::F32, device, seed);
         let backbone = cfg
@@ -25,10 +36,23 @@ impl ContrastiveModel {
             .context("building the encoder (model.encoder)")?;
         let head = ProjectionHead::new(backbone.out_dim(), &cfg.head, pb.pp("head"))
             .context("building the projection head (model.head)")?;
+        let filter = match filter_classes {
+            Some(classes) => Some(
+                FeatureFilter::new(
+                    classes,
+                    cfg.head.out,
+                    &cfg.filter.clone().unwrap_or_default(),
+                    pb.pp("filter"),
+                )
+                .context("building the feature filter (model.filter)")?,
+            ),
+            None => None,
+        };
         Ok(Self {
             varmap,
             backbone,
             head,
+            filter,
         })
     }
 

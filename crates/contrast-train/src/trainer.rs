@@ -9,10 +9,13 @@ use crate::optim::Optimizer;
 use crate::schedule::warmup_cosine;
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
+use contrast_data::loader::derive_seed;
 use contrast_data::{Batch, Dataset, LoaderConfig, Normalization, Split, ViewLoader};
 use contrast_eval::{Series, line_plot};
-use contrast_losses::LossInputs;
+use contrast_losses::{LossConfig, LossInputs, partner_classes};
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,6 +69,7 @@ fn train_step(
     model: &ContrastiveModel,
     opt: &mut Optimizer,
     batch: &Batch,
+    num_classes: usize,
     lr: f64,
     device: &Device,
 ) -> Result<f64> {
@@ -75,10 +79,25 @@ fn train_step(
     let views = (0..batch.views.len())
         .map(|v| z.narrow(0, v * b, b))
         .collect::<candle_core::Result<Vec<_>>>()?;
+    let (partners, gates) = match (&cfg.loss, &model.filter) {
+        (LossConfig::Simlap(c), Some(filter)) => {
+            let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(
+                cfg.seed,
+                &[batch.epoch as u64, batch.step as u64, 0x51a9],
+            ));
+            let p = partner_classes(&batch.labels, num_classes, c.pairs, &mut rng)?;
+            let p = Tensor::from_vec(p, batch.len(), device)?;
+            let g = filter.forward_t(&labels, &p, true)?;
+            (Some(p), Some(g))
+        }
+        _ => (None, None),
+    };
     let loss = cfg.loss.compute(LossInputs {
         views: &views,
         labels: Some(&labels),
         queue: None,
+        partners: partners.as_ref(),
+        gates: gates.as_ref(),
     })?;
     let value = loss.to_scalar::<f32>()? as f64;
     if !value.is_finite() {
@@ -163,7 +182,14 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary> {
         },
     )
     .context("configuring the data loader")?;
-    let mut model = ContrastiveModel::new(&cfg.model, input_shape(&train), &device, cfg.seed)?;
+    let filter_classes = matches!(cfg.loss, LossConfig::Simlap(_)).then_some(train.num_classes);
+    let mut model = ContrastiveModel::new(
+        &cfg.model,
+        input_shape(&train),
+        filter_classes,
+        &device,
+        cfg.seed,
+    )?;
     let mut opt = Optimizer::new(cfg.optim.clone(), model.params());
     let eval = Evaluator {
         norm: &norm,
@@ -250,8 +276,16 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary> {
         for batch in stream.by_ref() {
             let step = epoch * steps + batch.step;
             lr = warmup_cosine(step, total_steps, warmup, peak, floor);
-            let loss = train_step(cfg, &model, &mut opt, &batch, lr, &device)
-                .inspect_err(|_| pb.abandon())?;
+            let loss = train_step(
+                cfg,
+                &model,
+                &mut opt,
+                &batch,
+                train.num_classes,
+                lr,
+                &device,
+            )
+            .inspect_err(|_| pb.abandon())?;
             loss_sum += loss;
             images += batch.len() as u64 * views;
             let rate = images as f64 / t0.elapsed().as_secs_f64();

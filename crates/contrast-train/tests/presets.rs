@@ -1,0 +1,68 @@
+//! Every preset in `configs/` trains for a short epoch on real Fashion-MNIST.
+
+use contrast_data::DatasetId;
+use contrast_train::{Config, RunOptions, run};
+use std::path::PathBuf;
+
+#[test]
+fn every_preset_runs_a_short_epoch() {
+    let data = DatasetId::FashionMnist.resolve(None).unwrap_or_else(|e| {
+        panic!("{e}: install the Debian package dataset-fashion-mnist or run `cargo xtask data fetch fashion-mnist`")
+    });
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+    let short: Vec<String> = [
+        "data.train_subset=512",
+        "data.test_subset=256",
+        "data.batch_size=64",
+        "train.epochs=1",
+        "eval.monitor_bank=512",
+        "eval.baselines=false",
+        "eval.probe.epochs=1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut ran = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let cfg =
+            Config::load(&path, &short).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        let out = tempfile::tempdir().unwrap();
+        let summary = run(
+            &cfg,
+            &RunOptions {
+                out_dir: out.path().to_path_buf(),
+                data_dir: Some(data.clone()),
+                resume: false,
+                progress: false,
+            },
+        )
+        .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        assert_eq!(summary.epochs, 1);
+        assert!(
+            summary.knn_top1 > 0.3,
+            "{}: kNN {}",
+            path.display(),
+            summary.knn_top1
+        );
+        ran.push(cfg.name);
+    }
+    ran.sort();
+    println!("presets run: {ran:?}");
+    for required in [
+        "simclr-fmnist",
+        "dcl-fmnist",
+        "debiased-fmnist",
+        "hcl-fmnist",
+        "supcon-fmnist",
+        "simlap-fmnist",
+    ] {
+        assert!(
+            ran.iter().any(|n| n == required),
+            "missing preset {required}"
+        );
+    }
+}
