@@ -6,6 +6,7 @@
 //!   training mode, running statistics in eval mode.
 //! - [`ProjectionHead`]: the MLP between representation and loss.
 //! - [`FeatureFilter`]: SimLAP's class-pair gates.
+//! - [`ema`]: momentum copies (MoCo's key encoder) and their schedule.
 //!
 //! Layers are built from plain candle tensor ops that all have gradients (no fused
 //! LayerNorm or softmax, whose candle 0.11 fast paths drop gradients), and
@@ -15,6 +16,7 @@ pub mod batch_norm;
 pub mod config;
 pub mod conv;
 pub mod convnet;
+pub mod ema;
 pub mod filter;
 pub mod head;
 pub mod linear;
@@ -27,6 +29,7 @@ pub use batch_norm::{BatchNorm, RUNNING_STAT};
 pub use config::EncoderConfig;
 pub use conv::{Conv2d, ConvSpec};
 pub use convnet::ConvNet;
+pub use ema::{MomentumSchedule, copy_vars, ema_update};
 pub use filter::{FeatureFilter, FeatureFilterConfig};
 pub use head::{HeadConfig, ProjectionHead};
 pub use linear::Linear;

@@ -171,3 +171,47 @@ fn bad_configurations_are_errors() {
         .unwrap();
     assert!(enc.forward_t(&x, true).is_err());
 }
+
+#[test]
+fn ema_moves_towards_the_online_network_and_copy_matches() {
+    use contrast_encoders::{MomentumSchedule, copy_vars, ema_update};
+    let input = InputShape {
+        height: 8,
+        width: 8,
+        channels: 1,
+    };
+    let cfg = EncoderConfig::Convnet { channels: vec![4] };
+    let (online, target) = (VarMap::new(), VarMap::new());
+    cfg.build(input, builder(&online, DType::F64, 1)).unwrap();
+    cfg.build(input, builder(&target, DType::F64, 2)).unwrap();
+    let get = |vm: &VarMap, name: &str| values(vm.data().lock().unwrap()[name].as_tensor());
+    let (s, t0) = (
+        get(&online, "stage0.conv.weight"),
+        get(&target, "stage0.conv.weight"),
+    );
+    ema_update(&target, &online, 0.9).unwrap();
+    let t1 = get(&target, "stage0.conv.weight");
+    for i in 0..s.len() {
+        assert!((t1[i] - (0.9 * t0[i] + 0.1 * s[i])).abs() < 1e-12);
+    }
+    copy_vars(&target, &online).unwrap();
+    assert_eq!(get(&target, "stage0.conv.weight"), s);
+    assert_eq!(
+        get(&target, "stage0.bn.running_var"),
+        get(&online, "stage0.bn.running_var")
+    );
+    assert!(ema_update(&target, &online, 1.5).is_err());
+
+    let constant = MomentumSchedule {
+        base: 0.99,
+        cosine: false,
+    };
+    assert_eq!(constant.at(50, 100), 0.99);
+    let cosine = MomentumSchedule {
+        base: 0.99,
+        cosine: true,
+    };
+    assert!((cosine.at(0, 100) - 0.99).abs() < 1e-12);
+    assert!((cosine.at(50, 100) - 0.995).abs() < 1e-12);
+    assert!((cosine.at(100, 100) - 1.0).abs() < 1e-12);
+}

@@ -12,7 +12,9 @@ fn mat(seed: u64, r: usize, c: usize) -> Vec<Vec<f64>> {
         .map(|_| {
             (0..c)
                 .map(|_| {
-                    s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
                     ((s >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
                 })
                 .collect()
@@ -21,7 +23,12 @@ fn mat(seed: u64, r: usize, c: usize) -> Vec<Vec<f64>> {
 }
 
 fn t(m: &[Vec<f64>]) -> Tensor {
-    Tensor::from_vec(m.iter().flatten().copied().collect::<Vec<_>>(), (m.len(), m[0].len()), &Device::Cpu).unwrap()
+    Tensor::from_vec(
+        m.iter().flatten().copied().collect::<Vec<_>>(),
+        (m.len(), m[0].len()),
+        &Device::Cpu,
+    )
+    .unwrap()
 }
 
 fn unit(v: &[f64]) -> Vec<f64> {
@@ -37,7 +44,10 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 fn simlap_matches_its_formula() {
     let (b, d) = (6, 5);
     let (z1, z2) = (mat(1, b, d), mat(2, b, d));
-    let gates: Vec<Vec<f64>> = mat(3, b, d).iter().map(|r| r.iter().map(|x| 0.5 + 0.45 * x).collect()).collect();
+    let gates: Vec<Vec<f64>> = mat(3, b, d)
+        .iter()
+        .map(|r| r.iter().map(|x| 0.5 + 0.45 * x).collect())
+        .collect();
     let y = [0u32, 1, 2, 0, 1, 2];
     let y2 = [1u32, 2, 0, 2, 0, 1];
     let temp = 0.2;
@@ -57,13 +67,20 @@ fn simlap_matches_its_formula() {
         let a = unit(&z1[i]);
         let gated: Vec<f64> = (0..d).map(|k| a[k] * gates[i][k] * gates[i][k]).collect();
         let l: Vec<f64> = (0..b).map(|j| dot(&gated, &unit(&z2[j])) / temp).collect();
-        let neg: f64 = (0..b).filter(|&k| y[k] != y[i] && y[k] != y2[i]).map(|k| l[k].exp()).sum();
+        let neg: f64 = (0..b)
+            .filter(|&k| y[k] != y[i] && y[k] != y2[i])
+            .map(|k| l[k].exp())
+            .sum();
         for j in (0..b).filter(|&j| y[j] == y2[i]) {
             sum += (l[j].exp() + neg).ln() - l[j];
             count += 1.0;
         }
     }
-    assert!((got - sum / count).abs() < 1e-12, "{got} vs {}", sum / count);
+    assert!(
+        (got - sum / count).abs() < 1e-12,
+        "{got} vs {}",
+        sum / count
+    );
 }
 
 #[test]
@@ -73,21 +90,47 @@ fn simlap_gradients_reach_embeddings_and_gates() {
     let g = Var::from_tensor(&t(&mat(5, b, d)).affine(0.3, 0.5).unwrap()).unwrap();
     // Three classes, so that every anchor has negatives outside its class pair.
     let y = Tensor::new(&[0u32, 1, 2, 0], &Device::Cpu).unwrap();
-    let loss = simlap(z1.as_tensor(), &t(&mat(6, b, d)), &y, &Tensor::new(&[1u32, 2, 0, 2], &Device::Cpu).unwrap(), g.as_tensor(), 0.1).unwrap();
+    let loss = simlap(
+        z1.as_tensor(),
+        &t(&mat(6, b, d)),
+        &y,
+        &Tensor::new(&[1u32, 2, 0, 2], &Device::Cpu).unwrap(),
+        g.as_tensor(),
+        0.1,
+    )
+    .unwrap();
     let grads = loss.backward().unwrap();
     for v in [&z1, &g] {
-        let n: f64 = grads.get(v.as_tensor()).unwrap().sqr().unwrap().sum_all().unwrap().to_scalar().unwrap();
+        let n: f64 = grads
+            .get(v.as_tensor())
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
         assert!(n > 0.0);
     }
     // No anchor has a positive when every partner class is absent from the batch.
-    let e = simlap(z1.as_tensor(), z1.as_tensor(), &y, &Tensor::new(&[5u32; 4], &Device::Cpu).unwrap(), g.as_tensor(), 0.1);
+    let e = simlap(
+        z1.as_tensor(),
+        z1.as_tensor(),
+        &y,
+        &Tensor::new(&[5u32; 4], &Device::Cpu).unwrap(),
+        g.as_tensor(),
+        0.1,
+    );
     assert!(e.unwrap_err().to_string().contains("labels"));
 }
 
 #[test]
 fn gate_penalties_are_zero_at_binary_gates_and_peak_at_half() {
     let at = |v: f64, kind| {
-        gate_penalty(&Tensor::new(&[[v, v]], &Device::Cpu).unwrap(), kind).unwrap().to_scalar::<f64>().unwrap()
+        gate_penalty(&Tensor::new(&[[v, v]], &Device::Cpu).unwrap(), kind)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
     };
     for kind in [GatePenalty::Entropy, GatePenalty::Variance] {
         assert!(at(0.0, kind) < 1e-4 && at(1.0, kind) < 1e-4);
@@ -103,7 +146,10 @@ fn partner_sampling_respects_the_mode() {
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let distinct = partner_classes(&labels, 10, PairMode::Distinct, &mut rng).unwrap();
     assert!(distinct.iter().zip(&labels).all(|(p, y)| p != y && *p < 10));
-    assert_eq!(partner_classes(&labels, 10, PairMode::Identical, &mut rng).unwrap(), labels);
+    assert_eq!(
+        partner_classes(&labels, 10, PairMode::Identical, &mut rng).unwrap(),
+        labels
+    );
     let arbitrary = partner_classes(&labels, 10, PairMode::Arbitrary, &mut rng).unwrap();
     assert!(arbitrary.iter().all(|p| labels.contains(p)));
     assert!(partner_classes(&labels, 1, PairMode::Distinct, &mut rng).is_err());
@@ -113,12 +159,23 @@ fn partner_sampling_respects_the_mode() {
 fn looc_matches_its_formula() {
     let (b, d, k, spaces) = (3, 4, 5, 3);
     let q: Vec<Vec<Vec<f64>>> = (0..spaces).map(|h| mat(10 + h as u64, b, d)).collect();
-    let keys: Vec<Vec<Vec<Vec<f64>>>> = (0..spaces).map(|h| (0..spaces).map(|j| mat(20 + (h * 7 + j) as u64, b, d)).collect()).collect();
-    let negs: Vec<Vec<Vec<f64>>> = (0..spaces).map(|h| mat(40 + h as u64, k, d).iter().map(|r| unit(r)).collect()).collect();
+    let keys: Vec<Vec<Vec<Vec<f64>>>> = (0..spaces)
+        .map(|h| {
+            (0..spaces)
+                .map(|j| mat(20 + (h * 7 + j) as u64, b, d))
+                .collect()
+        })
+        .collect();
+    let negs: Vec<Vec<Vec<f64>>> = (0..spaces)
+        .map(|h| mat(40 + h as u64, k, d).iter().map(|r| unit(r)).collect())
+        .collect();
     let temp = 0.3;
     let got = looc(
         &q.iter().map(|m| t(m)).collect::<Vec<_>>(),
-        &keys.iter().map(|row| row.iter().map(|m| t(m)).collect()).collect::<Vec<_>>(),
+        &keys
+            .iter()
+            .map(|row| row.iter().map(|m| t(m)).collect())
+            .collect::<Vec<_>>(),
         &negs.iter().map(|m| t(m)).collect::<Vec<_>>(),
         temp,
     )
@@ -132,14 +189,19 @@ fn looc_matches_its_formula() {
             let qi = unit(&q[h][i]);
             let e = |j: usize| (dot(&qi, &unit(&keys[h][j][i])) / temp).exp();
             let negative: f64 = negs[h].iter().map(|n| (dot(&qi, n) / temp).exp()).sum();
-            let den = if h == 0 { e(0) + negative } else { (0..spaces).map(e).sum::<f64>() + negative };
+            let den = if h == 0 {
+                e(0) + negative
+            } else {
+                (0..spaces).map(e).sum::<f64>() + negative
+            };
             acc += -(e(h) / den).ln();
         }
         total += acc / b as f64;
     }
     let want = total / spaces as f64;
     assert!((got - want).abs() < 1e-12, "{got} vs {want}");
-    let e = looc(&[t(&q[0])], &[vec![t(&q[0])]], &[t(&negs[0])], temp).unwrap_err().to_string();
+    let e = looc(&[t(&q[0])], &[vec![t(&q[0])]], &[t(&negs[0])], temp)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("queries"), "{e}");
 }
-
