@@ -105,6 +105,11 @@ impl LossConfig {
         )
     }
 
+    /// Whether the loss can take its negatives from a queue (query, key, queue).
+    pub fn accepts_queue(&self) -> bool {
+        self.needs_queue() || matches!(self, LossConfig::Debiased(_) | LossConfig::Hcl(_))
+    }
+
     /// Whether the loss reads class labels.
     pub fn needs_labels(&self) -> bool {
         matches!(self, LossConfig::Supcon(_) | LossConfig::Simlap(_))
@@ -198,11 +203,17 @@ impl LossConfig {
             }
             LossConfig::Debiased(c) => {
                 let (a, b) = two(name, v)?;
-                crate::debiased(a, b, c.temperature, c.tau_plus)
+                match inputs.queue {
+                    Some(queue) => crate::hcl_queue(a, b, queue, c.temperature, c.tau_plus, 0.0),
+                    None => crate::debiased(a, b, c.temperature, c.tau_plus),
+                }
             }
             LossConfig::Hcl(c) => {
                 let (a, b) = two(name, v)?;
-                crate::hcl(a, b, c.temperature, c.tau_plus, c.beta)
+                match inputs.queue {
+                    Some(queue) => crate::hcl_queue(a, b, queue, c.temperature, c.tau_plus, c.beta),
+                    None => crate::hcl(a, b, c.temperature, c.tau_plus, c.beta),
+                }
             }
             LossConfig::Ring(c) => {
                 let (a, b) = two(name, v)?;

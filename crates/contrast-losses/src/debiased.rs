@@ -3,8 +3,10 @@
 
 use crate::error::{Result, check_same_shape, check_temperature, invalid};
 use crate::generalized::{Debias, generalized_info_nce, one_hot};
+use crate::moco::{check_queue, query_logits};
 use crate::views::{logits, not_self, stack_normalized};
 use candle_core::{D, Tensor};
+use contrast_kernels::l2_normalize;
 use serde::{Deserialize, Serialize};
 
 /// Parameters of [`debiased`].
@@ -101,6 +103,45 @@ pub fn hcl(z1: &Tensor, z2: &Tensor, temperature: f64, tau_plus: f64, beta: f64)
     let imp = (scaled.broadcast_sub(&shift)?.exp()? * &neg)?;
     let mean_imp = (imp.sum_keepdim(D::Minus1)? / neg.sum_keepdim(D::Minus1)?)?;
     let weights = (imp.broadcast_div(&mean_imp)? + &targets)?;
+    let d = Debias {
+        tau_plus,
+        temperature,
+    };
+    Ok(generalized_info_nce(&l, &targets, Some(&weights), Some(d))?.mean_all()?)
+}
+
+/// HCL with MoCo's candidates: query `q` and key `k` `[B, D]` (raw), negatives from
+/// the `queue` `[K, D]` (normalised, constant). The queue entries are reweighted by
+/// `imp / mean(imp)`, `imp = exp(beta q.n / t)`, and the negative sum is debiased with
+/// `N = K`. `beta = 0` gives the debiased MoCo loss, and `tau+ = 0` as well gives
+/// MoCo's InfoNCE. Reduction: mean over `B` (one-way).
+pub fn hcl_queue(
+    q: &Tensor,
+    k: &Tensor,
+    queue: &Tensor,
+    temperature: f64,
+    tau_plus: f64,
+    beta: f64,
+) -> Result<Tensor> {
+    let (b, d) = crate::error::check_same_shape("q", q, "k", k)?;
+    let kq = check_queue(queue, d)?;
+    check_temperature("temperature", temperature)?;
+    check_tau_plus(tau_plus)?;
+    if !(beta >= 0.0 && beta.is_finite()) {
+        return Err(invalid(
+            "beta",
+            format!("{beta} must be a finite number >= 0"),
+        ));
+    }
+    let l = query_logits(&l2_normalize(q)?, &l2_normalize(k)?, queue, temperature)?;
+    let neg = l.narrow(1, 1, kq)?;
+    let scaled = (&neg * beta)?;
+    let imp = scaled
+        .broadcast_sub(&scaled.max_keepdim(D::Minus1)?.detach())?
+        .exp()?;
+    let imp = imp.broadcast_div(&imp.mean_keepdim(D::Minus1)?)?;
+    let weights = Tensor::cat(&[neg.ones_like()?.narrow(1, 0, 1)?, imp], 1)?;
+    let targets = one_hot(&vec![0; b], kq + 1, l.dtype(), l.device())?;
     let d = Debias {
         tau_plus,
         temperature,

@@ -41,7 +41,7 @@ pub mod views;
 pub use align_uniform::{alignment, uniformity};
 pub use ascl::{AsclConfig, AsclTargets, ascl};
 pub use config::{LossConfig, LossInputs};
-pub use debiased::{DebiasedConfig, HclConfig, debiased, hcl};
+pub use debiased::{DebiasedConfig, HclConfig, debiased, hcl, hcl_queue};
 pub use decoupled::{DecoupledConfig, DecoupledWeightedConfig, decoupled, decoupled_weighted};
 pub use error::{LossError, Result};
 pub use fnc::{Aggregation, Cancellation, FalseNegatives, FncConfig, fnc};

@@ -5,12 +5,14 @@
 //! it (temporary file plus rename). An interrupted write therefore never damages the
 //! checkpoint that `--resume` uses.
 
+use crate::method::MethodState;
 use crate::metrics::EpochRecord;
 use crate::model::ContrastiveModel;
 use crate::optim::Optimizer;
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Everything besides tensors needed to continue a run exactly.
@@ -46,6 +48,7 @@ pub fn save(
     model: &ContrastiveModel,
     opt: &Optimizer,
     state: &TrainState,
+    extras: &MethodState,
     keep: usize,
 ) -> Result<PathBuf> {
     let dir = root.join(format!("epoch-{:04}", state.epoch));
@@ -64,6 +67,12 @@ pub fn save(
         candle_core::safetensors::save(&buffers, p)
             .with_context(|| format!("writing {}", p.display()))
     })?;
+    for (name, tensors) in extras {
+        write_atomic(&dir.join(format!("{name}.safetensors")), |p| {
+            candle_core::safetensors::save(tensors, p)
+                .with_context(|| format!("writing {}", p.display()))
+        })?;
+    }
     write_atomic(&dir.join(STATE_FILE), |p| {
         std::fs::write(p, serde_json::to_string_pretty(state)?)
             .with_context(|| format!("writing {}", p.display()))
@@ -117,8 +126,13 @@ pub fn latest(root: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(dir))
 }
 
-/// Restores model variables and optimiser state from `dir`; returns the state.
-pub fn load(dir: &Path, model: &mut ContrastiveModel, opt: &mut Optimizer) -> Result<TrainState> {
+/// Restores model variables and optimiser state from `dir`; returns the state and
+/// the method's tensor groups by name.
+pub fn load(
+    dir: &Path,
+    model: &mut ContrastiveModel,
+    opt: &mut Optimizer,
+) -> Result<(TrainState, HashMap<String, HashMap<String, Tensor>>)> {
     let state: TrainState = serde_json::from_str(
         &std::fs::read_to_string(dir.join(STATE_FILE))
             .with_context(|| format!("reading {}", dir.join(STATE_FILE).display()))?,
@@ -144,5 +158,21 @@ pub fn load(dir: &Path, model: &mut ContrastiveModel, opt: &mut Optimizer) -> Re
                 dir.join(OPTIM_FILE).display()
             )
         })?;
-    Ok(state)
+    let mut extras = HashMap::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("listing {}", dir.display()))? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if let Some(group) = name.strip_suffix(".safetensors")
+            && ![MODEL_FILE, OPTIM_FILE].contains(&name.as_str())
+        {
+            let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+                .with_context(|| format!("{}: cannot read", path.display()))?;
+            extras.insert(group.to_string(), tensors);
+        }
+    }
+    Ok((state, extras))
 }

@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result, bail};
 use contrast_data::{DatasetId, ViewRecipe};
-use contrast_encoders::{EncoderConfig, FeatureFilterConfig, HeadConfig};
+use contrast_encoders::{EncoderConfig, FeatureFilterConfig, HeadConfig, MomentumSchedule};
 use contrast_eval::{KnnConfig, ProbeConfig};
 use contrast_losses::LossConfig;
 use serde::{Deserialize, Serialize};
@@ -21,6 +21,9 @@ pub struct Config {
     #[serde(default)]
     pub seed: u64,
     pub data: DataConfig,
+    /// How batches become loss inputs (default: in-batch, as SimCLR).
+    #[serde(default)]
+    pub method: MethodConfig,
     pub model: ModelConfig,
     pub loss: LossConfig,
     pub optim: OptimConfig,
@@ -60,6 +63,30 @@ fn default_views() -> usize {
 
 fn default_prefetch() -> usize {
     3
+}
+
+/// The training method, tagged by `name`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
+pub enum MethodConfig {
+    /// Every view through the online network; negatives from the batch.
+    #[default]
+    Simclr,
+    /// MoCo v2: momentum key encoder and a FIFO queue of negatives.
+    Moco {
+        /// Queue capacity `K` (any size; the batch need not divide it).
+        queue_size: usize,
+        /// Momentum of the key encoder.
+        #[serde(default)]
+        momentum: MomentumSchedule,
+        /// Groups the shuffled keys are normalised in (Shuffle-BN on one device).
+        #[serde(default = "default_splits")]
+        shuffle_splits: usize,
+    },
+}
+
+fn default_splits() -> usize {
+    4
 }
 
 /// Backbone and projection head.
@@ -312,11 +339,34 @@ impl Config {
     /// Checks values that the types alone cannot.
     pub fn validate(&self) -> Result<()> {
         self.loss.validate()?;
-        if self.loss.needs_queue() {
-            bail!(
-                "loss.name = \"{}\" reads negatives from a memory queue, which the in-batch trainer does not keep yet",
+        match &self.method {
+            MethodConfig::Simclr if self.loss.needs_queue() => bail!(
+                "loss.name = \"{}\" reads negatives from a queue: use it with [method] name = \"moco\"",
                 self.loss.name()
-            );
+            ),
+            MethodConfig::Moco { .. } if !self.loss.accepts_queue() => bail!(
+                "method.name = \"moco\" needs a queue-based loss (moco_info_nce, ring, ascl, debiased, hcl), not \"{}\"",
+                self.loss.name()
+            ),
+            MethodConfig::Moco {
+                queue_size,
+                momentum,
+                shuffle_splits,
+            } => {
+                if *queue_size == 0 || *shuffle_splits == 0 {
+                    bail!("method.queue_size and method.shuffle_splits must be >= 1");
+                }
+                momentum
+                    .validate()
+                    .map_err(|e| anyhow::anyhow!("method.momentum: {e}"))?;
+                if self.data.views != 2 {
+                    bail!(
+                        "method.name = \"moco\" uses exactly 2 views (query and key), data.views = {}",
+                        self.data.views
+                    );
+                }
+            }
+            MethodConfig::Simclr => {}
         }
         self.data.augment.validate()?;
         if self.data.batch_size < 2 {

@@ -6,6 +6,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod evaluate;
+pub mod method;
 pub mod metrics;
 pub mod model;
 pub mod optim;

@@ -3,19 +3,17 @@
 use crate::checkpoint::{self, TrainState};
 use crate::config::Config;
 use crate::evaluate::{Evaluator, input_shape};
+use crate::method::Method;
 use crate::metrics::{EpochRecord, Summary, write_json, write_metrics};
 use crate::model::ContrastiveModel;
 use crate::optim::Optimizer;
 use crate::schedule::warmup_cosine;
 use anyhow::{Context, Result, bail};
-use candle_core::{Device, Tensor};
-use contrast_data::loader::derive_seed;
+use candle_core::Device;
 use contrast_data::{Batch, Dataset, LoaderConfig, Normalization, Split, ViewLoader};
 use contrast_eval::{Series, line_plot};
-use contrast_losses::{LossConfig, LossInputs, partner_classes};
+use contrast_losses::LossConfig;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -51,54 +49,20 @@ pub fn load_data(cfg: &Config, data_dir: Option<&Path>) -> Result<Split> {
     })
 }
 
-fn batch_tensors(batch: &Batch, device: &Device) -> Result<(Tensor, Tensor)> {
-    let s = batch.shape;
-    let b = batch.len();
-    let views = batch
-        .views
-        .iter()
-        .map(|v| Tensor::from_slice(v, (b, s.height, s.width, s.channels), device))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let labels = Tensor::from_slice(&batch.labels, b, device)?;
-    Ok((Tensor::cat(&views, 0)?, labels))
-}
-
 /// One optimisation step on a batch; returns the loss.
+#[allow(clippy::too_many_arguments)]
 fn train_step(
     cfg: &Config,
     model: &ContrastiveModel,
+    method: &mut Method,
     opt: &mut Optimizer,
     batch: &Batch,
     num_classes: usize,
+    (step, total): (usize, usize),
     lr: f64,
     device: &Device,
 ) -> Result<f64> {
-    let (x, labels) = batch_tensors(batch, device)?;
-    let (_, z) = model.forward_t(&x, true)?;
-    let b = batch.len();
-    let views = (0..batch.views.len())
-        .map(|v| z.narrow(0, v * b, b))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    let (partners, gates) = match (&cfg.loss, &model.filter) {
-        (LossConfig::Simlap(c), Some(filter)) => {
-            let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(
-                cfg.seed,
-                &[batch.epoch as u64, batch.step as u64, 0x51a9],
-            ));
-            let p = partner_classes(&batch.labels, num_classes, c.pairs, &mut rng)?;
-            let p = Tensor::from_vec(p, batch.len(), device)?;
-            let g = filter.forward_t(&labels, &p, true)?;
-            (Some(p), Some(g))
-        }
-        _ => (None, None),
-    };
-    let loss = cfg.loss.compute(LossInputs {
-        views: &views,
-        labels: Some(&labels),
-        queue: None,
-        partners: partners.as_ref(),
-        gates: gates.as_ref(),
-    })?;
+    let (loss, extras) = method.loss(cfg, model, batch, num_classes, device)?;
     let value = loss.to_scalar::<f32>()? as f64;
     if !value.is_finite() {
         bail!(
@@ -109,6 +73,7 @@ fn train_step(
     }
     let grads = loss.backward()?;
     opt.step(&grads, lr)?;
+    method.after_step(cfg, model, extras, batch, step, total)?;
     Ok(value)
 }
 
@@ -191,6 +156,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary> {
         cfg.seed,
     )?;
     let mut opt = Optimizer::new(cfg.optim.clone(), model.params());
+    let mut method = Method::new(cfg, &model, input_shape(&train), &device)?;
     let eval = Evaluator {
         norm: &norm,
         knn: &cfg.eval.knn,
@@ -202,7 +168,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary> {
 
     let mut state = match checkpoint::latest(&ckpt_dir)? {
         Some(dir) if opts.resume => {
-            let state = checkpoint::load(&dir, &mut model, &mut opt)?;
+            let (state, extras) = checkpoint::load(&dir, &mut model, &mut opt)?;
+            method
+                .load_state(extras)
+                .with_context(|| format!("{}: method state", dir.display()))?;
             if state.config_toml != config_toml {
                 eprintln!(
                     "note: the configuration differs from the checkpoint's; continuing with the new one"
@@ -279,9 +248,11 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary> {
             let loss = train_step(
                 cfg,
                 &model,
+                &mut method,
                 &mut opt,
                 &batch,
                 train.num_classes,
+                (step, total_steps),
                 lr,
                 &device,
             )
@@ -330,7 +301,14 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary> {
         state.history.push(record);
         state.epoch = epoch + 1;
         state.config_toml = config_toml.clone();
-        checkpoint::save(&ckpt_dir, &model, &opt, &state, cfg.train.keep_checkpoints)?;
+        checkpoint::save(
+            &ckpt_dir,
+            &model,
+            &opt,
+            &state,
+            &method.state()?,
+            cfg.train.keep_checkpoints,
+        )?;
         write_metrics(&out.join("metrics.jsonl"), &state.history)?;
         plot_history(&out.join("plots"), &state.history, state.untrained_knn_top1)?;
     }

@@ -49,10 +49,31 @@ fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn resumed_run_matches_uninterrupted_run() {
+    check_resume(tiny_config(2));
+}
+
+/// MoCo keeps a key encoder and a queue; both must come back exactly.
+#[test]
+fn resumed_moco_run_matches_uninterrupted_run() {
+    let mut cfg = tiny_config(2);
+    cfg.method = contrast_train::config::MethodConfig::Moco {
+        queue_size: 100,
+        momentum: contrast_encoders::MomentumSchedule {
+            base: 0.9,
+            cosine: true,
+        },
+        shuffle_splits: 2,
+    };
+    cfg.loss =
+        contrast_losses::LossConfig::MocoInfoNce(contrast_losses::MocoConfig { temperature: 0.2 });
+    cfg.validate().unwrap();
+    check_resume(cfg);
+}
+
+fn check_resume(cfg: contrast_train::Config) {
     let data = tempfile::tempdir().unwrap();
     write_synthetic_mnist(data.path(), 320, 100);
     let straight = tempfile::tempdir().unwrap();
-    let cfg = tiny_config(2);
     let full = run(&cfg, &opts(straight.path(), data.path(), false)).unwrap();
     let ckpt = straight.path().join("checkpoints");
     assert_eq!(

@@ -1,0 +1,255 @@
+//! Training methods: how a batch becomes loss inputs, and what state a method keeps
+//! between steps.
+//!
+//! - In-batch (SimCLR and every loss over the batch's own views): all views go
+//!   through the online network in one pass.
+//! - MoCo: the first view through the online network (queries), the second through a
+//!   momentum copy (keys, no gradient), negatives from a FIFO queue that the keys join
+//!   after the step.
+//!
+//! MoCo's Shuffle-BN remedies a BatchNorm leak: with the query and its positive key
+//! normalised over the same batch, the network can match them through the batch
+//! statistics instead of the content. Across GPUs MoCo shuffles the keys so that each
+//! key is normalised with a different group than its query. On one device the same
+//! effect comes from shuffling the keys and running the key encoder on `splits`
+//! separate groups (each with its own BatchNorm statistics), then restoring the order.
+
+use crate::config::{Config, MethodConfig};
+use crate::model::ContrastiveModel;
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use contrast_data::Batch;
+use contrast_data::loader::derive_seed;
+use contrast_encoders::{InputShape, copy_vars, ema_update};
+use contrast_losses::{LossConfig, LossInputs, partner_classes};
+use contrast_memory::KeyQueue;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use std::collections::HashMap;
+
+/// Named groups of tensors a method adds to checkpoints.
+pub type MethodState = Vec<(String, HashMap<String, Tensor>)>;
+
+/// MoCo's extra state.
+pub struct Moco {
+    pub key: ContrastiveModel,
+    pub queue: KeyQueue,
+}
+
+/// The runtime state of the configured method.
+pub enum Method {
+    InBatch,
+    Moco(Box<Moco>),
+}
+
+/// What a step produced besides the loss: keys to enqueue after the update.
+pub struct StepExtras {
+    keys: Option<Tensor>,
+}
+
+fn varmap_tensors(vm: &candle_nn::VarMap) -> HashMap<String, Tensor> {
+    vm.data()
+        .lock()
+        .expect("varmap lock")
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect()
+}
+
+fn load_varmap(vm: &candle_nn::VarMap, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    let data = vm.data().lock().expect("varmap lock");
+    for (name, var) in data.iter() {
+        let t = tensors
+            .get(name)
+            .with_context(|| format!("key encoder variable `{name}` missing"))?;
+        var.set(t)
+            .with_context(|| format!("key encoder variable `{name}`"))?;
+    }
+    Ok(())
+}
+
+impl Method {
+    /// Builds the method's state for the online `model`.
+    pub fn new(
+        cfg: &Config,
+        model: &ContrastiveModel,
+        input: InputShape,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(match &cfg.method {
+            MethodConfig::Simclr => Method::InBatch,
+            MethodConfig::Moco { queue_size, .. } => {
+                let key = ContrastiveModel::new(&cfg.model, input, None, device, cfg.seed)?;
+                copy_vars(&key.varmap, &model.varmap)?;
+                let queue = KeyQueue::new(
+                    *queue_size,
+                    cfg.model.head.out,
+                    derive_seed(cfg.seed, &[0x9e]),
+                    device,
+                )?;
+                Method::Moco(Box::new(Moco { key, queue }))
+            }
+        })
+    }
+
+    /// The loss of `batch` (to be differentiated) and what the update needs afterwards.
+    pub fn loss(
+        &self,
+        cfg: &Config,
+        model: &ContrastiveModel,
+        batch: &Batch,
+        num_classes: usize,
+        device: &Device,
+    ) -> Result<(Tensor, StepExtras)> {
+        let s = batch.shape;
+        let b = batch.len();
+        let view = |v: usize| {
+            Tensor::from_slice(&batch.views[v], (b, s.height, s.width, s.channels), device)
+        };
+        let labels = Tensor::from_slice(&batch.labels, b, device)?;
+        let rng = |salt: u64| {
+            ChaCha8Rng::seed_from_u64(derive_seed(
+                cfg.seed,
+                &[batch.epoch as u64, batch.step as u64, salt],
+            ))
+        };
+        match self {
+            Method::InBatch => {
+                let x = Tensor::cat(
+                    &(0..batch.views.len())
+                        .map(view)
+                        .collect::<candle_core::Result<Vec<_>>>()?,
+                    0,
+                )?;
+                let (_, z) = model.forward_t(&x, true)?;
+                let views = (0..batch.views.len())
+                    .map(|v| z.narrow(0, v * b, b))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                let (partners, gates) = match (&cfg.loss, &model.filter) {
+                    (LossConfig::Simlap(c), Some(filter)) => {
+                        let p =
+                            partner_classes(&batch.labels, num_classes, c.pairs, &mut rng(0x51a9))?;
+                        let p = Tensor::from_vec(p, b, device)?;
+                        let g = filter.forward_t(&labels, &p, true)?;
+                        (Some(p), Some(g))
+                    }
+                    _ => (None, None),
+                };
+                let loss = cfg.loss.compute(LossInputs {
+                    views: &views,
+                    labels: Some(&labels),
+                    queue: None,
+                    partners: partners.as_ref(),
+                    gates: gates.as_ref(),
+                })?;
+                Ok((loss, StepExtras { keys: None }))
+            }
+            Method::Moco(m) => {
+                let MethodConfig::Moco { shuffle_splits, .. } = cfg.method else {
+                    bail!("method state and configuration disagree");
+                };
+                let (_, q) = model.forward_t(&view(0)?, true)?;
+                let k = shuffled_keys(&m.key, &view(1)?, shuffle_splits, &mut rng(0x5bf1))?;
+                let loss = cfg.loss.compute(LossInputs {
+                    views: &[q, k.clone()],
+                    labels: Some(&labels),
+                    queue: Some(m.queue.keys()),
+                    partners: None,
+                    gates: None,
+                })?;
+                Ok((loss, StepExtras { keys: Some(k) }))
+            }
+        }
+    }
+
+    /// After the optimiser step: the momentum update, then the keys join the queue.
+    pub fn after_step(
+        &mut self,
+        cfg: &Config,
+        model: &ContrastiveModel,
+        extras: StepExtras,
+        batch: &Batch,
+        step: usize,
+        total: usize,
+    ) -> Result<()> {
+        if let (Method::Moco(m), MethodConfig::Moco { momentum, .. }) = (self, &cfg.method) {
+            ema_update(&m.key.varmap, &model.varmap, momentum.at(step, total))?;
+            if let Some(k) = extras.keys {
+                let ids: Vec<i64> = batch.indices.iter().map(|&i| i as i64).collect();
+                let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+                m.queue.enqueue(&k, &ids, &labels, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tensors to checkpoint.
+    pub fn state(&self) -> Result<MethodState> {
+        Ok(match self {
+            Method::InBatch => Vec::new(),
+            Method::Moco(m) => vec![
+                ("key_encoder".into(), varmap_tensors(&m.key.varmap)),
+                ("queue".into(), m.queue.state()?),
+            ],
+        })
+    }
+
+    /// Restores [`Method::state`].
+    pub fn load_state(
+        &mut self,
+        mut state: HashMap<String, HashMap<String, Tensor>>,
+    ) -> Result<()> {
+        if let Method::Moco(m) = self {
+            let key = state
+                .remove("key_encoder")
+                .context("checkpoint lacks the key encoder")?;
+            load_varmap(&m.key.varmap, &key)?;
+            let queue = state
+                .remove("queue")
+                .context("checkpoint lacks the queue")?;
+            m.queue.load_state(&queue).context("restoring the queue")?;
+        }
+        Ok(())
+    }
+
+    /// Bytes of memory the method keeps (the queue).
+    pub fn memory_bytes(&self) -> usize {
+        match self {
+            Method::InBatch => 0,
+            Method::Moco(m) => m.queue.bytes(),
+        }
+    }
+}
+
+/// Keys of `x` `[B, ...]` from the momentum encoder, without gradient: shuffled, run
+/// in `splits` groups with their own BatchNorm statistics, and put back in order.
+fn shuffled_keys(
+    key: &ContrastiveModel,
+    x: &Tensor,
+    splits: usize,
+    rng: &mut ChaCha8Rng,
+) -> Result<Tensor> {
+    let b = x.dim(0)?;
+    let mut perm: Vec<u32> = (0..b as u32).collect();
+    perm.shuffle(rng);
+    let mut inverse = vec![0u32; b];
+    for (pos, &i) in perm.iter().enumerate() {
+        inverse[i as usize] = pos as u32;
+    }
+    let shuffled = x.index_select(&Tensor::from_slice(&perm, b, x.device())?, 0)?;
+    // Groups of at least two keys: BatchNorm needs two values per channel.
+    let size = b.div_ceil(splits.max(1).min((b / 2).max(1)));
+    let mut parts = Vec::new();
+    for start in (0..b).step_by(size) {
+        let (_, z) = key.forward_t(
+            &shuffled.narrow(0, start, size.min(b - start))?.detach(),
+            true,
+        )?;
+        parts.push(z.detach());
+    }
+    let keys = Tensor::cat(&parts, 0)?;
+    Ok(keys
+        .index_select(&Tensor::from_slice(&inverse, b, x.device())?, 0)?
+        .detach())
+}
