@@ -8,7 +8,7 @@
 
 use crate::error::{Result, invalid};
 use candle_core::{DType, Device, Tensor};
-use contrast_kernels::l2_normalize;
+use contrast_kernels::{TopK, l2_normalize, topk_similarity};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -155,6 +155,17 @@ impl KeyQueue {
         }
         self.filled = (self.filled + total).min(self.capacity());
         Ok(total)
+    }
+
+    /// The `k` entries most similar to each query `[Q, D]` (cosine), through the
+    /// kernels' blocked top-k. Entries never written (random initial keys) are
+    /// included only once the queue has wrapped.
+    pub fn nearest(&self, queries: &Tensor, k: usize) -> Result<TopK> {
+        let live = if self.filled < self.capacity() { self.keys.narrow(0, 0, self.filled)? } else { self.keys.clone() };
+        if self.filled == 0 {
+            return Err(invalid("queue", "no entry has been written yet"));
+        }
+        Ok(topk_similarity(&l2_normalize(queries)?, &live, k)?)
     }
 
     /// The queue as named tensors, for checkpoints.

@@ -184,3 +184,15 @@ fn bank_state_round_trips() {
     assert_eq!(other.labels(), bank.labels());
     assert_eq!(row(other.vectors(), 5), row(bank.vectors(), 5));
 }
+
+#[test]
+fn queue_nearest_neighbours_skip_unwritten_entries() {
+    let mut q = KeyQueue::new(10, 3, 0, &Device::Cpu).unwrap();
+    assert!(q.nearest(&tagged(&[0], 3), 1).is_err());
+    q.enqueue(&tagged(&[5, 1, 3], 3), &[50, 10, 30], &[0, 0, 0], None).unwrap();
+    let top = q.nearest(&tagged(&[5], 3), 3).unwrap();
+    let hits: Vec<u32> = top.row(0).map(|(_, i)| i).collect();
+    assert_eq!(hits[0], 0);
+    assert!(hits.iter().all(|&i| i < 3));
+    assert!(q.nearest(&tagged(&[5], 3), 4).is_err());
+}
