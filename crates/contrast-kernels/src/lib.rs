@@ -8,6 +8,8 @@
 //! - [`conv_block`]: convolution, BatchNorm, ReLU and pooling fused into one op.
 //! - [`batch_norm`]: fused batch normalisation (+ ReLU) with its backward pass.
 //! - [`max_pool2`]: 2x2 max pooling with its backward pass.
+//! - [`streaming_info_nce`]: InfoNCE forward and backward over candidate tiles with
+//!   an online log-sum-exp, never forming the `[B, N]` logits.
 //! - [`gemm`]: a checked wrapper over the `gemm` crate, shared by the kernels.
 //!
 //! Every kernel has a plain candle composition beside it that serves as its reference
@@ -17,6 +19,7 @@ pub mod batch_norm;
 pub mod conv2d;
 pub mod conv_block;
 pub mod gemm;
+pub mod info_nce;
 pub mod normalize;
 pub mod parallel;
 pub mod pool;
@@ -27,6 +30,7 @@ pub use batch_norm::{
 };
 pub use conv_block::{BlockSpec, conv_block};
 pub use conv2d::{ConvGeometry, conv2d_nhwc, conv2d_nhwc_reference};
+pub use info_nce::{Candidates, Positive, streaming_info_nce};
 pub use normalize::{NORM_EPS, l2_normalize};
 pub use pool::{max_pool2, max_pool2_reference};
 pub use topk::{QUERY_BLOCK, TopK, topk_similarity};

@@ -3,7 +3,7 @@
 use crate::error::{Result, check_matrix, check_same_shape, check_temperature, invalid};
 use crate::generalized::{generalized_info_nce, one_hot};
 use candle_core::Tensor;
-use contrast_kernels::l2_normalize;
+use contrast_kernels::{Candidates, Positive, l2_normalize, streaming_info_nce};
 use serde::{Deserialize, Serialize};
 
 /// Parameters of [`moco_info_nce`].
@@ -52,7 +52,69 @@ pub(crate) fn query_logits(
 /// Logits `[q.k_i, q.queue] / t`, target column 0. Reduction: mean over the `B`
 /// queries (one-way). The gradient to `k` flows through the positive logit only;
 /// MoCo's momentum encoder detaches `k` entirely.
+///
+/// On the CPU this streams over the queue ([`contrast_kernels::streaming_info_nce`]);
+/// [`moco_info_nce_reference`] is the dense composition.
 pub fn moco_info_nce(q: &Tensor, k: &Tensor, queue: &Tensor, temperature: f64) -> Result<Tensor> {
+    moco_info_nce_keyed(q, k, queue, temperature, None)
+}
+
+/// MoCo InfoNCE with a label-aware queue: queue entries whose key equals the
+/// query's (`keys = (query_keys [B], queue_keys [K])`, e.g. labels or pseudo-labels;
+/// negative keys never match) are not used as negatives
+/// (pytorch-metric-learning's `CrossBatchMemory` use case).
+pub fn moco_info_nce_keyed(
+    q: &Tensor,
+    k: &Tensor,
+    queue: &Tensor,
+    temperature: f64,
+    keys: Option<(Vec<i64>, Vec<i64>)>,
+) -> Result<Tensor> {
+    let (b, d) = check_same_shape("q", q, "k", k)?;
+    let kq = check_queue(queue, d)?;
+    check_temperature("temperature", temperature)?;
+    if let Some((rk, ck)) = &keys
+        && (rk.len() != b || ck.len() != kq)
+    {
+        return Err(crate::error::invalid(
+            "keys",
+            format!("expected {b} query keys and {kq} queue keys"),
+        ));
+    }
+    if !crate::nt_xent::kernel_applies(q) {
+        return match keys {
+            None => moco_info_nce_reference(q, k, queue, temperature),
+            Some(_) => Err(crate::error::invalid(
+                "keys",
+                "label-aware queues need the CPU kernel",
+            )),
+        };
+    }
+    let (qn, kn) = (l2_normalize(q)?, l2_normalize(k)?);
+    let extra = ((&qn * &kn)?.sum(1)? / temperature)?;
+    let spec = Candidates {
+        positive: Positive::Extra,
+        exclude_self: false,
+        keys,
+    };
+    let queue = queue.detach().to_dtype(qn.dtype())?;
+    Ok(streaming_info_nce(
+        &qn,
+        &queue,
+        &extra,
+        spec,
+        temperature,
+        false,
+    )?)
+}
+
+/// MoCo InfoNCE as a dense composition (the reference; any device).
+pub fn moco_info_nce_reference(
+    q: &Tensor,
+    k: &Tensor,
+    queue: &Tensor,
+    temperature: f64,
+) -> Result<Tensor> {
     let (b, d) = check_same_shape("q", q, "k", k)?;
     check_queue(queue, d)?;
     check_temperature("temperature", temperature)?;

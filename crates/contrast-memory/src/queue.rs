@@ -161,7 +161,11 @@ impl KeyQueue {
     /// kernels' blocked top-k. Entries never written (random initial keys) are
     /// included only once the queue has wrapped.
     pub fn nearest(&self, queries: &Tensor, k: usize) -> Result<TopK> {
-        let live = if self.filled < self.capacity() { self.keys.narrow(0, 0, self.filled)? } else { self.keys.clone() };
+        let live = if self.filled < self.capacity() {
+            self.keys.narrow(0, 0, self.filled)?
+        } else {
+            self.keys.clone()
+        };
         if self.filled == 0 {
             return Err(invalid("queue", "no entry has been written yet"));
         }

@@ -189,7 +189,8 @@ fn bank_state_round_trips() {
 fn queue_nearest_neighbours_skip_unwritten_entries() {
     let mut q = KeyQueue::new(10, 3, 0, &Device::Cpu).unwrap();
     assert!(q.nearest(&tagged(&[0], 3), 1).is_err());
-    q.enqueue(&tagged(&[5, 1, 3], 3), &[50, 10, 30], &[0, 0, 0], None).unwrap();
+    q.enqueue(&tagged(&[5, 1, 3], 3), &[50, 10, 30], &[0, 0, 0], None)
+        .unwrap();
     let top = q.nearest(&tagged(&[5], 3), 3).unwrap();
     let hits: Vec<u32> = top.row(0).map(|(_, i)| i).collect();
     assert_eq!(hits[0], 0);

@@ -1,0 +1,471 @@
+//! Streaming InfoNCE: the loss and its gradients without the `[B, N]` logit matrix.
+//!
+//! For anchors `A` `[B, D]` and candidates `C` `[N, D]` (both normalised by the
+//! caller), logits `l_ij = a_i . c_j / t` over the candidates an anchor keeps, plus an
+//! optional per-anchor extra logit `e_i` (MoCo's `q . k`):
+//!
+//! ```text
+//! L = mean_i [ log( exp(e_i) + sum_{j kept} exp(l_ij) ) - l_i,pos ]
+//! ```
+//!
+//! where the positive is either the extra logit or one candidate column. Kept
+//! candidates are all but those removed by the [`Candidates`] spec: the anchor itself
+//! (when anchors and candidates are one set, as in SimCLR) and candidates sharing the
+//! anchor's key (same label or pseudo-label: false-negative elimination). Masks are
+//! derived from these per-row and per-column keys inside the kernel.
+//!
+//! Pass 1 walks candidate tiles per block of anchor rows with an online log-sum-exp
+//! (running max and sum) and, in the same sweep, accumulates `sum_j p_ij c_j` rescaled
+//! as the max moves, which yields the anchors' gradient without a second sweep. When
+//! the candidates need a gradient (SimCLR), pass 2 walks anchor tiles per block of
+//! candidate columns with the now known log-sum-exps. Memory is `O((B + N) D + tile)`
+//! per thread.
+
+use crate::batch_norm::Float;
+use crate::gemm::{MatRef, matmul};
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+use std::sync::{Arc, Mutex};
+
+/// Anchor rows per block (parallel unit of pass 1).
+const ROW_BLOCK: usize = 32;
+/// Candidate columns per tile.
+const TILE: usize = 1024;
+
+/// Where each anchor's positive is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Positive {
+    /// The extra logit `e_i` (MoCo's key); no candidate is positive.
+    Extra,
+    /// Candidate column `pos[i]`; the extra logit is ignored.
+    Column(Vec<u32>),
+}
+
+/// Which candidates each anchor keeps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidates {
+    pub positive: Positive,
+    /// Anchors and candidates are the same rows: remove column `i` for anchor `i`.
+    pub exclude_self: bool,
+    /// Remove candidate `j` for anchor `i` when `row_keys[i] == col_keys[j]` (and `j`
+    /// is not the positive): same-label negatives are dropped. Keys `< 0` never match.
+    pub keys: Option<(Vec<i64>, Vec<i64>)>,
+}
+
+impl Candidates {
+    #[inline]
+    fn removed(&self, i: usize, j: usize, pos: Option<usize>) -> bool {
+        if self.exclude_self && i == j {
+            return true;
+        }
+        match &self.keys {
+            Some((rk, ck)) => Some(j) != pos && rk[i] >= 0 && rk[i] == ck[j],
+            None => false,
+        }
+    }
+
+    fn positive_of(&self, i: usize) -> Option<usize> {
+        match &self.positive {
+            Positive::Extra => None,
+            Positive::Column(p) => Some(p[i] as usize),
+        }
+    }
+}
+
+/// Results of pass 1 kept for the backward pass.
+struct Pass1<T> {
+    /// Per anchor `log(sum)` of its kept candidates and extra logit.
+    lse: Vec<f64>,
+    /// Gradient of the mean loss to the anchors `[B, D]`.
+    d_anchors: Vec<T>,
+    /// Gradient of the mean loss to the extra logits `[B]`.
+    d_extra: Vec<T>,
+}
+
+struct Shapes {
+    b: usize,
+    n: usize,
+    d: usize,
+}
+
+/// Pass 1: loss, log-sum-exps, and the anchor and extra-logit gradients.
+fn pass1<T: Float>(
+    a: &[T],
+    c: &[T],
+    extra: &[T],
+    s: &Shapes,
+    spec: &Candidates,
+    t: f64,
+) -> (f64, Pass1<T>) {
+    let inv_t = 1.0 / t;
+    let scale = 1.0 / s.b as f64;
+    let blocks: Vec<(f64, Vec<f64>, Vec<T>, Vec<T>)> = (0..s.b.div_ceil(ROW_BLOCK))
+        .into_par_iter()
+        .map(|blk| {
+            let r0 = blk * ROW_BLOCK;
+            let rows = ROW_BLOCK.min(s.b - r0);
+            let a_blk = &a[r0 * s.d..(r0 + rows) * s.d];
+            let mut m = vec![f64::NEG_INFINITY; rows];
+            let mut sum = vec![0f64; rows];
+            let mut pos_logit = vec![0f64; rows];
+            let mut acc = vec![T::ZERO; rows * s.d];
+            let mut logits = vec![T::ZERO; rows * TILE];
+            let mut weights = vec![T::ZERO; rows * TILE];
+            // The extra logit starts the running sums.
+            for r in 0..rows {
+                let i = r0 + r;
+                if spec.positive == Positive::Extra {
+                    m[r] = extra[i].to_f64();
+                    sum[r] = 1.0;
+                    pos_logit[r] = m[r];
+                }
+            }
+            for j0 in (0..s.n).step_by(TILE) {
+                let cols = TILE.min(s.n - j0);
+                let c_tile = MatRef::row_major(&c[j0 * s.d..(j0 + cols) * s.d], cols, s.d);
+                matmul(
+                    &mut logits[..rows * cols],
+                    MatRef::row_major(a_blk, rows, s.d),
+                    c_tile.t(),
+                    false,
+                    1,
+                );
+                for r in 0..rows {
+                    let i = r0 + r;
+                    let pos = spec.positive_of(i);
+                    let row = &mut logits[r * cols..(r + 1) * cols];
+                    let mut tile_max = f64::NEG_INFINITY;
+                    for (k, v) in row.iter_mut().enumerate() {
+                        let j = j0 + k;
+                        let l = v.to_f64() * inv_t;
+                        if Some(j) == pos {
+                            pos_logit[r] = l;
+                        }
+                        if spec.removed(i, j, pos) {
+                            *v = T::from_f64(f64::NEG_INFINITY);
+                        } else {
+                            *v = T::from_f64(l);
+                            tile_max = tile_max.max(l);
+                        }
+                    }
+                    let new_m = m[r].max(tile_max);
+                    if new_m == f64::NEG_INFINITY {
+                        weights[r * cols..(r + 1) * cols].fill(T::ZERO);
+                        continue;
+                    }
+                    let rescale = (m[r] - new_m).exp();
+                    if rescale != 1.0 {
+                        sum[r] *= rescale;
+                        let rs = T::from_f64(rescale);
+                        acc[r * s.d..(r + 1) * s.d]
+                            .iter_mut()
+                            .for_each(|x| *x = *x * rs);
+                    }
+                    m[r] = new_m;
+                    let mut tile_sum = 0f64;
+                    for (w, v) in weights[r * cols..(r + 1) * cols].iter_mut().zip(row.iter()) {
+                        let e = (v.to_f64() - new_m).exp();
+                        tile_sum += e;
+                        *w = T::from_f64(e);
+                    }
+                    sum[r] += tile_sum;
+                }
+                // acc += W C_tile
+                matmul(
+                    &mut acc,
+                    MatRef::row_major(&weights[..rows * cols], rows, cols),
+                    c_tile,
+                    true,
+                    1,
+                );
+            }
+            let mut loss = 0f64;
+            let mut lse = vec![0f64; rows];
+            let mut d_extra = vec![T::ZERO; rows];
+            let mut grad = vec![T::ZERO; rows * s.d];
+            for r in 0..rows {
+                let i = r0 + r;
+                lse[r] = m[r] + sum[r].ln();
+                loss += lse[r] - pos_logit[r];
+                // dL_i/da_i = (sum_j p_ij c_j - c_pos) / t, with p = exp(l - lse).
+                let norm = 1.0 / sum[r];
+                let pos_vec = spec.positive_of(i).map(|p| &c[p * s.d..(p + 1) * s.d]);
+                for k in 0..s.d {
+                    let mut g = acc[r * s.d + k].to_f64() * norm;
+                    if let Some(pv) = pos_vec {
+                        g -= pv[k].to_f64();
+                    }
+                    grad[r * s.d + k] = T::from_f64(g * inv_t * scale);
+                }
+                if spec.positive == Positive::Extra {
+                    let p_extra = (extra[i].to_f64() - lse[r]).exp();
+                    d_extra[r] = T::from_f64((p_extra - 1.0) * scale);
+                }
+            }
+            (loss, lse, grad, d_extra)
+        })
+        .collect();
+    let mut total = 0f64;
+    let mut out = Pass1 {
+        lse: Vec::with_capacity(s.b),
+        d_anchors: Vec::with_capacity(s.b * s.d),
+        d_extra: Vec::with_capacity(s.b),
+    };
+    for (l, lse, g, de) in blocks {
+        total += l;
+        out.lse.extend(lse);
+        out.d_anchors.extend(g);
+        out.d_extra.extend(de);
+    }
+    (total * scale, out)
+}
+
+/// Pass 2: the gradient of the mean loss to the candidates `[N, D]`:
+/// `dc_j = sum_i (p_ij - [j = pos_i]) a_i / (t B)`.
+fn pass2<T: Float>(a: &[T], c: &[T], s: &Shapes, spec: &Candidates, t: f64, lse: &[f64]) -> Vec<T> {
+    let inv_t = 1.0 / t;
+    let scale = 1.0 / s.b as f64;
+    let col_block = ROW_BLOCK;
+    let mut dc = vec![T::ZERO; s.n * s.d];
+    dc.par_chunks_mut(col_block * s.d)
+        .enumerate()
+        .for_each(|(blk, out)| {
+            let j0 = blk * col_block;
+            let cols = out.len() / s.d;
+            let c_blk = MatRef::row_major(&c[j0 * s.d..(j0 + cols) * s.d], cols, s.d);
+            let mut logits = vec![T::ZERO; TILE * cols];
+            for i0 in (0..s.b).step_by(TILE) {
+                let rows = TILE.min(s.b - i0);
+                let a_tile = MatRef::row_major(&a[i0 * s.d..(i0 + rows) * s.d], rows, s.d);
+                // logits^T block: [cols, rows]
+                matmul(&mut logits[..cols * rows], c_blk, a_tile.t(), false, 1);
+                for (q, row) in logits[..cols * rows].chunks_mut(rows).enumerate() {
+                    let j = j0 + q;
+                    for (r, v) in row.iter_mut().enumerate() {
+                        let i = i0 + r;
+                        let pos = spec.positive_of(i);
+                        let mut g = if spec.removed(i, j, pos) {
+                            0.0
+                        } else {
+                            (v.to_f64() * inv_t - lse[i]).exp()
+                        };
+                        if Some(j) == pos {
+                            g -= 1.0;
+                        }
+                        *v = T::from_f64(g * inv_t * scale);
+                    }
+                }
+                matmul(
+                    out,
+                    MatRef::row_major(&logits[..cols * rows], cols, rows),
+                    a_tile,
+                    true,
+                    1,
+                );
+            }
+        });
+    dc
+}
+
+fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+    l.contiguous_offsets()
+        .map(|(a, b)| &data[a..b])
+        .ok_or_else(|| candle_core::Error::Msg(format!("info_nce: {what} must be contiguous")))
+}
+
+enum Saved {
+    F32(Pass1<f32>),
+    F64(Pass1<f64>),
+}
+
+struct InfoNceOp {
+    spec: Arc<Candidates>,
+    temperature: f64,
+    candidates_grad: bool,
+    saved: Arc<Mutex<Option<Saved>>>,
+}
+
+impl CustomOp3 for InfoNceOp {
+    fn name(&self) -> &'static str {
+        "contrast-streaming-info-nce"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, d) = (l1.dims()[0], l1.dims()[1]);
+        let s = Shapes {
+            b,
+            n: l2.dims()[0],
+            d,
+        };
+        let (loss, saved) = match (s1, s2, s3) {
+            (CpuStorage::F32(a), CpuStorage::F32(c), CpuStorage::F32(e)) => {
+                let (l, p) = pass1(
+                    contiguous(a, l1, "anchors")?,
+                    contiguous(c, l2, "candidates")?,
+                    contiguous(e, l3, "extra")?,
+                    &s,
+                    &self.spec,
+                    self.temperature,
+                );
+                (CpuStorage::F32(vec![l as f32]), Saved::F32(p))
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(c), CpuStorage::F64(e)) => {
+                let (l, p) = pass1(
+                    contiguous(a, l1, "anchors")?,
+                    contiguous(c, l2, "candidates")?,
+                    contiguous(e, l3, "extra")?,
+                    &s,
+                    &self.spec,
+                    self.temperature,
+                );
+                (CpuStorage::F64(vec![l]), Saved::F64(p))
+            }
+            _ => bail!(
+                "info_nce: expected f32 or f64 inputs of one type, got {:?}",
+                s1.dtype()
+            ),
+        };
+        *self.saved.lock().expect("saved lock") = Some(saved);
+        Ok((loss, Shape::from(())))
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        c: &Tensor,
+        e: &Tensor,
+        _loss: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let saved = self.saved.lock().expect("saved lock");
+        let g = grad.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let (b, d) = a.dims2()?;
+        let s = Shapes { b, n: c.dim(0)?, d };
+        let dev = a.device();
+        let (da, de, dc) = match saved.as_ref() {
+            Some(Saved::F32(p)) => {
+                let dc = if self.candidates_grad {
+                    let (av, cv) = (
+                        a.flatten_all()?.to_vec1::<f32>()?,
+                        c.flatten_all()?.to_vec1::<f32>()?,
+                    );
+                    Some(Tensor::from_vec(
+                        pass2(&av, &cv, &s, &self.spec, self.temperature, &p.lse),
+                        (s.n, d),
+                        dev,
+                    )?)
+                } else {
+                    None
+                };
+                (
+                    Tensor::from_slice(&p.d_anchors, (b, d), dev)?,
+                    Tensor::from_slice(&p.d_extra, b, dev)?,
+                    dc,
+                )
+            }
+            Some(Saved::F64(p)) => {
+                let dc = if self.candidates_grad {
+                    let (av, cv) = (
+                        a.flatten_all()?.to_vec1::<f64>()?,
+                        c.flatten_all()?.to_vec1::<f64>()?,
+                    );
+                    Some(Tensor::from_vec(
+                        pass2(&av, &cv, &s, &self.spec, self.temperature, &p.lse),
+                        (s.n, d),
+                        dev,
+                    )?)
+                } else {
+                    None
+                };
+                (
+                    Tensor::from_slice(&p.d_anchors, (b, d), dev)?,
+                    Tensor::from_slice(&p.d_extra, b, dev)?,
+                    dc,
+                )
+            }
+            None => bail!("info_nce: backward before forward"),
+        };
+        let dc = match dc {
+            Some(t) => Some((t * g)?),
+            None => None,
+        };
+        let de = if self.spec.positive == Positive::Extra {
+            Some((de * g)?)
+        } else {
+            None
+        };
+        Ok((Some((da * g)?), dc, de.or(Some(e.zeros_like()?))))
+    }
+}
+
+/// Streaming InfoNCE, mean over anchors (see the module documentation).
+///
+/// `anchors` `[B, D]` and `candidates` `[N, D]` must already be normalised (and share
+/// a dtype); `extra` `[B]` are the extra logits (already divided by `t`), used when
+/// the positive is [`Positive::Extra`]. Gradients reach the anchors and the extra
+/// logits, and the candidates when `candidates_grad` is set. CPU tensors of f32 or f64
+/// only; the dense composition in `contrast-losses` covers other devices.
+pub fn streaming_info_nce(
+    anchors: &Tensor,
+    candidates: &Tensor,
+    extra: &Tensor,
+    spec: Candidates,
+    temperature: f64,
+    candidates_grad: bool,
+) -> Result<Tensor> {
+    let (b, d) = anchors.dims2()?;
+    let (n, d2) = candidates.dims2()?;
+    if d != d2 {
+        bail!("info_nce: anchors have dimension {d}, candidates {d2}");
+    }
+    if extra.dims() != [b] {
+        bail!(
+            "info_nce: extra logits must be [{b}], got {:?}",
+            extra.dims()
+        );
+    }
+    if !(temperature > 0.0 && temperature.is_finite()) {
+        bail!("info_nce: temperature {temperature} must be > 0");
+    }
+    if let Positive::Column(p) = &spec.positive {
+        if p.len() != b || p.iter().any(|&j| j as usize >= n) {
+            bail!("info_nce: positive columns must be {b} indices below {n}");
+        }
+        if spec.exclude_self && p.iter().enumerate().any(|(i, &j)| i == j as usize) {
+            bail!(
+                "info_nce: an anchor's positive is the anchor itself, which exclude_self removes"
+            );
+        }
+    }
+    if spec.exclude_self && n < b {
+        bail!("info_nce: exclude_self needs the anchors to be the first {b} candidates, got {n}");
+    }
+    if let Some((rk, ck)) = &spec.keys
+        && (rk.len() != b || ck.len() != n)
+    {
+        bail!("info_nce: keys must be [{b}] for rows and [{n}] for columns");
+    }
+    if !anchors.device().is_cpu() || !matches!(anchors.dtype(), DType::F32 | DType::F64) {
+        bail!(
+            "info_nce: the streaming kernel runs on CPU f32/f64 tensors; use the dense loss elsewhere"
+        );
+    }
+    let op = InfoNceOp {
+        spec: Arc::new(spec),
+        temperature,
+        candidates_grad,
+        saved: Arc::new(Mutex::new(None)),
+    };
+    anchors
+        .contiguous()?
+        .apply_op3(&candidates.contiguous()?, &extra.contiguous()?, op)
+}
