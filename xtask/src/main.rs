@@ -12,6 +12,8 @@ use contrast_data::fetch::{Provisioned, fetch};
 use contrast_train::{Config, RunOptions};
 use std::path::{Path, PathBuf};
 
+mod bench;
+
 /// mimalloc for the binaries: glibc's malloc returns large temporary buffers to the
 /// kernel after every operation, which costs up to 2.5x on large tensor ops (see
 /// docs/performance.md). Library crates leave the choice to their users.
@@ -48,11 +50,23 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
+    /// Benchmarks: `kernels` (similarity hot path against the plain candle path and sgemm).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Dataset management.
     Data {
         #[command(subcommand)]
         command: DataCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// MoCo and SimCLR losses (forward and backward) and kNN top-k, kernel against naive;
+    /// writes target/bench/kernels.json.
+    Kernels,
 }
 
 #[derive(Subcommand)]
@@ -164,6 +178,9 @@ fn main() {
             out,
             resume,
         } => train(&config, &set, data_dir, out, resume),
+        Command::Bench {
+            command: BenchCommand::Kernels,
+        } => bench::kernels(Path::new("target/bench/kernels.json")),
         Command::Data {
             command: DataCommand::Fetch { dataset, data_dir },
         } => dataset
