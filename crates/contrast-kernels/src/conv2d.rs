@@ -340,9 +340,10 @@ impl CustomOp2 for Conv2dOp {
         let g =
             ConvGeometry::from_shapes(x.dims(), w.dims(), self.kernel, self.stride, self.padding)?;
         let dy = dy.contiguous()?;
-        let dx = dy.apply_op2_no_bwd(w, &InputGradOp(g))?;
-        let dw = x.apply_op2_no_bwd(&dy, &WeightGradOp(g))?;
-        Ok((Some(dx), Some(dw)))
+        // The input gradient is skipped when the input is data (no gradient wanted).
+        let dx = if x.track_op() { Some(dy.apply_op2_no_bwd(w, &InputGradOp(g))?) } else { None };
+        let dw = if w.track_op() { Some(x.apply_op2_no_bwd(&dy, &WeightGradOp(g))?) } else { None };
+        Ok((dx, dw))
     }
 }
 

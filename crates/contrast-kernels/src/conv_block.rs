@@ -158,6 +158,7 @@ impl CustomOp3 for ConvBlockOp {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let op = ConvBlockGradOp {
+            input_grad: x.track_op(),
             spec: self.spec,
             batch_stats: matches!(self.mode, BatchNormMode::Batch),
             saved: self.saved.clone(),
@@ -183,7 +184,10 @@ impl CustomOp3 for ConvBlockOp {
 }
 
 /// Backward op `(x, w, dy) -> dx`, leaving `dw` and `d(gamma, beta)` in `param_grads`.
+/// Without `input_grad` (the block's input is data, e.g. the image batch) the input
+/// gradient is skipped and the op returns a single zero.
 struct ConvBlockGradOp {
+    input_grad: bool,
     spec: BlockSpec,
     batch_stats: bool,
     saved: Arc<Mutex<Option<SavedAny>>>,
@@ -195,10 +199,12 @@ impl ConvBlockGradOp {
     fn run<T: Float>(&self, x: &[T], w: &[T], dy: &[T], s: &Saved<T>) -> Vec<T> {
         let g = &s.geometry;
         let c = g.out_channels;
-        let d_act = if self.spec.pool {
-            pool::backward(&s.act, dy, (g.batch, g.out_h(), g.out_w(), c))
+        let pooled;
+        let d_act: &[T] = if self.spec.pool {
+            pooled = pool::backward(&s.act, dy, (g.batch, g.out_h(), g.out_w(), c));
+            &pooled
         } else {
-            dy.to_vec()
+            dy
         };
         let spec = BackwardSpec {
             gamma: &self.gamma,
@@ -207,8 +213,8 @@ impl ConvBlockGradOp {
             relu: self.spec.relu,
             batch_stats: self.batch_stats,
         };
-        let (d_pre, dgamma, dbeta) = batch_norm::backward(&s.pre, &s.act, &d_act, &spec);
-        let dx = conv2d::backward_input(&d_pre, w, g);
+        let (d_pre, dgamma, dbeta) = batch_norm::backward(&s.pre, &s.act, d_act, &spec);
+        let dx = if self.input_grad { conv2d::backward_input(&d_pre, w, g) } else { vec![T::ZERO] };
         let dw = conv2d::backward_weight(x, &d_pre, g);
         let to64 = |v: &[T]| v.iter().map(|t| t.to_f64()).collect::<Vec<f64>>();
         let dgb: Vec<f64> = to64(&dgamma).into_iter().chain(to64(&dbeta)).collect();
@@ -258,7 +264,8 @@ impl CustomOp3 for ConvBlockGradOp {
             (_, _, _, None) => bail!("conv_block: backward before forward"),
             _ => bail!("conv_block backward: dtype mismatch ({:?})", s1.dtype()),
         };
-        Ok((out, l1.shape().clone()))
+        let shape = if self.input_grad { l1.shape().clone() } else { Shape::from(1) };
+        Ok((out, shape))
     }
 }
 

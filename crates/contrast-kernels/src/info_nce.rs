@@ -282,7 +282,6 @@ enum Saved {
 struct InfoNceOp {
     spec: Arc<Candidates>,
     temperature: f64,
-    candidates_grad: bool,
     saved: Arc<Mutex<Option<Saved>>>,
 }
 
@@ -351,9 +350,10 @@ impl CustomOp3 for InfoNceOp {
         let (b, d) = a.dims2()?;
         let s = Shapes { b, n: c.dim(0)?, d };
         let dev = a.device();
+        let candidates_grad = c.track_op();
         let (da, de, dc) = match saved.as_ref() {
             Some(Saved::F32(p)) => {
-                let dc = if self.candidates_grad {
+                let dc = if candidates_grad {
                     let (av, cv) = (
                         a.flatten_all()?.to_vec1::<f32>()?,
                         c.flatten_all()?.to_vec1::<f32>()?,
@@ -373,7 +373,7 @@ impl CustomOp3 for InfoNceOp {
                 )
             }
             Some(Saved::F64(p)) => {
-                let dc = if self.candidates_grad {
+                let dc = if candidates_grad {
                     let (av, cv) = (
                         a.flatten_all()?.to_vec1::<f64>()?,
                         c.flatten_all()?.to_vec1::<f64>()?,
@@ -412,15 +412,15 @@ impl CustomOp3 for InfoNceOp {
 /// `anchors` `[B, D]` and `candidates` `[N, D]` must already be normalised (and share
 /// a dtype); `extra` `[B]` are the extra logits (already divided by `t`), used when
 /// the positive is [`Positive::Extra`]. Gradients reach the anchors and the extra
-/// logits, and the candidates when `candidates_grad` is set. CPU tensors of f32 or f64
-/// only; the dense composition in `contrast-losses` covers other devices.
+/// logits, and the candidates when they track gradients (SimCLR's in-batch
+/// candidates do; a detached queue does not, and its pass is skipped). CPU tensors of
+/// f32 or f64 only; the dense composition in `contrast-losses` covers other devices.
 pub fn streaming_info_nce(
     anchors: &Tensor,
     candidates: &Tensor,
     extra: &Tensor,
     spec: Candidates,
     temperature: f64,
-    candidates_grad: bool,
 ) -> Result<Tensor> {
     let (b, d) = anchors.dims2()?;
     let (n, d2) = candidates.dims2()?;
@@ -462,7 +462,6 @@ pub fn streaming_info_nce(
     let op = InfoNceOp {
         spec: Arc::new(spec),
         temperature,
-        candidates_grad,
         saved: Arc::new(Mutex::new(None)),
     };
     anchors

@@ -104,7 +104,6 @@ pub fn moco_info_nce_keyed(
         &extra,
         spec,
         temperature,
-        false,
     )?)
 }
 

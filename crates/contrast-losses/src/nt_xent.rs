@@ -56,7 +56,6 @@ pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<Tensor> {
         &unused,
         spec,
         temperature,
-        true,
     )?)
 }
 
