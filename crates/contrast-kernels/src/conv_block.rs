@@ -179,7 +179,8 @@ impl CustomOp3 for ConvBlockOp {
         let to = |v: Vec<f64>, shape: &[usize]| {
             Tensor::from_vec(v, shape, w.device())?.to_dtype(w.dtype())
         };
-        Ok((Some(dx), Some(to(dw, w.dims())?), Some(to(dgb, gb.dims())?)))
+        let dx = if op.input_grad { Some(dx) } else { None };
+        Ok((dx, Some(to(dw, w.dims())?), Some(to(dgb, gb.dims())?)))
     }
 }
 
