@@ -178,3 +178,275 @@ pub fn kernels(out: &Path) -> Result<()> {
     println!("wrote {}", out.display());
     Ok(())
 }
+
+/// One conv layer's forward and forward+backward rates.
+fn conv_layer(
+    name: &str,
+    b: usize,
+    hw: usize,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    use contrast_kernels::{ConvGeometry, conv2d_nhwc};
+    let pad = k / 2;
+    let g = ConvGeometry::from_shapes(&[b, hw, hw, cin], &[k * k * cin, cout], k, stride, pad)?;
+    let x = Var::from_tensor(&unit_rows(10, b * hw * hw, cin)?.reshape((b, hw, hw, cin))?)?;
+    let w = Var::from_tensor(&unit_rows(11, k * k * cin, cout)?)?;
+    let case = format!("{name} {hw}x{hw} {cin}->{cout} k{k} s{stride} b{b}");
+    rows.push(measure(&case, "fwd", g.forward_flops(), 5, || {
+        conv2d_nhwc(
+            &x.as_tensor().detach(),
+            &w.as_tensor().detach(),
+            k,
+            stride,
+            pad,
+        )?;
+        Ok(())
+    })?);
+    rows.push(measure(
+        &case,
+        "fwd+bwd",
+        3.0 * g.forward_flops(),
+        5,
+        || {
+            conv2d_nhwc(x.as_tensor(), w.as_tensor(), k, stride, pad)?
+                .sum_all()?
+                .backward()?;
+            Ok(())
+        },
+    )?);
+    Ok(())
+}
+
+/// A full SimCLR training step (forward, NT-Xent, backward, SGD) of `encoder` on
+/// random images: images per second and peak memory.
+fn training_step(
+    name: &str,
+    encoder: contrast_encoders::EncoderConfig,
+    shape: (usize, usize, usize),
+    pairs: usize,
+    reps: usize,
+    rows: &mut Vec<Row>,
+) -> Result<()> {
+    use contrast_train::config::{ModelConfig, OptimConfig};
+    use contrast_train::model::ContrastiveModel;
+    use contrast_train::optim::Optimizer;
+    let (h, w, c) = shape;
+    let cfg = ModelConfig {
+        encoder,
+        head: contrast_encoders::HeadConfig {
+            hidden: 512,
+            out: 128,
+            layers: 2,
+            out_bn: false,
+        },
+        filter: None,
+    };
+    let input = contrast_encoders::InputShape {
+        height: h,
+        width: w,
+        channels: c,
+    };
+    let model = ContrastiveModel::new(&cfg, input, None, &Device::Cpu, 0)?;
+    let mut opt = Optimizer::new(
+        OptimConfig::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            nesterov: false,
+            weight_decay: 5e-4,
+        },
+        model.params(),
+    );
+    let n = 2 * pairs;
+    let x = unit_rows(12, n * h * w, c)?.reshape((n, h, w, c))?;
+    let row = measure(name, "step", 0.0, reps, || {
+        let (_, z) = model.forward_t(&x, true)?;
+        let loss = nt_xent(&z.narrow(0, 0, pairs)?, &z.narrow(0, pairs, pairs)?, 0.2)?;
+        let grads = loss.backward()?;
+        opt.step(&grads, 0.1)?;
+        Ok(())
+    })?;
+    println!(
+        "{:<32} {:>10.1} images/s",
+        name,
+        n as f64 / (row.median_ms * 1e-3)
+    );
+    rows.push(Row {
+        gflops: n as f64 / (row.median_ms * 1e-3),
+        ..row
+    });
+    Ok(())
+}
+
+/// Runs the encoder benchmarks and writes `target/bench/encoders.json` (for `step`
+/// rows, `gflops` holds images per second).
+pub fn encoders(out: &Path) -> Result<()> {
+    use contrast_encoders::EncoderConfig;
+    println!(
+        "{:<32} {:<7} {:>13} {:>16} {:>12}",
+        "case", "path", "median", "achieved", "peak extra"
+    );
+    let mut rows = Vec::new();
+    let b = 512;
+    for (hw, cin, cout) in [(28, 1, 32), (14, 32, 64), (7, 64, 128), (3, 128, 256)] {
+        conv_layer("convnet", b, hw, cin, cout, 3, 1, &mut rows)?;
+    }
+    for (hw, cin, cout, k, s) in [
+        (32, 3, 64, 3, 1),
+        (32, 64, 64, 3, 1),
+        (32, 64, 128, 3, 2),
+        (16, 128, 128, 3, 1),
+        (32, 64, 128, 1, 2),
+        (16, 128, 256, 3, 2),
+        (8, 256, 256, 3, 1),
+        (16, 128, 256, 1, 2),
+        (8, 256, 512, 3, 2),
+        (4, 512, 512, 3, 1),
+        (8, 256, 512, 1, 2),
+    ] {
+        conv_layer("resnet18", b, hw, cin, cout, k, s, &mut rows)?;
+    }
+    training_step(
+        "step convnet default b256",
+        EncoderConfig::Convnet {
+            channels: vec![32, 64, 128, 256],
+        },
+        (28, 28, 1),
+        256,
+        7,
+        &mut rows,
+    )?;
+    training_step(
+        "step resnet18 cifar b256",
+        EncoderConfig::Resnet18 { width: 64 },
+        (32, 32, 3),
+        256,
+        3,
+        &mut rows,
+    )?;
+    let json: Vec<_> = rows
+        .iter()
+        .map(|r| json!({"case": r.case, "path": r.path, "median_ms": r.median_ms, "gflops": r.gflops, "peak_rss_mb": r.peak_rss_mb}))
+        .collect();
+    std::fs::create_dir_all(out.parent().unwrap_or(Path::new(".")))?;
+    std::fs::write(out, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// `cargo xtask bench memory`: resident memory over `steps` MoCo steps with a
+/// 65,536-entry queue, through the trainer's own method path (loss, backward, SGD,
+/// momentum update, enqueue). A small MLP on 8x8 random images keeps the steps fast;
+/// the queue, key encoder and optimiser state are the real ones.
+pub fn memory(steps: usize, out: &Path) -> Result<()> {
+    use contrast_data::{Batch, ImageShape};
+    use contrast_train::Config;
+    use contrast_train::method::Method;
+    use contrast_train::model::ContrastiveModel;
+    use contrast_train::optim::Optimizer;
+    let cfg = Config::from_toml(
+        r#"
+name = "memory-bench"
+[data]
+dataset = "fashion-mnist"
+batch_size = 32
+augment = {}
+[method]
+name = "moco"
+queue_size = 65536
+momentum = { base = 0.99 }
+shuffle_splits = 2
+[model]
+encoder = { kind = "mlp", hidden = [64] }
+head = { hidden = 64, out = 128 }
+[loss]
+name = "moco_info_nce"
+temperature = 0.2
+[optim]
+name = "sgd"
+lr = 0.01
+[train]
+epochs = 1
+"#,
+        "memory-bench",
+        &[],
+    )?;
+    let device = Device::Cpu;
+    let shape = ImageShape {
+        height: 8,
+        width: 8,
+        channels: 1,
+    };
+    let input = contrast_encoders::InputShape {
+        height: 8,
+        width: 8,
+        channels: 1,
+    };
+    let model = ContrastiveModel::new(&cfg.model, input, None, &device, 0)?;
+    let mut opt = Optimizer::new(cfg.optim.clone(), model.params());
+    let mut method = Method::new(&cfg, &model, input, &device)?;
+    let b = cfg.data.batch_size;
+    let queue_mb = method.memory_bytes() as f64 / 1e6;
+    println!("queue: 65536 x 128 keys, {queue_mb:.1} MB (K x D x 4 bytes plus ids and labels)");
+    let mut samples = Vec::new();
+    let start = Instant::now();
+    for step in 0..steps {
+        let views = (0..2)
+            .map(|v| {
+                (0..b * 64)
+                    .map(|i| ((i * 31 + step * 7 + v * 13) % 97) as f32 / 97.0)
+                    .collect()
+            })
+            .collect();
+        let batch = Batch {
+            epoch: 0,
+            step,
+            indices: (0..b as u32).map(|i| (step * b) as u32 + i).collect(),
+            labels: (0..b as u32).map(|i| i % 10).collect(),
+            views,
+            shape,
+        };
+        let (loss, extras) = method.loss(&cfg, &model, &batch, 10, &device)?;
+        let grads = loss.backward()?;
+        opt.step(&grads, 0.01)?;
+        method.after_step(&cfg, &model, extras, &batch, step, steps)?;
+        if step % 500 == 0 || step + 1 == steps {
+            let rss = status_kib("VmRSS:") / 1024.0;
+            samples.push((step, rss));
+            if step % 5000 == 0 || step + 1 == steps {
+                println!(
+                    "step {step:>6}  resident {rss:8.1} MB  ({:.0} s)",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+        }
+    }
+    // Growth after warm-up: compare the first sample past 1,000 steps with the last.
+    let after_warmup = samples
+        .iter()
+        .find(|(s, _)| *s >= 1000)
+        .map(|(_, r)| *r)
+        .unwrap_or(samples[0].1);
+    let last = samples.last().map(|(_, r)| *r).unwrap_or(0.0);
+    let max = samples.iter().map(|(_, r)| *r).fold(0.0, f64::max);
+    println!(
+        "resident after 1,000 steps {after_warmup:.1} MB, at the end {last:.1} MB, peak {max:.1} MB"
+    );
+    let json = json!({
+        "steps": steps,
+        "queue_size": 65536,
+        "queue_mb": queue_mb,
+        "rss_after_1000_steps_mb": after_warmup,
+        "rss_end_mb": last,
+        "rss_peak_mb": max,
+        "samples": samples.iter().map(|(s, r)| json!({"step": s, "rss_mb": r})).collect::<Vec<_>>(),
+    });
+    std::fs::create_dir_all(out.parent().unwrap_or(Path::new(".")))?;
+    std::fs::write(out, serde_json::to_string_pretty(&json)?)?;
+    println!("wrote {}", out.display());
+    Ok(())
+}

@@ -67,6 +67,15 @@ enum BenchCommand {
     /// MoCo and SimCLR losses (forward and backward) and kNN top-k, kernel against naive;
     /// writes target/bench/kernels.json.
     Kernels,
+    /// Convolution layers of the default ConvNet and ResNet-18 (GFLOP/s), and full
+    /// SimCLR training steps (images/s, peak memory); writes target/bench/encoders.json.
+    Encoders,
+    /// Resident memory over many MoCo steps with a 65,536-entry queue; writes
+    /// target/bench/memory.json.
+    Memory {
+        #[arg(long, default_value_t = 20_000)]
+        steps: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -181,6 +190,12 @@ fn main() {
         Command::Bench {
             command: BenchCommand::Kernels,
         } => bench::kernels(Path::new("target/bench/kernels.json")),
+        Command::Bench {
+            command: BenchCommand::Encoders,
+        } => bench::encoders(Path::new("target/bench/encoders.json")),
+        Command::Bench {
+            command: BenchCommand::Memory { steps },
+        } => bench::memory(steps, Path::new("target/bench/memory.json")),
         Command::Data {
             command: DataCommand::Fetch { dataset, data_dir },
         } => dataset

@@ -341,8 +341,16 @@ impl CustomOp2 for Conv2dOp {
             ConvGeometry::from_shapes(x.dims(), w.dims(), self.kernel, self.stride, self.padding)?;
         let dy = dy.contiguous()?;
         // The input gradient is skipped when the input is data (no gradient wanted).
-        let dx = if x.track_op() { Some(dy.apply_op2_no_bwd(w, &InputGradOp(g))?) } else { None };
-        let dw = if w.track_op() { Some(x.apply_op2_no_bwd(&dy, &WeightGradOp(g))?) } else { None };
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(w, &InputGradOp(g))?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(x.apply_op2_no_bwd(&dy, &WeightGradOp(g))?)
+        } else {
+            None
+        };
         Ok((dx, dw))
     }
 }

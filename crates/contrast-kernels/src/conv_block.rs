@@ -215,7 +215,11 @@ impl ConvBlockGradOp {
             batch_stats: self.batch_stats,
         };
         let (d_pre, dgamma, dbeta) = batch_norm::backward(&s.pre, &s.act, d_act, &spec);
-        let dx = if self.input_grad { conv2d::backward_input(&d_pre, w, g) } else { vec![T::ZERO] };
+        let dx = if self.input_grad {
+            conv2d::backward_input(&d_pre, w, g)
+        } else {
+            vec![T::ZERO]
+        };
         let dw = conv2d::backward_weight(x, &d_pre, g);
         let to64 = |v: &[T]| v.iter().map(|t| t.to_f64()).collect::<Vec<f64>>();
         let dgb: Vec<f64> = to64(&dgamma).into_iter().chain(to64(&dbeta)).collect();
@@ -265,7 +269,11 @@ impl CustomOp3 for ConvBlockGradOp {
             (_, _, _, None) => bail!("conv_block: backward before forward"),
             _ => bail!("conv_block backward: dtype mismatch ({:?})", s1.dtype()),
         };
-        let shape = if self.input_grad { l1.shape().clone() } else { Shape::from(1) };
+        let shape = if self.input_grad {
+            l1.shape().clone()
+        } else {
+            Shape::from(1)
+        };
         Ok((out, shape))
     }
 }

@@ -98,13 +98,7 @@ pub fn moco_info_nce_keyed(
         keys,
     };
     let queue = queue.detach().to_dtype(qn.dtype())?;
-    Ok(streaming_info_nce(
-        &qn,
-        &queue,
-        &extra,
-        spec,
-        temperature,
-    )?)
+    Ok(streaming_info_nce(&qn, &queue, &extra, spec, temperature)?)
 }
 
 /// MoCo InfoNCE as a dense composition (the reference; any device).

@@ -50,13 +50,7 @@ pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<Tensor> {
         keys: None,
     };
     let unused = Tensor::zeros(n, z.dtype(), z.device())?;
-    Ok(streaming_info_nce(
-        &z,
-        &z,
-        &unused,
-        spec,
-        temperature,
-    )?)
+    Ok(streaming_info_nce(&z, &z, &unused, spec, temperature)?)
 }
 
 /// NT-Xent as a dense composition of candle ops (the reference; any device).

@@ -1,5 +1,9 @@
-//! End to end on real data: one epoch of SimCLR on 5,000 Fashion-MNIST images must
-//! lift held-out kNN accuracy clearly above the untrained encoder's.
+//! End to end on real data: two epochs of SimCLR on 10,000 Fashion-MNIST images (156
+//! steps) must lift held-out kNN accuracy clearly above the untrained encoder's.
+//!
+//! It uses the 3-stage ConvNet: the default 4-stage network's random features are
+//! already strong on this small protocol, and early in training kNN first dips below
+//! them, so a short run of the default would not show learning reliably.
 //!
 //! Needs Fashion-MNIST (`apt-get install dataset-fashion-mnist`, or
 //! `cargo xtask data fetch fashion-mnist`); `.ci/run` installs it.
@@ -9,16 +13,19 @@ use contrast_train::{Config, RunOptions, run};
 use std::path::PathBuf;
 
 #[test]
-fn one_epoch_on_a_real_subset_beats_the_untrained_encoder() {
+fn training_on_a_real_subset_beats_the_untrained_encoder() {
     let dir = DatasetId::FashionMnist.resolve(None).unwrap_or_else(|e| {
         panic!("{e}: install the Debian package dataset-fashion-mnist or run `cargo xtask data fetch fashion-mnist`")
     });
     let preset = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/simclr-fmnist.toml");
     let overrides: Vec<String> = [
-        "data.train_subset=5000",
+        "model.encoder={kind=\"convnet\", channels=[32, 64, 128]}",
+        "data.train_subset=10000",
         "data.test_subset=2000",
-        "train.epochs=1",
-        "eval.monitor_bank=5000",
+        "train.epochs=2",
+        "data.batch_size=128",
+        "schedule.warmup_epochs=0",
+        "eval.monitor_bank=10000",
         "eval.probe.epochs=3",
     ]
     .iter()
