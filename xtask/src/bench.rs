@@ -179,18 +179,27 @@ pub fn kernels(out: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One conv layer's forward and forward+backward rates.
-fn conv_layer(
-    name: &str,
+/// A convolution layer shape: batch, side, input and output channels, kernel, stride.
+struct ConvCase {
     b: usize,
     hw: usize,
     cin: usize,
     cout: usize,
     k: usize,
     stride: usize,
-    rows: &mut Vec<Row>,
-) -> Result<()> {
+}
+
+/// One conv layer's forward and forward+backward rates.
+fn conv_layer(name: &str, c: ConvCase, rows: &mut Vec<Row>) -> Result<()> {
     use contrast_kernels::{ConvGeometry, conv2d_nhwc};
+    let ConvCase {
+        b,
+        hw,
+        cin,
+        cout,
+        k,
+        stride,
+    } = c;
     let pad = k / 2;
     let g = ConvGeometry::from_shapes(&[b, hw, hw, cin], &[k * k * cin, cout], k, stride, pad)?;
     let x = Var::from_tensor(&unit_rows(10, b * hw * hw, cin)?.reshape((b, hw, hw, cin))?)?;
@@ -292,7 +301,15 @@ pub fn encoders(out: &Path) -> Result<()> {
     let mut rows = Vec::new();
     let b = 512;
     for (hw, cin, cout) in [(28, 1, 32), (14, 32, 64), (7, 64, 128), (3, 128, 256)] {
-        conv_layer("convnet", b, hw, cin, cout, 3, 1, &mut rows)?;
+        let case = ConvCase {
+            b,
+            hw,
+            cin,
+            cout,
+            k: 3,
+            stride: 1,
+        };
+        conv_layer("convnet", case, &mut rows)?;
     }
     for (hw, cin, cout, k, s) in [
         (32, 3, 64, 3, 1),
@@ -307,7 +324,15 @@ pub fn encoders(out: &Path) -> Result<()> {
         (4, 512, 512, 3, 1),
         (8, 256, 512, 1, 2),
     ] {
-        conv_layer("resnet18", b, hw, cin, cout, k, s, &mut rows)?;
+        let case = ConvCase {
+            b,
+            hw,
+            cin,
+            cout,
+            k,
+            stride: s,
+        };
+        conv_layer("resnet18", case, &mut rows)?;
     }
     training_step(
         "step convnet default b256",

@@ -73,7 +73,7 @@ pub fn linear_probe(
 ) -> Result<ProbeReport> {
     let n = check_labelled("train", train, train_labels, num_classes)?;
     check_labelled("test", test, test_labels, num_classes)?;
-    if cfg.epochs == 0 || cfg.batch_size == 0 || !(cfg.lr > 0.0) {
+    if cfg.epochs == 0 || cfg.batch_size == 0 || cfg.lr.is_nan() || cfg.lr <= 0.0 {
         return Err(invalid(
             "probe",
             "epochs, batch_size and lr must be positive",

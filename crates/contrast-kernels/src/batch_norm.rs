@@ -26,6 +26,9 @@ use std::sync::{Arc, Mutex};
 /// Rows per parallel block.
 const BLOCK_ROWS: usize = 4096;
 
+/// Parameter gradients (as f64) that a backward op leaves for its caller.
+pub(crate) type SharedGrads = Arc<Mutex<Option<(Vec<f64>, Vec<f64>)>>>;
+
 /// Float types of the kernels, with conversions to the f64 accumulators.
 pub trait Float:
     Element
@@ -354,7 +357,7 @@ struct BatchNormGradOp {
     batch_stats: bool,
     stats: ChannelStats,
     gamma: Vec<f64>,
-    grads: Arc<Mutex<Option<(Vec<f64>, Vec<f64>)>>>,
+    grads: SharedGrads,
 }
 
 impl BatchNormGradOp {

@@ -10,7 +10,8 @@
 //! and [`crate::pool`], so results equal the unfused composition.
 
 use crate::batch_norm::{
-    self, BackwardSpec, BatchNormMode, BatchNormOutput, ChannelStats, Float, batch_norm,
+    self, BackwardSpec, BatchNormMode, BatchNormOutput, ChannelStats, Float, SharedGrads,
+    batch_norm,
 };
 use crate::conv2d::{self, ConvGeometry, conv2d_nhwc};
 use crate::pool::{self, max_pool2};
@@ -193,7 +194,7 @@ struct ConvBlockGradOp {
     batch_stats: bool,
     saved: Arc<Mutex<Option<SavedAny>>>,
     gamma: Vec<f64>,
-    param_grads: Arc<Mutex<Option<(Vec<f64>, Vec<f64>)>>>,
+    param_grads: SharedGrads,
 }
 
 impl ConvBlockGradOp {

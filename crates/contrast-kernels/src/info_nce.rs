@@ -83,6 +83,14 @@ struct Pass1<T> {
     d_extra: Vec<T>,
 }
 
+/// One row block's share of pass 1.
+struct BlockResult<T> {
+    loss: f64,
+    lse: Vec<f64>,
+    d_anchors: Vec<T>,
+    d_extra: Vec<T>,
+}
+
 struct Shapes {
     b: usize,
     n: usize,
@@ -100,7 +108,7 @@ fn pass1<T: Float>(
 ) -> (f64, Pass1<T>) {
     let inv_t = 1.0 / t;
     let scale = 1.0 / s.b as f64;
-    let blocks: Vec<(f64, Vec<f64>, Vec<T>, Vec<T>)> = (0..s.b.div_ceil(ROW_BLOCK))
+    let blocks: Vec<BlockResult<T>> = (0..s.b.div_ceil(ROW_BLOCK))
         .into_par_iter()
         .map(|blk| {
             let r0 = blk * ROW_BLOCK;
@@ -203,7 +211,12 @@ fn pass1<T: Float>(
                     d_extra[r] = T::from_f64((p_extra - 1.0) * scale);
                 }
             }
-            (loss, lse, grad, d_extra)
+            BlockResult {
+                loss,
+                lse,
+                d_anchors: grad,
+                d_extra,
+            }
         })
         .collect();
     let mut total = 0f64;
@@ -212,11 +225,11 @@ fn pass1<T: Float>(
         d_anchors: Vec::with_capacity(s.b * s.d),
         d_extra: Vec::with_capacity(s.b),
     };
-    for (l, lse, g, de) in blocks {
-        total += l;
-        out.lse.extend(lse);
-        out.d_anchors.extend(g);
-        out.d_extra.extend(de);
+    for blk in blocks {
+        total += blk.loss;
+        out.lse.extend(blk.lse);
+        out.d_anchors.extend(blk.d_anchors);
+        out.d_extra.extend(blk.d_extra);
     }
     (total * scale, out)
 }

@@ -27,10 +27,9 @@ fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
         / scale
 }
 
-/// Runs both paths on the same inputs with a random upstream gradient and returns
-/// the relative errors of output, input gradient and weight gradient.
-fn compare(
-    dtype: DType,
+/// Batch, input sides, channels, kernel, stride and padding of one comparison.
+#[derive(Debug, Clone, Copy)]
+struct Case {
     b: usize,
     h: usize,
     w: usize,
@@ -39,7 +38,21 @@ fn compare(
     k: usize,
     s: usize,
     p: usize,
-) -> [f64; 3] {
+}
+
+/// Runs both paths on the same inputs with a random upstream gradient and returns
+/// the relative errors of output, input gradient and weight gradient.
+fn compare(dtype: DType, c: Case) -> [f64; 3] {
+    let Case {
+        b,
+        h,
+        w,
+        cin,
+        cout,
+        k,
+        s,
+        p,
+    } = c;
     let dev = Device::Cpu;
     let x = Var::from_tensor(
         &Tensor::randn(0f64, 1.0, (b, h, w, cin), &dev)
@@ -94,7 +107,7 @@ proptest! {
         k in prop::sample::select(vec![1usize, 3, 5]), s in 1usize..3, p in 0usize..3,
     ) {
         prop_assume!(h + 2 * p >= k && w + 2 * p >= k);
-        for e in compare(DType::F64, b, h, w, cin, cout, k, s, p) {
+        for e in compare(DType::F64, Case { b, h, w, cin, cout, k, s, p }) {
             prop_assert!(e < 1e-12, "relative error {e}");
         }
     }
@@ -108,7 +121,19 @@ fn kernel_matches_reference_f32_on_network_shapes() {
         (3, 8, 64, 128, 1, 2, 0),
         (2, 7, 16, 16, 1, 1, 0),
     ] {
-        for e in compare(DType::F32, b, h, h, cin, cout, k, s, p) {
+        for e in compare(
+            DType::F32,
+            Case {
+                b,
+                h,
+                w: h,
+                cin,
+                cout,
+                k,
+                s,
+                p,
+            },
+        ) {
             assert!(
                 e < 1e-4,
                 "shape {:?}: relative error {e}",

@@ -7,7 +7,7 @@ use contrast_kernels::l2_normalize;
 /// `mean_i ||x_i - y_i||_2^alpha` over normalised positive pairs `[B, D]`.
 pub fn alignment(x: &Tensor, y: &Tensor, alpha: f64) -> Result<Tensor> {
     check_same_shape("x", x, "y", y)?;
-    if !(alpha > 0.0) {
+    if alpha.is_nan() || alpha <= 0.0 {
         return Err(invalid("alpha", format!("{alpha} must be > 0")));
     }
     let diff = (l2_normalize(x)? - l2_normalize(y)?)?;
@@ -28,7 +28,7 @@ pub fn uniformity(x: &Tensor, t: f64) -> Result<Tensor> {
     if b < 2 {
         return Err(invalid("x", "uniformity needs at least 2 rows"));
     }
-    if !(t > 0.0) {
+    if t.is_nan() || t <= 0.0 {
         return Err(invalid("t", format!("{t} must be > 0")));
     }
     let z = l2_normalize(x)?;

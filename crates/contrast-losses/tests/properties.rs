@@ -184,7 +184,7 @@ fn bad_arguments_are_named_errors() {
         "labels"
     );
     assert_eq!(
-        arg_of(supcon(&[z.clone()], &short, 0.1, 0.1).unwrap_err()),
+        arg_of(supcon(std::slice::from_ref(&z), &short, 0.1, 0.1).unwrap_err()),
         "views"
     );
     let vector = Tensor::new(&[1.0f64, 2.0], &Device::Cpu).unwrap();

@@ -5,12 +5,12 @@
 //! it (temporary file plus rename). An interrupted write therefore never damages the
 //! checkpoint that `--resume` uses.
 
-use crate::method::MethodState;
+use crate::method::{MethodState, TensorGroups};
 use crate::metrics::EpochRecord;
 use crate::model::ContrastiveModel;
 use crate::optim::Optimizer;
 use anyhow::{Context, Result, bail};
-use candle_core::{Device, Tensor};
+use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -132,7 +132,7 @@ pub fn load(
     dir: &Path,
     model: &mut ContrastiveModel,
     opt: &mut Optimizer,
-) -> Result<(TrainState, HashMap<String, HashMap<String, Tensor>>)> {
+) -> Result<(TrainState, TensorGroups)> {
     let state: TrainState = serde_json::from_str(
         &std::fs::read_to_string(dir.join(STATE_FILE))
             .with_context(|| format!("reading {}", dir.join(STATE_FILE).display()))?,

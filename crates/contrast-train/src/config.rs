@@ -417,7 +417,10 @@ impl Config {
         {
             bail!("schedule.final_lr_fraction must be in [0, 1] and schedule.warmup_epochs >= 0");
         }
-        if !(self.eval.knn.temperature > 0.0) || self.eval.knn.k == 0 {
+        if self.eval.knn.temperature.is_nan()
+            || self.eval.knn.temperature <= 0.0
+            || self.eval.knn.k == 0
+        {
             bail!(
                 "eval.knn: k = {} must be >= 1 and temperature = {} > 0",
                 self.eval.knn.k,

@@ -31,6 +31,9 @@ use std::collections::HashMap;
 /// Named groups of tensors a method adds to checkpoints.
 pub type MethodState = Vec<(String, HashMap<String, Tensor>)>;
 
+/// Tensor groups read back from a checkpoint, by name.
+pub type TensorGroups = HashMap<String, HashMap<String, Tensor>>;
+
 /// MoCo's extra state.
 pub struct Moco {
     pub key: ContrastiveModel,
@@ -196,10 +199,7 @@ impl Method {
     }
 
     /// Restores [`Method::state`].
-    pub fn load_state(
-        &mut self,
-        mut state: HashMap<String, HashMap<String, Tensor>>,
-    ) -> Result<()> {
+    pub fn load_state(&mut self, mut state: TensorGroups) -> Result<()> {
         if let Method::Moco(m) = self {
             let key = state
                 .remove("key_encoder")
