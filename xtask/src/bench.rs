@@ -1,317 +1,290 @@
-//! `cargo xtask bench kernels`: the similarity hot path, kernel against the plain
-//! candle composition and the machine's sgemm, measured side by side in one process.
+//! `cargo xtask bench kernels | encoders | memory`: measured side by side in one run.
 //!
-//! Every case is warmed up, then timed `reps` times; the median is reported. Peak
-//! memory is the whole process's: `/proc/self/clear_refs` resets the high-water mark
-//! before one call, and the figure is `VmHWM - VmRSS` before the call (the transient
-//! peak on top of resident inputs), as `../shared/bench/torch_contrastive.py` does.
+//! Every timed case is warmed up, then timed several times; the median is reported.
+//! Peak memory is the whole process's transient peak of one call, measured in a fresh
+//! child process (`cargo xtask bench peak CASE PATH`) where mimalloc returns freed
+//! memory at once (`MIMALLOC_PURGE_DELAY=0`): one warm-up call, then
+//! `/proc/self/clear_refs` resets the high-water mark and the figure is
+//! `VmHWM - VmRSS` before the call, as `../shared/bench/torch_contrastive.py` measures
+//! PyTorch.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor, Var};
-use contrast_kernels::{l2_normalize, topk_similarity};
+use contrast_kernels::{ConvGeometry, conv2d_nhwc, l2_normalize, topk_similarity};
 use contrast_losses::{moco_info_nce, moco_info_nce_reference, nt_xent, nt_xent_reference};
 use serde_json::json;
 use std::path::Path;
 use std::time::Instant;
 
-/// One row of `target/bench/kernels.json`.
+type CaseFn = Box<dyn FnMut() -> Result<()>>;
+
+/// One row of a benchmark table.
 struct Row {
     case: String,
-    path: &'static str,
+    path: String,
     median_ms: f64,
-    gflops: f64,
-    peak_rss_mb: f64,
+    /// GFLOP/s, or images/s for training steps.
+    rate: f64,
+    peak_rss_mb: Option<f64>,
 }
 
 fn status_kib(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with(key)).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
+            s.lines()
+                .find(|l| l.starts_with(key))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
         })
         .unwrap_or(0.0)
 }
 
-/// Transient peak (MB) of one call of `f`.
-fn peak_mb(f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+fn peak_mb(f: &mut CaseFn) -> Result<f64> {
     let before = status_kib("VmRSS:");
     let _ = std::fs::write("/proc/self/clear_refs", "5");
     f()?;
     Ok(((status_kib("VmHWM:") - before) / 1024.0).max(0.0))
 }
 
-fn measure(
-    case: &str,
-    path: &'static str,
-    flops: f64,
-    reps: usize,
-    mut f: impl FnMut() -> Result<()>,
-) -> Result<Row> {
+fn child_peak(case: &str, path: &str) -> Result<f64> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args(["bench", "peak", case, path])
+        .env("MIMALLOC_PURGE_DELAY", "0")
+        .output()
+        .context("starting the peak-memory child process")?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("PEAK_MB ").and_then(|v| v.trim().parse().ok()))
+        .with_context(|| format!("peak of {case}/{path}: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// Child side of the peak measurement.
+pub fn peak(case: &str, path: &str) -> Result<()> {
+    let (_, mut f) = build_case(case, path)?;
     f()?;
-    let peak = peak_mb(&mut f)?;
+    println!("PEAK_MB {}", peak_mb(&mut f)?);
+    Ok(())
+}
+
+fn unit_rows(seed: u64, n: usize, d: usize) -> Result<Tensor> {
+    // A deterministic fill; the values do not matter for timing.
+    let v: Vec<f32> = (0..n * d)
+        .map(|i| (((i as u64).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0) - 1.0)
+        .collect();
+    Ok(l2_normalize(&Tensor::from_vec(v, (n, d), &Device::Cpu)?)?)
+}
+
+fn sgemm_case(m: usize, k: usize, n: usize) -> Result<(f64, CaseFn)> {
+    let a = unit_rows(1, m, k)?;
+    let b = unit_rows(2, n, k)?.t()?.contiguous()?;
+    Ok((2.0 * (m * n * k) as f64, Box::new(move || Ok(drop(a.matmul(&b)?)))))
+}
+
+fn moco_case(path: &str) -> Result<(f64, CaseFn)> {
+    let (b, k, d) = (256, 65536, 128);
+    if path == "sgemm" {
+        return sgemm_case(b, d, k);
+    }
+    let q = Var::from_tensor(&unit_rows(3, b, d)?)?;
+    let key = unit_rows(4, b, d)?;
+    let queue = unit_rows(5, k, d)?;
+    let naive = path == "naive";
+    let f: CaseFn = Box::new(move || {
+        let loss = if naive {
+            moco_info_nce_reference(q.as_tensor(), &key, &queue, 0.2)?
+        } else {
+            moco_info_nce(q.as_tensor(), &key, &queue, 0.2)?
+        };
+        loss.backward()?;
+        Ok(())
+    });
+    Ok((3.0 * 2.0 * (b * k * d) as f64, f))
+}
+
+fn simclr_case(b: usize, path: &str) -> Result<(f64, CaseFn)> {
+    let (d, n) = (128, 2 * b);
+    if path == "sgemm" {
+        return sgemm_case(n, d, n);
+    }
+    let z1 = Var::from_tensor(&unit_rows(6, b, d)?)?;
+    let z2 = Var::from_tensor(&unit_rows(7, b, d)?)?;
+    let naive = path == "naive";
+    let f: CaseFn = Box::new(move || {
+        let loss = if naive {
+            nt_xent_reference(z1.as_tensor(), z2.as_tensor(), 0.5)?
+        } else {
+            nt_xent(z1.as_tensor(), z2.as_tensor(), 0.5)?
+        };
+        loss.backward()?;
+        Ok(())
+    });
+    // The forward product and the two backward products: the same work for both paths.
+    Ok((3.0 * 2.0 * (n * n * d) as f64, f))
+}
+
+fn knn_case(path: &str) -> Result<(f64, CaseFn)> {
+    let (q, n, d, k) = (10_000, 60_000, 128, 200);
+    if path == "sgemm" {
+        return sgemm_case(q, d, n);
+    }
+    let queries = unit_rows(8, q, d)?;
+    let bank = unit_rows(9, n, d)?;
+    let naive = path == "naive";
+    let f: CaseFn = Box::new(move || {
+        if naive {
+            let sims = queries.matmul(&bank.t()?)?;
+            let idx = sims.arg_sort_last_dim(false)?.narrow(1, 0, k)?;
+            sims.gather(&idx.contiguous()?, 1)?;
+        } else {
+            topk_similarity(&queries, &bank, k)?;
+        }
+        Ok(())
+    });
+    Ok((2.0 * (q * n * d) as f64, f))
+}
+
+/// `conv BxHWxHWxCIN->COUT kK sS`: a layer's forward (`fwd`) or forward+backward.
+fn conv_case(case: &str, path: &str) -> Result<(f64, CaseFn)> {
+    let nums: Vec<usize> = case
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().expect("digits"))
+        .collect();
+    let &[b, hw, _, cin, cout, k, stride] = nums.as_slice() else {
+        bail!("bad conv case `{case}`");
+    };
+    let pad = k / 2;
+    let g = ConvGeometry::from_shapes(&[b, hw, hw, cin], &[k * k * cin, cout], k, stride, pad)?;
+    let x = Var::from_tensor(&unit_rows(10, b * hw * hw, cin)?.reshape((b, hw, hw, cin))?)?;
+    let w = Var::from_tensor(&unit_rows(11, k * k * cin, cout)?)?;
+    let backward = path == "fwd+bwd";
+    let f: CaseFn = Box::new(move || {
+        if backward {
+            conv2d_nhwc(x.as_tensor(), w.as_tensor(), k, stride, pad)?.sum_all()?.backward()?;
+        } else {
+            conv2d_nhwc(&x.as_tensor().detach(), &w.as_tensor().detach(), k, stride, pad)?;
+        }
+        Ok(())
+    });
+    Ok((if backward { 3.0 } else { 1.0 } * g.forward_flops(), f))
+}
+
+/// A full SimCLR training step (forward, NT-Xent, backward, SGD) on random images;
+/// the rate is images (both views) per second.
+fn step_case(case: &str) -> Result<(f64, CaseFn)> {
+    use contrast_encoders::{EncoderConfig, HeadConfig, InputShape};
+    use contrast_train::config::{ModelConfig, OptimConfig};
+    use contrast_train::model::ContrastiveModel;
+    use contrast_train::optim::Optimizer;
+    let (encoder, (h, w, c), t) = match case {
+        "step convnet default b256" => (EncoderConfig::Convnet { channels: vec![32, 64, 128, 256] }, (28, 28, 1), 0.2),
+        "step resnet18 cifar b256" => (EncoderConfig::Resnet18 { width: 64 }, (32, 32, 3), 0.5),
+        other => bail!("unknown step case `{other}`"),
+    };
+    let pairs = 256;
+    let cfg = ModelConfig {
+        encoder,
+        head: HeadConfig { hidden: 512, out: 128, layers: 2, out_bn: false },
+        filter: None,
+    };
+    let model = ContrastiveModel::new(&cfg, InputShape { height: h, width: w, channels: c }, None, &Device::Cpu, 0)?;
+    let optim = OptimConfig::Sgd { lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 5e-4 };
+    let mut opt = Optimizer::new(optim, model.params());
+    let n = 2 * pairs;
+    let x = unit_rows(12, n * h * w, c)?.reshape((n, h, w, c))?;
+    let f: CaseFn = Box::new(move || {
+        let (_, z) = model.forward_t(&x, true)?;
+        let loss = nt_xent(&z.narrow(0, 0, pairs)?, &z.narrow(0, pairs, pairs)?, t)?;
+        opt.step(&loss.backward()?, 0.1)?;
+        Ok(())
+    });
+    Ok((n as f64, f))
+}
+
+fn build_case(case: &str, path: &str) -> Result<(f64, CaseFn)> {
+    match case {
+        "moco_256x65536x128" => moco_case(path),
+        "knn_10000x60000x128_top200" => knn_case(path),
+        c if c.starts_with("simclr_b") => simclr_case(c["simclr_b".len()..].parse()?, path),
+        c if c.starts_with("conv ") => conv_case(c, path),
+        c if c.starts_with("step ") => step_case(c),
+        other => bail!("unknown benchmark case `{other}`"),
+    }
+}
+
+/// Times `case`/`path` (`reps` runs after a warm-up); with `peak`, also its transient
+/// peak memory in a child process.
+fn measure(case: &str, path: &str, reps: usize, peak: bool) -> Result<Row> {
+    let (work, mut f) = build_case(case, path)?;
+    f()?;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
         let t = Instant::now();
         f()?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    drop(f);
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
+    let per_second = work / (median * 1e-3);
     let row = Row {
         case: case.to_string(),
-        path,
+        path: path.to_string(),
         median_ms: median,
-        gflops: flops / (median * 1e-3) / 1e9,
-        peak_rss_mb: peak,
+        rate: if case.starts_with("step ") { per_second } else { per_second / 1e9 },
+        peak_rss_mb: if peak { Some(child_peak(case, path)?) } else { None },
     };
-    println!(
-        "{:<32} {:<7} {:>10.1} ms {:>8.1} GFLOP/s {:>9.1} MB",
-        row.case, row.path, row.median_ms, row.gflops, row.peak_rss_mb
-    );
+    let unit = if case.starts_with("step ") { "img/s" } else { "GFLOP/s" };
+    let peak = row.peak_rss_mb.map_or("".into(), |p| format!("{p:9.1} MB"));
+    println!("{:<36} {:<8} {:>10.1} ms {:>9.1} {:<8} {peak}", row.case, row.path, row.median_ms, row.rate, unit);
     Ok(row)
 }
 
-fn unit_rows(seed: u64, n: usize, d: usize) -> Result<Tensor> {
-    // A deterministic fill; the values do not matter for timing.
-    let v: Vec<f32> = (0..n * d)
-        .map(|i| {
-            (((i as u64).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0) - 1.0
-        })
-        .collect();
-    Ok(l2_normalize(&Tensor::from_vec(v, (n, d), &Device::Cpu)?)?)
-}
-
-fn sgemm(case: &str, m: usize, k: usize, n: usize, reps: usize) -> Result<Row> {
-    let a = unit_rows(1, m, k)?;
-    let b = unit_rows(2, n, k)?.t()?.contiguous()?;
-    measure(case, "sgemm", 2.0 * (m * n * k) as f64, reps, || {
-        a.matmul(&b)?;
-        Ok(())
-    })
-}
-
-fn moco(rows: &mut Vec<Row>) -> Result<()> {
-    let (b, k, d) = (256, 65536, 128);
-    let case = "moco_256x65536x128";
-    let q = Var::from_tensor(&unit_rows(3, b, d)?)?;
-    let key = unit_rows(4, b, d)?;
-    let queue = unit_rows(5, k, d)?;
-    let flops = 3.0 * 2.0 * (b * k * d) as f64;
-    rows.push(measure(case, "kernel", flops, 7, || {
-        moco_info_nce(q.as_tensor(), &key, &queue, 0.2)?.backward()?;
-        Ok(())
-    })?);
-    rows.push(measure(case, "naive", flops, 5, || {
-        moco_info_nce_reference(q.as_tensor(), &key, &queue, 0.2)?.backward()?;
-        Ok(())
-    })?);
-    rows.push(sgemm(case, b, d, k, 7)?);
-    Ok(())
-}
-
-fn simclr(rows: &mut Vec<Row>, b: usize) -> Result<()> {
-    let d = 128;
-    let case = format!("simclr_b{b}");
-    let z1 = Var::from_tensor(&unit_rows(6, b, d)?)?;
-    let z2 = Var::from_tensor(&unit_rows(7, b, d)?)?;
-    let n = 2 * b;
-    // Forward product plus the two backward products, the same work for both paths.
-    let flops = 3.0 * 2.0 * (n * n * d) as f64;
-    let reps = if b >= 4096 { 3 } else { 7 };
-    rows.push(measure(&case, "kernel", flops, reps, || {
-        nt_xent(z1.as_tensor(), z2.as_tensor(), 0.5)?.backward()?;
-        Ok(())
-    })?);
-    rows.push(measure(&case, "naive", flops, reps, || {
-        nt_xent_reference(z1.as_tensor(), z2.as_tensor(), 0.5)?.backward()?;
-        Ok(())
-    })?);
-    rows.push(sgemm(&case, n, d, n, reps)?);
-    Ok(())
-}
-
-fn knn(rows: &mut Vec<Row>) -> Result<()> {
-    let (q, n, d, k) = (10_000, 60_000, 128, 200);
-    let case = "knn_10000x60000x128_top200";
-    let queries = unit_rows(8, q, d)?;
-    let bank = unit_rows(9, n, d)?;
-    let flops = 2.0 * (q * n * d) as f64;
-    rows.push(measure(case, "kernel", flops, 3, || {
-        topk_similarity(&queries, &bank, k)?;
-        Ok(())
-    })?);
-    rows.push(measure(case, "naive", flops, 1, || {
-        let sims = queries.matmul(&bank.t()?)?;
-        let idx = sims.arg_sort_last_dim(false)?.narrow(1, 0, k)?;
-        sims.gather(&idx.contiguous()?, 1)?;
-        Ok(())
-    })?);
-    rows.push(sgemm(case, q, d, n, 3)?);
-    Ok(())
-}
-
-/// Runs the kernel benchmarks and writes `target/bench/kernels.json`.
-pub fn kernels(out: &Path) -> Result<()> {
-    println!(
-        "{:<32} {:<7} {:>13} {:>16} {:>12}",
-        "case", "path", "median", "achieved", "peak extra"
-    );
-    let mut rows = Vec::new();
-    moco(&mut rows)?;
-    for b in [256, 1024, 4096] {
-        simclr(&mut rows, b)?;
-    }
-    knn(&mut rows)?;
+fn write_rows(out: &Path, rows: &[Row], rate_key: &str) -> Result<()> {
     let json: Vec<_> = rows
         .iter()
         .map(|r| {
-            json!({"case": r.case, "path": r.path, "median_ms": r.median_ms, "gflops": r.gflops, "peak_rss_mb": r.peak_rss_mb})
+            let mut v = json!({"case": r.case, "path": r.path, "median_ms": r.median_ms, "peak_rss_mb": r.peak_rss_mb});
+            v[rate_key] = json!(r.rate);
+            v
         })
         .collect();
     std::fs::create_dir_all(out.parent().unwrap_or(Path::new(".")))?;
-    std::fs::write(out, serde_json::to_string_pretty(&json)?)
-        .with_context(|| format!("writing {}", out.display()))?;
+    std::fs::write(out, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", out.display()))?;
     println!("wrote {}", out.display());
     Ok(())
 }
 
-/// A convolution layer shape: batch, side, input and output channels, kernel, stride.
-struct ConvCase {
-    b: usize,
-    hw: usize,
-    cin: usize,
-    cout: usize,
-    k: usize,
-    stride: usize,
-}
-
-/// One conv layer's forward and forward+backward rates.
-fn conv_layer(name: &str, c: ConvCase, rows: &mut Vec<Row>) -> Result<()> {
-    use contrast_kernels::{ConvGeometry, conv2d_nhwc};
-    let ConvCase {
-        b,
-        hw,
-        cin,
-        cout,
-        k,
-        stride,
-    } = c;
-    let pad = k / 2;
-    let g = ConvGeometry::from_shapes(&[b, hw, hw, cin], &[k * k * cin, cout], k, stride, pad)?;
-    let x = Var::from_tensor(&unit_rows(10, b * hw * hw, cin)?.reshape((b, hw, hw, cin))?)?;
-    let w = Var::from_tensor(&unit_rows(11, k * k * cin, cout)?)?;
-    let case = format!("{name} {hw}x{hw} {cin}->{cout} k{k} s{stride} b{b}");
-    rows.push(measure(&case, "fwd", g.forward_flops(), 5, || {
-        conv2d_nhwc(
-            &x.as_tensor().detach(),
-            &w.as_tensor().detach(),
-            k,
-            stride,
-            pad,
-        )?;
-        Ok(())
-    })?);
-    rows.push(measure(
-        &case,
-        "fwd+bwd",
-        3.0 * g.forward_flops(),
-        5,
-        || {
-            conv2d_nhwc(x.as_tensor(), w.as_tensor(), k, stride, pad)?
-                .sum_all()?
-                .backward()?;
-            Ok(())
-        },
-    )?);
-    Ok(())
-}
-
-/// A full SimCLR training step (forward, NT-Xent, backward, SGD) of `encoder` on
-/// random images: images per second and peak memory.
-fn training_step(
-    name: &str,
-    encoder: contrast_encoders::EncoderConfig,
-    shape: (usize, usize, usize),
-    pairs: usize,
-    reps: usize,
-    rows: &mut Vec<Row>,
-) -> Result<()> {
-    use contrast_train::config::{ModelConfig, OptimConfig};
-    use contrast_train::model::ContrastiveModel;
-    use contrast_train::optim::Optimizer;
-    let (h, w, c) = shape;
-    let cfg = ModelConfig {
-        encoder,
-        head: contrast_encoders::HeadConfig {
-            hidden: 512,
-            out: 128,
-            layers: 2,
-            out_bn: false,
-        },
-        filter: None,
-    };
-    let input = contrast_encoders::InputShape {
-        height: h,
-        width: w,
-        channels: c,
-    };
-    let model = ContrastiveModel::new(&cfg, input, None, &Device::Cpu, 0)?;
-    let mut opt = Optimizer::new(
-        OptimConfig::Sgd {
-            lr: 0.1,
-            momentum: 0.9,
-            nesterov: false,
-            weight_decay: 5e-4,
-        },
-        model.params(),
-    );
-    let n = 2 * pairs;
-    let x = unit_rows(12, n * h * w, c)?.reshape((n, h, w, c))?;
-    let row = measure(name, "step", 0.0, reps, || {
-        let (_, z) = model.forward_t(&x, true)?;
-        let loss = nt_xent(&z.narrow(0, 0, pairs)?, &z.narrow(0, pairs, pairs)?, 0.2)?;
-        let grads = loss.backward()?;
-        opt.step(&grads, 0.1)?;
-        Ok(())
-    })?;
-    println!(
-        "{:<32} {:>10.1} images/s",
-        name,
-        n as f64 / (row.median_ms * 1e-3)
-    );
-    rows.push(Row {
-        gflops: n as f64 / (row.median_ms * 1e-3),
-        ..row
-    });
-    Ok(())
-}
-
-/// Runs the encoder benchmarks and writes `target/bench/encoders.json` (for `step`
-/// rows, `gflops` holds images per second).
-pub fn encoders(out: &Path) -> Result<()> {
-    use contrast_encoders::EncoderConfig;
-    println!(
-        "{:<32} {:<7} {:>13} {:>16} {:>12}",
-        "case", "path", "median", "achieved", "peak extra"
-    );
+/// The similarity hot path: MoCo and SimCLR losses (forward and backward) and kNN
+/// top-k, kernel against the plain candle path and the machine's sgemm for the
+/// product shape; writes `target/bench/kernels.json`.
+pub fn kernels(out: &Path) -> Result<()> {
     let mut rows = Vec::new();
-    let b = 512;
-    for (hw, cin, cout) in [(28, 1, 32), (14, 32, 64), (7, 64, 128), (3, 128, 256)] {
-        let case = ConvCase {
-            b,
-            hw,
-            cin,
-            cout,
-            k: 3,
-            stride: 1,
-        };
-        conv_layer("convnet", case, &mut rows)?;
+    for (case, reps) in [
+        ("moco_256x65536x128", 7),
+        ("simclr_b256", 9),
+        ("simclr_b1024", 7),
+        ("simclr_b4096", 3),
+        ("knn_10000x60000x128_top200", 3),
+    ] {
+        for path in ["kernel", "naive", "sgemm"] {
+            let reps = if path == "naive" && case.starts_with("knn") { 1 } else { reps };
+            rows.push(measure(case, path, reps, true)?);
+        }
     }
-    for (hw, cin, cout, k, s) in [
+    write_rows(out, &rows, "gflops")
+}
+
+/// Convolution layers of the default ConvNet and the CIFAR ResNet-18 at batch 512
+/// (GFLOP/s), and full SimCLR training steps at 256 pairs (images/s, peak memory);
+/// writes `target/bench/encoders.json`.
+pub fn encoders(out: &Path) -> Result<()> {
+    let mut rows = Vec::new();
+    let layers = [
+        (28, 1, 32, 3, 1),
+        (14, 32, 64, 3, 1),
+        (7, 64, 128, 3, 1),
+        (3, 128, 256, 3, 1),
         (32, 3, 64, 3, 1),
         (32, 64, 64, 3, 1),
         (32, 64, 128, 3, 2),
@@ -323,46 +296,17 @@ pub fn encoders(out: &Path) -> Result<()> {
         (8, 256, 512, 3, 2),
         (4, 512, 512, 3, 1),
         (8, 256, 512, 1, 2),
-    ] {
-        let case = ConvCase {
-            b,
-            hw,
-            cin,
-            cout,
-            k,
-            stride: s,
-        };
-        conv_layer("resnet18", case, &mut rows)?;
+    ];
+    for (hw, cin, cout, k, s) in layers {
+        let case = format!("conv 512x{hw}x{hw}x{cin}->{cout} k{k} s{s}");
+        for path in ["fwd", "fwd+bwd"] {
+            rows.push(measure(&case, path, 5, false)?);
+        }
     }
-    training_step(
-        "step convnet default b256",
-        EncoderConfig::Convnet {
-            channels: vec![32, 64, 128, 256],
-        },
-        (28, 28, 1),
-        256,
-        7,
-        &mut rows,
-    )?;
-    training_step(
-        "step resnet18 cifar b256",
-        EncoderConfig::Resnet18 { width: 64 },
-        (32, 32, 3),
-        256,
-        3,
-        &mut rows,
-    )?;
-    let json: Vec<_> = rows
-        .iter()
-        .map(|r| json!({"case": r.case, "path": r.path, "median_ms": r.median_ms, "gflops": r.gflops, "peak_rss_mb": r.peak_rss_mb}))
-        .collect();
-    std::fs::create_dir_all(out.parent().unwrap_or(Path::new(".")))?;
-    std::fs::write(out, serde_json::to_string_pretty(&json)?)
-        .with_context(|| format!("writing {}", out.display()))?;
-    println!("wrote {}", out.display());
-    Ok(())
+    rows.push(measure("step convnet default b256", "step", 7, true)?);
+    rows.push(measure("step resnet18 cifar b256", "step", 3, true)?);
+    write_rows(out, &rows, "rate")
 }
-
 /// `cargo xtask bench memory`: resident memory over `steps` MoCo steps with a
 /// 65,536-entry queue, through the trainer's own method path (loss, backward, SGD,
 /// momentum update, enqueue). A small MLP on 8x8 random images keeps the steps fast;

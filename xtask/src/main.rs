@@ -76,6 +76,9 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20_000)]
         steps: usize,
     },
+    /// Internal: the peak memory of one case, in a fresh process.
+    #[command(hide = true)]
+    Peak { case: String, path: String },
 }
 
 #[derive(Subcommand)]
@@ -196,6 +199,9 @@ fn main() {
         Command::Bench {
             command: BenchCommand::Memory { steps },
         } => bench::memory(steps, Path::new("target/bench/memory.json")),
+        Command::Bench {
+            command: BenchCommand::Peak { case, path },
+        } => bench::peak(&case, &path),
         Command::Data {
             command: DataCommand::Fetch { dataset, data_dir },
         } => dataset

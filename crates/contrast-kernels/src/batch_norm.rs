@@ -39,6 +39,8 @@ pub trait Float:
 {
     fn to_f64(self) -> f64;
     fn from_f64(v: f64) -> Self;
+    /// Replaces every element by its exponential (vectorised for f32).
+    fn exp_inplace(xs: &mut [Self]);
 }
 
 impl Float for f32 {
@@ -48,6 +50,9 @@ impl Float for f32 {
     fn from_f64(v: f64) -> Self {
         v as f32
     }
+    fn exp_inplace(xs: &mut [Self]) {
+        crate::fast_exp::exp_inplace(xs)
+    }
 }
 
 impl Float for f64 {
@@ -56,6 +61,9 @@ impl Float for f64 {
     }
     fn from_f64(v: f64) -> Self {
         v
+    }
+    fn exp_inplace(xs: &mut [Self]) {
+        xs.iter_mut().for_each(|x| *x = x.exp());
     }
 }
 

@@ -65,6 +65,27 @@ impl Candidates {
         }
     }
 
+    /// Scales a tile row of dot products (columns `j0..`) of anchor `i` by `1 / t` and
+    /// sets removed candidates to `-inf`.
+    fn scale_and_mask<T: Float>(&self, row: &mut [T], i: usize, j0: usize, inv_t: f64) {
+        let inv = T::from_f64(inv_t);
+        row.iter_mut().for_each(|v| *v = *v * inv);
+        let removed = T::from_f64(f64::NEG_INFINITY);
+        if self.exclude_self && (j0..j0 + row.len()).contains(&i) {
+            row[i - j0] = removed;
+        }
+        if let Some((rk, ck)) = &self.keys
+            && rk[i] >= 0
+        {
+            let pos = self.positive_of(i);
+            for (k, v) in row.iter_mut().enumerate() {
+                if ck[j0 + k] == rk[i] && Some(j0 + k) != pos {
+                    *v = removed;
+                }
+            }
+        }
+    }
+
     fn positive_of(&self, i: usize) -> Option<usize> {
         match &self.positive {
             Positive::Extra => None,
@@ -143,41 +164,30 @@ fn pass1<T: Float>(
                     let i = r0 + r;
                     let pos = spec.positive_of(i);
                     let row = &mut logits[r * cols..(r + 1) * cols];
-                    let mut tile_max = f64::NEG_INFINITY;
-                    for (k, v) in row.iter_mut().enumerate() {
-                        let j = j0 + k;
-                        let l = v.to_f64() * inv_t;
-                        if Some(j) == pos {
-                            pos_logit[r] = l;
-                        }
-                        if spec.removed(i, j, pos) {
-                            *v = T::from_f64(f64::NEG_INFINITY);
-                        } else {
-                            *v = T::from_f64(l);
-                            tile_max = tile_max.max(l);
-                        }
+                    spec.scale_and_mask(row, i, j0, inv_t);
+                    if let Some(p) = pos
+                        && (j0..j0 + cols).contains(&p)
+                    {
+                        pos_logit[r] = row[p - j0].to_f64();
                     }
+                    let tile_max = row.iter().fold(f64::NEG_INFINITY, |m, v| m.max(v.to_f64()));
                     let new_m = m[r].max(tile_max);
+                    let w = &mut weights[r * cols..(r + 1) * cols];
                     if new_m == f64::NEG_INFINITY {
-                        weights[r * cols..(r + 1) * cols].fill(T::ZERO);
+                        w.fill(T::ZERO);
                         continue;
                     }
                     let rescale = (m[r] - new_m).exp();
                     if rescale != 1.0 {
                         sum[r] *= rescale;
                         let rs = T::from_f64(rescale);
-                        acc[r * s.d..(r + 1) * s.d]
-                            .iter_mut()
-                            .for_each(|x| *x = *x * rs);
+                        acc[r * s.d..(r + 1) * s.d].iter_mut().for_each(|x| *x = *x * rs);
                     }
                     m[r] = new_m;
-                    let mut tile_sum = 0f64;
-                    for (w, v) in weights[r * cols..(r + 1) * cols].iter_mut().zip(row.iter()) {
-                        let e = (v.to_f64() - new_m).exp();
-                        tile_sum += e;
-                        *w = T::from_f64(e);
-                    }
-                    sum[r] += tile_sum;
+                    let shift = T::from_f64(new_m);
+                    w.iter_mut().zip(row.iter()).for_each(|(w, v)| *w = *v - shift);
+                    T::exp_inplace(w);
+                    sum[r] += w.iter().map(|x| x.to_f64()).sum::<f64>();
                 }
                 // acc += W C_tile
                 matmul(
@@ -253,20 +263,23 @@ fn pass2<T: Float>(a: &[T], c: &[T], s: &Shapes, spec: &Candidates, t: f64, lse:
                 let a_tile = MatRef::row_major(&a[i0 * s.d..(i0 + rows) * s.d], rows, s.d);
                 // logits^T block: [cols, rows]
                 matmul(&mut logits[..cols * rows], c_blk, a_tile.t(), false, 1);
+                let (inv, g_scale) = (T::from_f64(inv_t), T::from_f64(inv_t * scale));
                 for (q, row) in logits[..cols * rows].chunks_mut(rows).enumerate() {
                     let j = j0 + q;
                     for (r, v) in row.iter_mut().enumerate() {
                         let i = i0 + r;
-                        let pos = spec.positive_of(i);
-                        let mut g = if spec.removed(i, j, pos) {
-                            0.0
+                        *v = if spec.removed(i, j, spec.positive_of(i)) {
+                            T::from_f64(f64::NEG_INFINITY)
                         } else {
-                            (v.to_f64() * inv_t - lse[i]).exp()
+                            *v * inv - T::from_f64(lse[i])
                         };
-                        if Some(j) == pos {
-                            g -= 1.0;
+                    }
+                    T::exp_inplace(row);
+                    for (r, v) in row.iter_mut().enumerate() {
+                        if spec.positive_of(i0 + r) == Some(j) {
+                            *v = *v - T::ONE;
                         }
-                        *v = T::from_f64(g * inv_t * scale);
+                        *v = *v * g_scale;
                     }
                 }
                 matmul(

@@ -18,6 +18,7 @@
 pub mod batch_norm;
 pub mod conv2d;
 pub mod conv_block;
+pub mod fast_exp;
 pub mod gemm;
 pub mod info_nce;
 pub mod normalize;
