@@ -28,8 +28,9 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, b
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
-/// Anchor rows per block (parallel unit of pass 1).
-const ROW_BLOCK: usize = 32;
+/// Anchor rows per block (the parallel unit of pass 1) lie in this range: as large as
+/// keeps every thread busy, since each block streams all candidates once.
+const ROW_BLOCK: (usize, usize) = (16, 128);
 /// Candidate columns per tile.
 const TILE: usize = 1024;
 
@@ -112,6 +113,11 @@ struct BlockResult<T> {
     d_extra: Vec<T>,
 }
 
+/// Rows per block for `n` rows: `n / threads`, within [`ROW_BLOCK`].
+fn row_block(n: usize) -> usize {
+    n.div_ceil(rayon::current_num_threads().max(1)).clamp(ROW_BLOCK.0, ROW_BLOCK.1)
+}
+
 struct Shapes {
     b: usize,
     n: usize,
@@ -129,11 +135,12 @@ fn pass1<T: Float>(
 ) -> (f64, Pass1<T>) {
     let inv_t = 1.0 / t;
     let scale = 1.0 / s.b as f64;
-    let blocks: Vec<BlockResult<T>> = (0..s.b.div_ceil(ROW_BLOCK))
+    let row_block = row_block(s.b);
+    let blocks: Vec<BlockResult<T>> = (0..s.b.div_ceil(row_block))
         .into_par_iter()
         .map(|blk| {
-            let r0 = blk * ROW_BLOCK;
-            let rows = ROW_BLOCK.min(s.b - r0);
+            let r0 = blk * row_block;
+            let rows = row_block.min(s.b - r0);
             let a_blk = &a[r0 * s.d..(r0 + rows) * s.d];
             let mut m = vec![f64::NEG_INFINITY; rows];
             let mut sum = vec![0f64; rows];
@@ -249,7 +256,7 @@ fn pass1<T: Float>(
 fn pass2<T: Float>(a: &[T], c: &[T], s: &Shapes, spec: &Candidates, t: f64, lse: &[f64]) -> Vec<T> {
     let inv_t = 1.0 / t;
     let scale = 1.0 / s.b as f64;
-    let col_block = ROW_BLOCK;
+    let col_block = row_block(s.n);
     let mut dc = vec![T::ZERO; s.n * s.d];
     dc.par_chunks_mut(col_block * s.d)
         .enumerate()

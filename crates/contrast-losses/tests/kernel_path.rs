@@ -1,6 +1,6 @@
 //! The streaming kernel path of the losses against their dense reference
 //! compositions: values and gradients (1e-5 relative, f64 and f32), on shapes that
-//! cross the kernel's row blocks (32) and candidate tiles (1024) unevenly.
+//! cross the kernel's row blocks (16 to 128 rows) and candidate tiles (1024) unevenly.
 
 use candle_core::{DType, Device, Tensor, Var};
 use contrast_kernels::l2_normalize;
