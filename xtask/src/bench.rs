@@ -32,9 +32,11 @@ fn status_kib(key: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(key))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with(key)).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .unwrap_or(0.0)
 }
@@ -54,8 +56,16 @@ fn child_peak(case: &str, path: &str) -> Result<f64> {
         .context("starting the peak-memory child process")?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| l.strip_prefix("PEAK_MB ").and_then(|v| v.trim().parse().ok()))
-        .with_context(|| format!("peak of {case}/{path}: {}", String::from_utf8_lossy(&out.stderr)))
+        .find_map(|l| {
+            l.strip_prefix("PEAK_MB ")
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .with_context(|| {
+            format!(
+                "peak of {case}/{path}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
 }
 
 /// Child side of the peak measurement.
@@ -69,7 +79,9 @@ pub fn peak(case: &str, path: &str) -> Result<()> {
 fn unit_rows(seed: u64, n: usize, d: usize) -> Result<Tensor> {
     // A deterministic fill; the values do not matter for timing.
     let v: Vec<f32> = (0..n * d)
-        .map(|i| (((i as u64).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0) - 1.0)
+        .map(|i| {
+            (((i as u64).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0) - 1.0
+        })
         .collect();
     Ok(l2_normalize(&Tensor::from_vec(v, (n, d), &Device::Cpu)?)?)
 }
@@ -77,7 +89,10 @@ fn unit_rows(seed: u64, n: usize, d: usize) -> Result<Tensor> {
 fn sgemm_case(m: usize, k: usize, n: usize) -> Result<(f64, CaseFn)> {
     let a = unit_rows(1, m, k)?;
     let b = unit_rows(2, n, k)?.t()?.contiguous()?;
-    Ok((2.0 * (m * n * k) as f64, Box::new(move || Ok(drop(a.matmul(&b)?)))))
+    Ok((
+        2.0 * (m * n * k) as f64,
+        Box::new(move || Ok(drop(a.matmul(&b)?))),
+    ))
 }
 
 fn moco_case(path: &str) -> Result<(f64, CaseFn)> {
@@ -160,9 +175,17 @@ fn conv_case(case: &str, path: &str) -> Result<(f64, CaseFn)> {
     let backward = path == "fwd+bwd";
     let f: CaseFn = Box::new(move || {
         if backward {
-            conv2d_nhwc(x.as_tensor(), w.as_tensor(), k, stride, pad)?.sum_all()?.backward()?;
+            conv2d_nhwc(x.as_tensor(), w.as_tensor(), k, stride, pad)?
+                .sum_all()?
+                .backward()?;
         } else {
-            conv2d_nhwc(&x.as_tensor().detach(), &w.as_tensor().detach(), k, stride, pad)?;
+            conv2d_nhwc(
+                &x.as_tensor().detach(),
+                &w.as_tensor().detach(),
+                k,
+                stride,
+                pad,
+            )?;
         }
         Ok(())
     });
@@ -177,18 +200,44 @@ fn step_case(case: &str) -> Result<(f64, CaseFn)> {
     use contrast_train::model::ContrastiveModel;
     use contrast_train::optim::Optimizer;
     let (encoder, (h, w, c), t) = match case {
-        "step convnet default b256" => (EncoderConfig::Convnet { channels: vec![32, 64, 128, 256] }, (28, 28, 1), 0.2),
+        "step convnet default b256" => (
+            EncoderConfig::Convnet {
+                channels: vec![32, 64, 128, 256],
+            },
+            (28, 28, 1),
+            0.2,
+        ),
         "step resnet18 cifar b256" => (EncoderConfig::Resnet18 { width: 64 }, (32, 32, 3), 0.5),
         other => bail!("unknown step case `{other}`"),
     };
     let pairs = 256;
     let cfg = ModelConfig {
         encoder,
-        head: HeadConfig { hidden: 512, out: 128, layers: 2, out_bn: false },
+        head: HeadConfig {
+            hidden: 512,
+            out: 128,
+            layers: 2,
+            out_bn: false,
+        },
         filter: None,
     };
-    let model = ContrastiveModel::new(&cfg, InputShape { height: h, width: w, channels: c }, None, &Device::Cpu, 0)?;
-    let optim = OptimConfig::Sgd { lr: 0.1, momentum: 0.9, nesterov: false, weight_decay: 5e-4 };
+    let model = ContrastiveModel::new(
+        &cfg,
+        InputShape {
+            height: h,
+            width: w,
+            channels: c,
+        },
+        None,
+        &Device::Cpu,
+        0,
+    )?;
+    let optim = OptimConfig::Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        nesterov: false,
+        weight_decay: 5e-4,
+    };
     let mut opt = Optimizer::new(optim, model.params());
     let n = 2 * pairs;
     let x = unit_rows(12, n * h * w, c)?.reshape((n, h, w, c))?;
@@ -231,12 +280,27 @@ fn measure(case: &str, path: &str, reps: usize, peak: bool) -> Result<Row> {
         case: case.to_string(),
         path: path.to_string(),
         median_ms: median,
-        rate: if case.starts_with("step ") { per_second } else { per_second / 1e9 },
-        peak_rss_mb: if peak { Some(child_peak(case, path)?) } else { None },
+        rate: if case.starts_with("step ") {
+            per_second
+        } else {
+            per_second / 1e9
+        },
+        peak_rss_mb: if peak {
+            Some(child_peak(case, path)?)
+        } else {
+            None
+        },
     };
-    let unit = if case.starts_with("step ") { "img/s" } else { "GFLOP/s" };
+    let unit = if case.starts_with("step ") {
+        "img/s"
+    } else {
+        "GFLOP/s"
+    };
     let peak = row.peak_rss_mb.map_or("".into(), |p| format!("{p:9.1} MB"));
-    println!("{:<36} {:<8} {:>10.1} ms {:>9.1} {:<8} {peak}", row.case, row.path, row.median_ms, row.rate, unit);
+    println!(
+        "{:<36} {:<8} {:>10.1} ms {:>9.1} {:<8} {peak}",
+        row.case, row.path, row.median_ms, row.rate, unit
+    );
     Ok(row)
 }
 
@@ -250,7 +314,8 @@ fn write_rows(out: &Path, rows: &[Row], rate_key: &str) -> Result<()> {
         })
         .collect();
     std::fs::create_dir_all(out.parent().unwrap_or(Path::new(".")))?;
-    std::fs::write(out, serde_json::to_string_pretty(&json)?).with_context(|| format!("writing {}", out.display()))?;
+    std::fs::write(out, serde_json::to_string_pretty(&json)?)
+        .with_context(|| format!("writing {}", out.display()))?;
     println!("wrote {}", out.display());
     Ok(())
 }
@@ -268,7 +333,11 @@ pub fn kernels(out: &Path) -> Result<()> {
         ("knn_10000x60000x128_top200", 3),
     ] {
         for path in ["kernel", "naive", "sgemm"] {
-            let reps = if path == "naive" && case.starts_with("knn") { 1 } else { reps };
+            let reps = if path == "naive" && case.starts_with("knn") {
+                1
+            } else {
+                reps
+            };
             rows.push(measure(case, path, reps, true)?);
         }
     }

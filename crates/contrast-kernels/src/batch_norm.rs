@@ -41,6 +41,8 @@ pub trait Float:
     fn from_f64(v: f64) -> Self;
     /// Replaces every element by its exponential (vectorised for f32).
     fn exp_inplace(xs: &mut [Self]);
+    /// The elements of a CPU storage of this type.
+    fn slice_of(s: &CpuStorage) -> Option<&[Self]>;
 }
 
 impl Float for f32 {
@@ -53,6 +55,12 @@ impl Float for f32 {
     fn exp_inplace(xs: &mut [Self]) {
         crate::fast_exp::exp_inplace(xs)
     }
+    fn slice_of(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F32(v) => Some(v),
+            _ => None,
+        }
+    }
 }
 
 impl Float for f64 {
@@ -64,6 +72,12 @@ impl Float for f64 {
     }
     fn exp_inplace(xs: &mut [Self]) {
         xs.iter_mut().for_each(|x| *x = x.exp());
+    }
+    fn slice_of(s: &CpuStorage) -> Option<&[Self]> {
+        match s {
+            CpuStorage::F64(v) => Some(v),
+            _ => None,
+        }
     }
 }
 

@@ -37,8 +37,9 @@ struct Saved<T> {
     geometry: ConvGeometry,
     /// Convolution output `[B, Ho, Wo, C]`.
     pre: Vec<T>,
-    /// Normalised (and activated) output, before pooling.
-    act: Vec<T>,
+    /// Normalised (and activated) output before pooling; kept only when pooling,
+    /// since otherwise it is the op's own result, which the backward pass receives.
+    act: Option<Vec<T>>,
     stats: ChannelStats,
 }
 
@@ -76,10 +77,13 @@ impl ConvBlockOp {
             self.spec.eps,
             self.spec.relu,
         );
-        let out = if self.spec.pool {
-            pool::forward(&act, (g.batch, g.out_h(), g.out_w(), c))
+        let (out, act) = if self.spec.pool {
+            (
+                pool::forward(&act, (g.batch, g.out_h(), g.out_w(), c)),
+                Some(act),
+            )
         } else {
-            act.clone()
+            (act, None)
         };
         (
             out,
@@ -155,7 +159,7 @@ impl CustomOp3 for ConvBlockOp {
         x: &Tensor,
         w: &Tensor,
         gb: &Tensor,
-        _y: &Tensor,
+        y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let op = ConvBlockGradOp {
@@ -169,6 +173,7 @@ impl CustomOp3 for ConvBlockOp {
                 .to_dtype(DType::F64)?
                 .to_vec1()?,
             param_grads: Arc::new(Mutex::new(None)),
+            output: (!self.spec.pool).then(|| y.clone()),
         };
         let dx = x.apply_op3_no_bwd(w, &dy.contiguous()?, &op)?;
         let (dw, dgb) = op
@@ -195,15 +200,31 @@ struct ConvBlockGradOp {
     saved: Arc<Mutex<Option<SavedAny>>>,
     gamma: Vec<f64>,
     param_grads: SharedGrads,
+    /// The block's output, which is the activation itself when there is no pooling.
+    output: Option<Tensor>,
 }
 
 impl ConvBlockGradOp {
-    fn run<T: Float>(&self, x: &[T], w: &[T], dy: &[T], s: &Saved<T>) -> Vec<T> {
+    fn run<T: Float>(&self, x: &[T], w: &[T], dy: &[T], s: &Saved<T>) -> Result<Vec<T>> {
         let g = &s.geometry;
+        let guard;
+        let act: &[T] = match (&s.act, &self.output) {
+            (Some(a), _) => a,
+            (None, Some(y)) => {
+                guard = y.storage_and_layout();
+                let (candle_core::Storage::Cpu(storage), layout) = (&*guard.0, guard.1) else {
+                    bail!("conv_block backward: the output is not on the CPU");
+                };
+                let all = T::slice_of(storage)
+                    .ok_or_else(|| candle_core::Error::Msg("conv_block backward: dtype".into()))?;
+                contiguous(all, layout, "output")?
+            }
+            (None, None) => bail!("conv_block backward: the activation was not kept"),
+        };
         let c = g.out_channels;
         let pooled;
         let d_act: &[T] = if self.spec.pool {
-            pooled = pool::backward(&s.act, dy, (g.batch, g.out_h(), g.out_w(), c));
+            pooled = pool::backward(act, dy, (g.batch, g.out_h(), g.out_w(), c));
             &pooled
         } else {
             dy
@@ -215,7 +236,7 @@ impl ConvBlockGradOp {
             relu: self.spec.relu,
             batch_stats: self.batch_stats,
         };
-        let (d_pre, dgamma, dbeta) = batch_norm::backward(&s.pre, &s.act, d_act, &spec);
+        let (d_pre, dgamma, dbeta) = batch_norm::backward(&s.pre, act, d_act, &spec);
         let dx = if self.input_grad {
             conv2d::backward_input(&d_pre, w, g)
         } else {
@@ -225,7 +246,7 @@ impl ConvBlockGradOp {
         let to64 = |v: &[T]| v.iter().map(|t| t.to_f64()).collect::<Vec<f64>>();
         let dgb: Vec<f64> = to64(&dgamma).into_iter().chain(to64(&dbeta)).collect();
         *self.param_grads.lock().expect("grad lock") = Some((to64(&dw), dgb));
-        dx
+        Ok(dx)
     }
 }
 
@@ -255,7 +276,7 @@ impl CustomOp3 for ConvBlockGradOp {
                 contiguous(w, l2, "w")?,
                 contiguous(d, l3, "dy")?,
                 s,
-            )),
+            )?),
             (
                 CpuStorage::F64(x),
                 CpuStorage::F64(w),
@@ -266,7 +287,7 @@ impl CustomOp3 for ConvBlockGradOp {
                 contiguous(w, l2, "w")?,
                 contiguous(d, l3, "dy")?,
                 s,
-            )),
+            )?),
             (_, _, _, None) => bail!("conv_block: backward before forward"),
             _ => bail!("conv_block backward: dtype mismatch ({:?})", s1.dtype()),
         };

@@ -22,7 +22,8 @@ fn exp1(x: f32) -> f32 {
     // Taylor coefficients to degree 6: error < 1.5e-7 on |r| <= ln2/2.
     let p = 1.0
         + r * (1.0
-            + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
     let scale = f32::from_bits((((n as i32) + 127) as u32) << 23);
     if underflow { 0.0 } else { p * scale }
 }

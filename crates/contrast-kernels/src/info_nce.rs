@@ -115,7 +115,8 @@ struct BlockResult<T> {
 
 /// Rows per block for `n` rows: `n / threads`, within [`ROW_BLOCK`].
 fn row_block(n: usize) -> usize {
-    n.div_ceil(rayon::current_num_threads().max(1)).clamp(ROW_BLOCK.0, ROW_BLOCK.1)
+    n.div_ceil(rayon::current_num_threads().max(1))
+        .clamp(ROW_BLOCK.0, ROW_BLOCK.1)
 }
 
 struct Shapes {
@@ -188,11 +189,15 @@ fn pass1<T: Float>(
                     if rescale != 1.0 {
                         sum[r] *= rescale;
                         let rs = T::from_f64(rescale);
-                        acc[r * s.d..(r + 1) * s.d].iter_mut().for_each(|x| *x = *x * rs);
+                        acc[r * s.d..(r + 1) * s.d]
+                            .iter_mut()
+                            .for_each(|x| *x = *x * rs);
                     }
                     m[r] = new_m;
                     let shift = T::from_f64(new_m);
-                    w.iter_mut().zip(row.iter()).for_each(|(w, v)| *w = *v - shift);
+                    w.iter_mut()
+                        .zip(row.iter())
+                        .for_each(|(w, v)| *w = *v - shift);
                     T::exp_inplace(w);
                     sum[r] += w.iter().map(|x| x.to_f64()).sum::<f64>();
                 }

@@ -8,6 +8,7 @@
 //! - [`conv_block`]: convolution, BatchNorm, ReLU and pooling fused into one op.
 //! - [`batch_norm`]: fused batch normalisation (+ ReLU) with its backward pass.
 //! - [`max_pool2`]: 2x2 max pooling with its backward pass.
+//! - [`add_relu`]: the residual join `relu(a + b)` as one op.
 //! - [`streaming_info_nce`]: InfoNCE forward and backward over candidate tiles with
 //!   an online log-sum-exp, never forming the `[B, N]` logits.
 //! - [`gemm`]: a checked wrapper over the `gemm` crate, shared by the kernels.
@@ -24,6 +25,7 @@ pub mod info_nce;
 pub mod normalize;
 pub mod parallel;
 pub mod pool;
+pub mod residual;
 pub mod topk;
 
 pub use batch_norm::{
@@ -34,4 +36,5 @@ pub use conv2d::{ConvGeometry, conv2d_nhwc, conv2d_nhwc_reference};
 pub use info_nce::{Candidates, Positive, streaming_info_nce};
 pub use normalize::{NORM_EPS, l2_normalize};
 pub use pool::{max_pool2, max_pool2_reference};
+pub use residual::add_relu;
 pub use topk::{QUERY_BLOCK, TopK, topk_similarity};

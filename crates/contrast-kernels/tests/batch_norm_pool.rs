@@ -184,3 +184,35 @@ fn bad_inputs_are_errors() {
         .to_string();
     assert!(e.contains("smaller than the 2x2 window"), "{e}");
 }
+
+#[test]
+fn add_relu_matches_the_composition() {
+    use contrast_kernels::add_relu;
+    let a = var(&[3, 4, 5, 2], 1.0, DType::F64);
+    let b = var(&[3, 4, 5, 2], 1.0, DType::F64);
+    let fused = add_relu(a.as_tensor(), b.as_tensor()).unwrap();
+    let plain = (a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap();
+    assert_eq!(max_rel(&fused, &plain), 0.0);
+    let up = Tensor::randn(0f64, 1.0, (3, 4, 5, 2), &Device::Cpu).unwrap();
+    let gf = (fused * &up)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let gp = (plain * &up)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for v in [&a, &b] {
+        assert_eq!(
+            max_rel(
+                gf.get(v.as_tensor()).unwrap(),
+                gp.get(v.as_tensor()).unwrap()
+            ),
+            0.0
+        );
+    }
+}

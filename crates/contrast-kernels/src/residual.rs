@@ -1,0 +1,123 @@
+//! The residual join `relu(a + b)` as one op: the graph keeps only its output (the
+//! sum is never materialised), and the backward pass routes `dy * [y > 0]` to both
+//! inputs.
+
+use crate::batch_norm::Float;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 16;
+
+fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+    l.contiguous_offsets()
+        .map(|(a, b)| &data[a..b])
+        .ok_or_else(|| candle_core::Error::Msg(format!("add_relu: {what} must be contiguous")))
+}
+
+fn forward<T: Float>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut y = vec![T::ZERO; a.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(y, (a, b))| {
+            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
+                let s = a + b;
+                *y = if s > T::ZERO { s } else { T::ZERO };
+            }
+        });
+    y
+}
+
+fn backward<T: Float>(y: &[T], dy: &[T]) -> Vec<T> {
+    let mut g = vec![T::ZERO; y.len()];
+    g.par_chunks_mut(CHUNK)
+        .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))
+        .for_each(|(g, (y, d))| {
+            for ((g, &y), &d) in g.iter_mut().zip(y).zip(d) {
+                *g = if y > T::ZERO { d } else { T::ZERO };
+            }
+        });
+    g
+}
+
+struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "contrast-add-relu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
+                CpuStorage::F32(forward(contiguous(a, l1, "a")?, contiguous(b, l2, "b")?))
+            }
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
+                CpuStorage::F64(forward(contiguous(a, l1, "a")?, contiguous(b, l2, "b")?))
+            }
+            _ => bail!(
+                "add_relu: expected two f32 or two f64 tensors, got {:?}",
+                s1.dtype()
+            ),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        _a: &Tensor,
+        _b: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = y.apply_op2_no_bwd(&dy.contiguous()?, &AddReluGrad)?;
+        Ok((Some(g.clone()), Some(g)))
+    }
+}
+
+struct AddReluGrad;
+
+impl CustomOp2 for AddReluGrad {
+    fn name(&self) -> &'static str {
+        "contrast-add-relu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let out = match (s1, s2) {
+            (CpuStorage::F32(y), CpuStorage::F32(d)) => {
+                CpuStorage::F32(backward(contiguous(y, l1, "y")?, contiguous(d, l2, "dy")?))
+            }
+            (CpuStorage::F64(y), CpuStorage::F64(d)) => {
+                CpuStorage::F64(backward(contiguous(y, l1, "y")?, contiguous(d, l2, "dy")?))
+            }
+            _ => bail!("add_relu backward: unsupported dtype {:?}", s1.dtype()),
+        };
+        Ok((out, l1.shape().clone()))
+    }
+}
+
+/// `relu(a + b)` for tensors of one shape; differentiable in both. CPU f32/f64 run the
+/// fused op, other devices the two candle ops.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dims() != b.dims() {
+        bail!("add_relu: shapes {:?} and {:?} differ", a.dims(), b.dims());
+    }
+    if a.device().is_cpu() && matches!(a.dtype(), DType::F32 | DType::F64) && a.dtype() == b.dtype()
+    {
+        a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
+    } else {
+        (a + b)?.relu()
+    }
+}
