@@ -429,7 +429,7 @@ epochs = 1
     };
     let model = ContrastiveModel::new(&cfg.model, input, None, &device, 0)?;
     let mut opt = Optimizer::new(cfg.optim.clone(), model.params());
-    let mut method = Method::new(&cfg, &model, input, &device)?;
+    let mut method = Method::new(&cfg, &model, input, 1, &device)?;
     let b = cfg.data.batch_size;
     let queue_mb = method.memory_bytes() as f64 / 1e6;
     println!("queue: 65536 x 128 keys, {queue_mb:.1} MB (K x D x 4 bytes plus ids and labels)");

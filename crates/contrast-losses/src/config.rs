@@ -3,7 +3,7 @@
 use crate::error::{Result, check_temperature, invalid};
 use crate::{
     AsclConfig, DebiasedConfig, DecoupledConfig, DecoupledWeightedConfig, FncConfig, HclConfig,
-    MocoConfig, NtXentConfig, RingConfig, SimLapConfig, SupConConfig,
+    InvPConfig, MocoConfig, NtXentConfig, RingConfig, SimLapConfig, SupConConfig,
 };
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -52,6 +52,8 @@ pub enum LossConfig {
     Fnc(FncConfig),
     Ascl(AsclConfig),
     Simlap(SimLapConfig),
+    /// Invariance Propagation; needs the memory-bank method (`[method] name = "bank"`).
+    InvariancePropagation(InvPConfig),
 }
 
 impl Default for LossConfig {
@@ -94,6 +96,7 @@ impl LossConfig {
             LossConfig::Fnc(_) => "fnc",
             LossConfig::Ascl(_) => "ascl",
             LossConfig::Simlap(_) => "simlap",
+            LossConfig::InvariancePropagation(_) => "invariance_propagation",
         }
     }
 
@@ -161,6 +164,17 @@ impl LossConfig {
                 t(c.temperature)?;
                 check_temperature("loss.target_temperature", c.target_temperature)
             }
+            LossConfig::InvariancePropagation(c) => {
+                t(c.temperature)?;
+                if c.n_background == 0 || c.n_pos == 0 || c.diffusion_layer == 0 || c.lam_inv < 0.0
+                {
+                    return Err(invalid(
+                        "loss.n_background",
+                        "n_background, n_pos and diffusion_layer must be >= 1 and lam_inv >= 0",
+                    ));
+                }
+                Ok(())
+            }
             LossConfig::Simlap(c) => {
                 t(c.temperature)?;
                 if !(c.penalty_weight >= 0.0 && c.penalty_weight.is_finite()) {
@@ -224,6 +238,10 @@ impl LossConfig {
                 let (a, b) = two(name, v)?;
                 Ok(crate::ascl(a, b, need(name, "queue", inputs.queue)?, c)?.0)
             }
+            LossConfig::InvariancePropagation(_) => Err(invalid(
+                "method",
+                "invariance_propagation reads a memory bank: use it with [method] name = \"bank\"",
+            )),
             LossConfig::Simlap(c) => {
                 let (a, b) = two(name, v)?;
                 let gates = need(name, "gates", inputs.gates)?;

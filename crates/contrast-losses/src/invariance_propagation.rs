@@ -55,6 +55,9 @@ pub struct InvPOutput {
     pub invariance: Tensor,
     /// Propagated neighbour lists `[B, k + k^2 + ... + k^l]`.
     pub propagated: Vec<Vec<u32>>,
+    /// Each anchor's `nearest` most similar bank entries, most similar first (for
+    /// refreshing the stored neighbour lists).
+    pub nearest: Vec<Vec<u32>>,
 }
 
 /// Expands each anchor's neighbour list layer by layer: every discovered node appends
@@ -132,13 +135,29 @@ pub fn invariance_propagation(
     let mut hard = vec![0f32; b * nb];
     let mut own = vec![0f32; b * nb];
     let mut propagated = Vec::with_capacity(b);
+    let mut nearest = Vec::with_capacity(b);
+    // One more than the stored list length, so that the anchor itself can be skipped.
+    let nearest_count = neighbors.first().map_or(0, |n| n.len()) + 1;
     for i in 0..b {
         let row = &sims_host[i * nb..(i + 1) * nb];
+        // The background: select the M largest, then order only those.
         let mut order: Vec<usize> = (0..nb).collect();
-        order.sort_by(|&x, &y| row[y].total_cmp(&row[x]).then(x.cmp(&y)));
-        for &j in &order[..cfg.n_background] {
+        let cmp = |x: &usize, y: &usize| row[*y].total_cmp(&row[*x]).then(x.cmp(y));
+        if cfg.n_background < nb {
+            order.select_nth_unstable_by(cfg.n_background - 1, cmp);
+            order.truncate(cfg.n_background);
+        }
+        order.sort_by(cmp);
+        for &j in &order {
             background[i * nb + j] = 1.0;
         }
+        nearest.push(
+            order
+                .iter()
+                .take(nearest_count)
+                .map(|&j| j as u32)
+                .collect(),
+        );
         own[i * nb + indices[i] as usize] = 1.0;
         let start = &neighbors[indices[i] as usize];
         let list = propagate(start, neighbors, cfg.diffusion_layer);
@@ -178,5 +197,30 @@ pub fn invariance_propagation(
         instance,
         invariance,
         propagated,
+        nearest,
     })
+}
+
+/// The warm-up weight `omega(t)` of the invariance term at `epoch` (0-based) with the
+/// switch at `end` epochs: binary (`1[epoch > end]`, the official default) or Gaussian
+/// (`exp(-5 (1 - epoch / end)^2)` before `end`, then 1).
+pub fn ramp(epoch: usize, end: usize, gaussian: bool) -> f64 {
+    if gaussian {
+        let m = (1.0 - epoch as f64 / end.max(1) as f64).max(0.0);
+        (-5.0 * m * m).exp()
+    } else {
+        (epoch > end) as u8 as f64
+    }
+}
+
+/// Refreshes a bank entry's stored neighbours from its `nearest` list (most similar
+/// first, one longer than the stored list): the entry itself is replaced by the next
+/// candidate, as the official `update_nn`.
+pub fn refreshed_neighbours(entry: u32, nearest: &[u32]) -> Vec<u32> {
+    let k = nearest.len().saturating_sub(1);
+    let backup = nearest.get(k).copied().unwrap_or(entry);
+    nearest[..k]
+        .iter()
+        .map(|&j| if j == entry { backup } else { j })
+        .collect()
 }

@@ -46,7 +46,9 @@ pub use decoupled::{DecoupledConfig, DecoupledWeightedConfig, decoupled, decoupl
 pub use error::{LossError, Result};
 pub use fnc::{Aggregation, Cancellation, FalseNegatives, FncConfig, fnc};
 pub use generalized::{Debias, generalized_info_nce, one_hot, weighted_logsumexp};
-pub use invariance_propagation::{InvPConfig, InvPOutput, invariance_propagation};
+pub use invariance_propagation::{
+    InvPConfig, InvPOutput, invariance_propagation, ramp, refreshed_neighbours,
+};
 pub use looc::looc;
 pub use moco::{MocoConfig, moco_info_nce, moco_info_nce_keyed, moco_info_nce_reference};
 pub use nt_xent::{NtXentConfig, nt_xent, nt_xent_reference};

@@ -83,6 +83,29 @@ pub enum MethodConfig {
         #[serde(default = "default_splits")]
         shuffle_splits: usize,
     },
+    /// Instance discrimination against a memory bank of every training image (InstDisc,
+    /// Invariance Propagation): one view per image, the bank updated with momentum.
+    Bank {
+        /// Weight of the old vector in a bank update (InvP: 0.5).
+        #[serde(default = "default_bank_momentum")]
+        momentum: f64,
+        /// Neighbours stored per entry for propagation (InvP: 4).
+        #[serde(default = "default_neighbours")]
+        neighbours: usize,
+        /// Epochs before the invariance term switches on (InvP: 30).
+        ramp_epochs: usize,
+        /// Gaussian instead of binary ramp.
+        #[serde(default)]
+        gaussian_ramp: bool,
+    },
+}
+
+fn default_bank_momentum() -> f64 {
+    0.5
+}
+
+fn default_neighbours() -> usize {
+    4
 }
 
 fn default_splits() -> usize {
@@ -340,6 +363,24 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         self.loss.validate()?;
         match &self.method {
+            MethodConfig::Bank {
+                momentum,
+                neighbours,
+                ..
+            } => {
+                if !matches!(self.loss, LossConfig::InvariancePropagation(_)) {
+                    bail!(
+                        "method.name = \"bank\" trains with loss.name = \"invariance_propagation\", not \"{}\"",
+                        self.loss.name()
+                    );
+                }
+                if !(0.0..1.0).contains(momentum) || *neighbours == 0 {
+                    bail!("method.momentum must be in [0, 1) and method.neighbours >= 1");
+                }
+            }
+            _ if matches!(self.loss, LossConfig::InvariancePropagation(_)) => bail!(
+                "loss.name = \"invariance_propagation\" reads a memory bank: use it with [method] name = \"bank\""
+            ),
             MethodConfig::Simclr if self.loss.needs_queue() => bail!(
                 "loss.name = \"{}\" reads negatives from a queue: use it with [method] name = \"moco\"",
                 self.loss.name()
@@ -375,8 +416,16 @@ impl Config {
                 self.data.batch_size
             );
         }
-        if self.data.views < 2 {
-            bail!("data.views = {} must be at least 2", self.data.views);
+        let min_views = if matches!(self.method, MethodConfig::Bank { .. }) {
+            1
+        } else {
+            2
+        };
+        if self.data.views < min_views {
+            bail!(
+                "data.views = {} must be at least {min_views} for this method",
+                self.data.views
+            );
         }
         if self.train.epochs == 0 {
             bail!("train.epochs must be at least 1");

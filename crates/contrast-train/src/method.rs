@@ -21,8 +21,10 @@ use candle_core::{Device, Tensor};
 use contrast_data::Batch;
 use contrast_data::loader::derive_seed;
 use contrast_encoders::{InputShape, copy_vars, ema_update};
-use contrast_losses::{LossConfig, LossInputs, partner_classes};
-use contrast_memory::KeyQueue;
+use contrast_losses::{
+    LossConfig, LossInputs, invariance_propagation, partner_classes, ramp, refreshed_neighbours,
+};
+use contrast_memory::{KeyQueue, MemoryBank};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -34,6 +36,12 @@ pub type MethodState = Vec<(String, HashMap<String, Tensor>)>;
 /// Tensor groups read back from a checkpoint, by name.
 pub type TensorGroups = HashMap<String, HashMap<String, Tensor>>;
 
+/// The memory bank's state: one vector per training image and its stored neighbours.
+pub struct Bank {
+    pub bank: MemoryBank,
+    pub neighbours: Vec<Vec<u32>>,
+}
+
 /// MoCo's extra state.
 pub struct Moco {
     pub key: ContrastiveModel,
@@ -44,11 +52,14 @@ pub struct Moco {
 pub enum Method {
     InBatch,
     Moco(Box<Moco>),
+    Bank(Box<Bank>),
 }
 
-/// What a step produced besides the loss: keys to enqueue after the update.
+/// What a step produced besides the loss, for the update afterwards: keys to enqueue
+/// (MoCo), or features and nearest entries for the bank (InvP).
 pub struct StepExtras {
     keys: Option<Tensor>,
+    bank: Option<(Tensor, Vec<Vec<u32>>)>,
 }
 
 fn varmap_tensors(vm: &candle_nn::VarMap) -> HashMap<String, Tensor> {
@@ -73,11 +84,12 @@ fn load_varmap(vm: &candle_nn::VarMap, tensors: &HashMap<String, Tensor>) -> Res
 }
 
 impl Method {
-    /// Builds the method's state for the online `model`.
+    /// Builds the method's state for the online `model` over `dataset_size` images.
     pub fn new(
         cfg: &Config,
         model: &ContrastiveModel,
         input: InputShape,
+        dataset_size: usize,
         device: &Device,
     ) -> Result<Self> {
         Ok(match &cfg.method {
@@ -92,6 +104,25 @@ impl Method {
                     device,
                 )?;
                 Method::Moco(Box::new(Moco { key, queue }))
+            }
+            MethodConfig::Bank {
+                momentum,
+                neighbours,
+                ..
+            } => {
+                let bank = MemoryBank::new(
+                    dataset_size,
+                    cfg.model.head.out,
+                    *momentum,
+                    derive_seed(cfg.seed, &[0xba]),
+                    device,
+                )?;
+                // Until refreshed, an entry's neighbours are itself (the invariance
+                // term is off during the warm-up).
+                let neighbours = (0..dataset_size as u32)
+                    .map(|i| vec![i; *neighbours])
+                    .collect();
+                Method::Bank(Box::new(Bank { bank, neighbours }))
             }
         })
     }
@@ -146,7 +177,13 @@ impl Method {
                     partners: partners.as_ref(),
                     gates: gates.as_ref(),
                 })?;
-                Ok((loss, StepExtras { keys: None }))
+                Ok((
+                    loss,
+                    StepExtras {
+                        keys: None,
+                        bank: None,
+                    },
+                ))
             }
             Method::Moco(m) => {
                 let MethodConfig::Moco { shuffle_splits, .. } = cfg.method else {
@@ -161,7 +198,49 @@ impl Method {
                     partners: None,
                     gates: None,
                 })?;
-                Ok((loss, StepExtras { keys: Some(k) }))
+                Ok((
+                    loss,
+                    StepExtras {
+                        keys: Some(k),
+                        bank: None,
+                    },
+                ))
+            }
+            Method::Bank(m) => {
+                let (
+                    LossConfig::InvariancePropagation(c),
+                    MethodConfig::Bank {
+                        ramp_epochs,
+                        gaussian_ramp,
+                        ..
+                    },
+                ) = (&cfg.loss, &cfg.method)
+                else {
+                    bail!("method state and configuration disagree");
+                };
+                let (_, z) = model.forward_t(&view(0)?, true)?;
+                // The background is at most the whole bank (a training subset can be smaller
+                // than the configured M).
+                let capped = contrast_losses::InvPConfig {
+                    n_background: c.n_background.min(m.bank.len()),
+                    ..c.clone()
+                };
+                let weight = ramp(batch.epoch, *ramp_epochs, *gaussian_ramp);
+                let out = invariance_propagation(
+                    &z,
+                    &batch.indices,
+                    m.bank.vectors(),
+                    &m.neighbours,
+                    weight,
+                    &capped,
+                )?;
+                Ok((
+                    out.loss,
+                    StepExtras {
+                        keys: None,
+                        bank: Some((z.detach(), out.nearest)),
+                    },
+                ))
             }
         }
     }
@@ -176,6 +255,13 @@ impl Method {
         step: usize,
         total: usize,
     ) -> Result<()> {
+        if let (Method::Bank(m), Some((z, nearest))) = (&mut *self, &extras.bank) {
+            let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+            m.bank.update(&batch.indices, z, Some(&labels))?;
+            for (&i, near) in batch.indices.iter().zip(nearest) {
+                m.neighbours[i as usize] = refreshed_neighbours(i, near);
+            }
+        }
         if let (Method::Moco(m), MethodConfig::Moco { momentum, .. }) = (self, &cfg.method) {
             ema_update(&m.key.varmap, &model.varmap, momentum.at(step, total))?;
             if let Some(k) = extras.keys {
@@ -195,6 +281,16 @@ impl Method {
                 ("key_encoder".into(), varmap_tensors(&m.key.varmap)),
                 ("queue".into(), m.queue.state()?),
             ],
+            Method::Bank(m) => {
+                let mut state = m.bank.state()?;
+                let k = m.neighbours.first().map_or(0, |n| n.len());
+                let flat: Vec<u32> = m.neighbours.iter().flatten().copied().collect();
+                state.insert(
+                    "neighbours".into(),
+                    Tensor::from_vec(flat, (m.neighbours.len(), k), m.bank.vectors().device())?,
+                );
+                vec![("bank".into(), state)]
+            }
         })
     }
 
@@ -210,6 +306,26 @@ impl Method {
                 .context("checkpoint lacks the queue")?;
             m.queue.load_state(&queue).context("restoring the queue")?;
         }
+        if let Method::Bank(m) = self {
+            let bank = state
+                .remove("bank")
+                .context("checkpoint lacks the memory bank")?;
+            m.bank
+                .load_state(&bank)
+                .context("restoring the memory bank")?;
+            let n = bank
+                .get("neighbours")
+                .context("checkpoint lacks the bank's neighbour lists")?;
+            let rows: Vec<Vec<u32>> = n.to_dtype(candle_core::DType::U32)?.to_vec2()?;
+            if rows.len() != m.neighbours.len() {
+                bail!(
+                    "checkpoint's bank has {} neighbour lists, the dataset {}",
+                    rows.len(),
+                    m.neighbours.len()
+                );
+            }
+            m.neighbours = rows;
+        }
         Ok(())
     }
 
@@ -218,6 +334,7 @@ impl Method {
         match self {
             Method::InBatch => 0,
             Method::Moco(m) => m.queue.bytes(),
+            Method::Bank(m) => m.bank.len() * (m.bank.vectors().dim(1).unwrap_or(0) * 4 + 8),
         }
     }
 }

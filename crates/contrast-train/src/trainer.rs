@@ -156,7 +156,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary> {
         cfg.seed,
     )?;
     let mut opt = Optimizer::new(cfg.optim.clone(), model.params());
-    let mut method = Method::new(cfg, &model, input_shape(&train), &device)?;
+    let mut method = Method::new(cfg, &model, input_shape(&train), train.len(), &device)?;
     let eval = Evaluator {
         norm: &norm,
         knn: &cfg.eval.knn,

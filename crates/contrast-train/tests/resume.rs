@@ -70,6 +70,30 @@ fn resumed_moco_run_matches_uninterrupted_run() {
     check_resume(cfg);
 }
 
+/// The memory-bank method keeps a bank and neighbour lists; both must come back
+/// exactly (the invariance term is on in the second epoch).
+#[test]
+fn resumed_bank_run_matches_uninterrupted_run() {
+    let mut cfg = tiny_config(2);
+    cfg.method = contrast_train::config::MethodConfig::Bank {
+        momentum: 0.5,
+        neighbours: 3,
+        ramp_epochs: 0,
+        gaussian_ramp: false,
+    };
+    cfg.loss = contrast_losses::LossConfig::InvariancePropagation(contrast_losses::InvPConfig {
+        temperature: 0.2,
+        n_background: 64,
+        diffusion_layer: 2,
+        n_pos: 5,
+        lam_inv: 0.6,
+        exclusive: true,
+        hard_pos: true,
+    });
+    cfg.validate().unwrap();
+    check_resume(cfg);
+}
+
 fn check_resume(cfg: contrast_train::Config) {
     let data = tempfile::tempdir().unwrap();
     write_synthetic_mnist(data.path(), 320, 100);
