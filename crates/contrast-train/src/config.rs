@@ -8,6 +8,7 @@ use contrast_data::{DatasetId, ViewRecipe};
 use contrast_encoders::{EncoderConfig, FeatureFilterConfig, HeadConfig, MomentumSchedule};
 use contrast_eval::{KnnConfig, ProbeConfig};
 use contrast_losses::LossConfig;
+use contrast_mining::{Pipeline, PolicyConfig};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -26,6 +27,9 @@ pub struct Config {
     pub method: MethodConfig,
     pub model: ModelConfig,
     pub loss: LossConfig,
+    /// Sampling policies, applied in their documented stage order (in-batch method).
+    #[serde(default)]
+    pub mining: Vec<PolicyConfig>,
     pub optim: OptimConfig,
     #[serde(default)]
     pub schedule: ScheduleConfig,
@@ -415,6 +419,20 @@ impl Config {
                 "data.batch_size = {} must be at least 2",
                 self.data.batch_size
             );
+        }
+        if !self.mining.is_empty() {
+            if self.method != MethodConfig::Simclr {
+                bail!(
+                    "mining policies work on in-batch candidates: use them with the simclr method"
+                );
+            }
+            if !matches!(self.loss, LossConfig::NtXent(_)) {
+                bail!(
+                    "mining policies shape the generalised InfoNCE themselves: set loss.name = \"nt_xent\" (for its temperature), not \"{}\"",
+                    self.loss.name()
+                );
+            }
+            Pipeline::new(self.mining.clone()).map_err(|e| anyhow::anyhow!("mining: {e}"))?;
         }
         let min_views = if matches!(self.method, MethodConfig::Bank { .. }) {
             1

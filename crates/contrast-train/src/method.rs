@@ -25,6 +25,7 @@ use contrast_losses::{
     LossConfig, LossInputs, invariance_propagation, partner_classes, ramp, refreshed_neighbours,
 };
 use contrast_memory::{KeyQueue, MemoryBank};
+use contrast_mining::{Diagnostics, DiagnosticsSummary, MiningBatch, Pipeline, mined_info_nce};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -35,6 +36,12 @@ pub type MethodState = Vec<(String, HashMap<String, Tensor>)>;
 
 /// Tensor groups read back from a checkpoint, by name.
 pub type TensorGroups = HashMap<String, HashMap<String, Tensor>>;
+
+/// In-batch state: the mining pipeline and the epoch's diagnostics.
+pub struct InBatch {
+    pub pipeline: Pipeline,
+    pub diagnostics: Diagnostics,
+}
 
 /// The memory bank's state: one vector per training image and its stored neighbours.
 pub struct Bank {
@@ -50,7 +57,8 @@ pub struct Moco {
 
 /// The runtime state of the configured method.
 pub enum Method {
-    InBatch,
+    /// In-batch candidates, with mining policies and their diagnostics.
+    InBatch(Box<InBatch>),
     Moco(Box<Moco>),
     Bank(Box<Bank>),
 }
@@ -93,7 +101,11 @@ impl Method {
         device: &Device,
     ) -> Result<Self> {
         Ok(match &cfg.method {
-            MethodConfig::Simclr => Method::InBatch,
+            MethodConfig::Simclr => Method::InBatch(Box::new(InBatch {
+                pipeline: Pipeline::new(cfg.mining.clone())?
+                    .with_seed(derive_seed(cfg.seed, &[0x313])),
+                diagnostics: Diagnostics::default(),
+            })),
             MethodConfig::Moco { queue_size, .. } => {
                 let key = ContrastiveModel::new(&cfg.model, input, None, device, cfg.seed)?;
                 copy_vars(&key.varmap, &model.varmap)?;
@@ -129,7 +141,7 @@ impl Method {
 
     /// The loss of `batch` (to be differentiated) and what the update needs afterwards.
     pub fn loss(
-        &self,
+        &mut self,
         cfg: &Config,
         model: &ContrastiveModel,
         batch: &Batch,
@@ -149,7 +161,7 @@ impl Method {
             ))
         };
         match self {
-            Method::InBatch => {
+            Method::InBatch(state) => {
                 let x = Tensor::cat(
                     &(0..batch.views.len())
                         .map(view)
@@ -170,13 +182,29 @@ impl Method {
                     }
                     _ => (None, None),
                 };
-                let loss = cfg.loss.compute(LossInputs {
-                    views: &views,
-                    labels: Some(&labels),
-                    queue: None,
-                    partners: partners.as_ref(),
-                    gates: gates.as_ref(),
-                })?;
+                let loss = match &cfg.loss {
+                    // Instance discrimination: plan with the policies (none: SimCLR), and
+                    // judge the plan's negatives against the labels.
+                    LossConfig::NtXent(c) => {
+                        let ids: Vec<i64> = batch.indices.iter().map(|&i| i as i64).collect();
+                        let classes: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+                        let mining = MiningBatch::in_batch(&views, &ids, Some(&classes))?;
+                        let plan = state.pipeline.plan(&mining, &mut rng(0x313))?;
+                        state.diagnostics.add(&mining, &plan, &mut rng(0xd1a9));
+                        if state.pipeline.is_empty() {
+                            cfg.loss.compute(LossInputs::views(&views))?
+                        } else {
+                            mined_info_nce(&z, &z, &plan, c.temperature)?
+                        }
+                    }
+                    _ => cfg.loss.compute(LossInputs {
+                        views: &views,
+                        labels: Some(&labels),
+                        queue: None,
+                        partners: partners.as_ref(),
+                        gates: gates.as_ref(),
+                    })?,
+                };
                 Ok((
                     loss,
                     StepExtras {
@@ -276,7 +304,14 @@ impl Method {
     /// Tensors to checkpoint.
     pub fn state(&self) -> Result<MethodState> {
         Ok(match self {
-            Method::InBatch => Vec::new(),
+            Method::InBatch(m) => {
+                let mining = m.pipeline.state(&Device::Cpu)?;
+                if mining.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![("mining".into(), mining)]
+                }
+            }
             Method::Moco(m) => vec![
                 ("key_encoder".into(), varmap_tensors(&m.key.varmap)),
                 ("queue".into(), m.queue.state()?),
@@ -296,6 +331,11 @@ impl Method {
 
     /// Restores [`Method::state`].
     pub fn load_state(&mut self, mut state: TensorGroups) -> Result<()> {
+        if let (Method::InBatch(m), Some(mining)) = (&mut *self, state.remove("mining")) {
+            m.pipeline
+                .load_state(&mining)
+                .context("restoring the mining policies' state")?;
+        }
         if let Method::Moco(m) = self {
             let key = state
                 .remove("key_encoder")
@@ -329,10 +369,18 @@ impl Method {
         Ok(())
     }
 
+    /// The epoch's mining diagnostics (in-batch methods), resetting the counts.
+    pub fn take_diagnostics(&mut self) -> Option<DiagnosticsSummary> {
+        match self {
+            Method::InBatch(state) => std::mem::take(&mut state.diagnostics).summary(),
+            _ => None,
+        }
+    }
+
     /// Bytes of memory the method keeps (the queue).
     pub fn memory_bytes(&self) -> usize {
         match self {
-            Method::InBatch => 0,
+            Method::InBatch(_) => 0,
             Method::Moco(m) => m.queue.bytes(),
             Method::Bank(m) => m.bank.len() * (m.bank.vectors().dim(1).unwrap_or(0) * 4 + 8),
         }

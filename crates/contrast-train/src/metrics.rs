@@ -25,6 +25,9 @@ pub struct EpochRecord {
     /// Weighted-kNN top-1 on the test set against `knn_bank` training images.
     pub knn_top1: f64,
     pub knn_bank: usize,
+    /// What the negatives were, judged against labels (in-batch methods).
+    #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
+    pub mining: Option<contrast_mining::DiagnosticsSummary>,
 }
 
 /// The whole run's result, `summary.json`.

@@ -285,9 +285,21 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary> {
             epoch_seconds: secs,
             knn_top1: knn,
             knn_bank: monitor_bank.len(),
+            mining: method.take_diagnostics(),
         };
+        let negatives = record.mining.as_ref().map_or(String::new(), |m| {
+            let fnc = match (m.fn_identified_precision, m.fn_identified_recall) {
+                (Some(p), Some(r)) => format!(", FN found p {p:.2} r {r:.2}"),
+                _ => String::new(),
+            };
+            format!(
+                "  negatives: {:.1}% same-class, sim {:.2}{fnc}",
+                100.0 * m.neg_false_fraction,
+                m.neg_sim_mean
+            )
+        });
         println!(
-            "epoch {:>3}/{}  loss {:.4}  lr {:.4}  {:.0} img/s  data wait {:.1}%  kNN@{} {:.4}  ({:.0} s)",
+            "epoch {:>3}/{}  loss {:.4}  lr {:.4}  {:.0} img/s  data wait {:.1}%  kNN@{} {:.4}{negatives}  ({:.0} s)",
             record.epoch,
             cfg.train.epochs,
             record.loss,

@@ -48,6 +48,34 @@ fn every_preset_runs_a_short_epoch() {
             path.display(),
             summary.knn_top1
         );
+        // In-batch runs log what their negatives were; FNC and clustering also how
+        // well they identified false negatives.
+        let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+        if cfg.method == contrast_train::config::MethodConfig::Simclr
+            && matches!(cfg.loss, contrast_losses::LossConfig::NtXent(_))
+        {
+            assert!(
+                metrics.contains("\"neg_false_fraction\""),
+                "{}: {metrics}",
+                path.display()
+            );
+            assert!(
+                metrics.contains("\"neg_sim_p90\""),
+                "{}: {metrics}",
+                path.display()
+            );
+        }
+        if cfg
+            .mining
+            .iter()
+            .any(|p| matches!(p.name(), "fnc" | "cluster"))
+        {
+            assert!(
+                metrics.contains("\"fn_identified_precision\""),
+                "{}: {metrics}",
+                path.display()
+            );
+        }
         ran.push(cfg.name);
     }
     ran.sort();
@@ -59,6 +87,16 @@ fn every_preset_runs_a_short_epoch() {
         "hcl-fmnist",
         "supcon-fmnist",
         "simlap-fmnist",
+        "mine-fnc-elim-fmnist",
+        "mine-fnc-attract-fmnist",
+        "mine-hcl-fmnist",
+        "mine-mochi-fmnist",
+        "mine-ring-fmnist",
+        "mine-cluster-fmnist",
+        "mine-nnclr-fmnist",
+        "mine-supervised-fmnist",
+        "mine-batch-hard-fmnist",
+        "mine-combo-fmnist",
     ] {
         assert!(
             ran.iter().any(|n| n == required),
