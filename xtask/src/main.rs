@@ -13,6 +13,7 @@ use contrast_train::{Config, RunOptions};
 use std::path::{Path, PathBuf};
 
 mod bench;
+mod mining_bench;
 
 /// mimalloc for the binaries: glibc's malloc returns large temporary buffers to the
 /// kernel after every operation, which costs up to 2.5x on large tensor ops (see
@@ -76,6 +77,9 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20_000)]
         steps: usize,
     },
+    /// Step time of every mining preset against plain SimCLR at batch 256; writes
+    /// target/bench/mining.json.
+    Mining,
     /// Internal: the peak memory of one case, in a fresh process.
     #[command(hide = true)]
     Peak { case: String, path: String },
@@ -199,6 +203,9 @@ fn main() {
         Command::Bench {
             command: BenchCommand::Memory { steps },
         } => bench::memory(steps, Path::new("target/bench/memory.json")),
+        Command::Bench {
+            command: BenchCommand::Mining,
+        } => mining_bench::mining(Path::new("target/bench/mining.json")),
         Command::Bench {
             command: BenchCommand::Peak { case, path },
         } => bench::peak(&case, &path),
