@@ -35,16 +35,17 @@ const ROW_BLOCK: (usize, usize) = (16, 128);
 const TILE: usize = 1024;
 
 /// Where each anchor's positive is.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub enum Positive {
     /// The extra logit `e_i` (MoCo's key); no candidate is positive.
+    #[default]
     Extra,
     /// Candidate column `pos[i]`; the extra logit is ignored.
     Column(Vec<u32>),
 }
 
-/// Which candidates each anchor keeps.
-#[derive(Debug, Clone, PartialEq)]
+/// Which candidates each anchor keeps. A positive column is always kept.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Candidates {
     pub positive: Positive,
     /// Anchors and candidates are the same rows: remove column `i` for anchor `i`.
@@ -52,38 +53,88 @@ pub struct Candidates {
     /// Remove candidate `j` for anchor `i` when `row_keys[i] == col_keys[j]` (and `j`
     /// is not the positive): same-label negatives are dropped. Keys `< 0` never match.
     pub keys: Option<(Vec<i64>, Vec<i64>)>,
+    /// Per anchor, the similarity band `[lo, hi]` (the dot product, cosine for unit
+    /// rows) a candidate must lie in to stay: top-k, Ring and semi-hard selection
+    /// expressed as thresholds.
+    pub window: Option<Vec<(f32, f32)>>,
+    /// Per anchor, sorted candidate columns to remove (identified false negatives).
+    pub excluded: Option<Vec<Vec<u32>>>,
+    /// Per anchor, sorted candidate columns kept whatever the rules above say (extra
+    /// positives, such as attracted false negatives, stay in the denominator).
+    pub always_kept: Option<Vec<Vec<u32>>>,
+    /// Per column, the one anchor that keeps it (`< 0`: every anchor); per-anchor
+    /// synthetic negatives are appended as owned columns, which only this rule
+    /// governs.
+    pub owners: Option<Vec<i64>>,
 }
 
 impl Candidates {
+    /// Whether candidate `j`, at dot product `dot`, is removed for anchor `i` whose
+    /// positive column is `pos`.
     #[inline]
-    fn removed(&self, i: usize, j: usize, pos: Option<usize>) -> bool {
+    fn removed(&self, i: usize, j: usize, pos: Option<usize>, dot: f64) -> bool {
+        if Some(j) == pos {
+            return false;
+        }
+        if let Some(o) = &self.owners
+            && o[j] >= 0
+        {
+            return o[j] as usize != i;
+        }
+        if self
+            .always_kept
+            .as_ref()
+            .is_some_and(|k| k[i].binary_search(&(j as u32)).is_ok())
+        {
+            return false;
+        }
         if self.exclude_self && i == j {
             return true;
         }
-        match &self.keys {
-            Some((rk, ck)) => Some(j) != pos && rk[i] >= 0 && rk[i] == ck[j],
-            None => false,
+        if let Some((rk, ck)) = &self.keys
+            && rk[i] >= 0
+            && rk[i] == ck[j]
+        {
+            return true;
         }
+        if let Some(w) = &self.window
+            && !(dot >= w[i].0 as f64 && dot <= w[i].1 as f64)
+        {
+            return true;
+        }
+        self.excluded
+            .as_ref()
+            .is_some_and(|e| e[i].binary_search(&(j as u32)).is_ok())
+    }
+
+    /// Whether any per-element rule beyond `exclude_self` applies.
+    fn masks_elements(&self) -> bool {
+        self.keys.is_some()
+            || self.window.is_some()
+            || self.excluded.is_some()
+            || self.always_kept.is_some()
+            || self.owners.is_some()
     }
 
     /// Scales a tile row of dot products (columns `j0..`) of anchor `i` by `1 / t` and
     /// sets removed candidates to `-inf`.
     fn scale_and_mask<T: Float>(&self, row: &mut [T], i: usize, j0: usize, inv_t: f64) {
         let inv = T::from_f64(inv_t);
-        row.iter_mut().for_each(|v| *v = *v * inv);
         let removed = T::from_f64(f64::NEG_INFINITY);
-        if self.exclude_self && (j0..j0 + row.len()).contains(&i) {
-            row[i - j0] = removed;
-        }
-        if let Some((rk, ck)) = &self.keys
-            && rk[i] >= 0
-        {
+        if self.masks_elements() {
             let pos = self.positive_of(i);
             for (k, v) in row.iter_mut().enumerate() {
-                if ck[j0 + k] == rk[i] && Some(j0 + k) != pos {
-                    *v = removed;
-                }
+                *v = if self.removed(i, j0 + k, pos, v.to_f64()) {
+                    removed
+                } else {
+                    *v * inv
+                };
             }
+            return;
+        }
+        row.iter_mut().for_each(|v| *v = *v * inv);
+        if self.exclude_self && (j0..j0 + row.len()).contains(&i) {
+            row[i - j0] = removed;
         }
     }
 
@@ -280,7 +331,7 @@ fn pass2<T: Float>(a: &[T], c: &[T], s: &Shapes, spec: &Candidates, t: f64, lse:
                     let j = j0 + q;
                     for (r, v) in row.iter_mut().enumerate() {
                         let i = i0 + r;
-                        *v = if spec.removed(i, j, spec.positive_of(i)) {
+                        *v = if spec.removed(i, j, spec.positive_of(i), v.to_f64()) {
                             T::from_f64(f64::NEG_INFINITY)
                         } else {
                             *v * inv - T::from_f64(lse[i])
@@ -491,6 +542,29 @@ pub fn streaming_info_nce(
         && (rk.len() != b || ck.len() != n)
     {
         bail!("info_nce: keys must be [{b}] for rows and [{n}] for columns");
+    }
+    if spec.window.as_ref().is_some_and(|w| w.len() != b) {
+        bail!("info_nce: window must have one band per anchor ({b})");
+    }
+    let bad_lists = |l: &Option<Vec<Vec<u32>>>| {
+        l.as_ref().is_some_and(|e| {
+            e.len() != b
+                || e.iter().any(|r| {
+                    r.windows(2).any(|p| p[0] >= p[1]) || r.last().is_some_and(|&j| j as usize >= n)
+                })
+        })
+    };
+    if bad_lists(&spec.excluded) || bad_lists(&spec.always_kept) {
+        bail!(
+            "info_nce: excluded and always_kept must be {b} sorted, distinct lists of columns below {n}"
+        );
+    }
+    if spec
+        .owners
+        .as_ref()
+        .is_some_and(|o| o.len() != n || o.iter().any(|&x| x >= b as i64))
+    {
+        bail!("info_nce: owners must be [{n}] anchor indices below {b} (or negative)");
     }
     if !anchors.device().is_cpu() || !matches!(anchors.dtype(), DType::F32 | DType::F64) {
         bail!(

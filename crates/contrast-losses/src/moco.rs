@@ -96,6 +96,7 @@ pub fn moco_info_nce_keyed(
         positive: Positive::Extra,
         exclude_self: false,
         keys,
+        ..Default::default()
     };
     let queue = queue.detach().to_dtype(qn.dtype())?;
     Ok(streaming_info_nce(&qn, &queue, &extra, spec, temperature)?)

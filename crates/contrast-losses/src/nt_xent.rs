@@ -47,7 +47,7 @@ pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<Tensor> {
     let spec = Candidates {
         positive: Positive::Column((0..n).map(|i| ((i + b) % n) as u32).collect()),
         exclude_self: true,
-        keys: None,
+        ..Default::default()
     };
     let unused = Tensor::zeros(n, z.dtype(), z.device())?;
     Ok(streaming_info_nce(&z, &z, &unused, spec, temperature)?)

@@ -1,7 +1,9 @@
 //! What mining chose, judged against labels: evaluation only, never fed back.
 
 use crate::batch::MiningBatch;
+use crate::error::Result;
 use crate::plan::MiningPlan;
+use crate::queue::{QueueBatch, QueuePlan};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
@@ -56,30 +58,67 @@ impl Diagnostics {
         for i in 0..plan.anchors {
             let row = batch.sim_row(i);
             for c in plan.kept_negatives(i) {
-                self.negatives += 1;
-                self.false_negatives += (cl[c] == al[i]) as u64;
-                let s = row[c];
-                self.sim_sum += s as f64;
-                self.seen += 1;
-                if self.reservoir.len() < RESERVOIR {
-                    self.reservoir.push(s);
-                } else {
-                    let k = rng.random_range(0..self.seen);
-                    if (k as usize) < RESERVOIR {
-                        self.reservoir[k as usize] = s;
-                    }
-                }
+                self.negative(cl[c] == al[i], row[c], rng);
             }
             if let Some(found) = &plan.identified {
                 let is_fn =
                     |c: usize| cl[c] == al[i] && batch.candidate_ids[c] != batch.anchor_ids[i];
-                self.identified += found[i].len() as u64;
-                self.identified_true +=
-                    found[i].iter().filter(|&&c| is_fn(c as usize)).count() as u64;
-                self.true_false_negatives +=
-                    (0..plan.candidates).filter(|&c| is_fn(c)).count() as u64;
+                self.identification(&found[i], plan.candidates, is_fn);
             }
         }
+    }
+
+    /// Counts one anchor's identified candidates against the `is_fn` truth over its
+    /// `candidates`.
+    fn identification(&mut self, found: &[u32], candidates: usize, is_fn: impl Fn(usize) -> bool) {
+        self.identified += found.len() as u64;
+        self.identified_true += found.iter().filter(|&&c| is_fn(c as usize)).count() as u64;
+        self.true_false_negatives += (0..candidates).filter(|&c| is_fn(c)).count() as u64;
+    }
+
+    /// Counts one kept negative at similarity `s`.
+    fn negative(&mut self, same_label: bool, s: f32, rng: &mut ChaCha8Rng) {
+        self.negatives += 1;
+        self.false_negatives += same_label as u64;
+        self.sim_sum += s as f64;
+        self.seen += 1;
+        if self.reservoir.len() < RESERVOIR {
+            self.reservoir.push(s);
+        } else {
+            let k = rng.random_range(0..self.seen);
+            if (k as usize) < RESERVOIR {
+                self.reservoir[k as usize] = s;
+            }
+        }
+    }
+
+    /// Adds one queue step's plan (MoCo); steps without labels are skipped. Entries
+    /// never written (label `-1`) count as negatives of no class; synthetic points
+    /// are not counted.
+    pub fn add_queue(
+        &mut self,
+        batch: &QueueBatch,
+        plan: &QueuePlan,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<()> {
+        let Some(labels) = &batch.query_labels else {
+            return Ok(());
+        };
+        let ql = &batch.queue_labels;
+        batch.for_each_row(false, |i, sims, _| {
+            let is_fn = |j: usize| {
+                ql[j] >= 0 && ql[j] == labels[i] && batch.queue_ids[j] != batch.query_ids[i]
+            };
+            for (j, &s) in sims.iter().enumerate() {
+                if plan.is_negative(i, j, s) {
+                    self.negative(ql[j] == labels[i], s, rng);
+                }
+            }
+            if let Some(found) = &plan.identified {
+                self.identification(&found[i], ql.len(), is_fn);
+            }
+            Ok(())
+        })
     }
 
     /// The summary, or `None` when no labelled batch was added.

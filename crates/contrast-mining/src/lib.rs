@@ -14,6 +14,7 @@ pub mod error;
 pub mod loss;
 pub mod plan;
 pub mod policy;
+pub mod queue;
 
 pub use batch::MiningBatch;
 pub use diagnostics::{Diagnostics, DiagnosticsSummary};
@@ -21,3 +22,4 @@ pub use error::{MiningError, Result};
 pub use loss::mined_info_nce;
 pub use plan::MiningPlan;
 pub use policy::{ClusterMode, OnlineKMeans, Pipeline, PolicyConfig, PositiveChoice};
+pub use queue::{QueueBatch, QueuePlan, mined_moco_info_nce};

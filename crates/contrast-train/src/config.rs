@@ -421,18 +421,23 @@ impl Config {
             );
         }
         if !self.mining.is_empty() {
-            if self.method != MethodConfig::Simclr {
-                bail!(
-                    "mining policies work on in-batch candidates: use them with the simclr method"
-                );
+            let pipeline =
+                Pipeline::new(self.mining.clone()).map_err(|e| anyhow::anyhow!("mining: {e}"))?;
+            match (&self.method, &self.loss) {
+                (MethodConfig::Simclr, LossConfig::NtXent(_)) => {}
+                (MethodConfig::Moco { .. }, LossConfig::MocoInfoNce(_)) => {
+                    pipeline
+                        .check_queue()
+                        .map_err(|e| anyhow::anyhow!("mining with method.name = \"moco\": {e}"))?
+                }
+                (MethodConfig::Simclr | MethodConfig::Moco { .. }, loss) => bail!(
+                    "mining policies shape the generalised InfoNCE themselves: set loss.name = \"nt_xent\" (simclr) or \"moco_info_nce\" (moco) for the temperature, not \"{}\"",
+                    loss.name()
+                ),
+                (MethodConfig::Bank { .. }, _) => bail!(
+                    "mining policies apply to the simclr (in-batch) and moco (queue) methods; the bank method is Invariance Propagation's own sampling"
+                ),
             }
-            if !matches!(self.loss, LossConfig::NtXent(_)) {
-                bail!(
-                    "mining policies shape the generalised InfoNCE themselves: set loss.name = \"nt_xent\" (for its temperature), not \"{}\"",
-                    self.loss.name()
-                );
-            }
-            Pipeline::new(self.mining.clone()).map_err(|e| anyhow::anyhow!("mining: {e}"))?;
         }
         let min_views = if matches!(self.method, MethodConfig::Bank { .. }) {
             1

@@ -25,7 +25,10 @@ use contrast_losses::{
     LossConfig, LossInputs, invariance_propagation, partner_classes, ramp, refreshed_neighbours,
 };
 use contrast_memory::{KeyQueue, MemoryBank};
-use contrast_mining::{Diagnostics, DiagnosticsSummary, MiningBatch, Pipeline, mined_info_nce};
+use contrast_mining::{
+    Diagnostics, DiagnosticsSummary, MiningBatch, Pipeline, QueueBatch, QueuePlan, mined_info_nce,
+    mined_moco_info_nce,
+};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -51,6 +54,9 @@ pub struct Bank {
 
 /// MoCo's extra state.
 pub struct Moco {
+    /// Mining policies on the queue, and the epoch's diagnostics.
+    pub pipeline: Pipeline,
+    pub diagnostics: Diagnostics,
     pub key: ContrastiveModel,
     pub queue: KeyQueue,
 }
@@ -115,7 +121,12 @@ impl Method {
                     derive_seed(cfg.seed, &[0x9e]),
                     device,
                 )?;
-                Method::Moco(Box::new(Moco { key, queue }))
+                Method::Moco(Box::new(Moco {
+                    key,
+                    queue,
+                    pipeline: Pipeline::new(cfg.mining.clone())?,
+                    diagnostics: Diagnostics::default(),
+                }))
             }
             MethodConfig::Bank {
                 momentum,
@@ -219,13 +230,34 @@ impl Method {
                 };
                 let (_, q) = model.forward_t(&view(0)?, true)?;
                 let k = shuffled_keys(&m.key, &view(1)?, shuffle_splits, &mut rng(0x5bf1))?;
-                let loss = cfg.loss.compute(LossInputs {
-                    views: &[q, k.clone()],
-                    labels: Some(&labels),
-                    queue: Some(m.queue.keys()),
-                    partners: None,
-                    gates: None,
-                })?;
+                let queue = m.queue.keys();
+                let mining = QueueBatch::new(
+                    &q,
+                    &k,
+                    queue,
+                    batch.indices.iter().map(|&i| i as i64).collect(),
+                    Some(batch.labels.iter().map(|&l| l as i64).collect()),
+                    m.queue.ids().to_vec(),
+                    m.queue.labels().to_vec(),
+                )?;
+                let plan = if m.pipeline.is_empty() {
+                    QueuePlan::new(b)
+                } else {
+                    m.pipeline.plan_queue(&mining, &mut rng(0x313))?
+                };
+                m.diagnostics.add_queue(&mining, &plan, &mut rng(0xd1a9))?;
+                let loss = match &cfg.loss {
+                    LossConfig::MocoInfoNce(c) if !m.pipeline.is_empty() => {
+                        mined_moco_info_nce(&q, &k, queue, &plan, c.temperature)?
+                    }
+                    _ => cfg.loss.compute(LossInputs {
+                        views: &[q, k.clone()],
+                        labels: Some(&labels),
+                        queue: Some(queue),
+                        partners: None,
+                        gates: None,
+                    })?,
+                };
                 Ok((
                     loss,
                     StepExtras {
@@ -369,11 +401,13 @@ impl Method {
         Ok(())
     }
 
-    /// The epoch's mining diagnostics (in-batch methods), resetting the counts.
+    /// The epoch's mining diagnostics (in-batch and queue methods), resetting the
+    /// counts.
     pub fn take_diagnostics(&mut self) -> Option<DiagnosticsSummary> {
         match self {
             Method::InBatch(state) => std::mem::take(&mut state.diagnostics).summary(),
-            _ => None,
+            Method::Moco(m) => std::mem::take(&mut m.diagnostics).summary(),
+            Method::Bank(_) => None,
         }
     }
 

@@ -48,12 +48,17 @@ fn every_preset_runs_a_short_epoch() {
             path.display(),
             summary.knn_top1
         );
-        // In-batch runs log what their negatives were; FNC and clustering also how
+        // In-batch and queue runs log what their negatives were; FNC and clustering how
         // well they identified false negatives.
         let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
-        if cfg.method == contrast_train::config::MethodConfig::Simclr
-            && matches!(cfg.loss, contrast_losses::LossConfig::NtXent(_))
-        {
+        let logs_negatives = match cfg.method {
+            contrast_train::config::MethodConfig::Simclr => {
+                matches!(cfg.loss, contrast_losses::LossConfig::NtXent(_))
+            }
+            contrast_train::config::MethodConfig::Moco { .. } => true,
+            _ => false,
+        };
+        if logs_negatives {
             assert!(
                 metrics.contains("\"neg_false_fraction\""),
                 "{}: {metrics}",
@@ -97,6 +102,9 @@ fn every_preset_runs_a_short_epoch() {
         "mine-supervised-fmnist",
         "mine-batch-hard-fmnist",
         "mine-combo-fmnist",
+        "moco-fnc-fmnist",
+        "moco-mochi-fmnist",
+        "moco-label-aware-fmnist",
     ] {
         assert!(
             ran.iter().any(|n| n == required),

@@ -35,9 +35,10 @@ pub(crate) fn mochi(
     let mut out = vec![0f32; plan.anchors * s * d];
     let row = |c: usize| &cand[c * d..(c + 1) * d];
     for i in 0..plan.anchors {
-        let hard: Vec<usize> = ranked_negatives(batch, plan, i)
+        let hard: Vec<&[f32]> = ranked_negatives(batch, plan, i)
             .into_iter()
             .take(n_hardest)
+            .map(row)
             .collect();
         if hard.len() < 2 {
             return Err(invalid(
@@ -48,31 +49,52 @@ pub(crate) fn mochi(
                 ),
             ));
         }
-        for k in 0..s {
-            let point = &mut out[(i * s + k) * d..(i * s + k + 1) * d];
-            let (w, x, y) = if k < mixes {
-                let a = rng.random_range(0..hard.len());
-                let mut b = rng.random_range(0..hard.len() - 1);
-                if b >= a {
-                    b += 1;
-                }
-                (rng.random::<f32>(), row(hard[a]), row(hard[b]))
-            } else {
-                let n = hard[rng.random_range(0..hard.len())];
-                (
-                    rng.random_range(0.0..0.5f32),
-                    &anch[i * d..(i + 1) * d],
-                    row(n),
-                )
-            };
-            for j in 0..d {
-                point[j] = w * x[j] + (1.0 - w) * y[j];
-            }
-            let norm = point.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
-            point.iter_mut().for_each(|v| *v /= norm);
-        }
+        mix_points(
+            &hard,
+            &anch[i * d..(i + 1) * d],
+            mixes,
+            query_mixes,
+            rng,
+            &mut out[i * s * d..(i + 1) * s * d],
+        );
     }
     let points = Tensor::from_vec(out, (plan.anchors, s, d), batch.candidates.device())?;
     plan.synthetic = Some(points.to_dtype(batch.candidates.dtype())?.detach());
     Ok(())
+}
+
+/// Writes `mixes + query_mixes` unit points into `out` (`[S * D]`): `mixes` of two
+/// distinct rows of `hard` (weight uniform in [0, 1)), then `query_mixes` of `anchor`
+/// (weight uniform in [0, 0.5)) with one row of `hard`.
+pub(crate) fn mix_points(
+    hard: &[&[f32]],
+    anchor: &[f32],
+    mixes: usize,
+    query_mixes: usize,
+    rng: &mut ChaCha8Rng,
+    out: &mut [f32],
+) {
+    let d = anchor.len();
+    for (k, point) in out
+        .chunks_exact_mut(d)
+        .enumerate()
+        .take(mixes + query_mixes)
+    {
+        let (w, x, y) = if k < mixes {
+            let a = rng.random_range(0..hard.len());
+            let mut b = rng.random_range(0..hard.len() - 1);
+            if b >= a {
+                b += 1;
+            }
+            (rng.random::<f32>(), hard[a], hard[b])
+        } else {
+            let n = hard[rng.random_range(0..hard.len())];
+            (rng.random_range(0.0..0.5f32), anchor, n)
+        };
+        for j in 0..d {
+            point[j] = w * x[j] + (1.0 - w) * y[j];
+        }
+        let norm = point.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        point.iter_mut().for_each(|v| *v /= norm);
+    }
 }

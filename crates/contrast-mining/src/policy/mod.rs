@@ -25,6 +25,7 @@ mod fnc;
 mod labels;
 mod mochi;
 mod neighbour;
+mod on_queue;
 mod selection;
 
 pub use cluster::{ClusterMode, OnlineKMeans};
@@ -33,6 +34,7 @@ pub use labels::PositiveChoice;
 use crate::batch::MiningBatch;
 use crate::error::{Result, invalid};
 use crate::plan::MiningPlan;
+use crate::queue::{QueueBatch, QueuePlan};
 use candle_core::{Device, Tensor};
 use contrast_losses::{Aggregation, Cancellation};
 use contrast_memory::KeyQueue;
@@ -411,6 +413,28 @@ impl Pipeline {
             p.apply(batch, &mut plan, rng, seed)?;
         }
         Ok(plan)
+    }
+
+    /// The plan for a queue step (MoCo): the policies with a queue form
+    /// (`fnc`, `label_aware`, `top_k`, `ring`, `semi_hard`, `mochi`) in stage order;
+    /// any other policy is an error naming it.
+    pub fn plan_queue(&self, batch: &QueueBatch, rng: &mut ChaCha8Rng) -> Result<QueuePlan> {
+        let configs: Vec<PolicyConfig> = self.policies().cloned().collect();
+        on_queue::plan_queue(&configs, batch, rng)
+    }
+
+    /// Checks that every policy has a queue form.
+    pub fn check_queue(&self) -> Result<()> {
+        match self.policies().find(|p| !on_queue::applies_to_queue(p)) {
+            Some(p) => Err(invalid(
+                "mining",
+                format!(
+                    "`{}` works on in-batch candidates, not on a queue",
+                    p.name()
+                ),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// The stateful policies' state as named tensors (`<position>.<name>.<tensor>`),
