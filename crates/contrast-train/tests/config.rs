@@ -83,3 +83,33 @@ fn config_round_trips_through_toml() {
     let again = Config::from_toml(&cfg.to_toml().unwrap(), "y", &[]).unwrap();
     assert_eq!(cfg, again);
 }
+
+#[test]
+fn bad_mining_is_named() {
+    // Top-level keys must come before the first table.
+    let text = |mining: &str| format!("mining = [{mining}]\n{}", default_text());
+    let e = error_of(&text(r#"{ name = "ring", outer = 1.5, inner = 0.1 }"#), &[]);
+    assert!(e.contains("outer") && e.contains("1.5"), "{e}");
+    let e = error_of(&text(r#"{ name = "fnc" }"#), &[]);
+    assert!(e.contains("fnc") && e.contains("topk"), "{e}");
+    let e = error_of(&text(r#"{ name = "hardest" }"#), &[]);
+    assert!(e.contains("hardest"), "{e}");
+    let e = error_of(
+        &text(r#"{ name = "hcl", beta = 1.0 }"#),
+        &["loss.name=supcon"],
+    );
+    assert!(e.contains("nt_xent") && e.contains("supcon"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("moco-supervised.toml");
+    let base = preset("moco-fmnist.toml").canonicalize().unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "extends = {:?}\nmining = [{{ name = \"supervised\" }}]\n",
+            base.display().to_string()
+        ),
+    )
+    .unwrap();
+    let e = format!("{:#}", Config::load(&path, &[]).unwrap_err());
+    assert!(e.contains("supervised") && e.contains("queue"), "{e}");
+}
