@@ -5,7 +5,9 @@
 //! ConvNet through the trainer's own method path (views, encoder, planning, the
 //! generalised InfoNCE, backward, SGD, per-epoch diagnostics). The baseline is the
 //! same step with no mining machinery at all (`nt_xent` straight on the views); the
-//! `simclr-fmnist` preset row adds only the diagnostics.
+//! `simclr-fmnist` preset row adds only the diagnostics. The MoCo presets with queue
+//! mining (`moco-*` with a `mining` list) are compared with `moco-fmnist` (16,384-entry
+//! queue, its diagnostics included) in the same way.
 
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -117,13 +119,32 @@ pub fn mining(out: &Path) -> Result<()> {
     presets.insert(0, "configs/simclr-fmnist.toml".into());
     let mut rows =
         vec![json!({"preset": "plain", "policies": [], "median_ms": plain, "overhead_pct": 0.0})];
-    for path in presets {
-        let cfg = Config::load(&path, &[])?;
+    let mut row = |path: &Path, baseline: f64| -> Result<f64> {
+        let cfg = Config::load(path, &[])?;
         let ms = step_ms(&cfg, false).with_context(|| format!("{}", path.display()))?;
-        let overhead = 100.0 * (ms / plain - 1.0);
+        let overhead = 100.0 * (ms / baseline - 1.0);
         println!("{:<32} {ms:>10.1} {overhead:>9.1}%", cfg.name);
         let policies: Vec<&str> = cfg.mining.iter().map(|p| p.name()).collect();
         rows.push(json!({"preset": cfg.name, "policies": policies, "median_ms": ms, "overhead_pct": overhead}));
+        Ok(ms)
+    };
+    for path in &presets {
+        row(path, plain)?;
+    }
+    let moco = row(Path::new("configs/moco-fmnist.toml"), plain)?;
+    let mut queue_presets: Vec<_> = std::fs::read_dir("configs")?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("moco-") && n != "moco-fmnist.toml")
+        })
+        .filter(|p| Config::load(p, &[]).is_ok_and(|c| !c.mining.is_empty()))
+        .collect();
+    queue_presets.sort();
+    println!("(queue mining: overhead against moco-fmnist)");
+    for path in &queue_presets {
+        row(path, moco)?;
     }
     std::fs::create_dir_all(out.parent().unwrap_or(Path::new(".")))?;
     std::fs::write(out, serde_json::to_string_pretty(&rows)?)?;
