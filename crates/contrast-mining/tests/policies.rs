@@ -70,9 +70,9 @@ proptest! {
         let cfg = FncConfig { temperature: 0.2, topk: Some(topk), threshold: Some(thr), aggregation: Aggregation::Max, cancellation: Cancellation::Attraction };
         let (loss, fns) = fnc(&[z1.clone(), z2.clone()], &cfg).unwrap();
         let found = plan.identified.as_ref().unwrap();
-        for i in 0..2 * b {
+        for (i, row) in found.iter().enumerate() {
             let want: Vec<u32> = (0..2 * b as u32).filter(|&c| fns.get(i % b, c as usize)).collect();
-            let mut got = found[i].clone();
+            let mut got = row.clone();
             got.sort();
             prop_assert_eq!(got, want);
         }

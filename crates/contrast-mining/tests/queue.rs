@@ -142,8 +142,8 @@ proptest! {
             }
         }
         let p = plan(&s, vec![PolicyConfig::LabelAware]);
-        for i in 0..5 {
-            prop_assert!(kept(&p, i, &sq[i]).iter().all(|&j| s.batch.queue_labels[j] != (i as i64) % 3));
+        for (i, row) in sq.iter().enumerate() {
+            prop_assert!(kept(&p, i, row).iter().all(|&j| s.batch.queue_labels[j] != (i as i64) % 3));
         }
     }
 }

@@ -19,9 +19,9 @@ pub enum PositiveChoice {
 /// Same-label candidates (other than the anchor itself) become positives.
 pub(crate) fn supervised(batch: &MiningBatch, plan: &mut MiningPlan) -> Result<()> {
     let (al, cl) = batch.labels("supervised")?;
-    for i in 0..plan.anchors {
-        for c in 0..plan.candidates {
-            if !batch.is_self(i, c) && cl[c] == al[i] {
+    for (i, &a) in al.iter().enumerate() {
+        for (c, &l) in cl.iter().enumerate() {
+            if !batch.is_self(i, c) && l == a {
                 plan.add_positive(i, c, 1.0);
             }
         }
@@ -32,9 +32,9 @@ pub(crate) fn supervised(batch: &MiningBatch, plan: &mut MiningPlan) -> Result<(
 /// Same-label candidates that are not positives leave the negatives.
 pub(crate) fn label_aware(batch: &MiningBatch, plan: &mut MiningPlan) -> Result<()> {
     let (al, cl) = batch.labels("label_aware")?;
-    for i in 0..plan.anchors {
-        for c in 0..plan.candidates {
-            if cl[c] == al[i] && !plan.is_positive(i, c) {
+    for (i, &a) in al.iter().enumerate() {
+        for (c, &l) in cl.iter().enumerate() {
+            if l == a && !plan.is_positive(i, c) {
                 plan.row_mut(i)[c] = 0.0;
             }
         }
@@ -51,16 +51,16 @@ pub(crate) fn triplet(
     policy: &'static str,
 ) -> Result<()> {
     let (al, cl) = batch.labels(policy)?;
-    for i in 0..plan.anchors {
+    for (i, &a) in al.iter().enumerate() {
         let row = batch.sim_row(i);
-        let same = (0..plan.candidates).filter(|&c| !batch.is_self(i, c) && cl[c] == al[i]);
+        let same = (0..plan.candidates).filter(|&c| !batch.is_self(i, c) && cl[c] == a);
         let by_sim = |a: &usize, b: &usize| row[*a].total_cmp(&row[*b]);
         let positive = match choice {
             PositiveChoice::Hardest => same.min_by(by_sim),
             PositiveChoice::Easiest => same.max_by(by_sim),
         };
         let negative = (0..plan.candidates)
-            .filter(|&c| cl[c] != al[i] && plan.row(i)[c] > 0.0)
+            .filter(|&c| cl[c] != a && plan.row(i)[c] > 0.0)
             .max_by(by_sim);
         if let Some(p) = positive {
             plan.positives[i] = vec![(p as u32, 1.0)];
@@ -84,13 +84,13 @@ pub(crate) fn multi_similarity(
 ) -> Result<()> {
     let (al, cl) = batch.labels("multi_similarity")?;
     let eps = epsilon as f32;
-    for i in 0..plan.anchors {
+    for (i, &a) in al.iter().enumerate() {
         let row = batch.sim_row(i);
         let same: Vec<usize> = (0..plan.candidates)
-            .filter(|&c| !batch.is_self(i, c) && cl[c] == al[i])
+            .filter(|&c| !batch.is_self(i, c) && cl[c] == a)
             .collect();
         let diff: Vec<usize> = (0..plan.candidates)
-            .filter(|&c| cl[c] != al[i] && plan.row(i)[c] > 0.0)
+            .filter(|&c| cl[c] != a && plan.row(i)[c] > 0.0)
             .collect();
         let min_pos = same.iter().map(|&c| row[c]).fold(f32::INFINITY, f32::min);
         let max_neg = diff
