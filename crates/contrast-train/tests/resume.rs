@@ -70,6 +70,55 @@ fn resumed_moco_run_matches_uninterrupted_run() {
     check_resume(cfg);
 }
 
+/// Stateful mining policies keep k-means centroids and NNCLR's support queue; both
+/// must come back exactly (their diagnostics in `metrics.jsonl` included).
+#[test]
+fn resumed_mining_run_matches_uninterrupted_run() {
+    let mut cfg = tiny_config(2);
+    cfg.mining = vec![
+        contrast_mining::PolicyConfig::Cluster {
+            k: 4,
+            lr: 0.2,
+            mode: contrast_mining::ClusterMode::RemoveSame,
+            start_below: 1.0,
+        },
+        contrast_mining::PolicyConfig::NearestNeighbour { support_size: 50 },
+    ];
+    cfg.validate().unwrap();
+    check_resume(cfg);
+}
+
+/// MoCo with FNC attraction and MoCHi on the queue resumes exactly.
+#[test]
+fn resumed_moco_mining_run_matches_uninterrupted_run() {
+    let mut cfg = tiny_config(2);
+    cfg.method = contrast_train::config::MethodConfig::Moco {
+        queue_size: 100,
+        momentum: contrast_encoders::MomentumSchedule {
+            base: 0.9,
+            cosine: false,
+        },
+        shuffle_splits: 2,
+    };
+    cfg.loss =
+        contrast_losses::LossConfig::MocoInfoNce(contrast_losses::MocoConfig { temperature: 0.2 });
+    cfg.mining = vec![
+        contrast_mining::PolicyConfig::Fnc {
+            topk: Some(3),
+            threshold: None,
+            aggregation: contrast_losses::Aggregation::Max,
+            cancellation: contrast_losses::Cancellation::Attraction,
+        },
+        contrast_mining::PolicyConfig::Mochi {
+            n_hardest: 8,
+            mixes: 4,
+            query_mixes: 2,
+        },
+    ];
+    cfg.validate().unwrap();
+    check_resume(cfg);
+}
+
 /// The memory-bank method keeps a bank and neighbour lists; both must come back
 /// exactly (the invariance term is on in the second epoch).
 #[test]
