@@ -503,7 +503,9 @@ impl CustomOp3 for InfoNceOp {
 /// the positive is [`Positive::Extra`]. Gradients reach the anchors and the extra
 /// logits, and the candidates when they track gradients (SimCLR's in-batch
 /// candidates do; a detached queue does not, and its pass is skipped). CPU tensors of
-/// f32 or f64 only; the dense composition in `contrast-losses` covers other devices.
+/// f32 or f64 run the custom kernel; other devices and dtypes run the same streaming
+/// algorithm from tensor ops ([`crate::tiled::tiled_info_nce`]), which supports the
+/// positive, `exclude_self` and `keys` masks.
 pub fn streaming_info_nce(
     anchors: &Tensor,
     candidates: &Tensor,
@@ -567,9 +569,7 @@ pub fn streaming_info_nce(
         bail!("info_nce: owners must be [{n}] anchor indices below {b} (or negative)");
     }
     if !anchors.device().is_cpu() || !matches!(anchors.dtype(), DType::F32 | DType::F64) {
-        bail!(
-            "info_nce: the streaming kernel runs on CPU f32/f64 tensors; use the dense loss elsewhere"
-        );
+        return crate::tiled::tiled_info_nce(anchors, candidates, extra, &spec, temperature);
     }
     let op = InfoNceOp {
         spec: Arc::new(spec),

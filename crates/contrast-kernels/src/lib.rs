@@ -11,6 +11,8 @@
 //! - [`add_relu`]: the residual join `relu(a + b)` as one op.
 //! - [`streaming_info_nce`]: InfoNCE forward and backward over candidate tiles with
 //!   an online log-sum-exp, never forming the `[B, N]` logits.
+//! - [`tiled_info_nce`]: the same streaming loss from candle tensor ops, for devices
+//!   without the custom kernel (CUDA through cuBLAS, Metal).
 //! - [`gemm`]: a checked wrapper over the `gemm` crate, shared by the kernels.
 //!
 //! Every kernel has a plain candle composition beside it that serves as its reference
@@ -26,6 +28,7 @@ pub mod normalize;
 pub mod parallel;
 pub mod pool;
 pub mod residual;
+pub mod tiled;
 pub mod topk;
 
 pub use batch_norm::{
@@ -37,4 +40,5 @@ pub use info_nce::{Candidates, Positive, streaming_info_nce};
 pub use normalize::{NORM_EPS, l2_normalize};
 pub use pool::{max_pool2, max_pool2_reference};
 pub use residual::add_relu;
+pub use tiled::tiled_info_nce;
 pub use topk::{QUERY_BLOCK, TopK, topk_similarity};

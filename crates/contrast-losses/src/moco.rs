@@ -53,7 +53,8 @@ pub(crate) fn query_logits(
 /// queries (one-way). The gradient to `k` flows through the positive logit only;
 /// MoCo's momentum encoder detaches `k` entirely.
 ///
-/// On the CPU this streams over the queue ([`contrast_kernels::streaming_info_nce`]);
+/// This streams over the queue ([`contrast_kernels::streaming_info_nce`]: the kernel on
+/// CPU f32/f64, tensor ops elsewhere);
 /// [`moco_info_nce_reference`] is the dense composition.
 pub fn moco_info_nce(q: &Tensor, k: &Tensor, queue: &Tensor, temperature: f64) -> Result<Tensor> {
     moco_info_nce_keyed(q, k, queue, temperature, None)
@@ -80,15 +81,6 @@ pub fn moco_info_nce_keyed(
             "keys",
             format!("expected {b} query keys and {kq} queue keys"),
         ));
-    }
-    if !crate::nt_xent::kernel_applies(q) {
-        return match keys {
-            None => moco_info_nce_reference(q, k, queue, temperature),
-            Some(_) => Err(crate::error::invalid(
-                "keys",
-                "label-aware queues need the CPU kernel",
-            )),
-        };
     }
     let (qn, kn) = (l2_normalize(q)?, l2_normalize(k)?);
     let extra = ((&qn * &kn)?.sum(1)? / temperature)?;

@@ -3,7 +3,7 @@
 use crate::error::{Result, check_same_shape, check_temperature};
 use crate::generalized::{generalized_info_nce, one_hot};
 use crate::views::{logits, not_self, stack_normalized};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use contrast_kernels::{Candidates, Positive, streaming_info_nce};
 use serde::{Deserialize, Serialize};
 
@@ -21,11 +21,6 @@ impl Default for NtXentConfig {
     }
 }
 
-/// Whether the streaming kernel can run on `t` (CPU, f32 or f64).
-pub(crate) fn kernel_applies(t: &Tensor) -> bool {
-    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
-}
-
 /// NT-Xent over two views `z1`, `z2` `[B, D]` (raw; normalised inside).
 ///
 /// The `2B` views are the anchors and the candidates. Each anchor's positive is its
@@ -33,15 +28,12 @@ pub(crate) fn kernel_applies(t: &Tensor) -> bool {
 /// (weight 0). Reduction: mean over the `2B` anchors (symmetric), as lightly's
 /// `NTXentLoss`. SimCLR's official code returns twice this value.
 ///
-/// On the CPU this runs the streaming kernel ([`contrast_kernels::streaming_info_nce`]),
-/// which never forms the `2B x 2B` logits; [`nt_xent_reference`] is the dense
-/// composition it is checked against.
+/// This streams over candidate tiles ([`contrast_kernels::streaming_info_nce`]: the
+/// custom kernel on CPU f32/f64, tensor ops elsewhere) and never forms the `2B x 2B`
+/// logits; [`nt_xent_reference`] is the dense composition it is checked against.
 pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<Tensor> {
     let (b, _) = check_same_shape("z1", z1, "z2", z2)?;
     check_temperature("temperature", temperature)?;
-    if !kernel_applies(z1) {
-        return nt_xent_reference(z1, z2, temperature);
-    }
     let z = stack_normalized(&[z1.clone(), z2.clone()])?;
     let n = 2 * b;
     let spec = Candidates {

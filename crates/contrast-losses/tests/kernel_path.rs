@@ -232,3 +232,100 @@ fn kernel_masks_match_dense_weights_with_candidate_gradients() {
         assert!(e < 1e-9, "gradient error {e}");
     }
 }
+
+/// The tensor-op path (the one non-CPU devices take) equals the dense reference with
+/// the same masks, across several candidate tiles, with gradients to anchors, extra
+/// logits and candidates; and the custom kernel equals it on the same inputs.
+#[test]
+fn tiled_path_matches_dense_weights_and_the_kernel() {
+    use contrast_kernels::{Candidates, Positive, streaming_info_nce, tiled_info_nce};
+    for dtype in [DType::F64, DType::F32] {
+        let (b, n, d, t) = (30usize, 9000usize, 5usize, 0.25);
+        let a = Var::from_tensor(&l2_normalize(&rand(51, b, d, dtype)).unwrap()).unwrap();
+        let c = Var::from_tensor(&l2_normalize(&rand(52, n, d, dtype)).unwrap()).unwrap();
+        let e =
+            Var::from_tensor(&(rand(53, b, 1, dtype).squeeze(1).unwrap() * 4.0).unwrap()).unwrap();
+        let rk: Vec<i64> = (0..b as i64)
+            .map(|i| if i % 6 == 0 { -1 } else { i % 4 })
+            .collect();
+        let ck: Vec<i64> = (0..n as i64)
+            .map(|j| if j % 13 == 0 { -1 } else { j % 5 })
+            .collect();
+        for positive in [
+            Positive::Extra,
+            Positive::Column((0..b as u32).map(|i| 40 + 7 * i).collect()),
+        ] {
+            let spec = Candidates {
+                positive: positive.clone(),
+                exclude_self: matches!(positive, Positive::Column(_)),
+                keys: Some((rk.clone(), ck.clone())),
+                ..Default::default()
+            };
+            let tiled =
+                tiled_info_nce(a.as_tensor(), c.as_tensor(), e.as_tensor(), &spec, t).unwrap();
+            let kernel =
+                streaming_info_nce(a.as_tensor(), c.as_tensor(), e.as_tensor(), spec.clone(), t)
+                    .unwrap();
+            // Dense: [extra | candidates] with weights from the same rules.
+            let logits = Tensor::cat(
+                &[
+                    e.as_tensor().unsqueeze(1).unwrap(),
+                    (a.as_tensor().matmul(&c.as_tensor().t().unwrap()).unwrap() / t).unwrap(),
+                ],
+                1,
+            )
+            .unwrap();
+            let pos: Vec<usize> = match &positive {
+                Positive::Extra => vec![0; b],
+                Positive::Column(p) => p.iter().map(|&j| j as usize + 1).collect(),
+            };
+            let w: Vec<f64> = (0..b)
+                .flat_map(|i| (0..=n).map(move |col| (i, col)))
+                .map(|(i, col)| {
+                    let keep = if col == pos[i] {
+                        true
+                    } else if col == 0 {
+                        matches!(positive, Positive::Extra)
+                    } else {
+                        let j = col - 1;
+                        !(spec.exclude_self && i == j) && !(rk[i] >= 0 && rk[i] == ck[j])
+                    };
+                    keep as u8 as f64
+                })
+                .collect();
+            let w = Tensor::from_vec(w, (b, n + 1), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
+            let targets = one_hot(&pos, n + 1, dtype, &Device::Cpu).unwrap();
+            let dense = generalized_info_nce(&logits, &targets, Some(&w), None)
+                .unwrap()
+                .mean_all()
+                .unwrap();
+            assert!(
+                rel(&tiled, &dense) < tol(dtype),
+                "{dtype:?}: {tiled} vs {dense}"
+            );
+            assert!(
+                rel(&kernel, &dense) < tol(dtype),
+                "{dtype:?}: {kernel} vs {dense}"
+            );
+            let (gt, gd) = (tiled.backward().unwrap(), dense.backward().unwrap());
+            // The extra logit takes part only as the positive.
+            let vars = match positive {
+                Positive::Extra => vec![&a, &c, &e],
+                Positive::Column(_) => vec![&a, &c],
+            };
+            for v in vars {
+                let err = rel(
+                    gt.get(v.as_tensor()).unwrap(),
+                    gd.get(v.as_tensor()).unwrap(),
+                );
+                assert!(
+                    err < tol(dtype),
+                    "{dtype:?} {positive:?}: gradient error {err}"
+                );
+            }
+        }
+    }
+}
