@@ -1,4 +1,6 @@
 //! `cargo xtask bench kernels | encoders | memory`: measured side by side in one run.
+//! The kernels table has a `tiled` row per loss case: the tensor-op streaming path that
+//! devices without the custom kernel take, timed here on the CPU.
 //!
 //! Every timed case is warmed up, then timed several times; the median is reported.
 //! Peak memory is the whole process's transient peak of one call, measured in a fresh
@@ -10,7 +12,9 @@
 
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor, Var};
-use contrast_kernels::{ConvGeometry, conv2d_nhwc, l2_normalize, topk_similarity};
+use contrast_kernels::{
+    Candidates, ConvGeometry, Positive, conv2d_nhwc, l2_normalize, tiled_info_nce, topk_similarity,
+};
 use contrast_losses::{moco_info_nce, moco_info_nce_reference, nt_xent, nt_xent_reference};
 use serde_json::json;
 use std::path::Path;
@@ -106,12 +110,16 @@ fn moco_case(path: &str) -> Result<(f64, CaseFn)> {
     let q = Var::from_tensor(&unit_rows(3, b, d)?)?;
     let key = unit_rows(4, b, d)?;
     let queue = unit_rows(5, k, d)?;
-    let naive = path == "naive";
+    let path = path.to_string();
     let f: CaseFn = Box::new(move || {
-        let loss = if naive {
-            moco_info_nce_reference(q.as_tensor(), &key, &queue, 0.2)?
-        } else {
-            moco_info_nce(q.as_tensor(), &key, &queue, 0.2)?
+        let loss = match path.as_str() {
+            "naive" => moco_info_nce_reference(q.as_tensor(), &key, &queue, 0.2)?,
+            "tiled" => {
+                let (qn, kn) = (l2_normalize(q.as_tensor())?, l2_normalize(&key)?);
+                let extra = ((&qn * &kn)?.sum(1)? / 0.2)?;
+                tiled_info_nce(&qn, &queue, &extra, &Candidates::default(), 0.2)?
+            }
+            _ => moco_info_nce(q.as_tensor(), &key, &queue, 0.2)?,
         };
         loss.backward()?;
         Ok(())
@@ -126,12 +134,26 @@ fn simclr_case(b: usize, path: &str) -> Result<(f64, CaseFn)> {
     }
     let z1 = Var::from_tensor(&unit_rows(6, b, d)?)?;
     let z2 = Var::from_tensor(&unit_rows(7, b, d)?)?;
-    let naive = path == "naive";
+    let path = path.to_string();
     let f: CaseFn = Box::new(move || {
-        let loss = if naive {
-            nt_xent_reference(z1.as_tensor(), z2.as_tensor(), 0.5)?
-        } else {
-            nt_xent(z1.as_tensor(), z2.as_tensor(), 0.5)?
+        let loss = match path.as_str() {
+            "naive" => nt_xent_reference(z1.as_tensor(), z2.as_tensor(), 0.5)?,
+            "tiled" => {
+                let z = l2_normalize(&Tensor::cat(&[z1.as_tensor(), z2.as_tensor()], 0)?)?;
+                let spec = Candidates {
+                    positive: Positive::Column((0..n).map(|i| ((i + b) % n) as u32).collect()),
+                    exclude_self: true,
+                    ..Default::default()
+                };
+                tiled_info_nce(
+                    &z,
+                    &z,
+                    &Tensor::zeros(n, z.dtype(), z.device())?,
+                    &spec,
+                    0.5,
+                )?
+            }
+            _ => nt_xent(z1.as_tensor(), z2.as_tensor(), 0.5)?,
         };
         loss.backward()?;
         Ok(())
@@ -335,7 +357,12 @@ pub fn kernels(out: &Path) -> Result<()> {
         ("simclr_b4096", 3),
         ("knn_10000x60000x128_top200", 3),
     ] {
-        for path in ["kernel", "naive", "sgemm"] {
+        let paths: &[&str] = if case.starts_with("knn") {
+            &["kernel", "naive", "sgemm"]
+        } else {
+            &["kernel", "tiled", "naive", "sgemm"]
+        };
+        for &path in paths {
             let reps = if path == "naive" && case.starts_with("knn") {
                 1
             } else {
