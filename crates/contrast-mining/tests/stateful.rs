@@ -15,6 +15,7 @@ fn cluster(k: usize, mode: ClusterMode) -> PolicyConfig {
         lr: 0.5,
         mode,
         start_below: 1.0,
+        same_weight: 0.5,
     }
 }
 
@@ -40,6 +41,12 @@ fn cluster_modes_follow_brute_force_assignment() {
                 .unwrap();
         let mut remove = Pipeline::new(vec![cluster(3, ClusterMode::RemoveSame)]).unwrap();
         let mut restrict = Pipeline::new(vec![cluster(3, ClusterMode::RestrictToSame)]).unwrap();
+        let mut down = Pipeline::new(vec![cluster(3, ClusterMode::DownweightSame)]).unwrap();
+        down.plan(&batch, &mut ChaCha8Rng::seed_from_u64(seed))
+            .unwrap();
+        let downweighted = down
+            .plan(&batch, &mut ChaCha8Rng::seed_from_u64(seed))
+            .unwrap();
         // First step seeds the centroids; the second uses them.
         remove
             .plan(&batch, &mut ChaCha8Rng::seed_from_u64(seed))
@@ -94,6 +101,10 @@ fn cluster_modes_follow_brute_force_assignment() {
             found.sort();
             assert_eq!(found, same);
             assert_eq!(removed.positives[i], base.positives[i]);
+            for &n in &negs {
+                let want = if assign[n] == assign[i] { 0.5 } else { 1.0 };
+                assert_eq!(downweighted.row(i)[n], want, "seed {seed} anchor {i}");
+            }
         }
         // Centroids stay unit vectors after the update.
         for row in centroids(&remove).chunks(4) {
@@ -112,6 +123,7 @@ fn cluster_waits_for_its_start_cosine() {
         lr: 0.1,
         mode: ClusterMode::RemoveSame,
         start_below: -0.99,
+        same_weight: 0.5,
     }])
     .unwrap();
     let plan = pipe

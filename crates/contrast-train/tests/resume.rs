@@ -81,6 +81,7 @@ fn resumed_mining_run_matches_uninterrupted_run() {
             lr: 0.2,
             mode: contrast_mining::ClusterMode::RemoveSame,
             start_below: 1.0,
+            same_weight: 0.5,
         },
         contrast_mining::PolicyConfig::NearestNeighbour { support_size: 50 },
     ];

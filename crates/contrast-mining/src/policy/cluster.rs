@@ -24,6 +24,9 @@ pub enum ClusterMode {
     RemoveSame,
     /// Only same-cluster candidates stay negatives (MCL's feature-aware sampling).
     RestrictToSame,
+    /// Same-cluster negatives are kept at weight `same_weight` (between removal and
+    /// plain instance discrimination); they are reported as identified.
+    DownweightSame,
 }
 
 /// Online spherical k-means state.
@@ -133,6 +136,7 @@ pub(crate) struct ClusterParams {
     pub lr: f64,
     pub mode: ClusterMode,
     pub start_below: f64,
+    pub same_weight: f64,
 }
 
 /// Assigns the batch to clusters, updates the centroids and reweights negatives by
@@ -178,12 +182,16 @@ pub(crate) fn cluster(
                     plan.row_mut(i)[c] = 0.0;
                     found.push(c as u32);
                 }
+                ClusterMode::DownweightSame if same => {
+                    plan.row_mut(i)[c] *= p.same_weight as f32;
+                    found.push(c as u32);
+                }
                 ClusterMode::RestrictToSame if !same => plan.row_mut(i)[c] = 0.0,
                 _ => {}
             }
         }
     }
-    if p.mode == ClusterMode::RemoveSame {
+    if p.mode != ClusterMode::RestrictToSame {
         plan.add_identified(identified);
     }
     state.update(&x, &cand, p.lr as f32);

@@ -10,7 +10,8 @@
 //! 3. **selection** among the remaining negatives: `cluster` with `restrict_to_same`,
 //!    `top_k`, `ring`, `semi_hard`, `batch_hard`, `batch_easy_hard`,
 //!    `multi_similarity`;
-//! 4. **weighting**: `hcl` (hardness), `debias` (class-prior correction);
+//! 4. **weighting**: `cluster` with `downweight_same`, `hcl` (hardness), `debias`
+//!    (class-prior correction);
 //! 5. **synthesis**: `mochi` (mixed hard negatives, detached, never enqueued);
 //! 6. **anchors**: `nearest_neighbour` (NNCLR: the anchor is replaced by its nearest
 //!    past embedding).
@@ -64,8 +65,8 @@ pub enum PolicyConfig {
     /// Same-label candidates are not negatives (CrossBatchMemory-style); needs labels.
     LabelAware,
     /// Online spherical k-means with `k` centroids (moved by `lr` per step, seeded once
-    /// the mean pair cosine is below `start_below`); the cluster id removes or
-    /// restricts negatives.
+    /// the mean pair cosine is below `start_below`); the cluster id removes,
+    /// restricts or down-weights (to `same_weight`) negatives.
     Cluster {
         k: usize,
         #[serde(default = "default_cluster_lr")]
@@ -74,6 +75,8 @@ pub enum PolicyConfig {
         mode: ClusterMode,
         #[serde(default = "default_start_below")]
         start_below: f64,
+        #[serde(default = "default_same_weight")]
+        same_weight: f64,
     },
     /// Keep only the `k` most similar negatives.
     TopK { k: usize },
@@ -138,6 +141,10 @@ fn default_start_below() -> f64 {
     1.0
 }
 
+fn default_same_weight() -> f64 {
+    0.5
+}
+
 fn default_support_size() -> usize {
     8192
 }
@@ -175,6 +182,7 @@ impl PolicyConfig {
             PolicyConfig::Cluster { mode, .. } => match mode {
                 ClusterMode::RemoveSame => 2,
                 ClusterMode::RestrictToSame => 3,
+                ClusterMode::DownweightSame => 4,
             },
             PolicyConfig::TopK { .. }
             | PolicyConfig::Ring { .. }
@@ -210,6 +218,12 @@ impl PolicyConfig {
             }
             PolicyConfig::Cluster { k, .. } if *k < 2 => {
                 Err(invalid("k", format!("cluster needs k >= 2, got {k}")))
+            }
+            PolicyConfig::Cluster { same_weight, .. } if !(0.0..=1.0).contains(same_weight) => {
+                Err(invalid(
+                    "same_weight",
+                    format!("cluster needs same_weight in [0, 1], got {same_weight}"),
+                ))
             }
             PolicyConfig::Cluster { lr, .. } if !(*lr > 0.0 && *lr <= 1.0) => Err(invalid(
                 "lr",
@@ -295,6 +309,7 @@ impl Policy {
                     lr,
                     mode,
                     start_below,
+                    same_weight,
                 },
                 PolicyState::KMeans(state),
             ) => {
@@ -303,6 +318,7 @@ impl Policy {
                     lr: *lr,
                     mode: *mode,
                     start_below: *start_below,
+                    same_weight: *same_weight,
                 };
                 cluster::cluster(batch, plan, state, params, rng)
             }
