@@ -62,10 +62,6 @@ pub struct Candidates {
     /// Per anchor, sorted candidate columns kept whatever the rules above say (extra
     /// positives, such as attracted false negatives, stay in the denominator).
     pub always_kept: Option<Vec<Vec<u32>>>,
-    /// Per column, the one anchor that keeps it (`< 0`: every anchor); per-anchor
-    /// synthetic negatives are appended as owned columns, which only this rule
-    /// governs.
-    pub owners: Option<Vec<i64>>,
 }
 
 impl Candidates {
@@ -75,11 +71,6 @@ impl Candidates {
     fn removed(&self, i: usize, j: usize, pos: Option<usize>, dot: f64) -> bool {
         if Some(j) == pos {
             return false;
-        }
-        if let Some(o) = &self.owners
-            && o[j] >= 0
-        {
-            return o[j] as usize != i;
         }
         if self
             .always_kept
@@ -113,7 +104,6 @@ impl Candidates {
             || self.window.is_some()
             || self.excluded.is_some()
             || self.always_kept.is_some()
-            || self.owners.is_some()
     }
 
     /// Scales a tile row of dot products (columns `j0..`) of anchor `i` by `1 / t` and
@@ -560,13 +550,6 @@ pub fn streaming_info_nce(
         bail!(
             "info_nce: excluded and always_kept must be {b} sorted, distinct lists of columns below {n}"
         );
-    }
-    if spec
-        .owners
-        .as_ref()
-        .is_some_and(|o| o.len() != n || o.iter().any(|&x| x >= b as i64))
-    {
-        bail!("info_nce: owners must be [{n}] anchor indices below {b} (or negative)");
     }
     if !anchors.device().is_cpu() || !matches!(anchors.dtype(), DType::F32 | DType::F64) {
         return crate::tiled::tiled_info_nce(anchors, candidates, extra, &spec, temperature);

@@ -10,7 +10,7 @@
 //! `[B, N]` logits never exist.
 //!
 //! Masks: the positive (extra logit or one column), `exclude_self` and label `keys`.
-//! Windows, lists and owned columns are kernel-only and are rejected here.
+//! Windows and lists are kernel-only and are rejected here.
 
 use crate::info_nce::{Candidates, Positive};
 use candle_core::{D, Result, Tensor, bail};
@@ -87,12 +87,8 @@ pub fn tiled_info_nce(
     if !(temperature > 0.0 && temperature.is_finite()) {
         bail!("tiled_info_nce: temperature {temperature} must be > 0");
     }
-    if spec.window.is_some()
-        || spec.excluded.is_some()
-        || spec.always_kept.is_some()
-        || spec.owners.is_some()
-    {
-        bail!("tiled_info_nce: windows, lists and owned columns need the CPU kernel");
+    if spec.window.is_some() || spec.excluded.is_some() || spec.always_kept.is_some() {
+        bail!("tiled_info_nce: windows and lists need the CPU kernel");
     }
     if let Positive::Column(p) = &spec.positive
         && (p.len() != b || p.iter().any(|&j| j as usize >= n))

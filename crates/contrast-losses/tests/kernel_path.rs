@@ -164,8 +164,8 @@ fn label_aware_queue_matches_dense_elimination() {
     );
 }
 
-/// Per-anchor windows, eliminated and always-kept lists, and owned columns mask the
-/// kernel exactly as dense weights do, in the candidates' gradient (pass 2) as well.
+/// Per-anchor windows and eliminated and always-kept lists mask the kernel exactly as
+/// dense weights do, in the candidates' gradient (pass 2) as well.
 #[test]
 fn kernel_masks_match_dense_weights_with_candidate_gradients() {
     use contrast_kernels::{Candidates, Positive, streaming_info_nce};
@@ -182,9 +182,6 @@ fn kernel_masks_match_dense_weights_with_candidate_gradients() {
     let window: Vec<(f32, f32)> = (0..b).map(|i| (-0.4 + 0.02 * i as f32, 0.6)).collect();
     let excluded: Vec<Vec<u32>> = (0..b as u32).map(|i| vec![i, 500 + i, 900]).collect();
     let always: Vec<Vec<u32>> = (0..b as u32).map(|i| vec![700 + 2 * i]).collect();
-    let owners: Vec<i64> = (0..n as i64)
-        .map(|j| if j >= 1050 { j % b as i64 } else { -1 })
-        .collect();
     let spec = Candidates {
         positive: Positive::Column(pos.clone()),
         exclude_self: false,
@@ -192,7 +189,6 @@ fn kernel_masks_match_dense_weights_with_candidate_gradients() {
         window: Some(window.clone()),
         excluded: Some(excluded.clone()),
         always_kept: Some(always.clone()),
-        owners: Some(owners.clone()),
     };
     let unused = Tensor::zeros(b, DType::F64, &Device::Cpu).unwrap();
     let fast = streaming_info_nce(a.as_tensor(), c.as_tensor(), &unused, spec, t).unwrap();
@@ -201,8 +197,6 @@ fn kernel_masks_match_dense_weights_with_candidate_gradients() {
         for j in 0..n {
             let keep = if j == pos[i] as usize {
                 true
-            } else if owners[j] >= 0 {
-                owners[j] as usize == i
             } else if always[i].contains(&(j as u32)) {
                 true
             } else {

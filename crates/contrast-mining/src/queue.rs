@@ -5,8 +5,8 @@
 //! read each query's similarities to the queue one block of queries at a time
 //! (`ROW_BLOCK x K` floats) and leave, per query, what the kernel derives its mask
 //! from: a similarity window (top-k, Ring, semi-hard), sorted lists of removed
-//! (eliminated) and extra-positive (attracted) entries, label keys (label-aware), and
-//! owned synthetic columns (MoCHi).
+//! (eliminated) and extra-positive (attracted) entries, and label keys (label-aware);
+//! MoCHi's points stay per query, `[B, S]` logits beside the stream.
 
 use crate::error::{Result, invalid};
 use candle_core::{DType, Tensor};
@@ -199,8 +199,9 @@ impl QueuePlan {
 /// MoCo's InfoNCE under a [`QueuePlan`]: queries `q` and keys `k` `[B, D]` (raw;
 /// normalised here), the queue `[K, D]` (unit rows, no gradient), temperature `t`.
 ///
-/// The streaming kernel masks the queue per the plan and adds each query's synthetic
-/// negatives as columns only it keeps. Attracted entries join the positives:
+/// The streaming kernel masks the queue per the plan; each query's synthetic
+/// negatives are folded into its extra logit (a log-sum-exp over `[B, S]`, so no
+/// query streams another's points). Attracted entries join the positives:
 /// `L_i = lse_i - mean_{p in {k_i} + A_i} l_ip`, which is the kernel's
 /// `lse_i - l_ik` plus `l_ik - mean_p l_ip`, computed over the `sum |A_i|` gathered
 /// entries. Reduction: mean over queries. CPU f32/f64.
@@ -212,7 +213,6 @@ pub fn mined_moco_info_nce(
     temperature: f64,
 ) -> Result<Tensor> {
     let (b, _) = q.dims2()?;
-    let entries = queue.dim(0)?;
     if plan.excluded.len() != b || plan.attracted.len() != b {
         return Err(invalid(
             "plan",
@@ -221,19 +221,22 @@ pub fn mined_moco_info_nce(
     }
     let (qn, kn) = (l2_normalize(q)?, l2_normalize(k)?);
     let extra = ((&qn * &kn)?.sum(1)? / temperature)?;
-    let mut candidates = queue.detach().to_dtype(qn.dtype())?;
-    let mut owners = None;
-    if let Some(syn) = &plan.synthetic {
-        let (_, s, d) = syn.dims3()?;
-        let flat = syn.reshape((b * s, d))?.to_dtype(qn.dtype())?;
-        candidates = Tensor::cat(&[&candidates, &flat], 0)?;
-        owners = Some(
-            (0..entries)
-                .map(|_| -1)
-                .chain((0..b * s).map(|r| (r / s) as i64))
-                .collect(),
-        );
-    }
+    let candidates = queue.detach().to_dtype(qn.dtype())?;
+    // Synthetic negatives join through the extra logit: with e' = log(exp(e) +
+    // sum_s exp(l_is)), the kernel's `lse - e'` plus `e' - e` is `lse - e` over the
+    // queue and the query's own points, and autograd splits the gradient exactly.
+    let (kernel_extra, shift) = match &plan.synthetic {
+        Some(syn) => {
+            let syn = syn.to_dtype(qn.dtype())?.detach();
+            let l = (qn.unsqueeze(1)?.broadcast_mul(&syn)?.sum(2)? / temperature)?;
+            let all = Tensor::cat(&[&extra.unsqueeze(1)?, &l], 1)?;
+            let m = all.max_keepdim(1)?.detach();
+            let merged = (all.broadcast_sub(&m)?.exp()?.sum_keepdim(1)?.log()? + m)?.squeeze(1)?;
+            let shift = (&merged - &extra)?.mean_all()?;
+            (merged, Some(shift))
+        }
+        None => (extra.clone(), None),
+    };
     let lists = |l: &Vec<Vec<u32>>| {
         if l.iter().all(|r| r.is_empty()) {
             None
@@ -244,16 +247,15 @@ pub fn mined_moco_info_nce(
     let spec = Candidates {
         positive: Positive::Extra,
         exclude_self: false,
-        keys: plan.keys.clone().map(|(qk, mut ek)| {
-            ek.resize(candidates.dim(0).unwrap_or(entries), -1);
-            (qk, ek)
-        }),
+        keys: plan.keys.clone(),
         window: plan.window.clone(),
         excluded: lists(&plan.excluded),
         always_kept: lists(&plan.attracted),
-        owners,
     };
-    let loss = streaming_info_nce(&qn, &candidates, &extra, spec, temperature)?;
+    let mut loss = streaming_info_nce(&qn, &candidates, &kernel_extra, spec, temperature)?;
+    if let Some(shift) = shift {
+        loss = (loss + shift)?;
+    }
     let pairs: Vec<(u32, u32)> = plan
         .attracted
         .iter()
