@@ -89,8 +89,12 @@ impl MiningPlan {
 
     /// Negatives of anchor `i` still counted: not positive and weight > 0.
     pub fn kept_negatives(&self, i: usize) -> Vec<usize> {
+        let mut positive = vec![false; self.candidates];
+        for &(c, _) in &self.positives[i] {
+            positive[c as usize] = true;
+        }
         (0..self.candidates)
-            .filter(|&c| self.row(i)[c] > 0.0 && !self.is_positive(i, c))
+            .filter(|&c| self.row(i)[c] > 0.0 && !positive[c])
             .collect()
     }
 }

@@ -24,24 +24,27 @@ pub(crate) fn applies_to_queue(policy: &PolicyConfig) -> bool {
     )
 }
 
-/// Similarities of query `i`'s kept negatives, most similar first.
-fn kept_desc(plan: &QueuePlan, i: usize, sims: &[f32]) -> Vec<f32> {
-    let mut kept: Vec<f32> = sims
-        .iter()
+/// Similarities of query `i`'s kept negatives (unordered).
+fn kept_sims(plan: &QueuePlan, i: usize, sims: &[f32]) -> Vec<f32> {
+    sims.iter()
         .enumerate()
         .filter(|&(j, &s)| plan.is_negative(i, j, s))
         .map(|(_, &s)| s)
-        .collect();
-    kept.sort_by(|a, b| b.total_cmp(a));
-    kept
+        .collect()
 }
 
-/// Halfway between ranks `r - 1` and `r` of a descending list: keeps ranks `< r`.
-fn edge_below(sorted: &[f32], r: usize) -> f32 {
+/// The similarity halfway between ranks `r - 1` and `r` (most similar first) of
+/// `values`, so that a window starting there keeps ranks `< r`. Linear time: one
+/// selection, which reorders `values`.
+fn edge_below(values: &mut [f32], r: usize) -> f32 {
     match r {
         0 => f32::INFINITY,
-        r if r >= sorted.len() => f32::NEG_INFINITY,
-        r => 0.5 * (sorted[r - 1] + sorted[r]),
+        r if r >= values.len() => f32::NEG_INFINITY,
+        r => {
+            let (above, at, _) = values.select_nth_unstable_by(r, |a, b| b.total_cmp(a));
+            let last_kept = above.iter().copied().fold(f32::INFINITY, f32::min);
+            0.5 * (last_kept + *at)
+        }
     }
 }
 
@@ -140,11 +143,11 @@ pub(crate) fn plan_queue(
                     identified[i].extend(found);
                 }
                 PolicyConfig::TopK { k } => {
-                    let kept = kept_desc(&plan, i, sq);
-                    plan.narrow_window(i, b, edge_below(&kept, *k), f32::INFINITY);
+                    let mut kept = kept_sims(&plan, i, sq);
+                    plan.narrow_window(i, b, edge_below(&mut kept, *k), f32::INFINITY);
                 }
                 PolicyConfig::Ring { outer, inner } => {
-                    let kept = kept_desc(&plan, i, sq);
+                    let mut kept = kept_sims(&plan, i, sq);
                     let outer_size = (outer * kept.len() as f64).floor() as usize;
                     let inner_idx = ((inner * outer_size as f64).floor() as usize).min(outer_size);
                     if outer_size == inner_idx {
@@ -154,8 +157,8 @@ pub(crate) fn plan_queue(
                         plan.narrow_window(
                             i,
                             b,
-                            edge_below(&kept, outer_size),
-                            edge_below(&kept, inner_idx),
+                            edge_below(&mut kept, outer_size),
+                            edge_below(&mut kept, inner_idx),
                         );
                     }
                 }
@@ -180,7 +183,14 @@ pub(crate) fn plan_queue(
                         .enumerate()
                         .filter(|&(j, s)| plan.is_negative(i, j, s))
                         .collect();
-                    kept.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                    let order = |a: &(usize, f32), b: &(usize, f32)| {
+                        b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+                    };
+                    if *n_hardest < kept.len() {
+                        kept.select_nth_unstable_by(*n_hardest, order);
+                        kept.truncate(*n_hardest);
+                    }
+                    kept.sort_by(order);
                     let hard: Vec<&[f32]> = kept
                         .iter()
                         .take(*n_hardest)
