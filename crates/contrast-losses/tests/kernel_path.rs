@@ -195,16 +195,12 @@ fn kernel_masks_match_dense_weights_with_candidate_gradients() {
     let mut w = vec![0f64; b * n];
     for i in 0..b {
         for j in 0..n {
-            let keep = if j == pos[i] as usize {
-                true
-            } else if always[i].contains(&(j as u32)) {
-                true
-            } else {
-                let s = sims[i][j];
-                s >= window[i].0 as f64
+            let s = sims[i][j];
+            let keep = j == pos[i] as usize
+                || always[i].contains(&(j as u32))
+                || (s >= window[i].0 as f64
                     && s <= window[i].1 as f64
-                    && !excluded[i].contains(&(j as u32))
-            };
+                    && !excluded[i].contains(&(j as u32)));
             w[i * n + j] = keep as u8 as f64;
         }
     }
@@ -282,7 +278,9 @@ fn tiled_path_matches_dense_weights_and_the_kernel() {
                         matches!(positive, Positive::Extra)
                     } else {
                         let j = col - 1;
-                        !(spec.exclude_self && i == j) && !(rk[i] >= 0 && rk[i] == ck[j])
+                        let own = spec.exclude_self && i == j;
+                        let same_key = rk[i] >= 0 && rk[i] == ck[j];
+                        !own && !same_key
                     };
                     keep as u8 as f64
                 })
