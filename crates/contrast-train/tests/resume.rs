@@ -179,7 +179,19 @@ fn check_resume(cfg: contrast_train::Config) {
     // Everything but wall-clock measurements must be identical.
     let deterministic = |l: &String| {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        ["epoch", "step", "loss", "lr", "knn_top1"].map(|k| v[k].to_string())
+        [
+            "epoch",
+            "step",
+            "loss",
+            "lr",
+            "knn_top1",
+            "neg_false_fraction",
+            "neg_sim_mean",
+            "neg_sim_p90",
+            "fn_identified_precision",
+            "nn_positive_precision",
+        ]
+        .map(|k| v[k].to_string())
     };
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(
