@@ -353,6 +353,37 @@ fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
         .ok_or_else(|| candle_core::Error::Msg(format!("info_nce: {what} must be contiguous")))
 }
 
+/// The gradients pass 1 saved (anchors, extra logits) as tensors, and the candidates'
+/// gradient from pass 2 when the candidates track gradients.
+fn saved_grads<T: Float + candle_core::WithDType>(
+    p: &Pass1<T>,
+    a: &Tensor,
+    c: &Tensor,
+    s: &Shapes,
+    spec: &Candidates,
+    t: f64,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let dev = a.device();
+    let dc = if c.track_op() {
+        let (av, cv) = (
+            a.flatten_all()?.to_vec1::<T>()?,
+            c.flatten_all()?.to_vec1::<T>()?,
+        );
+        Some(Tensor::from_vec(
+            pass2(&av, &cv, s, spec, t, &p.lse),
+            (s.n, s.d),
+            dev,
+        )?)
+    } else {
+        None
+    };
+    Ok((
+        Tensor::from_slice(&p.d_anchors, (s.b, s.d), dev)?,
+        Tensor::from_slice(&p.d_extra, s.b, dev)?,
+        dc,
+    ))
+}
+
 enum Saved {
     F32(Pass1<f32>),
     F64(Pass1<f64>),
@@ -428,49 +459,10 @@ impl CustomOp3 for InfoNceOp {
         let g = grad.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let (b, d) = a.dims2()?;
         let s = Shapes { b, n: c.dim(0)?, d };
-        let dev = a.device();
-        let candidates_grad = c.track_op();
+        let (spec, t) = (&self.spec, self.temperature);
         let (da, de, dc) = match saved.as_ref() {
-            Some(Saved::F32(p)) => {
-                let dc = if candidates_grad {
-                    let (av, cv) = (
-                        a.flatten_all()?.to_vec1::<f32>()?,
-                        c.flatten_all()?.to_vec1::<f32>()?,
-                    );
-                    Some(Tensor::from_vec(
-                        pass2(&av, &cv, &s, &self.spec, self.temperature, &p.lse),
-                        (s.n, d),
-                        dev,
-                    )?)
-                } else {
-                    None
-                };
-                (
-                    Tensor::from_slice(&p.d_anchors, (b, d), dev)?,
-                    Tensor::from_slice(&p.d_extra, b, dev)?,
-                    dc,
-                )
-            }
-            Some(Saved::F64(p)) => {
-                let dc = if candidates_grad {
-                    let (av, cv) = (
-                        a.flatten_all()?.to_vec1::<f64>()?,
-                        c.flatten_all()?.to_vec1::<f64>()?,
-                    );
-                    Some(Tensor::from_vec(
-                        pass2(&av, &cv, &s, &self.spec, self.temperature, &p.lse),
-                        (s.n, d),
-                        dev,
-                    )?)
-                } else {
-                    None
-                };
-                (
-                    Tensor::from_slice(&p.d_anchors, (b, d), dev)?,
-                    Tensor::from_slice(&p.d_extra, b, dev)?,
-                    dc,
-                )
-            }
+            Some(Saved::F32(p)) => saved_grads(p, a, c, &s, spec, t)?,
+            Some(Saved::F64(p)) => saved_grads(p, a, c, &s, spec, t)?,
             None => bail!("info_nce: backward before forward"),
         };
         let dc = match dc {

@@ -18,52 +18,74 @@ use candle_core::{D, Result, Tensor, bail};
 /// Candidate columns per tile.
 pub const TILE: usize = 4096;
 
-/// Which candidates of a tile each anchor removes, as a `[B, cols]` u8 mask
-/// (1 = removed), or `None` when none is.
-fn tile_mask(
-    spec: &Candidates,
-    b: usize,
-    j0: usize,
-    cols: usize,
-    a: &Tensor,
-) -> Result<Option<Tensor>> {
-    let dev = a.device();
-    let mut mask: Option<Tensor> = None;
-    let mut or = |m: Tensor| -> Result<()> {
-        mask = Some(match mask.take() {
-            Some(prev) => prev.maximum(&m)?,
-            None => m,
-        });
-        Ok(())
-    };
-    let rows = Tensor::arange(0u32, b as u32, dev)?.unsqueeze(1)?;
-    let cols_idx = Tensor::arange(j0 as u32, (j0 + cols) as u32, dev)?.unsqueeze(0)?;
-    if spec.exclude_self && j0 < b {
-        or(rows.broadcast_eq(&cols_idx)?)?;
-    }
-    if let Some((rk, ck)) = &spec.keys {
-        // Keys < 0 never match: map them to distinct sentinels on each side.
-        let row_keys: Vec<i64> = rk.iter().map(|&k| if k < 0 { -1 } else { k }).collect();
-        let col_keys: Vec<i64> = ck[j0..j0 + cols]
-            .iter()
-            .map(|&k| if k < 0 { -2 } else { k })
-            .collect();
-        let same = Tensor::from_vec(row_keys, (b, 1), dev)?.broadcast_eq(&Tensor::from_vec(
-            col_keys,
-            (1, cols),
-            dev,
-        )?)?;
-        let same = match &spec.positive {
-            // The positive column stays.
-            Positive::Column(p) => {
-                let pos = Tensor::from_slice(p, (b, 1), dev)?;
-                same.minimum(&pos.broadcast_ne(&cols_idx)?)?
-            }
-            Positive::Extra => same,
+/// Per-row and per-column index tensors the tile masks are built from, made once per
+/// call and narrowed per tile.
+struct MaskKeys {
+    /// Row indices `[B, 1]` and column indices `[1, N]` (u32).
+    rows: Tensor,
+    cols: Tensor,
+    /// Positive column per row `[B, 1]`, when the positive is a column.
+    positive: Option<Tensor>,
+    /// Label keys `[B, 1]` and `[1, N]`; negative keys map to distinct sentinels so
+    /// that they never match.
+    keys: Option<(Tensor, Tensor)>,
+}
+
+impl MaskKeys {
+    fn new(spec: &Candidates, b: usize, n: usize, dev: &candle_core::Device) -> Result<Self> {
+        let positive = match &spec.positive {
+            Positive::Column(p) => Some(Tensor::from_slice(p, (b, 1), dev)?),
+            Positive::Extra => None,
         };
-        or(same)?;
+        let keys = match &spec.keys {
+            Some((rk, ck)) => {
+                let rk: Vec<i64> = rk.iter().map(|&k| if k < 0 { -1 } else { k }).collect();
+                let ck: Vec<i64> = ck.iter().map(|&k| if k < 0 { -2 } else { k }).collect();
+                Some((
+                    Tensor::from_vec(rk, (b, 1), dev)?,
+                    Tensor::from_vec(ck, (1, n), dev)?,
+                ))
+            }
+            None => None,
+        };
+        Ok(Self {
+            rows: Tensor::arange(0u32, b as u32, dev)?.unsqueeze(1)?,
+            cols: Tensor::arange(0u32, n as u32, dev)?.unsqueeze(0)?,
+            positive,
+            keys,
+        })
     }
-    Ok(mask)
+
+    /// Whether each row's positive is each column of the tile `[B, cols]` (u8).
+    fn is_positive(&self, j0: usize, cols: usize) -> Result<Option<Tensor>> {
+        match &self.positive {
+            Some(p) => Ok(Some(p.broadcast_eq(&self.cols.narrow(1, j0, cols)?)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Which candidates of the tile `j0..j0 + cols` each anchor removes, `[B, cols]` u8
+    /// (1 = removed), or `None` when none is.
+    fn removed(&self, spec: &Candidates, j0: usize, cols: usize) -> Result<Option<Tensor>> {
+        let b = self.rows.dim(0)?;
+        let tile_cols = self.cols.narrow(1, j0, cols)?;
+        let mut mask: Option<Tensor> = None;
+        if spec.exclude_self && j0 < b {
+            mask = Some(self.rows.broadcast_eq(&tile_cols)?);
+        }
+        if let Some((rk, ck)) = &self.keys {
+            let mut same = rk.broadcast_eq(&ck.narrow(1, j0, cols)?)?;
+            // The positive column stays.
+            if let Some(p) = &self.positive {
+                same = same.minimum(&p.broadcast_ne(&tile_cols)?)?;
+            }
+            mask = Some(match mask {
+                Some(m) => m.maximum(&same)?,
+                None => same,
+            });
+        }
+        Ok(mask)
+    }
 }
 
 /// Streaming InfoNCE, mean over anchors, from tensor ops (see the module docs).
@@ -107,10 +129,11 @@ pub fn tiled_info_nce(
     let dtype = a.dtype();
     let inv_t = 1.0 / temperature;
     let neg_inf = Tensor::full(f64::NEG_INFINITY, (), dev)?.to_dtype(dtype)?;
+    let masks = MaskKeys::new(spec, b, n, dev)?;
     // Logits of one tile, removed candidates at -inf.
     let tile_logits = |j0: usize, cols: usize| -> Result<Tensor> {
         let l = (a.matmul(&c.narrow(0, j0, cols)?.t()?)? * inv_t)?;
-        match tile_mask(spec, b, j0, cols, &a)? {
+        match masks.removed(spec, j0, cols)? {
             Some(m) => m.where_cond(&neg_inf.broadcast_as((b, cols))?, &l),
             None => Ok(l),
         }
@@ -166,10 +189,8 @@ pub fn tiled_info_nce(
             let mut p = tile_logits(j0, cols)?
                 .broadcast_sub(&lse.unsqueeze(1)?)?
                 .exp()?;
-            if let Positive::Column(pos) = &spec.positive {
-                let pos = Tensor::from_slice(pos, (b, 1), dev)?;
-                let cols_idx = Tensor::arange(j0 as u32, (j0 + cols) as u32, dev)?.unsqueeze(0)?;
-                p = (p - pos.broadcast_eq(&cols_idx)?.to_dtype(dtype)?)?;
+            if let Some(is_pos) = masks.is_positive(j0, cols)? {
+                p = (p - is_pos.to_dtype(dtype)?)?;
             }
             tiles.push((p.t()?.matmul(&a)? * (inv_t * scale))?);
         }

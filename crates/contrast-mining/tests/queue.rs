@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::views;
+use common::{values, views};
 
 struct Setup {
     q: Tensor,
@@ -244,20 +244,8 @@ fn mined_moco_loss_matches_the_dense_reference() {
     assert!((f - sl).abs() < 1e-9 * sl.abs().max(1.0), "{f} vs {sl}");
     let (gf, gs) = (fast.backward().unwrap(), slow.backward().unwrap());
     for v in [&q, &k] {
-        let a: Vec<f64> = gf
-            .get(v.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
-        let e: Vec<f64> = gs
-            .get(v.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let a = values(gf.get(v.as_tensor()).unwrap());
+        let e = values(gs.get(v.as_tensor()).unwrap());
         let scale = e.iter().fold(1e-12f64, |m, x| m.max(x.abs()));
         let err = a
             .iter()

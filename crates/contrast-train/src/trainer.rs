@@ -221,6 +221,21 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary> {
         cfg.train.epochs,
         loader.steps_per_epoch()
     );
+    if !cfg.mining.is_empty() {
+        let names: Vec<&str> = cfg.mining.iter().map(|p| p.name()).collect();
+        let labelled: Vec<&str> = cfg
+            .mining
+            .iter()
+            .filter(|p| p.uses_labels())
+            .map(|p| p.name())
+            .collect();
+        let supervision = if labelled.is_empty() {
+            String::new()
+        } else {
+            format!(" (supervised: {} read class labels)", labelled.join(", "))
+        };
+        println!("mining: {}{supervision}", names.join(", "));
+    }
 
     if cfg.eval.baselines && state.epoch == 0 && state.untrained_knn_top1.is_none() {
         let t = Instant::now();

@@ -415,11 +415,6 @@ impl Pipeline {
         self.policies.is_empty()
     }
 
-    /// Whether any policy decides from labels.
-    pub fn uses_labels(&self) -> bool {
-        self.policies().any(|p| p.uses_labels())
-    }
-
     /// The plan for `batch`: instance discrimination, then every policy in order.
     /// Stateful policies update their state.
     pub fn plan(&mut self, batch: &MiningBatch, rng: &mut ChaCha8Rng) -> Result<MiningPlan> {
