@@ -232,7 +232,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary> {
         let supervision = if labelled.is_empty() {
             String::new()
         } else {
-            format!(" (supervised: {} read class labels)", labelled.join(", "))
+            format!(" (reading class labels: {})", labelled.join(", "))
         };
         println!("mining: {}{supervision}", names.join(", "));
     }
