@@ -68,7 +68,7 @@ impl Candidates {
     /// Whether candidate `j`, at dot product `dot`, is removed for anchor `i` whose
     /// positive column is `pos`.
     #[inline]
-    fn removed(&self, i: usize, j: usize, pos: Option<usize>, dot: f64) -> bool {
+    pub(crate) fn removed(&self, i: usize, j: usize, pos: Option<usize>, dot: f64) -> bool {
         if Some(j) == pos {
             return false;
         }
@@ -128,11 +128,51 @@ impl Candidates {
         }
     }
 
-    fn positive_of(&self, i: usize) -> Option<usize> {
+    pub(crate) fn positive_of(&self, i: usize) -> Option<usize> {
         match &self.positive {
             Positive::Extra => None,
             Positive::Column(p) => Some(p[i] as usize),
         }
+    }
+
+    /// Checks the spec against `b` anchors and `n` candidates; errors name `op`.
+    pub(crate) fn check(&self, b: usize, n: usize, op: &str) -> Result<()> {
+        if let Positive::Column(p) = &self.positive {
+            if p.len() != b || p.iter().any(|&j| j as usize >= n) {
+                bail!("{op}: positive columns must be {b} indices below {n}");
+            }
+            if self.exclude_self && p.iter().enumerate().any(|(i, &j)| i == j as usize) {
+                bail!(
+                    "{op}: an anchor's positive is the anchor itself, which exclude_self removes"
+                );
+            }
+        }
+        if self.exclude_self && n < b {
+            bail!("{op}: exclude_self needs the anchors to be the first {b} candidates, got {n}");
+        }
+        if let Some((rk, ck)) = &self.keys
+            && (rk.len() != b || ck.len() != n)
+        {
+            bail!("{op}: keys must be [{b}] for rows and [{n}] for columns");
+        }
+        if self.window.as_ref().is_some_and(|w| w.len() != b) {
+            bail!("{op}: window must have one band per anchor ({b})");
+        }
+        let bad_lists = |l: &Option<Vec<Vec<u32>>>| {
+            l.as_ref().is_some_and(|e| {
+                e.len() != b
+                    || e.iter().any(|r| {
+                        r.windows(2).any(|p| p[0] >= p[1])
+                            || r.last().is_some_and(|&j| j as usize >= n)
+                    })
+            })
+        };
+        if bad_lists(&self.excluded) || bad_lists(&self.always_kept) {
+            bail!(
+                "{op}: excluded and always_kept must be {b} sorted, distinct lists of columns below {n}"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -384,9 +424,54 @@ fn saved_grads<T: Float + candle_core::WithDType>(
     ))
 }
 
+/// [`saved_grads`] for the CUDA op: the device gradients of pass 1 as tensors, and
+/// pass 2 on the device when the candidates track gradients.
+#[cfg(feature = "cuda")]
+fn cuda_saved_grads(
+    p: &crate::cuda::Saved,
+    a: &Tensor,
+    c: &Tensor,
+    s: &Shapes,
+    spec: &Candidates,
+    t: f64,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    use candle_core::Storage;
+    use candle_core::op::BackpropOp;
+    let tensor = |st: candle_core::CudaStorage, shape: Shape| {
+        Tensor::from_storage(Storage::Cuda(st), shape, BackpropOp::none(), false)
+    };
+    let [da, de, lse] = crate::cuda::clone_saved(p, s.b, s.d)?;
+    let dc = if c.track_op() {
+        let (a_st, a_l) = a.storage_and_layout();
+        let (c_st, c_l) = c.storage_and_layout();
+        let (Storage::Cuda(a_st), Storage::Cuda(c_st)) = (&*a_st, &*c_st) else {
+            bail!("info_nce: CUDA backward needs CUDA anchors and candidates");
+        };
+        let dc = match a.dtype() {
+            DType::F32 => {
+                crate::cuda::candidate_grad::<f32>((a_st, a_l), (c_st, c_l), &lse, spec, t)?
+            }
+            DType::F64 => {
+                crate::cuda::candidate_grad::<f64>((a_st, a_l), (c_st, c_l), &lse, spec, t)?
+            }
+            other => bail!("info_nce: expected f32 or f64 inputs, got {other:?}"),
+        };
+        Some(tensor(dc, Shape::from((s.n, s.d))))
+    } else {
+        None
+    };
+    Ok((
+        tensor(da, Shape::from((s.b, s.d))),
+        tensor(de, Shape::from(s.b)),
+        dc,
+    ))
+}
+
 enum Saved {
     F32(Pass1<f32>),
     F64(Pass1<f64>),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::Saved),
 }
 
 struct InfoNceOp {
@@ -447,6 +532,27 @@ impl CustomOp3 for InfoNceOp {
         Ok((loss, Shape::from(())))
     }
 
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let inputs = ((s1, l1), (s2, l2), (s3, l3));
+        let (spec, t) = (&self.spec, self.temperature);
+        let (loss, saved) = match s1.dtype() {
+            DType::F32 => crate::cuda::forward::<f32>(inputs.0, inputs.1, inputs.2, spec, t)?,
+            DType::F64 => crate::cuda::forward::<f64>(inputs.0, inputs.1, inputs.2, spec, t)?,
+            other => bail!("info_nce: expected f32 or f64 inputs, got {other:?}"),
+        };
+        *self.saved.lock().expect("saved lock") = Some(Saved::Cuda(saved));
+        Ok((loss, Shape::from(())))
+    }
+
     fn bwd(
         &self,
         a: &Tensor,
@@ -463,6 +569,8 @@ impl CustomOp3 for InfoNceOp {
         let (da, de, dc) = match saved.as_ref() {
             Some(Saved::F32(p)) => saved_grads(p, a, c, &s, spec, t)?,
             Some(Saved::F64(p)) => saved_grads(p, a, c, &s, spec, t)?,
+            #[cfg(feature = "cuda")]
+            Some(Saved::Cuda(p)) => cuda_saved_grads(p, a, c, &s, spec, t)?,
             None => bail!("info_nce: backward before forward"),
         };
         let dc = match dc {
@@ -484,8 +592,9 @@ impl CustomOp3 for InfoNceOp {
 /// a dtype); `extra` `[B]` are the extra logits (already divided by `t`), used when
 /// the positive is [`Positive::Extra`]. Gradients reach the anchors and the extra
 /// logits, and the candidates when they track gradients (SimCLR's in-batch
-/// candidates do; a detached queue does not, and its pass is skipped). CPU tensors of
-/// f32 or f64 run the custom kernel; other devices and dtypes run the same streaming
+/// candidates do; a detached queue does not, and its pass is skipped). f32 or f64
+/// tensors on the CPU, and on CUDA with the `cuda` feature ([`crate::cuda`]), run the
+/// custom kernels with every mask rule; other devices and dtypes run the same streaming
 /// algorithm from tensor ops ([`crate::tiled::tiled_info_nce`]), which supports the
 /// positive, `exclude_self` and `keys` masks.
 pub fn streaming_info_nce(
@@ -509,41 +618,10 @@ pub fn streaming_info_nce(
     if !(temperature > 0.0 && temperature.is_finite()) {
         bail!("info_nce: temperature {temperature} must be > 0");
     }
-    if let Positive::Column(p) = &spec.positive {
-        if p.len() != b || p.iter().any(|&j| j as usize >= n) {
-            bail!("info_nce: positive columns must be {b} indices below {n}");
-        }
-        if spec.exclude_self && p.iter().enumerate().any(|(i, &j)| i == j as usize) {
-            bail!(
-                "info_nce: an anchor's positive is the anchor itself, which exclude_self removes"
-            );
-        }
-    }
-    if spec.exclude_self && n < b {
-        bail!("info_nce: exclude_self needs the anchors to be the first {b} candidates, got {n}");
-    }
-    if let Some((rk, ck)) = &spec.keys
-        && (rk.len() != b || ck.len() != n)
-    {
-        bail!("info_nce: keys must be [{b}] for rows and [{n}] for columns");
-    }
-    if spec.window.as_ref().is_some_and(|w| w.len() != b) {
-        bail!("info_nce: window must have one band per anchor ({b})");
-    }
-    let bad_lists = |l: &Option<Vec<Vec<u32>>>| {
-        l.as_ref().is_some_and(|e| {
-            e.len() != b
-                || e.iter().any(|r| {
-                    r.windows(2).any(|p| p[0] >= p[1]) || r.last().is_some_and(|&j| j as usize >= n)
-                })
-        })
-    };
-    if bad_lists(&spec.excluded) || bad_lists(&spec.always_kept) {
-        bail!(
-            "info_nce: excluded and always_kept must be {b} sorted, distinct lists of columns below {n}"
-        );
-    }
-    if !anchors.device().is_cpu() || !matches!(anchors.dtype(), DType::F32 | DType::F64) {
+    spec.check(b, n, "info_nce")?;
+    let has_kernel =
+        anchors.device().is_cpu() || (cfg!(feature = "cuda") && anchors.device().is_cuda());
+    if !has_kernel || !matches!(anchors.dtype(), DType::F32 | DType::F64) {
         return crate::tiled::tiled_info_nce(anchors, candidates, extra, &spec, temperature);
     }
     let op = InfoNceOp {

@@ -13,6 +13,10 @@
 //!   an online log-sum-exp, never forming the `[B, N]` logits.
 //! - [`tiled_info_nce`]: the same streaming loss from candle tensor ops, for devices
 //!   without the custom kernel (CUDA through cuBLAS, Metal).
+//! - [`cuda`] (feature `cuda`): the streaming InfoNCE op's CUDA kernels, compiled at
+//!   run time by NVRTC.
+//! - [`mask_tile`]: every candidate rule applied to one tile of dot products, for the
+//!   tensor-op path (CPU, and Metal through [`metal`] with the feature `metal`).
 //! - [`gemm`]: a checked wrapper over the `gemm` crate, shared by the kernels.
 //!
 //! Every kernel has a plain candle composition beside it that serves as its reference
@@ -21,9 +25,16 @@
 pub mod batch_norm;
 pub mod conv2d;
 pub mod conv_block;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod fast_exp;
 pub mod gemm;
 pub mod info_nce;
+#[cfg(any(feature = "cuda", feature = "metal"))]
+mod mask_arrays;
+pub mod mask_tile;
+#[cfg(feature = "metal")]
+pub mod metal;
 pub mod normalize;
 pub mod parallel;
 pub mod pool;

@@ -9,10 +9,12 @@
 //! value is zero and whose gradient is `g`. Memory is `O((B + N) D + B * TILE)`; the
 //! `[B, N]` logits never exist.
 //!
-//! Masks: the positive (extra logit or one column), `exclude_self` and label `keys`.
-//! Windows and lists are kernel-only and are rejected here.
+//! Masks: the positive (extra logit or one column), `exclude_self` and label `keys`
+//! come from tensor comparisons; when a spec has windows or column lists, each tile goes
+//! through [`MaskTile`] instead, which applies every rule (CPU and Metal).
 
 use crate::info_nce::{Candidates, Positive};
+use crate::mask_tile::MaskTile;
 use candle_core::{D, Result, Tensor, bail};
 
 /// Candidate columns per tile.
@@ -109,30 +111,22 @@ pub fn tiled_info_nce(
     if !(temperature > 0.0 && temperature.is_finite()) {
         bail!("tiled_info_nce: temperature {temperature} must be > 0");
     }
-    if spec.window.is_some() || spec.excluded.is_some() || spec.always_kept.is_some() {
-        bail!("tiled_info_nce: windows and lists need the CPU kernel");
-    }
-    if let Positive::Column(p) = &spec.positive
-        && (p.len() != b || p.iter().any(|&j| j as usize >= n))
-    {
-        bail!("tiled_info_nce: positive columns must be {b} indices below {n}");
-    }
-    if spec
-        .keys
-        .as_ref()
-        .is_some_and(|(rk, ck)| rk.len() != b || ck.len() != n)
-    {
-        bail!("tiled_info_nce: keys must be [{b}] for rows and [{n}] for columns");
-    }
+    spec.check(b, n, "tiled_info_nce")?;
     let dev = anchors.device();
     let (a, c, e) = (anchors.detach(), candidates.detach(), extra.detach());
     let dtype = a.dtype();
     let inv_t = 1.0 / temperature;
     let neg_inf = Tensor::full(f64::NEG_INFINITY, (), dev)?.to_dtype(dtype)?;
     let masks = MaskKeys::new(spec, b, n, dev)?;
+    let per_element =
+        spec.window.is_some() || spec.excluded.is_some() || spec.always_kept.is_some();
     // Logits of one tile, removed candidates at -inf.
     let tile_logits = |j0: usize, cols: usize| -> Result<Tensor> {
-        let l = (a.matmul(&c.narrow(0, j0, cols)?.t()?)? * inv_t)?;
+        let dots = a.matmul(&c.narrow(0, j0, cols)?.t()?)?;
+        if per_element {
+            return dots.apply_op1_no_bwd(&MaskTile { spec, j0, inv_t });
+        }
+        let l = (dots * inv_t)?;
         match masks.removed(spec, j0, cols)? {
             Some(m) => m.where_cond(&neg_inf.broadcast_as((b, cols))?, &l),
             None => Ok(l),
