@@ -471,7 +471,7 @@ enum Saved {
     F32(Pass1<f32>),
     F64(Pass1<f64>),
     #[cfg(feature = "cuda")]
-    Cuda(crate::cuda::Saved),
+    Cuda(Box<crate::cuda::Saved>),
 }
 
 struct InfoNceOp {
@@ -549,7 +549,7 @@ impl CustomOp3 for InfoNceOp {
             DType::F64 => crate::cuda::forward::<f64>(inputs.0, inputs.1, inputs.2, spec, t)?,
             other => bail!("info_nce: expected f32 or f64 inputs, got {other:?}"),
         };
-        *self.saved.lock().expect("saved lock") = Some(Saved::Cuda(saved));
+        *self.saved.lock().expect("saved lock") = Some(Saved::Cuda(Box::new(saved)));
         Ok((loss, Shape::from(())))
     }
 
