@@ -232,7 +232,14 @@ fn step_case(case: &str) -> Result<(f64, CaseFn)> {
             (28, 28, 1),
             0.2,
         ),
-        "step resnet18 cifar b256" => (EncoderConfig::Resnet18 { width: 64 }, (32, 32, 3), 0.5),
+        "step resnet18 cifar b256" => (
+            EncoderConfig::Resnet18 {
+                width: 64,
+                recompute_stages: 2,
+            },
+            (32, 32, 3),
+            0.5,
+        ),
         other => bail!("unknown step case `{other}`"),
     };
     let pairs = 256;

@@ -16,10 +16,16 @@ pub enum EncoderConfig {
     Mlp { hidden: Vec<usize> },
     /// `conv3x3 -> BN -> ReLU` stages of these widths, max-pooled between stages.
     Convnet { channels: Vec<usize> },
-    /// CIFAR-stem ResNet-18 with base width `width` (64 is standard).
+    /// CIFAR-stem ResNet-18 with base width `width` (64 is standard). The stem and
+    /// the first `recompute_stages` stages (0 to 4) recompute their convolutions in
+    /// the backward pass instead of keeping them (activation checkpointing): the
+    /// default 2 keeps the step's peak memory below PyTorch's at 256 pairs of 32x32
+    /// images for about 14% more step time; 0 is fastest (docs/performance.md).
     Resnet18 {
         #[serde(default = "default_resnet_width")]
         width: usize,
+        #[serde(default = "default_recompute_stages")]
+        recompute_stages: usize,
     },
     /// No parameters: the flattened pixels themselves (a baseline).
     Identity,
@@ -29,13 +35,20 @@ fn default_resnet_width() -> usize {
     64
 }
 
+fn default_recompute_stages() -> usize {
+    2
+}
+
 impl EncoderConfig {
     /// Builds the encoder with its variables under `vb`.
     pub fn build(&self, input: InputShape, vb: ParamBuilder) -> Result<Box<dyn Encoder>> {
         Ok(match self {
             EncoderConfig::Mlp { hidden } => Box::new(Mlp::new(input, hidden, vb)?),
             EncoderConfig::Convnet { channels } => Box::new(ConvNet::new(input, channels, vb)?),
-            EncoderConfig::Resnet18 { width } => Box::new(ResNet18::new(input, *width, vb)?),
+            EncoderConfig::Resnet18 {
+                width,
+                recompute_stages,
+            } => Box::new(ResNet18::new(input, *width, *recompute_stages, vb)?),
             EncoderConfig::Identity => Box::new(Identity::new(input)),
         })
     }

@@ -87,13 +87,17 @@ impl Conv2d {
     }
 }
 
-/// `conv -> BatchNorm -> [ReLU] -> [2x2 max pool]` as one fused operation (see
+/// `conv -> BatchNorm -> [+ residual] -> [ReLU] -> [2x2 max pool]` as one fused
+/// operation (see
 /// [`contrast_kernels::conv_block`]). The convolution has no bias: BatchNorm's shift
 /// replaces it.
 #[derive(Debug, Clone)]
 pub struct ConvBnAct {
     conv: Conv2d,
     bn: BatchNorm,
+    /// Recompute the convolution in the backward pass instead of keeping its output
+    /// (see [`BlockSpec::recompute`]).
+    recompute: bool,
 }
 
 impl ConvBnAct {
@@ -102,12 +106,28 @@ impl ConvBnAct {
         Ok(Self {
             conv: Conv2d::new(spec, false, vb.pp("conv"))?,
             bn: BatchNorm::new(spec.out_channels, vb.pp("bn"))?,
+            recompute: false,
         })
     }
 
-    /// Runs the block on `x` `[B, H, W, Cin]`; in training mode the BatchNorm running
-    /// statistics are updated.
-    pub fn forward(&self, x: &Tensor, train: bool, relu: bool, pool: bool) -> Result<Tensor> {
+    /// The same block, recomputing its convolution in the backward pass when `on`:
+    /// less memory held between the passes, one more forward convolution.
+    pub fn recomputing(mut self, on: bool) -> Self {
+        self.recompute = on;
+        self
+    }
+
+    /// Runs the block on `x` `[B, H, W, Cin]`, adding `residual` (the output's shape)
+    /// after BatchNorm when given; in training mode the BatchNorm running statistics
+    /// are updated.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        train: bool,
+        relu: bool,
+        pool: bool,
+    ) -> Result<Tensor> {
         let s = self.conv.spec;
         let spec = BlockSpec {
             kernel: s.kernel,
@@ -116,12 +136,14 @@ impl ConvBnAct {
             eps: self.bn.eps(),
             relu,
             pool,
+            recompute: self.recompute,
         };
         let out = conv_block(
             x,
             &self.conv.weight,
             self.bn.weight(),
             self.bn.bias(),
+            residual,
             spec,
             self.bn.mode(train)?,
         )?;

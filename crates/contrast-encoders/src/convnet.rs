@@ -40,7 +40,7 @@ impl Encoder for ConvNet {
         let mut h = x.clone();
         let last = self.stages.len() - 1;
         for (i, stage) in self.stages.iter().enumerate() {
-            h = stage.forward(&h, train, true, i < last)?;
+            h = stage.forward(&h, None, train, true, i < last)?;
         }
         global_avg_pool(&h)
     }

@@ -19,7 +19,13 @@ struct BasicBlock {
 }
 
 impl BasicBlock {
-    fn new(cin: usize, cout: usize, stride: usize, vb: ParamBuilder) -> Result<Self> {
+    fn new(
+        cin: usize,
+        cout: usize,
+        stride: usize,
+        recompute: bool,
+        vb: ParamBuilder,
+    ) -> Result<Self> {
         let shortcut = if stride != 1 || cin != cout {
             let spec = ConvSpec {
                 in_channels: cin,
@@ -28,30 +34,37 @@ impl BasicBlock {
                 stride,
                 padding: 0,
             };
-            Some(ConvBnAct::new(spec, vb.pp("shortcut"))?)
+            Some(ConvBnAct::new(spec, vb.pp("shortcut"))?.recomputing(recompute))
         } else {
             None
         };
         Ok(Self {
-            first: ConvBnAct::new(ConvSpec::same(cin, cout, 3, stride), vb.pp("block1"))?,
-            second: ConvBnAct::new(ConvSpec::same(cout, cout, 3, 1), vb.pp("block2"))?,
+            first: ConvBnAct::new(ConvSpec::same(cin, cout, 3, stride), vb.pp("block1"))?
+                .recomputing(recompute),
+            second: ConvBnAct::new(ConvSpec::same(cout, cout, 3, 1), vb.pp("block2"))?
+                .recomputing(recompute),
             shortcut,
         })
     }
 
+    /// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`; the second block takes
+    /// the shortcut as its residual, so the join is part of the fused op.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.first.forward(x, train, true, false)?;
-        let h = self.second.forward(&h, train, false, false)?;
+        let h = self.first.forward(x, None, train, true, false)?;
         let identity = match &self.shortcut {
-            Some(block) => block.forward(x, train, false, false)?,
+            Some(block) => block.forward(x, None, train, false, false)?,
             None => x.clone(),
         };
-        contrast_kernels::add_relu(&h, &identity)
+        self.second.forward(&h, Some(&identity), train, true, false)
     }
 }
 
 /// CIFAR ResNet-18: stem, four stages of two blocks (widths `w, 2w, 4w, 8w`, strides
 /// 1, 2, 2, 2), global average pooling. `w = 64` is the standard network (512-d).
+///
+/// The stem and the first `recompute_stages` stages (the largest activations)
+/// recompute their convolutions in the backward pass instead of keeping them, which
+/// trades one forward convolution per layer for memory (activation checkpointing).
 #[derive(Debug, Clone)]
 pub struct ResNet18 {
     stem: ConvBnAct,
@@ -60,12 +73,24 @@ pub struct ResNet18 {
 }
 
 impl ResNet18 {
-    /// Builds the network with base width `width`.
-    pub fn new(input: InputShape, width: usize, vb: ParamBuilder) -> Result<Self> {
+    /// Builds the network with base width `width`, recomputing the convolutions of
+    /// the stem and the first `recompute_stages` stages (0 to 4) in the backward pass.
+    pub fn new(
+        input: InputShape,
+        width: usize,
+        recompute_stages: usize,
+        vb: ParamBuilder,
+    ) -> Result<Self> {
         if width == 0 {
             candle_core::bail!("resnet18 encoder: `width` must be at least 1");
         }
-        let stem = ConvBnAct::new(ConvSpec::same(input.channels, width, 3, 1), vb.pp("stem"))?;
+        if recompute_stages > 4 {
+            candle_core::bail!(
+                "resnet18 encoder: `recompute_stages` must be 0 to 4 (the stages), got {recompute_stages}"
+            );
+        }
+        let stem = ConvBnAct::new(ConvSpec::same(input.channels, width, 3, 1), vb.pp("stem"))?
+            .recomputing(recompute_stages > 0);
         let mut blocks = Vec::with_capacity(8);
         let mut cin = width;
         for (stage, mult) in [1usize, 2, 4, 8].into_iter().enumerate() {
@@ -76,6 +101,7 @@ impl ResNet18 {
                     cin,
                     cout,
                     stride,
+                    stage < recompute_stages,
                     vb.pp(format!("layer{}.{b}", stage + 1)),
                 )?);
                 cin = cout;
@@ -91,7 +117,7 @@ impl ResNet18 {
 
 impl Encoder for ResNet18 {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut h = self.stem.forward(x, train, true, false)?;
+        let mut h = self.stem.forward(x, None, train, true, false)?;
         for block in &self.blocks {
             h = block.forward_t(&h, train)?;
         }

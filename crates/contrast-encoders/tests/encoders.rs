@@ -58,7 +58,10 @@ fn configs() -> Vec<EncoderConfig> {
         EncoderConfig::Convnet {
             channels: vec![4, 6, 8],
         },
-        EncoderConfig::Resnet18 { width: 2 },
+        EncoderConfig::Resnet18 {
+            width: 2,
+            recompute_stages: 2,
+        },
     ]
 }
 

@@ -188,8 +188,11 @@ pub(crate) struct BackwardSpec<'a> {
 /// Gradients `(dx, dgamma, dbeta)`. With `g = dy * [y > 0]` (ReLU) and
 /// `k = gamma * invstd`, training mode gives `dx = k g + c1 x + c0` per channel with
 /// `c1 = -k invstd dgamma / M` and `c0 = -k dbeta / M - c1 mean`.
+///
+/// `x` is consumed: its buffer becomes `dx`, so the backward pass needs no second
+/// full-size buffer.
 pub(crate) fn backward<T: Float>(
-    x: &[T],
+    mut x: Vec<T>,
     y: &[T],
     dy: &[T],
     spec: &BackwardSpec<'_>,
@@ -244,27 +247,23 @@ pub(crate) fn backward<T: Float>(
         to_t(c1.into_iter()),
         to_t(c0.into_iter()),
     );
-    let mut dx = vec![T::ZERO; x.len()];
-    dx.par_chunks_mut(BLOCK_ROWS * c)
-        .zip(x.par_chunks(BLOCK_ROWS * c))
+    x.par_chunks_mut(BLOCK_ROWS * c)
         .zip(
             y.par_chunks(BLOCK_ROWS * c)
                 .zip(dy.par_chunks(BLOCK_ROWS * c)),
         )
-        .for_each(|((dxb, xb), (yb, db))| {
-            for ((dxr, xr), (yr, dr)) in dxb
+        .for_each(|(xb, (yb, db))| {
+            for (xr, (yr, dr)) in xb
                 .chunks_exact_mut(c)
-                .zip(xb.chunks_exact(c))
                 .zip(yb.chunks_exact(c).zip(db.chunks_exact(c)))
             {
-                for (j, (((o, &v), &yo), &d)) in dxr.iter_mut().zip(xr).zip(yr).zip(dr).enumerate()
-                {
+                for (j, ((v, &yo), &d)) in xr.iter_mut().zip(yr).zip(dr).enumerate() {
                     let g = if relu && yo <= T::ZERO { T::ZERO } else { d };
-                    *o = k[j] * g + c1[j] * v + c0[j];
+                    *v = k[j] * g + c1[j] * *v + c0[j];
                 }
             }
         });
-    (dx, to_t(dgamma.into_iter()), to_t(dbeta.into_iter()))
+    (x, to_t(dgamma.into_iter()), to_t(dbeta.into_iter()))
 }
 
 fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
@@ -391,7 +390,7 @@ impl BatchNormGradOp {
             relu: self.relu,
             batch_stats: self.batch_stats,
         };
-        let (dx, dg, db) = backward(x, y, dy, &spec);
+        let (dx, dg, db) = backward(x.to_vec(), y, dy, &spec);
         let to64 = |v: Vec<T>| v.into_iter().map(|t| t.to_f64()).collect();
         *self.grads.lock().expect("grad lock") = Some((to64(dg), to64(db)));
         dx

@@ -15,20 +15,26 @@ fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
         .ok_or_else(|| candle_core::Error::Msg(format!("add_relu: {what} must be contiguous")))
 }
 
-fn forward<T: Float>(a: &[T], b: &[T]) -> Vec<T> {
-    let mut y = vec![T::ZERO; a.len()];
+/// `y = relu(y + b)` in place.
+pub(crate) fn add_relu_in_place<T: Float>(y: &mut [T], b: &[T]) {
     y.par_chunks_mut(CHUNK)
-        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
-        .for_each(|(y, (a, b))| {
-            for ((y, &a), &b) in y.iter_mut().zip(a).zip(b) {
-                let s = a + b;
+        .zip(b.par_chunks(CHUNK))
+        .for_each(|(y, b)| {
+            for (y, &b) in y.iter_mut().zip(b) {
+                let s = *y + b;
                 *y = if s > T::ZERO { s } else { T::ZERO };
             }
         });
+}
+
+fn forward<T: Float>(a: &[T], b: &[T]) -> Vec<T> {
+    let mut y = a.to_vec();
+    add_relu_in_place(&mut y, b);
     y
 }
 
-fn backward<T: Float>(y: &[T], dy: &[T]) -> Vec<T> {
+/// The gradient of both inputs of `y = relu(a + b)`: `dy * [y > 0]`.
+pub(crate) fn backward<T: Float>(y: &[T], dy: &[T]) -> Vec<T> {
     let mut g = vec![T::ZERO; y.len()];
     g.par_chunks_mut(CHUNK)
         .zip(y.par_chunks(CHUNK).zip(dy.par_chunks(CHUNK)))

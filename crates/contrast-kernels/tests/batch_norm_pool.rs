@@ -117,6 +117,10 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     #[test]
     fn batch_norm_matches_reference(b in 2usize..5, h in 1usize..6, c in 1usize..9, fixed in any::<bool>(), relu in any::<bool>()) {
+        // With two values per channel the normalised output is +-1 whatever the input,
+        // so the true input gradient in training mode is zero and both sides are
+        // rounding noise: no relative comparison is meaningful there.
+        prop_assume!(fixed || b * h * h > 2);
         for e in bn_errors(&[b, h, h, c], fixed, relu, DType::F64) {
             prop_assert!(e < 1e-10, "relative error {e}");
         }

@@ -1,5 +1,5 @@
 //! The fused convolution block equals the composition of its parts: output,
-//! statistics and the gradients to input, weight, scale and shift.
+//! statistics and the gradients to input, weight, scale, shift and residual.
 
 use candle_core::{DType, Device, Tensor, Var};
 use contrast_kernels::{
@@ -45,6 +45,8 @@ fn errors(
     relu: bool,
     pool: bool,
     fixed: bool,
+    residual: bool,
+    recompute: bool,
 ) -> Vec<f64> {
     let spec = BlockSpec {
         kernel: k,
@@ -53,11 +55,14 @@ fn errors(
         eps: 1e-5,
         relu,
         pool,
+        recompute,
     };
     let x = var(&[b, h, h, cin], 0.0, 1.0);
     let w = var(&[k * k * cin, cout], 0.0, 0.5);
     let gamma = var(&[cout], 1.0, 0.2);
     let beta = var(&[cout], 0.0, 0.3);
+    let ho = (h + 2 * (k / 2) - k) / stride + 1;
+    let r = residual.then(|| var(&[b, ho, ho, cout], 0.0, 1.0));
     let mode = || {
         if fixed {
             BatchNormMode::Fixed(ChannelStats {
@@ -73,6 +78,7 @@ fn errors(
         w.as_tensor(),
         gamma.as_tensor(),
         beta.as_tensor(),
+        r.as_ref().map(|r| r.as_tensor()),
         spec,
         mode(),
     )
@@ -84,13 +90,18 @@ fn errors(
         beta.as_tensor(),
         mode(),
         1e-5,
-        relu,
+        relu && !residual,
     )
     .unwrap();
+    let joined = match &r {
+        Some(r) if relu => (&bn.y + r.as_tensor()).unwrap().relu().unwrap(),
+        Some(r) => (&bn.y + r.as_tensor()).unwrap(),
+        None => bn.y.clone(),
+    };
     let reference = if pool {
-        max_pool2_reference(&bn.y).unwrap()
+        max_pool2_reference(&joined).unwrap()
     } else {
-        bn.y
+        joined
     };
     let up = Tensor::randn(0f64, 1.0, reference.dims(), &Device::Cpu).unwrap();
     let gf = (fused.y.clone() * &up)
@@ -113,7 +124,10 @@ fn errors(
         .chain(fused.stats.var.iter().zip(&bn.stats.var))
         .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
     let mut out = vec![max_rel(&fused.y, &reference), stat];
-    for v in [&x, &w, &gamma, &beta] {
+    for v in [Some(&x), Some(&w), Some(&gamma), Some(&beta), r.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         out.push(max_rel(
             gf.get(v.as_tensor()).unwrap(),
             gr.get(v.as_tensor()).unwrap(),
@@ -129,8 +143,9 @@ proptest! {
         b in 1usize..4, h in 4usize..10, cin in 1usize..5, cout in 1usize..6,
         k in prop::sample::select(vec![1usize, 3]), stride in 1usize..3,
         relu in any::<bool>(), pool in any::<bool>(), fixed in any::<bool>(),
+        residual in any::<bool>(), recompute in any::<bool>(),
     ) {
-        for e in errors(b, h, cin, cout, k, stride, relu, pool, fixed) {
+        for e in errors(b, h, cin, cout, k, stride, relu, pool, fixed, residual && !pool, recompute) {
             prop_assert!(e < 1e-10, "relative error {e}");
         }
     }
@@ -148,10 +163,33 @@ fn too_small_for_pooling_is_an_error() {
         eps: 1e-5,
         relu: true,
         pool: true,
+        recompute: false,
     };
-    let e = conv_block(&x, &w, &g, &g, spec, BatchNormMode::Batch)
+    let e = conv_block(&x, &w, &g, &g, None, spec, BatchNormMode::Batch)
         .err()
         .unwrap()
         .to_string();
     assert!(e.contains("smaller than the 2x2 pool"), "{e}");
+}
+
+#[test]
+fn residual_of_the_wrong_shape_is_an_error() {
+    let x = Tensor::zeros((2, 4, 4, 1), DType::F32, &Device::Cpu).unwrap();
+    let w = Tensor::zeros((9, 2), DType::F32, &Device::Cpu).unwrap();
+    let g = Tensor::ones(2, DType::F32, &Device::Cpu).unwrap();
+    let r = Tensor::zeros((2, 4, 4, 3), DType::F32, &Device::Cpu).unwrap();
+    let spec = BlockSpec {
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+        eps: 1e-5,
+        relu: true,
+        pool: false,
+        recompute: false,
+    };
+    let e = conv_block(&x, &w, &g, &g, Some(&r), spec, BatchNormMode::Batch)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("the residual must be [2, 4, 4, 2]"), "{e}");
 }
