@@ -158,6 +158,20 @@ fn to_t<T: Float>(v: impl Iterator<Item = f64>) -> Vec<T> {
     v.map(T::from_f64).collect()
 }
 
+/// The per-channel `(scale, shift)` of the normalisation, `y = x * scale + shift`;
+/// every path that evaluates the normalised output uses these same values.
+pub(crate) fn scale_shift<T: Float>(
+    gamma: &[f64],
+    beta: &[f64],
+    stats: &ChannelStats,
+    eps: f64,
+) -> (Vec<T>, Vec<T>) {
+    let inv = inv_std(stats, eps);
+    let scale: Vec<f64> = gamma.iter().zip(&inv).map(|(g, i)| g * i).collect();
+    let shift = to_t((0..gamma.len()).map(|j| beta[j] - stats.mean[j] * scale[j]));
+    (to_t(scale.into_iter()), shift)
+}
+
 pub(crate) fn forward<T: Float>(
     x: &[T],
     gamma: &[T],
@@ -166,12 +180,10 @@ pub(crate) fn forward<T: Float>(
     eps: f64,
     relu: bool,
 ) -> Vec<T> {
-    let c = gamma.len();
-    let inv = inv_std(stats, eps);
-    let scale: Vec<f64> = (0..c).map(|j| gamma[j].to_f64() * inv[j]).collect();
-    let shift = to_t((0..c).map(|j| beta[j].to_f64() - stats.mean[j] * scale[j]));
+    let to64 = |v: &[T]| v.iter().map(|t| t.to_f64()).collect::<Vec<f64>>();
+    let (scale, shift) = scale_shift(&to64(gamma), &to64(beta), stats, eps);
     let mut y = vec![T::ZERO; x.len()];
-    affine(&mut y, x, &to_t(scale.into_iter()), &shift, relu);
+    affine(&mut y, x, &scale, &shift, relu);
     y
 }
 
@@ -185,9 +197,55 @@ pub(crate) struct BackwardSpec<'a> {
     pub(crate) batch_stats: bool,
 }
 
-/// Gradients `(dx, dgamma, dbeta)`. With `g = dy * [y > 0]` (ReLU) and
-/// `k = gamma * invstd`, training mode gives `dx = k g + c1 x + c0` per channel with
-/// `c1 = -k invstd dgamma / M` and `c0 = -k dbeta / M - c1 mean`.
+/// The per-channel coefficients of the BatchNorm backward pass, from the sums of
+/// `g` and `g * x` over the `rows` values of each channel (`g` the gradient reaching
+/// the normalised output, after ReLU's mask): `dx = k g + c1 x + c0`.
+pub(crate) struct BackwardCoefficients<T> {
+    pub(crate) k: Vec<T>,
+    pub(crate) c1: Vec<T>,
+    pub(crate) c0: Vec<T>,
+    pub(crate) dgamma: Vec<T>,
+    pub(crate) dbeta: Vec<T>,
+}
+
+/// With `k = gamma * invstd`, training mode gives `c1 = -k invstd dgamma / M` and
+/// `c0 = -k dbeta / M - c1 mean`; with fixed statistics `dx = k g`.
+pub(crate) fn coefficients<T: Float>(
+    sum_g: &[f64],
+    sum_gx: &[f64],
+    rows: usize,
+    spec: &BackwardSpec<'_>,
+) -> BackwardCoefficients<T> {
+    let c = spec.gamma.len();
+    let inv = inv_std(spec.stats, spec.eps);
+    let mean = &spec.stats.mean;
+    // sum g * xhat = invstd * (sum g x - mean sum g)
+    let dgamma: Vec<f64> = (0..c)
+        .map(|j| inv[j] * (sum_gx[j] - mean[j] * sum_g[j]))
+        .collect();
+    let k: Vec<f64> = (0..c).map(|j| spec.gamma[j] * inv[j]).collect();
+    let m = rows.max(1) as f64;
+    let (c1, c0): (Vec<f64>, Vec<f64>) = if spec.batch_stats {
+        (0..c)
+            .map(|j| {
+                let c1 = -k[j] * inv[j] * dgamma[j] / m;
+                (c1, -k[j] * sum_g[j] / m - c1 * mean[j])
+            })
+            .unzip()
+    } else {
+        (vec![0.0; c], vec![0.0; c])
+    };
+    BackwardCoefficients {
+        k: to_t(k.into_iter()),
+        c1: to_t(c1.into_iter()),
+        c0: to_t(c0.into_iter()),
+        dgamma: to_t(dgamma.into_iter()),
+        dbeta: to_t(sum_g.iter().copied()),
+    }
+}
+
+/// Gradients `(dx, dgamma, dbeta)` with `g = dy * [y > 0]` (ReLU) (see
+/// [`coefficients`]).
 ///
 /// `x` is consumed: its buffer becomes `dx`, so the backward pass needs no second
 /// full-size buffer.
@@ -199,8 +257,6 @@ pub(crate) fn backward<T: Float>(
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let c = spec.gamma.len();
     let rows = x.len() / c;
-    let inv = inv_std(spec.stats, spec.eps);
-    let mean = &spec.stats.mean;
     let blocks = rows.div_ceil(BLOCK_ROWS);
     let relu = spec.relu;
     // One sweep: sum g and sum g * x per channel.
@@ -225,28 +281,8 @@ pub(crate) fn backward<T: Float>(
             }
         }
     });
-    let dbeta: Vec<f64> = sums[..c].to_vec();
-    // sum g * xhat = invstd * (sum g x - mean sum g)
-    let dgamma: Vec<f64> = (0..c)
-        .map(|j| inv[j] * (sums[c + j] - mean[j] * sums[j]))
-        .collect();
-    let k: Vec<f64> = (0..c).map(|j| spec.gamma[j] * inv[j]).collect();
-    let m = rows.max(1) as f64;
-    let (c1, c0): (Vec<f64>, Vec<f64>) = if spec.batch_stats {
-        (0..c)
-            .map(|j| {
-                let c1 = -k[j] * inv[j] * dgamma[j] / m;
-                (c1, -k[j] * dbeta[j] / m - c1 * mean[j])
-            })
-            .unzip()
-    } else {
-        (vec![0.0; c], vec![0.0; c])
-    };
-    let (k, c1, c0): (Vec<T>, Vec<T>, Vec<T>) = (
-        to_t(k.into_iter()),
-        to_t(c1.into_iter()),
-        to_t(c0.into_iter()),
-    );
+    let co = coefficients::<T>(&sums[..c], &sums[c..], rows, spec);
+    let (k, c1, c0) = (&co.k, &co.c1, &co.c0);
     x.par_chunks_mut(BLOCK_ROWS * c)
         .zip(
             y.par_chunks(BLOCK_ROWS * c)
@@ -263,7 +299,7 @@ pub(crate) fn backward<T: Float>(
                 }
             }
         });
-    (x, to_t(dgamma.into_iter()), to_t(dbeta.into_iter()))
+    (x, co.dgamma, co.dbeta)
 }
 
 fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {

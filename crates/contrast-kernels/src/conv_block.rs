@@ -45,9 +45,6 @@ struct Saved<T> {
     geometry: ConvGeometry,
     /// Convolution output `[B, Ho, Wo, C]`, unless it is recomputed.
     pre: Option<Vec<T>>,
-    /// Normalised (and activated) output before pooling; kept only when pooling,
-    /// since otherwise it is the op's own result, which the backward pass receives.
-    act: Option<Vec<T>>,
     stats: ChannelStats,
 }
 
@@ -88,27 +85,27 @@ impl ConvBlockOp {
             BatchNormMode::Batch => batch_norm::channel_stats(&pre, c),
             BatchNormMode::Fixed(s) => s.clone(),
         };
-        let relu_now = self.spec.relu && !self.residual;
-        let mut act = batch_norm::forward(&pre, gamma, beta, &stats, self.spec.eps, relu_now);
-        if self.residual && self.spec.relu {
-            residual::add_relu_in_place(&mut act, r);
-        } else if self.residual {
-            act.iter_mut().zip(r).for_each(|(a, &b)| *a += b);
-        }
-        let (out, act) = if self.spec.pool {
-            (
-                pool::forward(&act, (g.batch, g.out_h(), g.out_w(), c)),
-                Some(act),
-            )
+        let out = if self.spec.pool {
+            let to64 = |v: &[T]| v.iter().map(|t| t.to_f64()).collect::<Vec<f64>>();
+            let (scale, shift) =
+                batch_norm::scale_shift::<T>(&to64(gamma), &to64(beta), &stats, self.spec.eps);
+            let dims = (g.batch, g.out_h(), g.out_w(), c);
+            pool::affine_forward(&pre, (&scale, &shift), self.spec.relu, dims)
         } else {
-            (act, None)
+            let relu_now = self.spec.relu && !self.residual;
+            let mut act = batch_norm::forward(&pre, gamma, beta, &stats, self.spec.eps, relu_now);
+            if self.residual && self.spec.relu {
+                residual::add_relu_in_place(&mut act, r);
+            } else if self.residual {
+                act.iter_mut().zip(r).for_each(|(a, &b)| *a += b);
+            }
+            act
         };
         (
             out,
             Saved {
                 geometry: g,
                 pre: (!self.spec.recompute).then_some(pre),
-                act,
                 stats,
             },
         )
@@ -192,6 +189,11 @@ impl CustomOp3 for ConvBlockOp {
                 .flatten_all()?
                 .to_dtype(DType::F64)?
                 .to_vec1()?,
+            beta: params
+                .narrow(0, rows - 1, 1)?
+                .flatten_all()?
+                .to_dtype(DType::F64)?
+                .to_vec1()?,
             grads: Arc::new(Mutex::new(None)),
             output: (!self.spec.pool).then(|| y.clone()),
             residual_grad: self.residual && r.track_op(),
@@ -228,8 +230,10 @@ struct ConvBlockGradOp {
     batch_stats: bool,
     saved: Arc<Mutex<Option<SavedAny>>>,
     gamma: Vec<f64>,
+    beta: Vec<f64>,
     grads: Arc<Mutex<Option<ParamGrads>>>,
-    /// The block's output, which is the activation itself when there is no pooling.
+    /// The block's output, which is the activation itself when there is no pooling
+    /// (with pooling the activation is recomputed from the convolution output).
     output: Option<Tensor>,
     /// Whether to return the residual's gradient `dy * [y > 0]`.
     residual_grad: bool,
@@ -246,32 +250,10 @@ impl ConvBlockGradOp {
         let Saved {
             geometry,
             pre,
-            act: kept_act,
             stats,
         } = s;
         let g = &geometry;
-        let guard;
-        let act: &[T] = match (&kept_act, &self.output) {
-            (Some(a), _) => a,
-            (None, Some(y)) => {
-                guard = y.storage_and_layout();
-                let (candle_core::Storage::Cpu(storage), layout) = (&*guard.0, guard.1) else {
-                    bail!("conv_block backward: the output is not on the CPU");
-                };
-                let all = T::slice_of(storage)
-                    .ok_or_else(|| candle_core::Error::Msg("conv_block backward: dtype".into()))?;
-                contiguous(all, layout, "output")?
-            }
-            (None, None) => bail!("conv_block backward: the activation was not kept"),
-        };
         let c = g.out_channels;
-        let pooled;
-        let d_act: &[T] = if self.spec.pool {
-            pooled = pool::backward(act, dy, (g.batch, g.out_h(), g.out_w(), c));
-            &pooled
-        } else {
-            dy
-        };
         let spec = BackwardSpec {
             gamma: &self.gamma,
             stats: &stats,
@@ -280,7 +262,27 @@ impl ConvBlockGradOp {
             batch_stats: self.batch_stats,
         };
         let pre = pre.unwrap_or_else(|| conv2d::forward(x, w, g));
-        let (d_pre, dgamma, dbeta) = batch_norm::backward(pre, act, d_act, &spec);
+        let guard;
+        let (d_pre, dgamma, dbeta, output) = match &self.output {
+            None => {
+                let (scale, shift) =
+                    batch_norm::scale_shift::<T>(&self.gamma, &self.beta, &stats, self.spec.eps);
+                let dims = (g.batch, g.out_h(), g.out_w(), c);
+                let (d, dg, db) = pool::affine_backward(pre, dy, (&scale, &shift), &spec, dims);
+                (d, dg, db, None)
+            }
+            Some(y) => {
+                guard = y.storage_and_layout();
+                let (candle_core::Storage::Cpu(storage), layout) = (&*guard.0, guard.1) else {
+                    bail!("conv_block backward: the output is not on the CPU");
+                };
+                let all = T::slice_of(storage)
+                    .ok_or_else(|| candle_core::Error::Msg("conv_block backward: dtype".into()))?;
+                let act = contiguous(all, layout, "output")?;
+                let (d, dg, db) = batch_norm::backward(pre, act, dy, &spec);
+                (d, dg, db, Some(act))
+            }
+        };
         let dx = if self.input_grad {
             conv2d::backward_input(&d_pre, w, g)
         } else {
@@ -291,10 +293,9 @@ impl ConvBlockGradOp {
         let dgb: Vec<f64> = to64(&dgamma).into_iter().chain(to64(&dbeta)).collect();
         let dr = if self.residual_grad {
             let shape = (g.batch, g.out_h(), g.out_w(), c);
-            let dr = if self.spec.relu {
-                residual::backward(act, dy)
-            } else {
-                dy.to_vec()
+            let dr = match output {
+                Some(act) if self.spec.relu => residual::backward(act, dy),
+                _ => dy.to_vec(),
             };
             Some(Tensor::from_vec(dr, shape, &candle_core::Device::Cpu)?)
         } else {

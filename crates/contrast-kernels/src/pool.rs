@@ -4,7 +4,7 @@
 //! PyTorch). The gradient goes to the first maximal element of each window, so ties
 //! never duplicate it.
 
-use crate::batch_norm::Float;
+use crate::batch_norm::{self, BackwardSpec, Float};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -83,6 +83,120 @@ pub(crate) fn backward<T: Float>(
             }
         });
     dx
+}
+
+/// The normalised activation `relu?(v * a + b)` (the same arithmetic as BatchNorm's
+/// forward pass).
+#[inline]
+fn activation<T: Float>(v: T, a: T, b: T, relu: bool) -> T {
+    let y = v * a + b;
+    if relu && y < T::ZERO { T::ZERO } else { y }
+}
+
+/// The first maximal element of window `win` in channel `j` of the activations of
+/// `x`, and its value.
+#[inline]
+fn window_max<T: Float>(x: &[T], win: &[usize; 4], j: usize, ab: (T, T), relu: bool) -> (usize, T) {
+    let mut best = win[0];
+    let mut m = activation(x[win[0] + j], ab.0, ab.1, relu);
+    for &p in &win[1..] {
+        let v = activation(x[p + j], ab.0, ab.1, relu);
+        if v > m {
+            m = v;
+            best = p;
+        }
+    }
+    (best, m)
+}
+
+/// `max_pool2(relu?(x * scale + shift))` per channel, straight from the BatchNorm
+/// input `x` `[B, H, W, C]`: the full-size activation is never stored.
+pub(crate) fn affine_forward<T: Float>(
+    x: &[T],
+    (scale, shift): (&[T], &[T]),
+    relu: bool,
+    (b, h, w, c): (usize, usize, usize, usize),
+) -> Vec<T> {
+    let (oh, ow) = (h / 2, w / 2);
+    let mut y = vec![T::ZERO; b * oh * ow * c];
+    y.par_chunks_mut(oh * ow * c)
+        .enumerate()
+        .for_each(|(n, yi)| {
+            let xi = &x[n * h * w * c..(n + 1) * h * w * c];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let win = window(oy, ox, w, c);
+                    let out = &mut yi[(oy * ow + ox) * c..][..c];
+                    for (j, o) in out.iter_mut().enumerate() {
+                        *o = window_max(xi, &win, j, (scale[j], shift[j]), relu).1;
+                    }
+                }
+            }
+        });
+    y
+}
+
+/// The backward pass of [`affine_forward`] with BatchNorm's: consumes the BatchNorm
+/// input `x` and returns `(dx, dgamma, dbeta)`. Only each window's first maximal
+/// element receives the pooled gradient (and only when its activation is positive,
+/// under ReLU), so the per-channel sums and `dx` are two sweeps over `x` and `dy`
+/// with the window maxima recomputed, instead of a full-size activation gradient.
+pub(crate) fn affine_backward<T: Float>(
+    mut x: Vec<T>,
+    dy: &[T],
+    (scale, shift): (&[T], &[T]),
+    spec: &BackwardSpec<'_>,
+    (b, h, w, c): (usize, usize, usize, usize),
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let (oh, ow) = (h / 2, w / 2);
+    let relu = spec.relu;
+    // The pooled gradient reaching window (oy, ox), channel j, and where it lands.
+    let routed = |xi: &[T], di: &[T], oy: usize, ox: usize, j: usize| -> (usize, T) {
+        let win = window(oy, ox, w, c);
+        let (p, m) = window_max(xi, &win, j, (scale[j], shift[j]), relu);
+        let g = di[(oy * ow + ox) * c + j];
+        (p, if relu && m <= T::ZERO { T::ZERO } else { g })
+    };
+    let sums = crate::parallel::ordered_sum(2 * c, b, |range, acc| {
+        let (sg, sgx) = acc.split_at_mut(c);
+        for n in range {
+            let xi = &x[n * h * w * c..(n + 1) * h * w * c];
+            let di = &dy[n * oh * ow * c..(n + 1) * oh * ow * c];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    for j in 0..c {
+                        let (p, g) = routed(xi, di, oy, ox, j);
+                        let g = g.to_f64();
+                        sg[j] += g;
+                        sgx[j] += g * xi[p + j].to_f64();
+                    }
+                }
+            }
+        }
+    });
+    let co = batch_norm::coefficients::<T>(&sums[..c], &sums[c..], b * h * w, spec);
+    x.par_chunks_mut(h * w * c).enumerate().for_each(|(n, xi)| {
+        let di = &dy[n * oh * ow * c..(n + 1) * oh * ow * c];
+        // The routed gradients first (they need the activations of x), then dx.
+        let mut routes = Vec::with_capacity(oh * ow * c);
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for j in 0..c {
+                    routes.push(routed(xi, di, oy, ox, j));
+                }
+            }
+        }
+        for row in xi.chunks_exact_mut(c) {
+            for (j, v) in row.iter_mut().enumerate() {
+                *v = co.c1[j] * *v + co.c0[j];
+            }
+        }
+        for (q, (p, g)) in routes.into_iter().enumerate() {
+            let j = q % c;
+            xi[p + j] += co.k[j] * g;
+        }
+    });
+    (x, co.dgamma, co.dbeta)
 }
 
 struct MaxPool2;
