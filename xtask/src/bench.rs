@@ -235,7 +235,7 @@ fn step_case(case: &str) -> Result<(f64, CaseFn)> {
         "step resnet18 cifar b256" => (
             EncoderConfig::Resnet18 {
                 width: 64,
-                recompute_stages: 1,
+                recompute_stages: 2,
             },
             (32, 32, 3),
             0.5,

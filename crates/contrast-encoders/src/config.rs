@@ -19,7 +19,7 @@ pub enum EncoderConfig {
     /// CIFAR-stem ResNet-18 with base width `width` (64 is standard). The stem and
     /// the first `recompute_stages` stages (0 to 4) recompute their convolutions in
     /// the backward pass instead of keeping them (activation checkpointing): the
-    /// default 1 keeps the step's peak memory below PyTorch's at 256 pairs of 32x32
+    /// default 2 keeps the step's peak memory below PyTorch's at 256 pairs of 32x32
     /// images for a few percent more step time; 0 is fastest, 4 leanest
     /// (docs/performance.md).
     Resnet18 {
@@ -37,7 +37,7 @@ fn default_resnet_width() -> usize {
 }
 
 fn default_recompute_stages() -> usize {
-    1
+    2
 }
 
 impl EncoderConfig {

@@ -93,20 +93,26 @@ fn activation<T: Float>(v: T, a: T, b: T, relu: bool) -> T {
     if relu && y < T::ZERO { T::ZERO } else { y }
 }
 
-/// The first maximal element of window `win` in channel `j` of the activations of
-/// `x`, and its value.
-#[inline]
-fn window_max<T: Float>(x: &[T], win: &[usize; 4], j: usize, ab: (T, T), relu: bool) -> (usize, T) {
-    let mut best = win[0];
-    let mut m = activation(x[win[0] + j], ab.0, ab.1, relu);
-    for &p in &win[1..] {
-        let v = activation(x[p + j], ab.0, ab.1, relu);
-        if v > m {
-            m = v;
-            best = p;
+/// For one channel of a window (its four inputs, in the order of [`window`]): which
+/// input has the first maximal activation, its activation and its input value.
+#[inline(always)]
+fn pick<T: Float>(v: [T; 4], a: T, b: T, relu: bool) -> (usize, T, T) {
+    let (mut q, mut m) = (0, activation(v[0], a, b, relu));
+    for (i, &x) in v.iter().enumerate().skip(1) {
+        let y = activation(x, a, b, relu);
+        if y > m {
+            (q, m) = (i, y);
         }
     }
-    (best, m)
+    (q, m, v[q])
+}
+
+/// The input rows of window `(oy, ox)` of image `xi`: the top pair and the bottom
+/// pair of pixels, `2 * c` values each.
+#[inline]
+fn window_rows<T>(xi: &[T], oy: usize, ox: usize, w: usize, c: usize) -> (&[T], &[T]) {
+    let top = (2 * oy * w + 2 * ox) * c;
+    (&xi[top..top + 2 * c], &xi[top + w * c..top + w * c + 2 * c])
 }
 
 /// `max_pool2(relu?(x * scale + shift))` per channel, straight from the BatchNorm
@@ -123,13 +129,12 @@ pub(crate) fn affine_forward<T: Float>(
         .enumerate()
         .for_each(|(n, yi)| {
             let xi = &x[n * h * w * c..(n + 1) * h * w * c];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let win = window(oy, ox, w, c);
-                    let out = &mut yi[(oy * ow + ox) * c..][..c];
-                    for (j, o) in out.iter_mut().enumerate() {
-                        *o = window_max(xi, &win, j, (scale[j], shift[j]), relu).1;
-                    }
+            for (q, out) in yi.chunks_exact_mut(c).enumerate() {
+                let (top, bottom) = window_rows(xi, q / ow, q % ow, w, c);
+                let (r0, r1) = top.split_at(c);
+                let (r2, r3) = bottom.split_at(c);
+                for (j, o) in out.iter_mut().enumerate() {
+                    *o = pick([r0[j], r1[j], r2[j], r3[j]], scale[j], shift[j], relu).1;
                 }
             }
         });
@@ -150,50 +155,56 @@ pub(crate) fn affine_backward<T: Float>(
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (oh, ow) = (h / 2, w / 2);
     let relu = spec.relu;
-    // The pooled gradient reaching window (oy, ox), channel j, and where it lands.
-    let routed = |xi: &[T], di: &[T], oy: usize, ox: usize, j: usize| -> (usize, T) {
-        let win = window(oy, ox, w, c);
-        let (p, m) = window_max(xi, &win, j, (scale[j], shift[j]), relu);
-        let g = di[(oy * ow + ox) * c + j];
-        (p, if relu && m <= T::ZERO { T::ZERO } else { g })
-    };
+    // The pooled gradient `d` as it reaches the winning input (zero under a dead ReLU).
+    let gate = |m: T, d: T| if relu && m <= T::ZERO { T::ZERO } else { d };
     let sums = crate::parallel::ordered_sum(2 * c, b, |range, acc| {
         let (sg, sgx) = acc.split_at_mut(c);
         for n in range {
             let xi = &x[n * h * w * c..(n + 1) * h * w * c];
             let di = &dy[n * oh * ow * c..(n + 1) * oh * ow * c];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    for j in 0..c {
-                        let (p, g) = routed(xi, di, oy, ox, j);
-                        let g = g.to_f64();
-                        sg[j] += g;
-                        sgx[j] += g * xi[p + j].to_f64();
-                    }
+            for (q, d) in di.chunks_exact(c).enumerate() {
+                let (top, bottom) = window_rows(xi, q / ow, q % ow, w, c);
+                let (r0, r1) = top.split_at(c);
+                let (r2, r3) = bottom.split_at(c);
+                for j in 0..c {
+                    let (_, m, v) = pick([r0[j], r1[j], r2[j], r3[j]], scale[j], shift[j], relu);
+                    let g = gate(m, d[j]).to_f64();
+                    sg[j] += g;
+                    sgx[j] += g * v.to_f64();
                 }
             }
         }
     });
     let co = batch_norm::coefficients::<T>(&sums[..c], &sums[c..], b * h * w, spec);
+    let (k, c1, c0) = (&co.k, &co.c1, &co.c0);
     x.par_chunks_mut(h * w * c).enumerate().for_each(|(n, xi)| {
         let di = &dy[n * oh * ow * c..(n + 1) * oh * ow * c];
-        // The routed gradients first (they need the activations of x), then dx.
-        let mut routes = Vec::with_capacity(oh * ow * c);
-        for oy in 0..oh {
-            for ox in 0..ow {
+        for (oy, drow) in di.chunks_exact(ow * c).enumerate() {
+            let (upper, lower) = xi.split_at_mut((2 * oy + 1) * w * c);
+            let top_row = &mut upper[2 * oy * w * c..];
+            for (ox, d) in drow.chunks_exact(c).enumerate() {
+                let (r0, r1) = top_row[2 * ox * c..(2 * ox + 2) * c].split_at_mut(c);
+                let (r2, r3) = lower[2 * ox * c..(2 * ox + 2) * c].split_at_mut(c);
                 for j in 0..c {
-                    routes.push(routed(xi, di, oy, ox, j));
+                    let v = [r0[j], r1[j], r2[j], r3[j]];
+                    let (q, m, _) = pick(v, scale[j], shift[j], relu);
+                    let kg = k[j] * gate(m, d[j]);
+                    let out = |e: usize| {
+                        let base = c1[j] * v[e] + c0[j];
+                        if e == q { base + kg } else { base }
+                    };
+                    (r0[j], r1[j], r2[j], r3[j]) = (out(0), out(1), out(2), out(3));
                 }
             }
         }
-        for row in xi.chunks_exact_mut(c) {
-            for (j, v) in row.iter_mut().enumerate() {
-                *v = co.c1[j] * *v + co.c0[j];
+        // Inputs in no window (a trailing odd row or column) get no pooled gradient.
+        for (y, row) in xi.chunks_exact_mut(w * c).enumerate() {
+            let from = if y < 2 * oh { 2 * ow } else { 0 };
+            for px in row[from * c..].chunks_exact_mut(c) {
+                for (j, v) in px.iter_mut().enumerate() {
+                    *v = c1[j] * *v + c0[j];
+                }
             }
-        }
-        for (q, (p, g)) in routes.into_iter().enumerate() {
-            let j = q % c;
-            xi[p + j] += co.k[j] * g;
         }
     });
     (x, co.dgamma, co.dbeta)
