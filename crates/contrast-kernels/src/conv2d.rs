@@ -230,6 +230,39 @@ pub fn backward_input<T: Element>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T>
     dx
 }
 
+/// [`backward_input`] that consumes `dy` and, when an image's input and output hold
+/// the same number of values (stride 1, `Cin == Cout`: most of a ResNet), turns its
+/// buffer into `dx` image chunk by image chunk instead of allocating a second
+/// full-size buffer. Each chunk's `dy` is multiplied out into a chunk-sized column
+/// buffer before the chunk is overwritten.
+pub fn backward_input_owned<T: Element>(mut dy: Vec<T>, w: &[T], g: &ConvGeometry) -> Vec<T> {
+    if g.in_image() != g.out_pixels() * g.out_channels {
+        return backward_input(&dy, w, g);
+    }
+    let per = g.images_per_chunk();
+    let rows_per_image = g.out_pixels();
+    let wt = MatRef::row_major(w, g.patch(), g.out_channels).t();
+    dy.par_chunks_mut(per * g.in_image()).for_each(|chunk| {
+        let n = chunk.len() / g.in_image();
+        let rows = n * rows_per_image;
+        let mut col = vec![T::ZERO; rows * g.patch()];
+        matmul(
+            &mut col,
+            MatRef::row_major(chunk, rows, g.out_channels),
+            wt,
+            false,
+            1,
+        );
+        if g.is_pointwise() {
+            chunk.copy_from_slice(&col);
+        } else {
+            chunk.fill(T::ZERO);
+            col2im_add(&col, g, n, chunk);
+        }
+    });
+    dy
+}
+
 /// Weight gradient `dw` `[k*k*Cin, Cout]` from the input `x` and output gradient `dy`.
 pub fn backward_weight<T: Element>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T> {
     let per = g.images_per_chunk();

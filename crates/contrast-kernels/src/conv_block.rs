@@ -283,12 +283,12 @@ impl ConvBlockGradOp {
                 (d, dg, db, Some(act))
             }
         };
+        let dw = conv2d::backward_weight(x, &d_pre, g);
         let dx = if self.input_grad {
-            conv2d::backward_input(&d_pre, w, g)
+            conv2d::backward_input_owned(d_pre, w, g)
         } else {
             vec![T::ZERO]
         };
-        let dw = conv2d::backward_weight(x, &d_pre, g);
         let to64 = |v: &[T]| v.iter().map(|&t| Float::to_f64(t)).collect::<Vec<f64>>();
         let dgb: Vec<f64> = to64(&dgamma).into_iter().chain(to64(&dbeta)).collect();
         let dr = if self.residual_grad {
