@@ -5,18 +5,20 @@
 //!   nearest-neighbour mining and memory lookups.
 //! - [`conv2d_nhwc`]: channels-last convolution with GEMM-based forward and backward
 //!   passes (the encoders' convolutions).
-//! - [`conv_block`]: convolution, BatchNorm, ReLU and pooling fused into one op.
+//! - [`conv_block`]: convolution, BatchNorm, an optional residual, ReLU and pooling
+//!   fused into one op.
 //! - [`batch_norm`]: fused batch normalisation (+ ReLU) with its backward pass.
 //! - [`max_pool2`]: 2x2 max pooling with its backward pass.
 //! - [`add_relu`]: the residual join `relu(a + b)` as one op.
 //! - [`streaming_info_nce`]: InfoNCE forward and backward over candidate tiles with
 //!   an online log-sum-exp, never forming the `[B, N]` logits.
 //! - [`tiled_info_nce`]: the same streaming loss from candle tensor ops, for devices
-//!   without the custom kernel (CUDA through cuBLAS, Metal).
-//! - [`cuda`] (feature `cuda`): the streaming InfoNCE op's CUDA kernels, compiled at
-//!   run time by NVRTC.
+//!   and dtypes without the custom kernel (Metal; f16 and bf16).
+//! - `cuda` (feature `cuda`): the streaming InfoNCE op's CUDA kernels, compiled at
+//!   run time by NVRTC (docs/gpu.md).
 //! - [`mask_tile`]: every candidate rule applied to one tile of dot products, for the
-//!   tensor-op path (CPU, and Metal through [`metal`] with the feature `metal`).
+//!   tensor-op path (CPU, and Metal through the `metal` module with the feature
+//!   `metal`).
 //! - [`gemm`]: a checked wrapper over the `gemm` crate, shared by the kernels.
 //!
 //! Every kernel has a plain candle composition beside it that serves as its reference
