@@ -19,9 +19,9 @@ pub enum EncoderConfig {
     /// CIFAR-stem ResNet-18 with base width `width` (64 is standard). The stem and
     /// the first `recompute_stages` stages (0 to 4) recompute their convolutions in
     /// the backward pass instead of keeping them (activation checkpointing): the
-    /// default 2 keeps the step's peak memory below PyTorch's at 256 pairs of 32x32
-    /// images for a few percent more step time; 0 is fastest, 4 leanest
-    /// (docs/performance.md).
+    /// default 2 brings the step's peak memory at 256 pairs of 32x32 images below
+    /// PyTorch's default-layout peak (level with its channels-last one) for roughly 5
+    /// to 12% more step time; 0 is fastest, 4 leanest (docs/performance.md).
     Resnet18 {
         #[serde(default = "default_resnet_width")]
         width: usize,

@@ -24,7 +24,7 @@
 use crate::batch_norm::Float;
 use crate::gemm::{MatRef, matmul};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
 
@@ -405,12 +405,17 @@ fn saved_grads<T: Float + candle_core::WithDType>(
 ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
     let dev = a.device();
     let dc = if c.track_op() {
-        let (av, cv) = (
-            a.flatten_all()?.to_vec1::<T>()?,
-            c.flatten_all()?.to_vec1::<T>()?,
-        );
+        // The op's inputs are contiguous CPU storages: read them in place.
+        let (a_st, a_l) = a.storage_and_layout();
+        let (c_st, c_l) = c.storage_and_layout();
+        let (Storage::Cpu(a_st), Storage::Cpu(c_st)) = (&*a_st, &*c_st) else {
+            bail!("info_nce: CPU backward needs CPU anchors and candidates");
+        };
+        let dtype_err = || candle_core::Error::Msg("info_nce: backward dtype mismatch".into());
+        let av = contiguous(T::slice_of(a_st).ok_or_else(dtype_err)?, a_l, "anchors")?;
+        let cv = contiguous(T::slice_of(c_st).ok_or_else(dtype_err)?, c_l, "candidates")?;
         Some(Tensor::from_vec(
-            pass2(&av, &cv, s, spec, t, &p.lse),
+            pass2(av, cv, s, spec, t, &p.lse),
             (s.n, s.d),
             dev,
         )?)
@@ -432,15 +437,13 @@ fn cuda_saved_grads(
     a: &Tensor,
     c: &Tensor,
     s: &Shapes,
-    spec: &Candidates,
     t: f64,
 ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-    use candle_core::Storage;
     use candle_core::op::BackpropOp;
     let tensor = |st: candle_core::CudaStorage, shape: Shape| {
         Tensor::from_storage(Storage::Cuda(st), shape, BackpropOp::none(), false)
     };
-    let [da, de, lse] = crate::cuda::clone_saved(p, s.b, s.d)?;
+    let [da, de] = crate::cuda::clone_saved(p, s.b, s.d)?;
     let dc = if c.track_op() {
         let (a_st, a_l) = a.storage_and_layout();
         let (c_st, c_l) = c.storage_and_layout();
@@ -448,12 +451,8 @@ fn cuda_saved_grads(
             bail!("info_nce: CUDA backward needs CUDA anchors and candidates");
         };
         let dc = match a.dtype() {
-            DType::F32 => {
-                crate::cuda::candidate_grad::<f32>((a_st, a_l), (c_st, c_l), &lse, spec, t)?
-            }
-            DType::F64 => {
-                crate::cuda::candidate_grad::<f64>((a_st, a_l), (c_st, c_l), &lse, spec, t)?
-            }
+            DType::F32 => crate::cuda::candidate_grad::<f32>((a_st, a_l), (c_st, c_l), p, t)?,
+            DType::F64 => crate::cuda::candidate_grad::<f64>((a_st, a_l), (c_st, c_l), p, t)?,
             other => bail!("info_nce: expected f32 or f64 inputs, got {other:?}"),
         };
         Some(tensor(dc, Shape::from((s.n, s.d))))
@@ -570,7 +569,7 @@ impl CustomOp3 for InfoNceOp {
             Some(Saved::F32(p)) => saved_grads(p, a, c, &s, spec, t)?,
             Some(Saved::F64(p)) => saved_grads(p, a, c, &s, spec, t)?,
             #[cfg(feature = "cuda")]
-            Some(Saved::Cuda(p)) => cuda_saved_grads(p, a, c, &s, spec, t)?,
+            Some(Saved::Cuda(p)) => cuda_saved_grads(p, a, c, &s, t)?,
             None => bail!("info_nce: backward before forward"),
         };
         let dc = match dc {

@@ -12,12 +12,22 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, WithDType, bail};
 use rayon::prelude::*;
 
+/// What the tiles of one call share: on Metal, the spec's mask arrays, uploaded by
+/// the first tile and reused by the others.
+#[derive(Default)]
+pub struct MaskCache {
+    #[cfg(feature = "metal")]
+    pub(crate) metal: std::sync::OnceLock<crate::metal::DeviceMasks>,
+}
+
 /// Masks and scales the tile `[B, cols]` of raw dot products for candidate columns
 /// `j0..j0 + cols`: kept entries become `dot / t`, removed ones `-inf`.
 pub struct MaskTile<'a> {
     pub spec: &'a Candidates,
     pub j0: usize,
     pub inv_t: f64,
+    /// Shared by every tile of one call (see [`MaskCache`]).
+    pub cache: &'a MaskCache,
 }
 
 impl MaskTile<'_> {

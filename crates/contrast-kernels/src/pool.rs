@@ -29,30 +29,10 @@ fn window(oy: usize, ox: usize, w: usize, c: usize) -> [usize; 4] {
     [base, base + c, base + w * c, base + (w + 1) * c]
 }
 
-pub(crate) fn forward<T: Float>(x: &[T], (b, h, w, c): (usize, usize, usize, usize)) -> Vec<T> {
-    let (oh, ow) = (h / 2, w / 2);
-    let mut y = vec![T::ZERO; b * oh * ow * c];
-    y.par_chunks_mut(oh * ow * c)
-        .enumerate()
-        .for_each(|(n, yi)| {
-            let xi = &x[n * h * w * c..(n + 1) * h * w * c];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let win = window(oy, ox, w, c);
-                    let out = &mut yi[(oy * ow + ox) * c..][..c];
-                    for (j, o) in out.iter_mut().enumerate() {
-                        let mut m = xi[win[0] + j];
-                        for &p in &win[1..] {
-                            if xi[p + j] > m {
-                                m = xi[p + j];
-                            }
-                        }
-                        *o = m;
-                    }
-                }
-            }
-        });
-    y
+/// Plain max pooling: [`affine_forward`] with the identity affine map.
+pub(crate) fn forward<T: Float>(x: &[T], dims: (usize, usize, usize, usize)) -> Vec<T> {
+    let (ones, zeros) = (vec![T::ONE; dims.3], vec![T::ZERO; dims.3]);
+    affine_forward(x, (&ones, &zeros), false, dims)
 }
 
 pub(crate) fn backward<T: Float>(
@@ -67,18 +47,15 @@ pub(crate) fn backward<T: Float>(
         .for_each(|(n, dxi)| {
             let xi = &x[n * h * w * c..(n + 1) * h * w * c];
             let di = &dy[n * oh * ow * c..(n + 1) * oh * ow * c];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let win = window(oy, ox, w, c);
-                    for j in 0..c {
-                        let mut best = win[0];
-                        for &p in &win[1..] {
-                            if xi[p + j] > xi[best + j] {
-                                best = p;
-                            }
-                        }
-                        dxi[best + j] += di[(oy * ow + ox) * c + j];
-                    }
+            for (q, d) in di.chunks_exact(c).enumerate() {
+                let (oy, ox) = (q / ow, q % ow);
+                let (top, bottom) = window_rows(xi, oy, ox, w, c);
+                let (r0, r1) = top.split_at(c);
+                let (r2, r3) = bottom.split_at(c);
+                let win = window(oy, ox, w, c);
+                for j in 0..c {
+                    let (best, _, _) = pick([r0[j], r1[j], r2[j], r3[j]], T::ONE, T::ZERO, false);
+                    dxi[win[best] + j] += d[j];
                 }
             }
         });

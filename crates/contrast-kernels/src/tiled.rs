@@ -14,7 +14,7 @@
 //! through [`MaskTile`] instead, which applies every rule (CPU and Metal).
 
 use crate::info_nce::{Candidates, Positive};
-use crate::mask_tile::MaskTile;
+use crate::mask_tile::{MaskCache, MaskTile};
 use candle_core::{D, Result, Tensor, bail};
 
 /// Candidate columns per tile.
@@ -120,11 +120,17 @@ pub fn tiled_info_nce(
     let masks = MaskKeys::new(spec, b, n, dev)?;
     let per_element =
         spec.window.is_some() || spec.excluded.is_some() || spec.always_kept.is_some();
+    let cache = MaskCache::default();
     // Logits of one tile, removed candidates at -inf.
     let tile_logits = |j0: usize, cols: usize| -> Result<Tensor> {
         let dots = a.matmul(&c.narrow(0, j0, cols)?.t()?)?;
         if per_element {
-            return dots.apply_op1_no_bwd(&MaskTile { spec, j0, inv_t });
+            return dots.apply_op1_no_bwd(&MaskTile {
+                spec,
+                j0,
+                inv_t,
+                cache: &cache,
+            });
         }
         let l = (dots * inv_t)?;
         match masks.removed(spec, j0, cols)? {

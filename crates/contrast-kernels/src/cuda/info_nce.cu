@@ -75,13 +75,13 @@ __device__ bool removed(const Masks& mk, int i, int j, int pos, T dot) {
     return false;
 }
 
-// Block-wide reductions over THREADS threads; every thread gets the result.
-template <typename T>
-__device__ T block_max(T v, T* sh) {
+// Block-wide reduction over THREADS threads with `op`; every thread gets the result.
+template <typename T, typename Op>
+__device__ T block_reduce(T v, T* sh, Op op) {
     sh[threadIdx.x] = v;
     __syncthreads();
     for (int w = THREADS / 2; w > 0; w >>= 1) {
-        if (threadIdx.x < w) sh[threadIdx.x] = mx(sh[threadIdx.x], sh[threadIdx.x + w]);
+        if (threadIdx.x < w) sh[threadIdx.x] = op(sh[threadIdx.x], sh[threadIdx.x + w]);
         __syncthreads();
     }
     T r = sh[0];
@@ -89,18 +89,15 @@ __device__ T block_max(T v, T* sh) {
     return r;
 }
 
-template <typename T>
-__device__ T block_sum(T v, T* sh) {
-    sh[threadIdx.x] = v;
-    __syncthreads();
-    for (int w = THREADS / 2; w > 0; w >>= 1) {
-        if (threadIdx.x < w) sh[threadIdx.x] += sh[threadIdx.x + w];
-        __syncthreads();
-    }
-    T r = sh[0];
-    __syncthreads();
-    return r;
-}
+struct MaxOp {
+    template <typename T>
+    __device__ T operator()(T a, T b) const { return mx(a, b); }
+};
+
+struct SumOp {
+    template <typename T>
+    __device__ T operator()(T a, T b) const { return a + b; }
+};
 
 // Running state before the first tile: the extra logit opens the sums when it is the
 // positive, otherwise the rows start empty.
@@ -140,7 +137,7 @@ __device__ void tile_update(T* tile, int cols, int j0, T inv_t, Masks mk, T* m, 
         local = mx(local, l);
     }
     T old = m[i];
-    T new_m = mx(old, block_max(local, sh));
+    T new_m = mx(old, block_reduce(local, sh, MaxOp()));
     bool empty = new_m == neg_inf((T)0);
     T part = (T)0;
     for (int k = threadIdx.x; k < cols; k += THREADS) {
@@ -148,7 +145,7 @@ __device__ void tile_update(T* tile, int cols, int j0, T inv_t, Masks mk, T* m, 
         row[k] = w;
         part += w;
     }
-    T tile_sum = block_sum(part, sh);
+    T tile_sum = block_reduce(part, sh, SumOp());
     if (threadIdx.x == 0) {
         T r = empty ? (T)1 : ex(old - new_m);
         rescale[i] = r;
@@ -194,7 +191,7 @@ __device__ void sum_scaled(const T* x, int n, T scale, T* out) {
     __shared__ T sh[THREADS];
     T part = (T)0;
     for (int k = threadIdx.x; k < n; k += THREADS) part += x[k];
-    T total = block_sum(part, sh);
+    T total = block_reduce(part, sh, SumOp());
     if (threadIdx.x == 0) out[0] = total * scale;
 }
 

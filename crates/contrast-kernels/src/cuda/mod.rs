@@ -78,6 +78,8 @@ pub(crate) struct Saved {
     pub d_anchors: CudaStorage,
     /// Gradient of the mean loss to the extra logits `[B]`.
     pub d_extra: CudaStorage,
+    /// The call's masks, uploaded once and reused by the candidates' pass.
+    masks: DeviceMasks,
 }
 
 /// The mask inputs of one call on the device ([`MaskArrays`] uploaded).
@@ -138,7 +140,6 @@ fn tile_cols(b: usize, n: usize) -> usize {
 }
 
 /// `c = alpha * op(a) op(b) + beta * c` in cuBLAS's column-major convention.
-#[allow(clippy::too_many_arguments)]
 fn gemm<T: CudaFloat>(
     dev: &CudaDevice,
     (transa, transb): (bool, bool),
@@ -175,30 +176,6 @@ where
     // SAFETY: the views cover the matrices the dimensions and leading dimensions name
     // (checked by the callers' shapes).
     unsafe { dev.cublas_handle().gemm(cfg, &a_view, &b_view, &mut c_view) }.w()
-}
-
-/// `L [rows, cols] = A [rows, D] . C[j0 .. j0 + cols]^T` into `tile`.
-fn tile_logits<T: CudaFloat>(
-    dev: &CudaDevice,
-    a: (&CudaSlice<T>, usize),
-    c: (&CudaSlice<T>, usize),
-    tile: &mut CudaSlice<T>,
-    (rows, d): (usize, usize),
-    (j0, cols): (usize, usize),
-) -> Result<()>
-where
-    CudaBlas: Gemm<T>,
-{
-    // Column-major: L^T [cols, rows] = C_tile [cols, D] . A^T [D, rows].
-    gemm(
-        dev,
-        (true, false),
-        (cols, rows, d),
-        (c.0, c.1 + j0 * d, d),
-        (a.0, a.1, d),
-        (tile, 0, cols),
-        0.0,
-    )
 }
 
 /// One of `info_nce.cu`'s kernels, loaded for a device's stream.
@@ -240,8 +217,51 @@ where
     }
 }
 
+/// Anchors `[B, D]` and candidates `[N, D]` on one device, as slices and offsets.
+struct Operands<'a, T> {
+    dev: &'a CudaDevice,
+    b: usize,
+    n: usize,
+    d: usize,
+    a: (&'a CudaSlice<T>, usize),
+    c: (&'a CudaSlice<T>, usize),
+}
+
+impl<'a, T: CudaFloat> Operands<'a, T>
+where
+    CudaBlas: Gemm<T>,
+{
+    fn new(
+        (sa, la): (&'a CudaStorage, &Layout),
+        (sc, lc): (&'a CudaStorage, &Layout),
+    ) -> Result<Self> {
+        Ok(Self {
+            dev: sa.device(),
+            b: la.dims()[0],
+            n: lc.dims()[0],
+            d: la.dims()[1],
+            a: input::<T>(sa, la, "anchors")?,
+            c: input::<T>(sc, lc, "candidates")?,
+        })
+    }
+
+    /// `L [B, cols] = A . C[j0 .. j0 + cols]^T` into `tile`.
+    fn tile_logits(&self, tile: &mut CudaSlice<T>, j0: usize, cols: usize) -> Result<()> {
+        let (b, d) = (self.b, self.d);
+        // Column-major: L^T [cols, B] = C_tile [cols, D] . A^T [D, B].
+        gemm(
+            self.dev,
+            (true, false),
+            (cols, b, d),
+            (self.c.0, self.c.1 + j0 * d, d),
+            (self.a.0, self.a.1, d),
+            (tile, 0, cols),
+            0.0,
+        )
+    }
+}
+
 /// Pass 1 on the device: the mean loss (a scalar) and the saved gradients.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward<T: CudaFloat>(
     (sa, la): (&CudaStorage, &Layout),
     (sc, lc): (&CudaStorage, &Layout),
@@ -252,11 +272,8 @@ pub(crate) fn forward<T: CudaFloat>(
 where
     CudaBlas: Gemm<T>,
 {
-    let dev = sa.device();
-    let (b, d) = (la.dims()[0], la.dims()[1]);
-    let n = lc.dims()[0];
-    let a = input::<T>(sa, la, "anchors")?;
-    let c = input::<T>(sc, lc, "candidates")?;
+    let ops = Operands::<T>::new((sa, la), (sc, lc))?;
+    let (dev, b, n, d, c) = (ops.dev, ops.b, ops.n, ops.d, ops.c);
     let (e, e_off) = input::<T>(se, le, "extra")?;
     let extra = e.slice(e_off..e_off + b);
     let masks = DeviceMasks::new(spec, dev)?;
@@ -271,6 +288,8 @@ where
     let tc = tile_cols(b, n);
     let mut tile = dev.alloc_zeros::<T>(b * tc.min(n))?;
 
+    let tile_update = Kernel::load::<T>(dev, "tile_update")?;
+    let scale_rows = Kernel::load::<T>(dev, "scale_rows")?;
     let k = Kernel::load::<T>(dev, "init_state")?;
     let mut l = k.args();
     let (b_i32, d_i32) = (b as i32, d as i32);
@@ -282,9 +301,8 @@ where
 
     for j0 in (0..n).step_by(tc) {
         let cols = tc.min(n - j0);
-        tile_logits(dev, a, c, &mut tile, (b, d), (j0, cols))?;
-        let k = Kernel::load::<T>(dev, "tile_update")?;
-        let mut l = k.args();
+        ops.tile_logits(&mut tile, j0, cols)?;
+        let mut l = tile_update.args();
         let (cols_i32, j0_i32) = (cols as i32, j0 as i32);
         l.arg(&mut tile).arg(&cols_i32).arg(&j0_i32).arg(&inv_t);
         l.arg(&mut m)
@@ -295,8 +313,7 @@ where
         // SAFETY: the tile holds `b * cols` logits; the state arrays `b` values.
         unsafe { l.launch(per_row(b)) }.w()?;
 
-        let k = Kernel::load::<T>(dev, "scale_rows")?;
-        let mut l = k.args();
+        let mut l = scale_rows.args();
         l.arg(&mut acc).arg(&rescale).arg(&b_i32).arg(&d_i32);
         // SAFETY: `acc` is [b, d], `rescale` [b].
         unsafe { l.launch(LaunchConfig::for_num_elems((b * d) as u32)) }.w()?;
@@ -350,39 +367,35 @@ where
             lse: wrap(lse),
             d_anchors: wrap(d_anchors),
             d_extra: wrap(d_extra),
+            masks,
         },
     ))
 }
 
 /// Pass 2 on the device: the gradient of the mean loss to the candidates `[N, D]`,
-/// `dc_j = sum_i (p_ij - [j = pos_i]) a_i / (t B)`.
+/// `dc_j = sum_i (p_ij - [j = pos_i]) a_i / (t B)`, from pass 1's log-sum-exps and masks.
 pub(crate) fn candidate_grad<T: CudaFloat>(
-    (sa, la): (&CudaStorage, &Layout),
-    (sc, lc): (&CudaStorage, &Layout),
-    lse: &CudaStorage,
-    spec: &Candidates,
+    anchors: (&CudaStorage, &Layout),
+    candidates: (&CudaStorage, &Layout),
+    saved: &Saved,
     temperature: f64,
 ) -> Result<CudaStorage>
 where
     CudaBlas: Gemm<T>,
 {
-    let dev = sa.device();
-    let (b, d) = (la.dims()[0], la.dims()[1]);
-    let n = lc.dims()[0];
-    let a = input::<T>(sa, la, "anchors")?;
-    let c = input::<T>(sc, lc, "candidates")?;
-    let lse = lse.as_cuda_slice::<T>()?;
-    let masks = DeviceMasks::new(spec, dev)?;
+    let ops = Operands::<T>::new(anchors, candidates)?;
+    let (dev, b, n, d) = (ops.dev, ops.b, ops.n, ops.d);
+    let lse = saved.lse.as_cuda_slice::<T>()?;
     let inv_t = T::from_f64(1.0 / temperature);
     let g_scale = T::from_f64(1.0 / (temperature * b as f64));
     let tc = tile_cols(b, n);
     let mut tile = dev.alloc_zeros::<T>(b * tc.min(n))?;
     let mut dc = dev.alloc_zeros::<T>(n * d)?;
+    let weights = Kernel::load::<T>(dev, "candidate_weights")?;
     for j0 in (0..n).step_by(tc) {
         let cols = tc.min(n - j0);
-        tile_logits(dev, a, c, &mut tile, (b, d), (j0, cols))?;
-        let k = Kernel::load::<T>(dev, "candidate_weights")?;
-        let mut l = k.args();
+        ops.tile_logits(&mut tile, j0, cols)?;
+        let mut l = weights.args();
         let (cols_i32, j0_i32) = (cols as i32, j0 as i32);
         l.arg(&mut tile)
             .arg(&cols_i32)
@@ -390,7 +403,7 @@ where
             .arg(&inv_t)
             .arg(&g_scale);
         l.arg(lse);
-        masks.push(&mut l);
+        saved.masks.push(&mut l);
         // SAFETY: the tile holds `b * cols` values, `lse` `b`.
         unsafe { l.launch(per_row(b)) }.w()?;
         // Column-major: dC_tile^T [D, cols] = A^T [D, B] . G [B, cols].
@@ -398,7 +411,7 @@ where
             dev,
             (false, true),
             (d, cols, b),
-            (a.0, a.1, d),
+            (ops.a.0, ops.a.1, d),
             (&tile, 0, cols),
             (&mut dc, j0 * d, d),
             0.0,
@@ -407,12 +420,11 @@ where
     Ok(CudaStorage::wrap_cuda_slice(dc, dev.clone()))
 }
 
-/// The saved device gradients as storages for tensors (copies, so that a second
-/// backward pass over the same graph still finds them).
-pub(crate) fn clone_saved(saved: &Saved, b: usize, d: usize) -> Result<[CudaStorage; 3]> {
+/// The saved anchor and extra-logit gradients as storages for tensors (copies, so that
+/// a second backward pass over the same graph still finds them).
+pub(crate) fn clone_saved(saved: &Saved, b: usize, d: usize) -> Result<[CudaStorage; 2]> {
     Ok([
         saved.d_anchors.try_clone(&Layout::contiguous((b, d)))?,
         saved.d_extra.try_clone(&Layout::contiguous(b))?,
-        saved.lse.try_clone(&Layout::contiguous(b))?,
     ])
 }

@@ -12,14 +12,15 @@
 //! `tiled_path_with_windows_and_lists_matches_the_kernel` in contrast-losses is the
 //! check to run on macOS with `--features contrast-kernels/metal` and a Metal device.
 
+use crate::info_nce::Candidates;
 use crate::mask_arrays::MaskArrays;
 use crate::mask_tile::MaskTile;
 use candle_core::backend::BackendStorage;
 use candle_core::{DType, Layout, MetalDevice, MetalError, MetalStorage, Result, Shape, bail};
-use candle_metal_kernels::metal::{ComputeCommandEncoder, ComputePipeline};
+use candle_metal_kernels::metal::{Buffer, ComputeCommandEncoder, ComputePipeline};
 use objc2_metal::MTLSize;
 use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 const SOURCE: &str = include_str!("mask_tile.metal");
 /// Threads per threadgroup.
@@ -60,7 +61,34 @@ fn pipeline(device: &MetalDevice) -> Result<ComputePipeline> {
     Ok(p)
 }
 
-/// [`MaskTile`] on a Metal f32 tile `[B, cols]`.
+/// A spec's mask arrays as Metal buffers, in `mask_tile.metal`'s argument order
+/// (buffers 3 to 10).
+pub(crate) struct DeviceMasks {
+    rules: u32,
+    buffers: [Arc<Buffer>; 8],
+}
+
+impl DeviceMasks {
+    fn new(spec: &Candidates, device: &MetalDevice) -> Result<Self> {
+        let m = MaskArrays::new(spec);
+        Ok(Self {
+            rules: m.rules,
+            buffers: [
+                device.new_buffer_with_data(&m.positive)?,
+                device.new_buffer_with_data(&m.row_keys)?,
+                device.new_buffer_with_data(&m.col_keys)?,
+                device.new_buffer_with_data(&m.window)?,
+                device.new_buffer_with_data(&m.excluded.offsets)?,
+                device.new_buffer_with_data(&m.excluded.cols)?,
+                device.new_buffer_with_data(&m.kept.offsets)?,
+                device.new_buffer_with_data(&m.kept.cols)?,
+            ],
+        })
+    }
+}
+
+/// [`MaskTile`] on a Metal f32 tile `[B, cols]`; the first tile of a call uploads the
+/// masks into the call's [`crate::mask_tile::MaskCache`].
 pub(crate) fn mask_tile(
     op: &MaskTile<'_>,
     storage: &MetalStorage,
@@ -78,24 +106,20 @@ pub(crate) fn mask_tile(
     };
     let device = storage.device();
     let count = rows * cols;
-    let m = MaskArrays::new(op.spec);
+    let masks = match op.cache.metal.get() {
+        Some(m) => m,
+        None => {
+            let m = DeviceMasks::new(op.spec, device)?;
+            op.cache.metal.get_or_init(|| m)
+        }
+    };
     let params = MaskParams {
         rows: rows as u32,
         cols: cols as u32,
         j0: op.j0 as u32,
-        rules: m.rules,
+        rules: masks.rules,
         inv_t: op.inv_t as f32,
     };
-    let inputs = [
-        device.new_buffer_with_data(&m.positive)?,
-        device.new_buffer_with_data(&m.row_keys)?,
-        device.new_buffer_with_data(&m.col_keys)?,
-        device.new_buffer_with_data(&m.window)?,
-        device.new_buffer_with_data(&m.excluded.offsets)?,
-        device.new_buffer_with_data(&m.excluded.cols)?,
-        device.new_buffer_with_data(&m.kept.offsets)?,
-        device.new_buffer_with_data(&m.kept.cols)?,
-    ];
     let out = device
         .new_buffer_builder()
         .with_size_for(count, DType::F32)
@@ -114,7 +138,7 @@ pub(crate) fn mask_tile(
         );
         encoder.set_output_buffer(1, Some(&out), 0);
         encoder.set_bytes(2, &params);
-        for (k, buffer) in inputs.iter().enumerate() {
+        for (k, buffer) in masks.buffers.iter().enumerate() {
             encoder.set_input_buffer(3 + k, Some(buffer), 0);
         }
         let size = |width: usize| MTLSize {
