@@ -220,15 +220,18 @@ fn conv_case(case: &str, path: &str) -> Result<(f64, CaseFn)> {
 /// A full SimCLR training step (forward, NT-Xent, backward, SGD) on random images;
 /// the rate is images (both views) per second.
 fn step_case(case: &str) -> Result<(f64, CaseFn)> {
-    use contrast_encoders::{EncoderConfig, HeadConfig, InputShape};
+    use contrast_encoders::{ConvPool, EncoderConfig, HeadConfig, InputShape};
     use contrast_train::config::{ModelConfig, OptimConfig};
     use contrast_train::model::ContrastiveModel;
     use contrast_train::optim::Optimizer;
-    let (encoder, (h, w, c), t) = match case {
+    // The default config's network: two stages in the encoder, two in the head.
+    let (encoder, head_conv, (h, w, c), t) = match case {
         "step convnet default b256" => (
             EncoderConfig::Convnet {
-                channels: vec![32, 64, 128, 256],
+                channels: vec![32, 64],
+                pool: ConvPool::Flatten,
             },
+            vec![128, 256],
             (28, 28, 1),
             0.2,
         ),
@@ -237,6 +240,7 @@ fn step_case(case: &str) -> Result<(f64, CaseFn)> {
                 width: 64,
                 recompute_stages: 2,
             },
+            Vec::new(),
             (32, 32, 3),
             0.5,
         ),
@@ -246,6 +250,7 @@ fn step_case(case: &str) -> Result<(f64, CaseFn)> {
     let cfg = ModelConfig {
         encoder,
         head: HeadConfig {
+            conv: head_conv,
             hidden: 512,
             out: 128,
             layers: 2,

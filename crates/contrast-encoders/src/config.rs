@@ -1,6 +1,6 @@
 //! Encoder configuration (serde) and construction.
 
-use crate::convnet::ConvNet;
+use crate::convnet::{ConvNet, ConvPool};
 use crate::mlp::Mlp;
 use crate::params::ParamBuilder;
 use crate::resnet::ResNet18;
@@ -14,8 +14,13 @@ use serde::{Deserialize, Serialize};
 pub enum EncoderConfig {
     /// Flattened pixels through `Linear -> BN -> ReLU` layers of these widths.
     Mlp { hidden: Vec<usize> },
-    /// `conv3x3 -> BN -> ReLU` stages of these widths, max-pooled between stages.
-    Convnet { channels: Vec<usize> },
+    /// `conv3x3 -> BN -> ReLU` stages of these widths, max-pooled between stages;
+    /// `pool` makes the representation (global average, or the flattened map).
+    Convnet {
+        channels: Vec<usize>,
+        #[serde(default)]
+        pool: ConvPool,
+    },
     /// CIFAR-stem ResNet-18 with base width `width` (64 is standard). The stem and
     /// the first `recompute_stages` stages (0 to 4) recompute their convolutions in
     /// the backward pass instead of keeping them (activation checkpointing): the
@@ -45,7 +50,9 @@ impl EncoderConfig {
     pub fn build(&self, input: InputShape, vb: ParamBuilder) -> Result<Box<dyn Encoder>> {
         Ok(match self {
             EncoderConfig::Mlp { hidden } => Box::new(Mlp::new(input, hidden, vb)?),
-            EncoderConfig::Convnet { channels } => Box::new(ConvNet::new(input, channels, vb)?),
+            EncoderConfig::Convnet { channels, pool } => {
+                Box::new(ConvNet::new(input, channels, *pool, vb)?)
+            }
             EncoderConfig::Resnet18 {
                 width,
                 recompute_stages,

@@ -110,6 +110,11 @@ impl ConvBnAct {
         })
     }
 
+    /// The block's convolution geometry.
+    pub fn spec(&self) -> ConvSpec {
+        self.conv.spec
+    }
+
     /// The same block, recomputing its convolution in the backward pass when `on`:
     /// less memory held between the passes, one more forward convolution.
     pub fn recomputing(mut self, on: bool) -> Self {

@@ -28,7 +28,7 @@ pub mod resnet;
 pub use batch_norm::{BatchNorm, RUNNING_STAT};
 pub use config::EncoderConfig;
 pub use conv::{Conv2d, ConvSpec};
-pub use convnet::ConvNet;
+pub use convnet::{ConvNet, ConvPool};
 pub use ema::{MomentumSchedule, copy_vars, ema_update};
 pub use filter::{FeatureFilter, FeatureFilterConfig};
 pub use head::{HeadConfig, ProjectionHead};
@@ -62,6 +62,12 @@ pub trait Encoder: Send + Sync {
 
     /// Width of the representation.
     fn out_dim(&self) -> usize;
+
+    /// The `[H, W, C]` shape of the representation when it is a flattened feature
+    /// map (a convolutional projection head continues from it); `None` for vectors.
+    fn out_map(&self) -> Option<InputShape> {
+        None
+    }
 }
 
 /// The flattened input as the representation: the raw-pixel baseline.

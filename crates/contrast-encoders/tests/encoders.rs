@@ -3,7 +3,8 @@
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use contrast_encoders::{
-    BatchNorm, EncoderConfig, HeadConfig, InputShape, ParamBuilder, ProjectionHead, RUNNING_STAT,
+    BatchNorm, ConvPool, EncoderConfig, HeadConfig, InputShape, ParamBuilder, ProjectionHead,
+    RUNNING_STAT,
 };
 
 fn builder(vm: &VarMap, dtype: DType, seed: u64) -> ParamBuilder<'static> {
@@ -50,19 +51,35 @@ fn batch_norm_updates_running_statistics_in_training_mode_only() {
     assert_eq!(values(bn.running_mean()), rm);
 }
 
+fn convnet(channels: &[usize], pool: ConvPool) -> EncoderConfig {
+    EncoderConfig::Convnet {
+        channels: channels.to_vec(),
+        pool,
+    }
+}
+
 fn configs() -> Vec<EncoderConfig> {
     vec![
         EncoderConfig::Mlp {
             hidden: vec![16, 8],
         },
-        EncoderConfig::Convnet {
-            channels: vec![4, 6, 8],
-        },
+        convnet(&[4, 6, 8], ConvPool::Avg),
         EncoderConfig::Resnet18 {
             width: 2,
             recompute_stages: 2,
         },
+        convnet(&[4, 6], ConvPool::Flatten),
     ]
+}
+
+fn head(conv: &[usize], out_bn: bool) -> HeadConfig {
+    HeadConfig {
+        conv: conv.to_vec(),
+        hidden: 8,
+        out: 4,
+        layers: 2,
+        out_bn,
+    }
 }
 
 #[test]
@@ -76,14 +93,12 @@ fn every_trainable_parameter_receives_a_gradient() {
         let vm = VarMap::new();
         let pb = builder(&vm, DType::F32, 1);
         let enc = cfg.build(input, pb.pp("backbone")).unwrap();
+        // A flattened map feeds a convolutional head; vectors an MLP head.
+        let conv: &[usize] = if enc.out_map().is_some() { &[5] } else { &[] };
         let head = ProjectionHead::new(
             enc.out_dim(),
-            &HeadConfig {
-                hidden: 8,
-                out: 4,
-                layers: 2,
-                out_bn: true,
-            },
+            enc.out_map(),
+            &head(conv, true),
             pb.pp("head"),
         )
         .unwrap();
@@ -123,7 +138,8 @@ fn output_widths_and_eval_mode_are_consistent() {
         width: 12,
         channels: 1,
     };
-    for (cfg, width) in configs().into_iter().zip([8, 8, 16]) {
+    // The flattened ConvNet pools 12 -> 6 -> 3: a 3x3x6 map.
+    for (cfg, width) in configs().into_iter().zip([8, 8, 16, 54]) {
         let vm = VarMap::new();
         let enc = cfg.build(input, builder(&vm, DType::F32, 0)).unwrap();
         assert_eq!(enc.out_dim(), width, "{cfg:?}");
@@ -142,9 +158,7 @@ fn the_seed_fixes_the_initialisation() {
         width: 8,
         channels: 1,
     };
-    let cfg = EncoderConfig::Convnet {
-        channels: vec![4, 8],
-    };
+    let cfg = convnet(&[4, 8], ConvPool::Avg);
     let init = |seed| {
         let vm = VarMap::new();
         cfg.build(input, builder(&vm, DType::F32, seed)).unwrap();
@@ -163,16 +177,86 @@ fn bad_configurations_are_errors() {
         channels: 1,
     };
     let vm = VarMap::new();
-    let e = EncoderConfig::Convnet { channels: vec![] }
+    let e = convnet(&[], ConvPool::Avg)
         .build(input, builder(&vm, DType::F32, 0))
         .err()
         .unwrap();
     assert!(e.to_string().contains("channels"), "{e}");
+    // Four pools take 8x8 images to nothing.
+    let e = convnet(&[2, 2, 2, 2], ConvPool::Flatten)
+        .build(input, builder(&VarMap::new(), DType::F32, 0))
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("fewer `channels`"), "{e}");
     let x = Tensor::zeros((2, 8, 8, 3), DType::F32, &Device::Cpu).unwrap();
-    let enc = EncoderConfig::Convnet { channels: vec![4] }
+    let enc = convnet(&[4], ConvPool::Avg)
         .build(input, builder(&vm, DType::F32, 0))
         .unwrap();
     assert!(enc.forward_t(&x, true).is_err());
+    // Convolution stages in the head need a feature map, not a pooled vector.
+    let e = ProjectionHead::new(
+        enc.out_dim(),
+        enc.out_map(),
+        &head(&[4], false),
+        builder(&vm, DType::F32, 0),
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("pool = \"flatten\""), "{e}");
+}
+
+#[test]
+fn a_network_split_between_encoder_and_conv_head_computes_the_whole_convnet() {
+    let input = InputShape {
+        height: 12,
+        width: 12,
+        channels: 2,
+    };
+    // Whole: stages 4-6-8, global average pooling, MLP head. Split: stages 4-6 with
+    // the map flattened, then stage 8 and pooling in the head.
+    let (whole, split) = (VarMap::new(), VarMap::new());
+    let wb = builder(&whole, DType::F64, 5);
+    let enc_w = convnet(&[4, 6, 8], ConvPool::Avg)
+        .build(input, wb.pp("backbone"))
+        .unwrap();
+    let head_w =
+        ProjectionHead::new(enc_w.out_dim(), None, &head(&[], false), wb.pp("head")).unwrap();
+    let sb = builder(&split, DType::F64, 6);
+    let enc_s = convnet(&[4, 6], ConvPool::Flatten)
+        .build(input, sb.pp("backbone"))
+        .unwrap();
+    let head_s = ProjectionHead::new(
+        enc_s.out_dim(),
+        enc_s.out_map(),
+        &head(&[8], false),
+        sb.pp("head"),
+    )
+    .unwrap();
+    {
+        let (w, s) = (whole.data().lock().unwrap(), split.data().lock().unwrap());
+        assert_eq!(w.len(), s.len());
+        for (name, var) in s.iter() {
+            let from = name.replace("head.conv.stage0", "backbone.stage2");
+            var.set(w[&from].as_tensor()).unwrap();
+        }
+    }
+    let x = Tensor::randn(0f64, 1.0, (5, 12, 12, 2), &Device::Cpu).unwrap();
+    for train in [true, false] {
+        let zw = values(
+            &head_w
+                .forward_t(&enc_w.forward_t(&x, train).unwrap(), train)
+                .unwrap(),
+        );
+        let zs = values(
+            &head_s
+                .forward_t(&enc_s.forward_t(&x, train).unwrap(), train)
+                .unwrap(),
+        );
+        assert_eq!(zw.len(), 20);
+        for (a, b) in zw.iter().zip(&zs) {
+            assert!((a - b).abs() < 1e-10, "train {train}: {a} vs {b}");
+        }
+    }
 }
 
 #[test]
@@ -183,7 +267,7 @@ fn ema_moves_towards_the_online_network_and_copy_matches() {
         width: 8,
         channels: 1,
     };
-    let cfg = EncoderConfig::Convnet { channels: vec![4] };
+    let cfg = convnet(&[4], ConvPool::Avg);
     let (online, target) = (VarMap::new(), VarMap::new());
     cfg.build(input, builder(&online, DType::F64, 1)).unwrap();
     cfg.build(input, builder(&target, DType::F64, 2)).unwrap();

@@ -34,8 +34,13 @@ impl ContrastiveModel {
             .encoder
             .build(input, pb.pp("backbone"))
             .context("building the encoder (model.encoder)")?;
-        let head = ProjectionHead::new(backbone.out_dim(), &cfg.head, pb.pp("head"))
-            .context("building the projection head (model.head)")?;
+        let head = ProjectionHead::new(
+            backbone.out_dim(),
+            backbone.out_map(),
+            &cfg.head,
+            pb.pp("head"),
+        )
+        .context("building the projection head (model.head)")?;
         let filter = match filter_classes {
             Some(classes) => Some(
                 FeatureFilter::new(

@@ -1,16 +1,28 @@
 //! Finite-difference check of the whole differentiable path: ConvNet backbone
-//! (GEMM convolution, fused BatchNorm + ReLU, max pooling) -> projection head ->
+//! (GEMM convolution, fused BatchNorm + ReLU, max pooling) -> projection head (MLP, or
+//! convolution stages on the flattened map then MLP) ->
 //! NT-Xent, in f64.
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 use contrast_encoders::{
-    EncoderConfig, HeadConfig, InputShape, ParamBuilder, ProjectionHead, RUNNING_STAT,
+    ConvPool, EncoderConfig, HeadConfig, InputShape, ParamBuilder, ProjectionHead, RUNNING_STAT,
 };
 use contrast_losses::nt_xent;
 
 #[test]
 fn encoder_and_loss_gradients_match_finite_differences() {
+    check(&[3, 4], ConvPool::Avg, &[]);
+}
+
+/// The default layout: the encoder's flattened map continues through the head's
+/// convolution stage.
+#[test]
+fn gradients_through_a_convolutional_head_match_finite_differences() {
+    check(&[3], ConvPool::Flatten, &[4]);
+}
+
+fn check(channels: &[usize], pool: ConvPool, head_conv: &[usize]) {
     let vm = VarMap::new();
     let pb = ParamBuilder::new(&vm, DType::F64, &Device::Cpu, 11);
     let input = InputShape {
@@ -19,13 +31,16 @@ fn encoder_and_loss_gradients_match_finite_differences() {
         channels: 2,
     };
     let enc = EncoderConfig::Convnet {
-        channels: vec![3, 4],
+        channels: channels.to_vec(),
+        pool,
     }
     .build(input, pb.pp("backbone"))
     .unwrap();
     let head = ProjectionHead::new(
         enc.out_dim(),
+        enc.out_map(),
         &HeadConfig {
+            conv: head_conv.to_vec(),
             hidden: 5,
             out: 3,
             layers: 2,
