@@ -8,7 +8,7 @@
 use crate::batch_norm::BatchNorm;
 use crate::params::{ParamBuilder, ParamInit};
 use candle_core::{Result, Tensor};
-use contrast_kernels::{BlockSpec, conv_block, conv2d_nhwc};
+use contrast_kernels::{BlockSpec, ChannelStats, ConvBn, conv_block, conv2d_nhwc};
 /// Geometry of a square convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvSpec {
@@ -115,6 +115,36 @@ impl ConvBnAct {
         self.conv.spec
     }
 
+    /// The layer's parameters and normalisation mode, for a fused op that runs it
+    /// ([`contrast_kernels::residual_block`]).
+    pub fn layer(&self, train: bool) -> Result<ConvBn<'_>> {
+        Ok(ConvBn {
+            w: &self.conv.weight,
+            gamma: self.bn.weight(),
+            beta: self.bn.bias(),
+            mode: self.bn.mode(train)?,
+        })
+    }
+
+    /// BatchNorm epsilon.
+    pub fn eps(&self) -> f64 {
+        self.bn.eps()
+    }
+
+    /// Whether the block recomputes its convolution in the backward pass.
+    pub fn recomputes(&self) -> bool {
+        self.recompute
+    }
+
+    /// Updates the running statistics from batch statistics of an input of
+    /// `input_dims` `[B, H, W, Cin]` (training mode only).
+    pub fn record(&self, stats: &ChannelStats, input_dims: &[usize]) -> Result<()> {
+        let s = self.conv.spec;
+        let (b, h, w) = (input_dims[0], input_dims[1], input_dims[2]);
+        self.bn
+            .update_running(stats, b * s.out_size(h) * s.out_size(w))
+    }
+
     /// The same block, recomputing its convolution in the backward pass when `on`:
     /// less memory held between the passes, one more forward convolution.
     pub fn recomputing(mut self, on: bool) -> Self {
@@ -153,9 +183,7 @@ impl ConvBnAct {
             self.bn.mode(train)?,
         )?;
         if train {
-            let (b, h, w, _) = x.dims4()?;
-            self.bn
-                .update_running(&out.stats, b * s.out_size(h) * s.out_size(w))?;
+            self.record(&out.stats, x.dims())?;
         }
         Ok(out.y)
     }

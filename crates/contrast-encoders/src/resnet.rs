@@ -8,6 +8,7 @@ use crate::ops::global_avg_pool;
 use crate::params::ParamBuilder;
 use crate::{Encoder, InputShape};
 use candle_core::{Result, Tensor};
+use contrast_kernels::residual_block;
 
 /// The basic residual block: two 3x3 convolutions, with a 1x1 projection shortcut
 /// when the stride or width changes.
@@ -47,15 +48,34 @@ impl BasicBlock {
         })
     }
 
-    /// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`; the second block takes
-    /// the shortcut as its residual, so the join is part of the fused op.
+    /// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))` as one fused op
+    /// ([`residual_block`]): the graph keeps the block's input and output only, and
+    /// the inner activation is recomputed in the backward pass.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let h = self.first.forward(x, None, train, true, false)?;
-        let identity = match &self.shortcut {
-            Some(block) => block.forward(x, None, train, false, false)?,
-            None => x.clone(),
-        };
-        self.second.forward(&h, Some(&identity), train, true, false)
+        let shortcut = self.shortcut.as_ref().map(|s| s.layer(train)).transpose()?;
+        let out = residual_block(
+            x,
+            &self.first.layer(train)?,
+            &self.second.layer(train)?,
+            shortcut.as_ref(),
+            self.first.spec().stride,
+            self.first.eps(),
+            self.first.recomputes(),
+        )?;
+        if train {
+            let layers = [
+                Some(&self.first),
+                Some(&self.second),
+                self.shortcut.as_ref(),
+            ];
+            let mid = [x.dim(0)?, out.y.dim(1)?, out.y.dim(2)?];
+            for (i, (layer, stats)) in layers.into_iter().flatten().zip(&out.stats).enumerate() {
+                // The second layer's input is the block's inner activation.
+                let dims = if i == 1 { &mid[..] } else { x.dims() };
+                layer.record(stats, dims)?;
+            }
+        }
+        Ok(out.y)
     }
 }
 

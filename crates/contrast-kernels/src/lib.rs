@@ -10,6 +10,8 @@
 //! - [`batch_norm`]: fused batch normalisation (+ ReLU) with its backward pass.
 //! - [`max_pool2`]: 2x2 max pooling with its backward pass.
 //! - [`add_relu`]: the residual join `relu(a + b)` as one op.
+//! - [`residual_block`]: a whole ResNet basic block as one op, its inner activation
+//!   recomputed in the backward pass instead of kept by the graph.
 //! - [`streaming_info_nce`]: InfoNCE forward and backward over candidate tiles with
 //!   an online log-sum-exp, never forming the `[B, N]` logits.
 //! - [`tiled_info_nce`]: the same streaming loss from candle tensor ops, for devices
@@ -41,6 +43,7 @@ pub mod normalize;
 pub mod parallel;
 pub mod pool;
 pub mod residual;
+pub mod residual_block;
 pub mod tiled;
 pub mod topk;
 
@@ -53,5 +56,6 @@ pub use info_nce::{Candidates, Positive, streaming_info_nce};
 pub use normalize::{NORM_EPS, l2_normalize};
 pub use pool::{max_pool2, max_pool2_reference};
 pub use residual::add_relu;
+pub use residual_block::{ConvBn, ResidualBlockOutput, residual_block};
 pub use tiled::tiled_info_nce;
 pub use topk::{QUERY_BLOCK, TopK, topk_similarity};

@@ -1,0 +1,507 @@
+//! A whole ResNet basic block as one candle custom op:
+//! `relu(bn_b(conv_b(relu(bn_a(conv_a(x))))) + shortcut(x))`, with the shortcut either
+//! `x` itself or `bn_s(conv_s(x))` (a 1x1 projection).
+//!
+//! Written as two [`crate::conv_block`] ops, the block's inner activation
+//! `h = relu(bn_a(conv_a(x)))` (and the projected shortcut) are graph nodes: candle
+//! keeps them until the whole backward pass is over, because the loss holds the
+//! graph. As one op the graph keeps only the block's input and output; the backward
+//! pass recomputes `h` from `x` (one forward convolution, or an elementwise pass when
+//! the convolution outputs are kept). In a CIFAR ResNet-18 at 256 pairs that is
+//! 134 MB per block of the first stage, held through the part of the backward pass
+//! where the step's memory peaks. The arithmetic is the kernels of
+//! [`crate::conv2d`], [`crate::batch_norm`] and [`crate::residual`], so results equal
+//! the composition.
+
+use crate::batch_norm::{self, BackwardSpec, BatchNormMode, ChannelStats, Float};
+use crate::conv_block::{BlockSpec, conv_block};
+use crate::conv2d::{self, ConvGeometry};
+use crate::residual;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
+use std::sync::{Arc, Mutex};
+
+/// One `conv -> BatchNorm` layer of a block: weights `[k*k*Cin, Cout]`, gamma and
+/// beta `[Cout]`, and where its statistics come from.
+#[derive(Debug, Clone)]
+pub struct ConvBn<'a> {
+    pub w: &'a Tensor,
+    pub gamma: &'a Tensor,
+    pub beta: &'a Tensor,
+    pub mode: BatchNormMode,
+}
+
+/// The block's output and the statistics each BatchNorm used (batch statistics in
+/// training mode): `[first, second, shortcut]`, the last only with a projection.
+#[derive(Debug, Clone)]
+pub struct ResidualBlockOutput {
+    pub y: Tensor,
+    pub stats: Vec<ChannelStats>,
+}
+
+/// Geometry of the block's layers and where each one's rows sit in the packed
+/// parameters `[rows, Cout]`.
+#[derive(Debug, Clone, Copy)]
+struct Layer {
+    g: ConvGeometry,
+    /// First row of the layer's weights; gamma and beta follow them.
+    row: usize,
+}
+
+impl Layer {
+    fn rows(&self) -> usize {
+        self.g.patch() + 2
+    }
+
+    /// `(w, gamma, beta)` of this layer in the packed parameters.
+    fn params<'p, T>(&self, p: &'p [T]) -> (&'p [T], &'p [T], &'p [T]) {
+        let c = self.g.out_channels;
+        let w = &p[self.row * c..(self.row + self.g.patch()) * c];
+        let gamma = &p[(self.row + self.g.patch()) * c..(self.row + self.g.patch() + 1) * c];
+        let beta = &p[(self.row + self.g.patch() + 1) * c..(self.row + self.rows()) * c];
+        (w, gamma, beta)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Layers {
+    first: Layer,
+    second: Layer,
+    shortcut: Option<Layer>,
+}
+
+impl Layers {
+    fn new(x: &[usize], c: usize, stride: usize, cin: usize, shortcut: bool) -> Result<Self> {
+        let first_g = ConvGeometry::from_shapes(x, &[9 * cin, c], 3, stride, 1)?;
+        let mid = [first_g.batch, first_g.out_h(), first_g.out_w(), c];
+        let second_g = ConvGeometry::from_shapes(&mid, &[9 * c, c], 3, 1, 1)?;
+        let first = Layer { g: first_g, row: 0 };
+        let second = Layer {
+            g: second_g,
+            row: first.rows(),
+        };
+        let shortcut = if shortcut {
+            Some(Layer {
+                g: ConvGeometry::from_shapes(x, &[cin, c], 1, stride, 0)?,
+                row: second.row + second.rows(),
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            first,
+            second,
+            shortcut,
+        })
+    }
+
+    fn rows(&self) -> usize {
+        self.second.row + self.second.rows() + self.shortcut.map_or(0, |s| s.rows())
+    }
+}
+
+/// `[first, second, shortcut]` statistics and, unless recomputed, the convolution
+/// outputs, kept from the forward pass for the backward pass.
+struct Saved<T> {
+    stats: Vec<ChannelStats>,
+    pre: Option<[Option<Vec<T>>; 3]>,
+}
+
+enum SavedAny {
+    F32(Saved<f32>),
+    F64(Saved<f64>),
+}
+
+/// The modes of the three BatchNorms, in layer order.
+struct Modes(Vec<BatchNormMode>);
+
+impl Modes {
+    fn stats<T: Float>(&self, i: usize, pre: &[T], c: usize) -> ChannelStats {
+        match &self.0[i] {
+            BatchNormMode::Batch => batch_norm::channel_stats(pre, c),
+            BatchNormMode::Fixed(s) => s.clone(),
+        }
+    }
+}
+
+fn to64<T: Float>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|t| t.to_f64()).collect()
+}
+
+/// `conv` then BatchNorm (+ ReLU) of one layer: `(convolution output, normalised)`.
+fn layer_forward<T: Float>(
+    x: &[T],
+    p: &[T],
+    layer: &Layer,
+    stats: &ChannelStats,
+    eps: f64,
+    relu: bool,
+    pre: Option<Vec<T>>,
+) -> (Vec<T>, Vec<T>) {
+    let (w, gamma, beta) = layer.params(p);
+    let pre = pre.unwrap_or_else(|| conv2d::forward(x, w, &layer.g));
+    let out = batch_norm::forward(&pre, gamma, beta, stats, eps, relu);
+    (pre, out)
+}
+
+struct ResidualBlockOp {
+    layers: Layers,
+    modes: Modes,
+    eps: f64,
+    recompute: bool,
+    saved: Arc<Mutex<Option<SavedAny>>>,
+}
+
+impl ResidualBlockOp {
+    fn run<T: Float>(&self, x: &[T], p: &[T]) -> (Vec<T>, Saved<T>) {
+        let l = &self.layers;
+        let c = l.first.g.out_channels;
+        let conv = |input: &[T], layer: &Layer| conv2d::forward(input, layer.params(p).0, &layer.g);
+        let pre_a = conv(x, &l.first);
+        let st_a = self.modes.stats(0, &pre_a, c);
+        let (pre_a, h) = layer_forward(x, p, &l.first, &st_a, self.eps, true, Some(pre_a));
+        let pre_b = conv(&h, &l.second);
+        drop(h);
+        let st_b = self.modes.stats(1, &pre_b, c);
+        let (pre_b, mut y) = layer_forward(&[], p, &l.second, &st_b, self.eps, false, Some(pre_b));
+        let mut stats = vec![st_a, st_b];
+        let pre_s = match &l.shortcut {
+            Some(s) => {
+                let pre_s = conv(x, s);
+                let st_s = self.modes.stats(2, &pre_s, c);
+                let (pre_s, short) = layer_forward(x, p, s, &st_s, self.eps, false, Some(pre_s));
+                residual::add_relu_in_place(&mut y, &short);
+                stats.push(st_s);
+                Some(pre_s)
+            }
+            None => {
+                residual::add_relu_in_place(&mut y, x);
+                None
+            }
+        };
+        let pre = (!self.recompute).then_some([Some(pre_a), Some(pre_b), pre_s]);
+        (y, Saved { stats, pre })
+    }
+}
+
+fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
+    l.contiguous_offsets()
+        .map(|(a, b)| &data[a..b])
+        .ok_or_else(|| {
+            candle_core::Error::Msg(format!("residual_block: {what} must be contiguous"))
+        })
+}
+
+impl CustomOp2 for ResidualBlockOp {
+    fn name(&self) -> &'static str {
+        "contrast-residual-block"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (out, saved) = match (s1, s2) {
+            (CpuStorage::F32(x), CpuStorage::F32(p)) => {
+                let (o, s) = self.run(contiguous(x, l1, "x")?, contiguous(p, l2, "params")?);
+                (CpuStorage::F32(o), SavedAny::F32(s))
+            }
+            (CpuStorage::F64(x), CpuStorage::F64(p)) => {
+                let (o, s) = self.run(contiguous(x, l1, "x")?, contiguous(p, l2, "params")?);
+                (CpuStorage::F64(o), SavedAny::F64(s))
+            }
+            _ => bail!(
+                "residual_block: expected f32 or f64 tensors of one type, got {:?}",
+                s1.dtype()
+            ),
+        };
+        *self.saved.lock().expect("saved lock") = Some(saved);
+        let g = &self.layers.second.g;
+        Ok((
+            out,
+            Shape::from((g.batch, g.out_h(), g.out_w(), g.out_channels)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let op = ResidualBlockGradOp {
+            layers: self.layers,
+            eps: self.eps,
+            batch_stats: self
+                .modes
+                .0
+                .iter()
+                .map(|m| matches!(m, BatchNormMode::Batch))
+                .collect(),
+            saved: self.saved.clone(),
+            output: y.clone(),
+            dparams: Arc::new(Mutex::new(None)),
+        };
+        let dx = x.apply_op3_no_bwd(params, &dy.contiguous()?, &op)?;
+        let Some(dp) = op.dparams.lock().expect("grad lock").take() else {
+            bail!("residual_block backward: the gradient op produced nothing");
+        };
+        Ok((Some(dx), Some(dp)))
+    }
+}
+
+/// Backward op `(x, params, dy) -> dx`, leaving the packed parameters' gradient in
+/// `dparams`. It takes the forward pass's saved state, which is freed when done.
+struct ResidualBlockGradOp {
+    layers: Layers,
+    eps: f64,
+    batch_stats: Vec<bool>,
+    saved: Arc<Mutex<Option<SavedAny>>>,
+    /// The block's output, whose positive entries are where the gradient passes.
+    output: Tensor,
+    dparams: Arc<Mutex<Option<Tensor>>>,
+}
+
+impl ResidualBlockGradOp {
+    /// Gradients of one layer from the gradient `d` reaching its normalised output
+    /// (masked by `act > 0` when `relu`): `(d_input, [dw; dgamma; dbeta])`.
+    #[allow(clippy::too_many_arguments)]
+    fn layer<T: Float>(
+        &self,
+        input: &[T],
+        p: &[T],
+        layer: &Layer,
+        i: usize,
+        stats: &ChannelStats,
+        pre: Vec<T>,
+        act: &[T],
+        d: &[T],
+        relu: bool,
+    ) -> (Vec<T>, Vec<T>) {
+        let (w, gamma, _) = layer.params(p);
+        let spec = BackwardSpec {
+            gamma: &to64(gamma),
+            stats,
+            eps: self.eps,
+            relu,
+            batch_stats: self.batch_stats[i],
+        };
+        let (d_pre, dgamma, dbeta) = batch_norm::backward(pre, act, d, &spec);
+        let mut dp = conv2d::backward_weight(input, &d_pre, &layer.g);
+        dp.extend(dgamma);
+        dp.extend(dbeta);
+        (conv2d::backward_input_owned(d_pre, w, &layer.g), dp)
+    }
+
+    fn run<T: Float>(&self, x: &[T], p: &[T], dy: &[T], y: &[T], s: Saved<T>) -> (Vec<T>, Vec<T>) {
+        let l = &self.layers;
+        let Saved { stats, pre } = s;
+        let [pre_a, pre_b, pre_s] = pre.unwrap_or_default();
+        // Recompute the inner activation (and whatever convolution output was not kept).
+        let (pre_a, h) = layer_forward(x, p, &l.first, &stats[0], self.eps, true, pre_a);
+        let pre_b = pre_b.unwrap_or_else(|| conv2d::forward(&h, l.second.params(p).0, &l.second.g));
+        // The sum's gradient `dy * [y > 0]` reaches the second layer and the shortcut.
+        let (dh, dp_b) = self.layer(&h, p, &l.second, 1, &stats[1], pre_b, y, dy, true);
+        let (mut dx, dp_a) = self.layer(x, p, &l.first, 0, &stats[0], pre_a, &h, &dh, true);
+        drop((h, dh));
+        let d_sum = residual::backward(y, dy);
+        let mut dp = dp_a;
+        dp.extend(dp_b);
+        match &l.shortcut {
+            Some(sc) => {
+                let pre_s = pre_s.unwrap_or_else(|| conv2d::forward(x, sc.params(p).0, &sc.g));
+                let (dxs, dp_s) = self.layer(x, p, sc, 2, &stats[2], pre_s, &d_sum, &d_sum, false);
+                dx.iter_mut().zip(dxs).for_each(|(a, b)| *a = *a + b);
+                dp.extend(dp_s);
+            }
+            None => dx.iter_mut().zip(d_sum).for_each(|(a, b)| *a = *a + b),
+        }
+        (dx, dp)
+    }
+}
+
+impl CustomOp3 for ResidualBlockGradOp {
+    fn name(&self) -> &'static str {
+        "contrast-residual-block-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let saved = self.saved.lock().expect("saved lock").take();
+        let guard = self.output.storage_and_layout();
+        let (candle_core::Storage::Cpu(out), out_layout) = (&*guard.0, guard.1) else {
+            bail!("residual_block backward: the output is not on the CPU");
+        };
+        let (dx, dp) = match (s1, s2, s3, out, saved) {
+            (
+                CpuStorage::F32(x),
+                CpuStorage::F32(p),
+                CpuStorage::F32(d),
+                CpuStorage::F32(y),
+                Some(SavedAny::F32(s)),
+            ) => {
+                let (dx, dp) = self.run(
+                    contiguous(x, l1, "x")?,
+                    contiguous(p, l2, "params")?,
+                    contiguous(d, l3, "dy")?,
+                    contiguous(y, out_layout, "output")?,
+                    s,
+                );
+                let dp = Tensor::from_vec(dp, l2.shape(), &candle_core::Device::Cpu)?;
+                (CpuStorage::F32(dx), dp)
+            }
+            (
+                CpuStorage::F64(x),
+                CpuStorage::F64(p),
+                CpuStorage::F64(d),
+                CpuStorage::F64(y),
+                Some(SavedAny::F64(s)),
+            ) => {
+                let (dx, dp) = self.run(
+                    contiguous(x, l1, "x")?,
+                    contiguous(p, l2, "params")?,
+                    contiguous(d, l3, "dy")?,
+                    contiguous(y, out_layout, "output")?,
+                    s,
+                );
+                let dp = Tensor::from_vec(dp, l2.shape(), &candle_core::Device::Cpu)?;
+                (CpuStorage::F64(dx), dp)
+            }
+            (_, _, _, _, None) => bail!(
+                "residual_block: backward before forward, or a second backward pass over the same forward (the block keeps its state for one)"
+            ),
+            _ => bail!("residual_block backward: dtype mismatch ({:?})", s1.dtype()),
+        };
+        *self.dparams.lock().expect("grad lock") = Some(dp);
+        Ok((dx, l1.shape().clone()))
+    }
+}
+
+/// The basic block `relu(bn_b(conv_b(relu(bn_a(conv_a(x))))) + shortcut(x))` for `x`
+/// `[B, H, W, Cin]`: `first` a 3x3 convolution with stride `stride` to `Cout`,
+/// `second` a 3x3 stride-1 convolution, `shortcut` a 1x1 projection with stride
+/// `stride` (needed when the stride or width changes; otherwise the shortcut is `x`).
+/// With `recompute` no convolution output is kept between the passes (activation
+/// checkpointing: three more forward convolutions in the backward pass); without it
+/// they are kept and only the elementwise `h` is recomputed. Differentiable in `x`
+/// and every parameter. CPU f32/f64 tensors run the fused op; others the
+/// composition of two [`conv_block`]s.
+pub fn residual_block(
+    x: &Tensor,
+    first: &ConvBn<'_>,
+    second: &ConvBn<'_>,
+    shortcut: Option<&ConvBn<'_>>,
+    stride: usize,
+    eps: f64,
+    recompute: bool,
+) -> Result<ResidualBlockOutput> {
+    let (_, _, _, cin) = x.dims4()?;
+    let c = first.w.dim(1)?;
+    let shapes_ok = first.w.dims() == [9 * cin, c]
+        && second.w.dims() == [9 * c, c]
+        && shortcut.is_none_or(|s| s.w.dims() == [cin, c])
+        && (shortcut.is_some() || (stride == 1 && cin == c));
+    if !shapes_ok {
+        bail!(
+            "residual_block: weights must be [9*Cin, C], [9*C, C] and (shortcut) [Cin, C] for Cin = {cin}, C = {c}, with a shortcut projection unless stride is 1 and Cin = C; got {:?}, {:?}, {:?} at stride {stride}",
+            first.w.dims(),
+            second.w.dims(),
+            shortcut.map(|s| s.w.dims().to_vec())
+        );
+    }
+    let layers: Vec<&ConvBn<'_>> = [Some(first), Some(second), shortcut]
+        .into_iter()
+        .flatten()
+        .collect();
+    for l in &layers {
+        if l.gamma.elem_count() != c || l.beta.elem_count() != c {
+            bail!("residual_block: gamma and beta must have {c} entries (the output channels)");
+        }
+        if let BatchNormMode::Fixed(s) = &l.mode
+            && (s.mean.len() != c || s.var.len() != c)
+        {
+            bail!("residual_block: fixed statistics must have {c} entries");
+        }
+    }
+    let fused = x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && layers.iter().all(|l| {
+            [l.w, l.gamma, l.beta]
+                .iter()
+                .all(|t| t.dtype() == x.dtype())
+        });
+    if !fused {
+        return composed(x, first, second, shortcut, stride, eps);
+    }
+    let geometry = Layers::new(x.dims(), c, stride, cin, shortcut.is_some())?;
+    let saved = Arc::new(Mutex::new(None));
+    let op = ResidualBlockOp {
+        layers: geometry,
+        modes: Modes(layers.iter().map(|l| l.mode.clone()).collect()),
+        eps,
+        recompute,
+        saved: saved.clone(),
+    };
+    let mut rows = Vec::with_capacity(9);
+    for l in &layers {
+        rows.extend([
+            l.w.contiguous()?,
+            l.gamma.reshape((1, c))?,
+            l.beta.reshape((1, c))?,
+        ]);
+    }
+    let params = Tensor::cat(&rows, 0)?;
+    debug_assert_eq!(params.dim(0)?, geometry.rows());
+    let y = x.contiguous()?.apply_op2(&params, op)?;
+    let stats = match saved.lock().expect("saved lock").as_ref() {
+        Some(SavedAny::F32(s)) => s.stats.clone(),
+        Some(SavedAny::F64(s)) => s.stats.clone(),
+        None => bail!("residual_block: the forward pass saved nothing"),
+    };
+    Ok(ResidualBlockOutput { y, stats })
+}
+
+/// The same block as two (or three) [`conv_block`] ops: the reference for tests and
+/// the path on other devices and dtypes.
+pub fn composed(
+    x: &Tensor,
+    first: &ConvBn<'_>,
+    second: &ConvBn<'_>,
+    shortcut: Option<&ConvBn<'_>>,
+    stride: usize,
+    eps: f64,
+) -> Result<ResidualBlockOutput> {
+    let spec = |kernel: usize, stride: usize, relu: bool| BlockSpec {
+        kernel,
+        stride,
+        padding: kernel / 2,
+        eps,
+        relu,
+        pool: false,
+        recompute: false,
+    };
+    let run = |input: &Tensor, l: &ConvBn<'_>, s: BlockSpec, r: Option<&Tensor>| {
+        conv_block(input, l.w, l.gamma, l.beta, r, s, l.mode.clone())
+    };
+    let h = run(x, first, spec(3, stride, true), None)?;
+    let mut stats = vec![h.stats];
+    let short = shortcut
+        .map(|l| run(x, l, spec(1, stride, false), None))
+        .transpose()?;
+    let identity = short.as_ref().map_or(x, |s| &s.y);
+    let out = run(&h.y, second, spec(3, 1, true), Some(identity))?;
+    stats.push(out.stats);
+    stats.extend(short.map(|s| s.stats));
+    Ok(ResidualBlockOutput { y: out.y, stats })
+}
