@@ -315,10 +315,10 @@ impl ResidualBlockGradOp {
             Some(sc) => {
                 let pre_s = pre_s.unwrap_or_else(|| conv2d::forward(x, sc.params(p).0, &sc.g));
                 let (dxs, dp_s) = self.layer(x, p, sc, 2, &stats[2], pre_s, &d_sum, &d_sum, false);
-                dx.iter_mut().zip(dxs).for_each(|(a, b)| *a = *a + b);
+                dx.iter_mut().zip(dxs).for_each(|(a, b)| *a += b);
                 dp.extend(dp_s);
             }
-            None => dx.iter_mut().zip(d_sum).for_each(|(a, b)| *a = *a + b),
+            None => dx.iter_mut().zip(d_sum).for_each(|(a, b)| *a += b),
         }
         (dx, dp)
     }
