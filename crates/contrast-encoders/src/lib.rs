@@ -4,7 +4,8 @@
 //!   (raw pixels, for baselines).
 //! - [`BatchNorm`] that trains: batch statistics and running-statistic updates in
 //!   training mode, running statistics in eval mode.
-//! - [`ProjectionHead`]: the MLP between representation and loss.
+//! - [`ProjectionHead`]: the layers between representation and loss: an MLP, optionally
+//!   after convolution stages that continue from a [`ConvNet`]'s flattened map.
 //! - [`FeatureFilter`]: SimLAP's class-pair gates.
 //! - [`ema`]: momentum copies (MoCo's key encoder) and their schedule.
 //!
