@@ -199,9 +199,10 @@ pub fn forward<T: Element>(x: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
             if g.is_pointwise() {
                 matmul(yc, MatRef::row_major(xc, rows, g.patch()), wm, false, 1);
             } else {
-                let mut col = vec![T::ZERO; rows * g.patch()];
-                im2col(xc, g, n, &mut col);
-                matmul(yc, MatRef::row_major(&col, rows, g.patch()), wm, false, 1);
+                T::with_scratch(rows * g.patch(), |col| {
+                    im2col(xc, g, n, col);
+                    matmul(yc, MatRef::row_major(col, rows, g.patch()), wm, false, 1);
+                });
             }
         });
     y
@@ -222,9 +223,10 @@ pub fn backward_input<T: Element>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T>
             if g.is_pointwise() {
                 matmul(dxc, dym, wt, false, 1);
             } else {
-                let mut col = vec![T::ZERO; rows * g.patch()];
-                matmul(&mut col, dym, wt, false, 1);
-                col2im_add(&col, g, n, dxc);
+                T::with_scratch(rows * g.patch(), |col| {
+                    matmul(col, dym, wt, false, 1);
+                    col2im_add(col, g, n, dxc);
+                });
             }
         });
     dx
@@ -245,20 +247,21 @@ pub fn backward_input_owned<T: Element>(mut dy: Vec<T>, w: &[T], g: &ConvGeometr
     dy.par_chunks_mut(per * g.in_image()).for_each(|chunk| {
         let n = chunk.len() / g.in_image();
         let rows = n * rows_per_image;
-        let mut col = vec![T::ZERO; rows * g.patch()];
-        matmul(
-            &mut col,
-            MatRef::row_major(chunk, rows, g.out_channels),
-            wt,
-            false,
-            1,
-        );
-        if g.is_pointwise() {
-            chunk.copy_from_slice(&col);
-        } else {
-            chunk.fill(T::ZERO);
-            col2im_add(&col, g, n, chunk);
-        }
+        T::with_scratch(rows * g.patch(), |col| {
+            matmul(
+                col,
+                MatRef::row_major(chunk, rows, g.out_channels),
+                wt,
+                false,
+                1,
+            );
+            if g.is_pointwise() {
+                chunk.copy_from_slice(col);
+            } else {
+                chunk.fill(T::ZERO);
+                col2im_add(col, g, n, chunk);
+            }
+        });
     });
     dy
 }
@@ -269,7 +272,6 @@ pub fn backward_weight<T: Element>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T
     let rows_per_image = g.out_pixels();
     let chunks = g.batch.div_ceil(per);
     crate::parallel::ordered_sum(g.patch() * g.out_channels, chunks, |range, acc| {
-        let mut col = Vec::new();
         for chunk in range {
             let first = chunk * per;
             let n = per.min(g.batch - first);
@@ -277,14 +279,26 @@ pub fn backward_weight<T: Element>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T
             let xc = &x[first * g.in_image()..(first + n) * g.in_image()];
             let dyc = &dy[first * rows_per_image * g.out_channels..][..rows * g.out_channels];
             let dym = MatRef::row_major(dyc, rows, g.out_channels);
-            let cols = if g.is_pointwise() {
-                MatRef::row_major(xc, rows, g.patch())
+            if g.is_pointwise() {
+                matmul(
+                    acc,
+                    MatRef::row_major(xc, rows, g.patch()).t(),
+                    dym,
+                    true,
+                    1,
+                );
             } else {
-                col.resize(rows * g.patch(), T::ZERO);
-                im2col(xc, g, n, &mut col);
-                MatRef::row_major(&col[..], rows, g.patch())
-            };
-            matmul(acc, cols.t(), dym, true, 1);
+                T::with_scratch(rows * g.patch(), |col| {
+                    im2col(xc, g, n, col);
+                    matmul(
+                        acc,
+                        MatRef::row_major(col, rows, g.patch()).t(),
+                        dym,
+                        true,
+                        1,
+                    );
+                });
+            }
         }
     })
 }

@@ -9,17 +9,42 @@ use gemm::Parallelism;
 pub trait Element: Copy + Default + Send + Sync + std::ops::AddAssign + 'static {
     const ZERO: Self;
     const ONE: Self;
+
+    /// Runs `f` on a buffer of `len` elements that the calling thread keeps and reuses
+    /// across calls, so a kernel's per-chunk work buffers (im2col columns, GEMM
+    /// outputs) are neither allocated nor zero-filled again and stay warm in cache.
+    /// The contents are unspecified: `f` must write every element it reads. A nested
+    /// call on the same thread gets a fresh buffer.
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
 }
 
-impl Element for f32 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
+macro_rules! element {
+    ($t:ty, $scratch:ident) => {
+        thread_local! {
+            static $scratch: std::cell::RefCell<Vec<$t>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+
+        impl Element for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+
+            fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+                $scratch.with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut buf) => {
+                        if buf.len() < len {
+                            buf.resize(len, 0.0);
+                        }
+                        f(&mut buf[..len])
+                    }
+                    Err(_) => f(&mut vec![0.0; len]),
+                })
+            }
+        }
+    };
 }
 
-impl Element for f64 {
-    const ZERO: Self = 0.0;
-    const ONE: Self = 1.0;
-}
+element!(f32, SCRATCH_F32);
+element!(f64, SCRATCH_F64);
 
 /// A matrix view: element `(i, j)` is at `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy)]
