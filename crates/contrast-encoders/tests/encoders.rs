@@ -260,6 +260,45 @@ fn a_network_split_between_encoder_and_conv_head_computes_the_whole_convnet() {
 }
 
 #[test]
+fn every_batch_norm_records_running_statistics_in_training_mode() {
+    // The ResNet's blocks run as one fused op each, which returns the statistics of
+    // all three BatchNorms; every one of them must move its running statistics.
+    let input = InputShape {
+        height: 8,
+        width: 8,
+        channels: 3,
+    };
+    for cfg in configs() {
+        let vm = VarMap::new();
+        let enc = cfg.build(input, builder(&vm, DType::F32, 2)).unwrap();
+        let x = Tensor::randn(0f32, 2.0, (4, 8, 8, 3), &Device::Cpu).unwrap();
+        let stats = || -> Vec<(String, Vec<f64>)> {
+            let data = vm.data().lock().unwrap();
+            let mut v: Vec<_> = data
+                .iter()
+                .filter(|(n, _)| n.contains(RUNNING_STAT))
+                .map(|(n, t)| (n.clone(), values(t.as_tensor())))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let before = stats();
+        enc.forward_t(&x, false).unwrap();
+        assert_eq!(
+            stats(),
+            before,
+            "{cfg:?}: eval mode moved running statistics"
+        );
+        enc.forward_t(&x, true).unwrap();
+        let after = stats();
+        assert!(!before.is_empty());
+        for ((name, old), (_, new)) in before.iter().zip(&after) {
+            assert_ne!(old, new, "{cfg:?}: {name} did not move");
+        }
+    }
+}
+
+#[test]
 fn ema_moves_towards_the_online_network_and_copy_matches() {
     use contrast_encoders::{MomentumSchedule, copy_vars, ema_update};
     let input = InputShape {
