@@ -45,7 +45,7 @@ pub fn parse_cifar(
     labels: &mut Vec<u32>,
 ) -> Result<()> {
     let record = kind.label_bytes() + PIXELS;
-    if bytes.is_empty() || bytes.len() % record != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(record) {
         return Err(DataError::format(
             path,
             format!(

@@ -18,6 +18,7 @@
 //! caller's running-statistics update, so no sweep is repeated.
 
 use crate::gemm::Element;
+use crate::storage::contiguous;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -96,6 +97,31 @@ pub enum BatchNormMode {
     Batch,
     /// Given statistics (evaluation, or frozen BatchNorm).
     Fixed(ChannelStats),
+}
+
+impl BatchNormMode {
+    /// The statistics to normalise `x` `[M, C]` with: its own (batch mode) or the
+    /// given ones.
+    pub fn stats_of<T: Float>(&self, x: &[T], c: usize) -> ChannelStats {
+        match self {
+            BatchNormMode::Batch => channel_stats(x, c),
+            BatchNormMode::Fixed(s) => s.clone(),
+        }
+    }
+
+    /// Checks that fixed statistics cover `c` channels; `op` names the caller.
+    pub fn check_channels(&self, c: usize, op: &str) -> Result<()> {
+        if let BatchNormMode::Fixed(s) = self
+            && (s.mean.len() != c || s.var.len() != c)
+        {
+            bail!(
+                "{op}: fixed statistics have {} means and {} variances for {c} channels",
+                s.mean.len(),
+                s.var.len()
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Sums `f(block, accumulator)` over `blocks` into a `width`-long f64 vector.
@@ -302,13 +328,6 @@ pub(crate) fn backward<T: Float>(
     (x, co.dgamma, co.dbeta)
 }
 
-fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("batch_norm: {what} must be contiguous"),
-    }
-}
-
 /// The forward op `(x, gamma, beta) -> y`; remembers the statistics it used.
 struct BatchNormOp {
     eps: f64,
@@ -319,10 +338,7 @@ struct BatchNormOp {
 
 impl BatchNormOp {
     fn stats_for<T: Float>(&self, x: &[T], c: usize) -> ChannelStats {
-        let stats = match &self.mode {
-            BatchNormMode::Batch => channel_stats(x, c),
-            BatchNormMode::Fixed(s) => s.clone(),
-        };
+        let stats = self.mode.stats_of(x, c);
         *self.used.lock().expect("stats lock") = Some(stats.clone());
         stats
     }
@@ -346,18 +362,18 @@ impl CustomOp3 for BatchNormOp {
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => {
                 let (x, g, b) = (
-                    contiguous(x, l1, "x")?,
-                    contiguous(g, l2, "gamma")?,
-                    contiguous(b, l3, "beta")?,
+                    contiguous(x, l1, "batch_norm: x")?,
+                    contiguous(g, l2, "batch_norm: gamma")?,
+                    contiguous(b, l3, "batch_norm: beta")?,
                 );
                 let stats = self.stats_for(x, c);
                 CpuStorage::F32(forward(x, g, b, &stats, self.eps, self.relu))
             }
             (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(b)) => {
                 let (x, g, b) = (
-                    contiguous(x, l1, "x")?,
-                    contiguous(g, l2, "gamma")?,
-                    contiguous(b, l3, "beta")?,
+                    contiguous(x, l1, "batch_norm: x")?,
+                    contiguous(g, l2, "batch_norm: gamma")?,
+                    contiguous(b, l3, "batch_norm: beta")?,
                 );
                 let stats = self.stats_for(x, c);
                 CpuStorage::F64(forward(x, g, b, &stats, self.eps, self.relu))
@@ -450,16 +466,16 @@ impl CustomOp3 for BatchNormGradOp {
         let out = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(y), CpuStorage::F32(d)) => {
                 CpuStorage::F32(self.run(
-                    contiguous(x, l1, "x")?,
-                    contiguous(y, l2, "y")?,
-                    contiguous(d, l3, "dy")?,
+                    contiguous(x, l1, "batch_norm: x")?,
+                    contiguous(y, l2, "batch_norm: y")?,
+                    contiguous(d, l3, "batch_norm: dy")?,
                 ))
             }
             (CpuStorage::F64(x), CpuStorage::F64(y), CpuStorage::F64(d)) => {
                 CpuStorage::F64(self.run(
-                    contiguous(x, l1, "x")?,
-                    contiguous(y, l2, "y")?,
-                    contiguous(d, l3, "dy")?,
+                    contiguous(x, l1, "batch_norm: x")?,
+                    contiguous(y, l2, "batch_norm: y")?,
+                    contiguous(d, l3, "batch_norm: dy")?,
                 ))
             }
             _ => bail!("batch_norm backward: unsupported dtype {:?}", s1.dtype()),
@@ -494,15 +510,7 @@ pub fn batch_norm(
             beta.elem_count()
         );
     }
-    if let BatchNormMode::Fixed(s) = &mode
-        && (s.mean.len() != c || s.var.len() != c)
-    {
-        bail!(
-            "batch_norm: fixed statistics have {} means and {} variances for {c} channels",
-            s.mean.len(),
-            s.var.len()
-        );
-    }
+    mode.check_channels(c, "batch_norm")?;
     if matches!(mode, BatchNormMode::Batch) && x.elem_count() / c.max(1) < 2 {
         bail!(
             "batch_norm: batch statistics need at least 2 values per channel, input is {:?}",

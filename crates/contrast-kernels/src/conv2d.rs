@@ -16,6 +16,7 @@
 //! devices without a kernel.
 
 use crate::gemm::{Element, MatRef, matmul};
+use crate::storage::contiguous;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -304,13 +305,6 @@ pub fn backward_weight<T: Element>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T
 }
 
 /// The contiguous slice a layout covers.
-fn slice<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => bail!("conv2d: {what} must be contiguous"),
-    }
-}
-
 /// Runs `f` on two CPU storages of the same float type.
 fn with_slices(
     s1: &CpuStorage,
@@ -322,12 +316,12 @@ fn with_slices(
 ) -> Result<CpuStorage> {
     match (s1, s2) {
         (CpuStorage::F32(a), CpuStorage::F32(b)) => Ok(CpuStorage::F32(f32_fn(
-            slice(a, l1, "lhs")?,
-            slice(b, l2, "rhs")?,
+            contiguous(a, l1, "conv2d: lhs")?,
+            contiguous(b, l2, "conv2d: rhs")?,
         ))),
         (CpuStorage::F64(a), CpuStorage::F64(b)) => Ok(CpuStorage::F64(f64_fn(
-            slice(a, l1, "lhs")?,
-            slice(b, l2, "rhs")?,
+            contiguous(a, l1, "conv2d: lhs")?,
+            contiguous(b, l2, "conv2d: rhs")?,
         ))),
         _ => bail!(
             "conv2d: expected two f32 or two f64 tensors, got {:?} and {:?}",

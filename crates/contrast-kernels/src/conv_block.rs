@@ -19,6 +19,7 @@ use crate::batch_norm::{
 use crate::conv2d::{self, ConvGeometry, conv2d_nhwc};
 use crate::pool::{self, max_pool2};
 use crate::residual;
+use crate::storage::contiguous;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use std::sync::{Arc, Mutex};
@@ -70,21 +71,12 @@ fn split_params<T>(params: &[T], c: usize) -> (&[T], &[T], &[T]) {
     (w, gamma, beta)
 }
 
-fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    l.contiguous_offsets()
-        .map(|(a, b)| &data[a..b])
-        .ok_or_else(|| candle_core::Error::Msg(format!("conv_block: {what} must be contiguous")))
-}
-
 impl ConvBlockOp {
     fn run<T: Float>(&self, x: &[T], params: &[T], r: &[T], g: ConvGeometry) -> (Vec<T>, Saved<T>) {
         let c = g.out_channels;
         let (w, gamma, beta) = split_params(params, c);
         let pre = conv2d::forward(x, w, &g);
-        let stats = match &self.mode {
-            BatchNormMode::Batch => batch_norm::channel_stats(&pre, c),
-            BatchNormMode::Fixed(s) => s.clone(),
-        };
+        let stats = self.mode.stats_of(&pre, c);
         let out = if self.spec.pool {
             let to64 = |v: &[T]| v.iter().map(|t| t.to_f64()).collect::<Vec<f64>>();
             let (scale, shift) =
@@ -145,18 +137,18 @@ impl CustomOp3 for ConvBlockOp {
         let (out, saved) = match (s1, s2, s3) {
             (CpuStorage::F32(x), CpuStorage::F32(p), CpuStorage::F32(r)) => {
                 let (o, s) = self.run(
-                    contiguous(x, l1, "x")?,
-                    contiguous(p, l2, "params")?,
-                    contiguous(r, l3, "residual")?,
+                    contiguous(x, l1, "conv_block: x")?,
+                    contiguous(p, l2, "conv_block: params")?,
+                    contiguous(r, l3, "conv_block: residual")?,
                     g,
                 );
                 (CpuStorage::F32(o), SavedAny::F32(s))
             }
             (CpuStorage::F64(x), CpuStorage::F64(p), CpuStorage::F64(r)) => {
                 let (o, s) = self.run(
-                    contiguous(x, l1, "x")?,
-                    contiguous(p, l2, "params")?,
-                    contiguous(r, l3, "residual")?,
+                    contiguous(x, l1, "conv_block: x")?,
+                    contiguous(p, l2, "conv_block: params")?,
+                    contiguous(r, l3, "conv_block: residual")?,
                     g,
                 );
                 (CpuStorage::F64(o), SavedAny::F64(s))
@@ -278,7 +270,7 @@ impl ConvBlockGradOp {
                 };
                 let all = T::slice_of(storage)
                     .ok_or_else(|| candle_core::Error::Msg("conv_block backward: dtype".into()))?;
-                let act = contiguous(all, layout, "output")?;
+                let act = contiguous(all, layout, "conv_block: output")?;
                 let (d, dg, db) = batch_norm::backward(pre, act, dy, &spec);
                 (d, dg, db, Some(act))
             }
@@ -332,9 +324,9 @@ impl CustomOp3 for ConvBlockGradOp {
                 CpuStorage::F32(d),
                 Some(SavedAny::F32(s)),
             ) => CpuStorage::F32(self.run(
-                contiguous(x, l1, "x")?,
-                contiguous(w, l2, "w")?,
-                contiguous(d, l3, "dy")?,
+                contiguous(x, l1, "conv_block: x")?,
+                contiguous(w, l2, "conv_block: w")?,
+                contiguous(d, l3, "conv_block: dy")?,
                 s,
             )?),
             (
@@ -343,9 +335,9 @@ impl CustomOp3 for ConvBlockGradOp {
                 CpuStorage::F64(d),
                 Some(SavedAny::F64(s)),
             ) => CpuStorage::F64(self.run(
-                contiguous(x, l1, "x")?,
-                contiguous(w, l2, "w")?,
-                contiguous(d, l3, "dy")?,
+                contiguous(x, l1, "conv_block: x")?,
+                contiguous(w, l2, "conv_block: w")?,
+                contiguous(d, l3, "conv_block: dy")?,
                 s,
             )?),
             (_, _, _, None) => bail!(
@@ -398,11 +390,7 @@ pub fn conv_block(
             );
         }
     }
-    if let BatchNormMode::Fixed(s) = &mode
-        && (s.mean.len() != c || s.var.len() != c)
-    {
-        bail!("conv_block: fixed statistics must have {c} entries");
-    }
+    mode.check_channels(c, "conv_block")?;
     if matches!(mode, BatchNormMode::Batch) && g.batch * g.out_h() * g.out_w() < 2 {
         bail!("conv_block: batch statistics need at least 2 values per channel");
     }

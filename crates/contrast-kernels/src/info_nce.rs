@@ -23,6 +23,7 @@
 
 use crate::batch_norm::Float;
 use crate::gemm::{MatRef, matmul};
+use crate::storage::contiguous;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
@@ -387,12 +388,6 @@ fn pass2<T: Float>(a: &[T], c: &[T], s: &Shapes, spec: &Candidates, t: f64, lse:
     dc
 }
 
-fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    l.contiguous_offsets()
-        .map(|(a, b)| &data[a..b])
-        .ok_or_else(|| candle_core::Error::Msg(format!("info_nce: {what} must be contiguous")))
-}
-
 /// The gradients pass 1 saved (anchors, extra logits) as tensors, and the candidates'
 /// gradient from pass 2 when the candidates track gradients.
 fn saved_grads<T: Float + candle_core::WithDType>(
@@ -412,8 +407,16 @@ fn saved_grads<T: Float + candle_core::WithDType>(
             bail!("info_nce: CPU backward needs CPU anchors and candidates");
         };
         let dtype_err = || candle_core::Error::Msg("info_nce: backward dtype mismatch".into());
-        let av = contiguous(T::slice_of(a_st).ok_or_else(dtype_err)?, a_l, "anchors")?;
-        let cv = contiguous(T::slice_of(c_st).ok_or_else(dtype_err)?, c_l, "candidates")?;
+        let av = contiguous(
+            T::slice_of(a_st).ok_or_else(dtype_err)?,
+            a_l,
+            "info_nce: anchors",
+        )?;
+        let cv = contiguous(
+            T::slice_of(c_st).ok_or_else(dtype_err)?,
+            c_l,
+            "info_nce: candidates",
+        )?;
         Some(Tensor::from_vec(
             pass2(av, cv, s, spec, t, &p.lse),
             (s.n, s.d),
@@ -502,9 +505,9 @@ impl CustomOp3 for InfoNceOp {
         let (loss, saved) = match (s1, s2, s3) {
             (CpuStorage::F32(a), CpuStorage::F32(c), CpuStorage::F32(e)) => {
                 let (l, p) = pass1(
-                    contiguous(a, l1, "anchors")?,
-                    contiguous(c, l2, "candidates")?,
-                    contiguous(e, l3, "extra")?,
+                    contiguous(a, l1, "info_nce: anchors")?,
+                    contiguous(c, l2, "info_nce: candidates")?,
+                    contiguous(e, l3, "info_nce: extra")?,
                     &s,
                     &self.spec,
                     self.temperature,
@@ -513,9 +516,9 @@ impl CustomOp3 for InfoNceOp {
             }
             (CpuStorage::F64(a), CpuStorage::F64(c), CpuStorage::F64(e)) => {
                 let (l, p) = pass1(
-                    contiguous(a, l1, "anchors")?,
-                    contiguous(c, l2, "candidates")?,
-                    contiguous(e, l3, "extra")?,
+                    contiguous(a, l1, "info_nce: anchors")?,
+                    contiguous(c, l2, "info_nce: candidates")?,
+                    contiguous(e, l3, "info_nce: extra")?,
                     &s,
                     &self.spec,
                     self.temperature,

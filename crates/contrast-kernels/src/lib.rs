@@ -44,6 +44,7 @@ pub mod parallel;
 pub mod pool;
 pub mod residual;
 pub mod residual_block;
+mod storage;
 pub mod tiled;
 pub mod topk;
 

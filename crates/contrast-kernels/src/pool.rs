@@ -5,6 +5,7 @@
 //! never duplicate it.
 
 use crate::batch_norm::{self, BackwardSpec, Float};
+use crate::storage::contiguous;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -14,12 +15,6 @@ fn dims(l: &Layout) -> Result<(usize, usize, usize, usize)> {
         &[b, h, w, c] if h >= 2 && w >= 2 => Ok((b, h, w, c)),
         d => bail!("max_pool2: expected [B, H, W, C] with H, W >= 2, got {d:?}"),
     }
-}
-
-fn contiguous<'a, T>(data: &'a [T], l: &Layout) -> Result<&'a [T]> {
-    l.contiguous_offsets()
-        .map(|(a, b)| &data[a..b])
-        .ok_or_else(|| candle_core::Error::Msg("max_pool2: input must be contiguous".into()))
 }
 
 /// Offsets (within an image) of the four inputs of output `(oy, ox)`, channel 0.
@@ -197,8 +192,12 @@ impl CustomOp1 for MaxPool2 {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let d = dims(l)?;
         let out = match s {
-            CpuStorage::F32(x) => CpuStorage::F32(forward(contiguous(x, l)?, d)),
-            CpuStorage::F64(x) => CpuStorage::F64(forward(contiguous(x, l)?, d)),
+            CpuStorage::F32(x) => {
+                CpuStorage::F32(forward(contiguous(x, l, "max_pool2: input")?, d))
+            }
+            CpuStorage::F64(x) => {
+                CpuStorage::F64(forward(contiguous(x, l, "max_pool2: input")?, d))
+            }
             _ => bail!("max_pool2: unsupported dtype {:?}", s.dtype()),
         };
         Ok((out, Shape::from((d.0, d.1 / 2, d.2 / 2, d.3))))
@@ -225,12 +224,16 @@ impl CustomOp2 for MaxPool2Grad {
     ) -> Result<(CpuStorage, Shape)> {
         let d = dims(l1)?;
         let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => {
-                CpuStorage::F32(backward(contiguous(x, l1)?, contiguous(g, l2)?, d))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => {
-                CpuStorage::F64(backward(contiguous(x, l1)?, contiguous(g, l2)?, d))
-            }
+            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(backward(
+                contiguous(x, l1, "max_pool2: input")?,
+                contiguous(g, l2, "max_pool2: input")?,
+                d,
+            )),
+            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(backward(
+                contiguous(x, l1, "max_pool2: input")?,
+                contiguous(g, l2, "max_pool2: input")?,
+                d,
+            )),
             _ => bail!("max_pool2 backward: unsupported dtype {:?}", s1.dtype()),
         };
         Ok((out, l1.shape().clone()))

@@ -3,17 +3,12 @@
 //! inputs.
 
 use crate::batch_norm::Float;
+use crate::storage::contiguous;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 16;
-
-fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    l.contiguous_offsets()
-        .map(|(a, b)| &data[a..b])
-        .ok_or_else(|| candle_core::Error::Msg(format!("add_relu: {what} must be contiguous")))
-}
 
 /// `y = relu(y + b)` in place.
 pub(crate) fn add_relu_in_place<T: Float>(y: &mut [T], b: &[T]) {
@@ -61,12 +56,14 @@ impl CustomOp2 for AddRelu {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let out = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => {
-                CpuStorage::F32(forward(contiguous(a, l1, "a")?, contiguous(b, l2, "b")?))
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => {
-                CpuStorage::F64(forward(contiguous(a, l1, "a")?, contiguous(b, l2, "b")?))
-            }
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(forward(
+                contiguous(a, l1, "add_relu: a")?,
+                contiguous(b, l2, "add_relu: b")?,
+            )),
+            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(forward(
+                contiguous(a, l1, "add_relu: a")?,
+                contiguous(b, l2, "add_relu: b")?,
+            )),
             _ => bail!(
                 "add_relu: expected two f32 or two f64 tensors, got {:?}",
                 s1.dtype()
@@ -102,12 +99,14 @@ impl CustomOp2 for AddReluGrad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let out = match (s1, s2) {
-            (CpuStorage::F32(y), CpuStorage::F32(d)) => {
-                CpuStorage::F32(backward(contiguous(y, l1, "y")?, contiguous(d, l2, "dy")?))
-            }
-            (CpuStorage::F64(y), CpuStorage::F64(d)) => {
-                CpuStorage::F64(backward(contiguous(y, l1, "y")?, contiguous(d, l2, "dy")?))
-            }
+            (CpuStorage::F32(y), CpuStorage::F32(d)) => CpuStorage::F32(backward(
+                contiguous(y, l1, "add_relu: y")?,
+                contiguous(d, l2, "add_relu: dy")?,
+            )),
+            (CpuStorage::F64(y), CpuStorage::F64(d)) => CpuStorage::F64(backward(
+                contiguous(y, l1, "add_relu: y")?,
+                contiguous(d, l2, "add_relu: dy")?,
+            )),
             _ => bail!("add_relu backward: unsupported dtype {:?}", s1.dtype()),
         };
         Ok((out, l1.shape().clone()))

@@ -17,6 +17,7 @@ use crate::batch_norm::{self, BackwardSpec, BatchNormMode, ChannelStats, Float};
 use crate::conv_block::{BlockSpec, conv_block};
 use crate::conv2d::{self, ConvGeometry};
 use crate::residual;
+use crate::storage::contiguous;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use std::sync::{Arc, Mutex};
@@ -112,41 +113,32 @@ enum SavedAny {
     F64(Saved<f64>),
 }
 
-/// The modes of the three BatchNorms, in layer order.
-struct Modes(Vec<BatchNormMode>);
-
-impl Modes {
-    fn stats<T: Float>(&self, i: usize, pre: &[T], c: usize) -> ChannelStats {
-        match &self.0[i] {
-            BatchNormMode::Batch => batch_norm::channel_stats(pre, c),
-            BatchNormMode::Fixed(s) => s.clone(),
-        }
-    }
-}
-
 fn to64<T: Float>(v: &[T]) -> Vec<f64> {
     v.iter().map(|t| t.to_f64()).collect()
 }
 
-/// `conv` then BatchNorm (+ ReLU) of one layer: `(convolution output, normalised)`.
-fn layer_forward<T: Float>(
-    x: &[T],
+/// One layer's convolution of `input`.
+fn conv<T: Float>(input: &[T], p: &[T], layer: &Layer) -> Vec<T> {
+    conv2d::forward(input, layer.params(p).0, &layer.g)
+}
+
+/// One layer's BatchNorm (+ ReLU) of its convolution output `pre`.
+fn normalize<T: Float>(
+    pre: &[T],
     p: &[T],
     layer: &Layer,
     stats: &ChannelStats,
     eps: f64,
     relu: bool,
-    pre: Option<Vec<T>>,
-) -> (Vec<T>, Vec<T>) {
-    let (w, gamma, beta) = layer.params(p);
-    let pre = pre.unwrap_or_else(|| conv2d::forward(x, w, &layer.g));
-    let out = batch_norm::forward(&pre, gamma, beta, stats, eps, relu);
-    (pre, out)
+) -> Vec<T> {
+    let (_, gamma, beta) = layer.params(p);
+    batch_norm::forward(pre, gamma, beta, stats, eps, relu)
 }
 
 struct ResidualBlockOp {
     layers: Layers,
-    modes: Modes,
+    /// The three BatchNorms' modes, in layer order.
+    modes: Vec<BatchNormMode>,
     eps: f64,
     recompute: bool,
     saved: Arc<Mutex<Option<SavedAny>>>,
@@ -156,20 +148,19 @@ impl ResidualBlockOp {
     fn run<T: Float>(&self, x: &[T], p: &[T]) -> (Vec<T>, Saved<T>) {
         let l = &self.layers;
         let c = l.first.g.out_channels;
-        let conv = |input: &[T], layer: &Layer| conv2d::forward(input, layer.params(p).0, &layer.g);
-        let pre_a = conv(x, &l.first);
-        let st_a = self.modes.stats(0, &pre_a, c);
-        let (pre_a, h) = layer_forward(x, p, &l.first, &st_a, self.eps, true, Some(pre_a));
-        let pre_b = conv(&h, &l.second);
+        let pre_a = conv(x, p, &l.first);
+        let st_a = self.modes[0].stats_of(&pre_a, c);
+        let h = normalize(&pre_a, p, &l.first, &st_a, self.eps, true);
+        let pre_b = conv(&h, p, &l.second);
         drop(h);
-        let st_b = self.modes.stats(1, &pre_b, c);
-        let (pre_b, mut y) = layer_forward(&[], p, &l.second, &st_b, self.eps, false, Some(pre_b));
+        let st_b = self.modes[1].stats_of(&pre_b, c);
+        let mut y = normalize(&pre_b, p, &l.second, &st_b, self.eps, false);
         let mut stats = vec![st_a, st_b];
         let pre_s = match &l.shortcut {
             Some(s) => {
-                let pre_s = conv(x, s);
-                let st_s = self.modes.stats(2, &pre_s, c);
-                let (pre_s, short) = layer_forward(x, p, s, &st_s, self.eps, false, Some(pre_s));
+                let pre_s = conv(x, p, s);
+                let st_s = self.modes[2].stats_of(&pre_s, c);
+                let short = normalize(&pre_s, p, s, &st_s, self.eps, false);
                 residual::add_relu_in_place(&mut y, &short);
                 stats.push(st_s);
                 Some(pre_s)
@@ -182,14 +173,6 @@ impl ResidualBlockOp {
         let pre = (!self.recompute).then_some([Some(pre_a), Some(pre_b), pre_s]);
         (y, Saved { stats, pre })
     }
-}
-
-fn contiguous<'a, T>(data: &'a [T], l: &Layout, what: &str) -> Result<&'a [T]> {
-    l.contiguous_offsets()
-        .map(|(a, b)| &data[a..b])
-        .ok_or_else(|| {
-            candle_core::Error::Msg(format!("residual_block: {what} must be contiguous"))
-        })
 }
 
 impl CustomOp2 for ResidualBlockOp {
@@ -206,11 +189,17 @@ impl CustomOp2 for ResidualBlockOp {
     ) -> Result<(CpuStorage, Shape)> {
         let (out, saved) = match (s1, s2) {
             (CpuStorage::F32(x), CpuStorage::F32(p)) => {
-                let (o, s) = self.run(contiguous(x, l1, "x")?, contiguous(p, l2, "params")?);
+                let (o, s) = self.run(
+                    contiguous(x, l1, "residual_block: x")?,
+                    contiguous(p, l2, "residual_block: params")?,
+                );
                 (CpuStorage::F32(o), SavedAny::F32(s))
             }
             (CpuStorage::F64(x), CpuStorage::F64(p)) => {
-                let (o, s) = self.run(contiguous(x, l1, "x")?, contiguous(p, l2, "params")?);
+                let (o, s) = self.run(
+                    contiguous(x, l1, "residual_block: x")?,
+                    contiguous(p, l2, "residual_block: params")?,
+                );
                 (CpuStorage::F64(o), SavedAny::F64(s))
             }
             _ => bail!(
@@ -238,7 +227,6 @@ impl CustomOp2 for ResidualBlockOp {
             eps: self.eps,
             batch_stats: self
                 .modes
-                .0
                 .iter()
                 .map(|m| matches!(m, BatchNormMode::Batch))
                 .collect(),
@@ -297,13 +285,35 @@ impl ResidualBlockGradOp {
         (conv2d::backward_input_owned(d_pre, w, &layer.g), dp)
     }
 
+    /// [`Self::run`] on the storages `[x, params, dy, output]` with their layouts;
+    /// the parameters' gradient comes back as a tensor of the parameters' shape.
+    fn run_on<T: Float + candle_core::WithDType>(
+        &self,
+        operands: [(&Vec<T>, &Layout); 4],
+        s: Saved<T>,
+    ) -> Result<(Vec<T>, Tensor)> {
+        const NAMES: [&str; 4] = ["x", "params", "dy", "output"];
+        let mut views = Vec::with_capacity(4);
+        for ((data, l), name) in operands.iter().zip(NAMES) {
+            views.push(contiguous(
+                data,
+                l,
+                &format!("residual_block backward: {name}"),
+            )?);
+        }
+        let (dx, dp) = self.run(views[0], views[1], views[2], views[3], s);
+        let dp = Tensor::from_vec(dp, operands[1].1.shape(), &candle_core::Device::Cpu)?;
+        Ok((dx, dp))
+    }
+
     fn run<T: Float>(&self, x: &[T], p: &[T], dy: &[T], y: &[T], s: Saved<T>) -> (Vec<T>, Vec<T>) {
         let l = &self.layers;
         let Saved { stats, pre } = s;
         let [pre_a, pre_b, pre_s] = pre.unwrap_or_default();
         // Recompute the inner activation (and whatever convolution output was not kept).
-        let (pre_a, h) = layer_forward(x, p, &l.first, &stats[0], self.eps, true, pre_a);
-        let pre_b = pre_b.unwrap_or_else(|| conv2d::forward(&h, l.second.params(p).0, &l.second.g));
+        let pre_a = pre_a.unwrap_or_else(|| conv(x, p, &l.first));
+        let h = normalize(&pre_a, p, &l.first, &stats[0], self.eps, true);
+        let pre_b = pre_b.unwrap_or_else(|| conv(&h, p, &l.second));
         // The sum's gradient `dy * [y > 0]` reaches the second layer and the shortcut.
         let (dh, dp_b) = self.layer(&h, p, &l.second, 1, &stats[1], pre_b, y, dy, true);
         let (mut dx, dp_a) = self.layer(x, p, &l.first, 0, &stats[0], pre_a, &h, &dh, true);
@@ -313,7 +323,7 @@ impl ResidualBlockGradOp {
         dp.extend(dp_b);
         match &l.shortcut {
             Some(sc) => {
-                let pre_s = pre_s.unwrap_or_else(|| conv2d::forward(x, sc.params(p).0, &sc.g));
+                let pre_s = pre_s.unwrap_or_else(|| conv(x, p, sc));
                 let (dxs, dp_s) = self.layer(x, p, sc, 2, &stats[2], pre_s, &d_sum, &d_sum, false);
                 dx.iter_mut().zip(dxs).for_each(|(a, b)| *a += b);
                 dp.extend(dp_s);
@@ -351,14 +361,7 @@ impl CustomOp3 for ResidualBlockGradOp {
                 CpuStorage::F32(y),
                 Some(SavedAny::F32(s)),
             ) => {
-                let (dx, dp) = self.run(
-                    contiguous(x, l1, "x")?,
-                    contiguous(p, l2, "params")?,
-                    contiguous(d, l3, "dy")?,
-                    contiguous(y, out_layout, "output")?,
-                    s,
-                );
-                let dp = Tensor::from_vec(dp, l2.shape(), &candle_core::Device::Cpu)?;
+                let (dx, dp) = self.run_on([(x, l1), (p, l2), (d, l3), (y, out_layout)], s)?;
                 (CpuStorage::F32(dx), dp)
             }
             (
@@ -368,14 +371,7 @@ impl CustomOp3 for ResidualBlockGradOp {
                 CpuStorage::F64(y),
                 Some(SavedAny::F64(s)),
             ) => {
-                let (dx, dp) = self.run(
-                    contiguous(x, l1, "x")?,
-                    contiguous(p, l2, "params")?,
-                    contiguous(d, l3, "dy")?,
-                    contiguous(y, out_layout, "output")?,
-                    s,
-                );
-                let dp = Tensor::from_vec(dp, l2.shape(), &candle_core::Device::Cpu)?;
+                let (dx, dp) = self.run_on([(x, l1), (p, l2), (d, l3), (y, out_layout)], s)?;
                 (CpuStorage::F64(dx), dp)
             }
             (_, _, _, _, None) => bail!(
@@ -428,11 +424,7 @@ pub fn residual_block(
         if l.gamma.elem_count() != c || l.beta.elem_count() != c {
             bail!("residual_block: gamma and beta must have {c} entries (the output channels)");
         }
-        if let BatchNormMode::Fixed(s) = &l.mode
-            && (s.mean.len() != c || s.var.len() != c)
-        {
-            bail!("residual_block: fixed statistics must have {c} entries");
-        }
+        l.mode.check_channels(c, "residual_block")?;
     }
     let fused = x.device().is_cpu()
         && matches!(x.dtype(), DType::F32 | DType::F64)
@@ -448,7 +440,7 @@ pub fn residual_block(
     let saved = Arc::new(Mutex::new(None));
     let op = ResidualBlockOp {
         layers: geometry,
-        modes: Modes(layers.iter().map(|l| l.mode.clone()).collect()),
+        modes: layers.iter().map(|l| l.mode.clone()).collect(),
         eps,
         recompute,
         saved: saved.clone(),
