@@ -19,6 +19,7 @@
 
 use crate::gemm::Element;
 use crate::storage::contiguous;
+use crate::wide::wide_kernel;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -136,6 +137,21 @@ where
     crate::parallel::ordered_sum(width, blocks, |range, acc| range.for_each(|b| f(b, acc)))
 }
 
+wide_kernel! {
+/// Adds the per-channel sums and sums of squares of `rows` `[M, C]` to `sum` and `sq`.
+fn add_moments<T: Float>(sum: &mut [f64], sq: &mut [f64], rows: &[T], c: usize) {
+    let (sum, sq) = (&mut sum[..c], &mut sq[..c]);
+    for row in rows.chunks_exact(c) {
+        let row = &row[..c];
+        for j in 0..c {
+            let v = row[j].to_f64();
+            sum[j] += v;
+            sq[j] += v * v;
+        }
+    }
+}
+}
+
 /// Batch mean and biased variance of `x` `[M, C]`, in one sweep with f64
 /// accumulators.
 pub fn channel_stats<T: Float>(x: &[T], c: usize) -> ChannelStats {
@@ -143,13 +159,8 @@ pub fn channel_stats<T: Float>(x: &[T], c: usize) -> ChannelStats {
     let blocks = rows.div_ceil(BLOCK_ROWS);
     let sums = reduce_blocks(2 * c, blocks, |b, acc| {
         let (sum, sq) = acc.split_at_mut(c);
-        for row in x[b * BLOCK_ROWS * c..((b + 1) * BLOCK_ROWS * c).min(x.len())].chunks_exact(c) {
-            for ((s, q), v) in sum.iter_mut().zip(sq.iter_mut()).zip(row) {
-                let v = v.to_f64();
-                *s += v;
-                *q += v * v;
-            }
-        }
+        let block = &x[b * BLOCK_ROWS * c..((b + 1) * BLOCK_ROWS * c).min(x.len())];
+        add_moments(sum, sq, block, c);
     });
     let m = rows.max(1) as f64;
     let mean: Vec<f64> = sums[..c].iter().map(|s| s / m).collect();
@@ -165,19 +176,27 @@ fn inv_std(stats: &ChannelStats, eps: f64) -> Vec<f64> {
     stats.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect()
 }
 
+wide_kernel! {
+/// `out = x * a + b` per channel, then ReLU if asked, over rows `[M, C]`.
+fn affine_rows<T: Float>(out: &mut [T], x: &[T], a: &[T], b: &[T], relu: bool) {
+    let c = a.len();
+    let b = &b[..c];
+    for (or, xr) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
+        let (or, xr) = (&mut or[..c], &xr[..c]);
+        for j in 0..c {
+            let y = xr[j] * a[j] + b[j];
+            or[j] = if relu && y < T::ZERO { T::ZERO } else { y };
+        }
+    }
+}
+}
+
 /// `out = x * a + b` per channel, then ReLU if asked, over `[M, C]` in parallel.
 fn affine<T: Float>(out: &mut [T], x: &[T], a: &[T], b: &[T], relu: bool) {
     let c = a.len();
     out.par_chunks_mut(BLOCK_ROWS * c)
         .zip(x.par_chunks(BLOCK_ROWS * c))
-        .for_each(|(ob, xb)| {
-            for (or, xr) in ob.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
-                for (((o, &v), &a), &b) in or.iter_mut().zip(xr).zip(a).zip(b) {
-                    let y = v * a + b;
-                    *o = if relu && y < T::ZERO { T::ZERO } else { y };
-                }
-            }
-        });
+        .for_each(|(ob, xb)| affine_rows(ob, xb, a, b, relu));
 }
 
 fn to_t<T: Float>(v: impl Iterator<Item = f64>) -> Vec<T> {
@@ -270,6 +289,52 @@ pub(crate) fn coefficients<T: Float>(
     }
 }
 
+wide_kernel! {
+/// Adds `sum g` and `sum g * x` per channel over rows `[M, C]` of `x`, the output
+/// `y` and its gradient `dy` (`g = dy * [y > 0]` under ReLU).
+fn add_grad_sums<T: Float>(
+    sg: &mut [f64],
+    sgx: &mut [f64],
+    xyd: (&[T], &[T], &[T]),
+    c: usize,
+    relu: bool,
+) {
+    let (x, y, dy) = xyd;
+    let (sg, sgx) = (&mut sg[..c], &mut sgx[..c]);
+    for ((xr, yr), dr) in x.chunks_exact(c).zip(y.chunks_exact(c)).zip(dy.chunks_exact(c)) {
+        let (xr, yr, dr) = (&xr[..c], &yr[..c], &dr[..c]);
+        for j in 0..c {
+            let g = if relu && yr[j] <= T::ZERO {
+                0.0
+            } else {
+                dr[j].to_f64()
+            };
+            sg[j] += g;
+            sgx[j] += g * xr[j].to_f64();
+        }
+    }
+}
+}
+
+wide_kernel! {
+/// Overwrites rows `[M, C]` of `x` with `dx = k g + c1 x + c0`.
+fn grad_rows<T: Float>(x: &mut [T], yd: (&[T], &[T]), co: &BackwardCoefficients<T>, relu: bool) {
+    let (y, dy) = yd;
+    let c = co.k.len();
+    let (k, c1, c0) = (&co.k[..c], &co.c1[..c], &co.c0[..c]);
+    for (xr, (yr, dr)) in x
+        .chunks_exact_mut(c)
+        .zip(y.chunks_exact(c).zip(dy.chunks_exact(c)))
+    {
+        let (xr, yr, dr) = (&mut xr[..c], &yr[..c], &dr[..c]);
+        for j in 0..c {
+            let g = if relu && yr[j] <= T::ZERO { T::ZERO } else { dr[j] };
+            xr[j] = k[j] * g + c1[j] * xr[j] + c0[j];
+        }
+    }
+}
+}
+
 /// Gradients `(dx, dgamma, dbeta)` with `g = dy * [y > 0]` (ReLU) (see
 /// [`coefficients`]).
 ///
@@ -289,42 +354,16 @@ pub(crate) fn backward<T: Float>(
     let sums = reduce_blocks(2 * c, blocks, |b, acc| {
         let range = b * BLOCK_ROWS * c..((b + 1) * BLOCK_ROWS * c).min(x.len());
         let (sg, sgx) = acc.split_at_mut(c);
-        for ((xr, yr), dr) in x[range.clone()]
-            .chunks_exact(c)
-            .zip(y[range.clone()].chunks_exact(c))
-            .zip(dy[range].chunks_exact(c))
-        {
-            for ((((a, bx), &v), &o), &d) in
-                sg.iter_mut().zip(sgx.iter_mut()).zip(xr).zip(yr).zip(dr)
-            {
-                let g = if relu && o <= T::ZERO {
-                    0.0
-                } else {
-                    d.to_f64()
-                };
-                *a += g;
-                *bx += g * v.to_f64();
-            }
-        }
+        let block = (&x[range.clone()], &y[range.clone()], &dy[range]);
+        add_grad_sums(sg, sgx, block, c, relu);
     });
     let co = coefficients::<T>(&sums[..c], &sums[c..], rows, spec);
-    let (k, c1, c0) = (&co.k, &co.c1, &co.c0);
     x.par_chunks_mut(BLOCK_ROWS * c)
         .zip(
             y.par_chunks(BLOCK_ROWS * c)
                 .zip(dy.par_chunks(BLOCK_ROWS * c)),
         )
-        .for_each(|(xb, (yb, db))| {
-            for (xr, (yr, dr)) in xb
-                .chunks_exact_mut(c)
-                .zip(yb.chunks_exact(c).zip(db.chunks_exact(c)))
-            {
-                for (j, ((v, &yo), &d)) in xr.iter_mut().zip(yr).zip(dr).enumerate() {
-                    let g = if relu && yo <= T::ZERO { T::ZERO } else { d };
-                    *v = k[j] * g + c1[j] * *v + c0[j];
-                }
-            }
-        });
+        .for_each(|(xb, yd)| grad_rows(xb, yd, &co, relu));
     (x, co.dgamma, co.dbeta)
 }
 

@@ -47,6 +47,7 @@ pub mod residual_block;
 mod storage;
 pub mod tiled;
 pub mod topk;
+mod wide;
 
 pub use batch_norm::{
     BatchNormMode, BatchNormOutput, ChannelStats, batch_norm, batch_norm_reference,

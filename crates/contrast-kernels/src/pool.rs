@@ -6,6 +6,7 @@
 
 use crate::batch_norm::{self, BackwardSpec, Float};
 use crate::storage::contiguous;
+use crate::wide::wide_kernel;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -49,7 +50,8 @@ pub(crate) fn backward<T: Float>(
                 let (r2, r3) = bottom.split_at(c);
                 let win = window(oy, ox, w, c);
                 for j in 0..c {
-                    let (best, _, _) = pick([r0[j], r1[j], r2[j], r3[j]], T::ONE, T::ZERO, false);
+                    let (_, hot) = pick([r0[j], r1[j], r2[j], r3[j]], T::ONE, T::ZERO, false);
+                    let best = hot.iter().position(|&h| h).unwrap_or(0);
                     dxi[win[best] + j] += d[j];
                 }
             }
@@ -65,18 +67,27 @@ fn activation<T: Float>(v: T, a: T, b: T, relu: bool) -> T {
     if relu && y < T::ZERO { T::ZERO } else { y }
 }
 
-/// For one channel of a window (its four inputs, in the order of [`window`]): which
-/// input has the first maximal activation, its activation and its input value.
+/// For one channel of a window (its four inputs, in the order of [`window`]): the
+/// maximal activation and which input is the first to reach it (one-hot). Compares
+/// and selects only, so that a loop over channels vectorises.
 #[inline(always)]
-fn pick<T: Float>(v: [T; 4], a: T, b: T, relu: bool) -> (usize, T, T) {
-    let (mut q, mut m) = (0, activation(v[0], a, b, relu));
-    for (i, &x) in v.iter().enumerate().skip(1) {
-        let y = activation(x, a, b, relu);
-        if y > m {
-            (q, m) = (i, y);
-        }
-    }
-    (q, m, v[q])
+fn pick<T: Float>(v: [T; 4], a: T, b: T, relu: bool) -> (T, [bool; 4]) {
+    let y = v.map(|x| activation(x, a, b, relu));
+    let w1 = y[1] > y[0];
+    let m = if w1 { y[1] } else { y[0] };
+    let w2 = y[2] > m;
+    let m = if w2 { y[2] } else { m };
+    let w3 = y[3] > m;
+    let m = if w3 { y[3] } else { m };
+    (m, [!(w1 || w2 || w3), w1 && !w2 && !w3, w2 && !w3, w3])
+}
+
+/// The input value of the window's first maximal input.
+#[inline(always)]
+fn picked<T: Float>(v: [T; 4], hot: [bool; 4]) -> T {
+    let high = if hot[3] { v[3] } else { v[2] };
+    let low = if hot[1] { v[1] } else { v[0] };
+    if hot[2] || hot[3] { high } else { low }
 }
 
 /// The input rows of window `(oy, ox)` of image `xi`: the top pair and the bottom
@@ -87,11 +98,43 @@ fn window_rows<T>(xi: &[T], oy: usize, ox: usize, w: usize, c: usize) -> (&[T], 
     (&xi[top..top + 2 * c], &xi[top + w * c..top + w * c + 2 * c])
 }
 
+/// The four `c`-long input rows of a window from its top and bottom pixel pairs.
+#[inline(always)]
+fn four<'a, T>(top: &'a [T], bottom: &'a [T], c: usize) -> [&'a [T]; 4] {
+    [&top[..c], &top[c..2 * c], &bottom[..c], &bottom[c..2 * c]]
+}
+
+/// Per-channel `(scale, shift)` of the affine map before the pool.
+type Affine<'a, T> = (&'a [T], &'a [T]);
+
+wide_kernel! {
+/// Pools one image `xi` `[H, W, C]` into `yi` `[H/2, W/2, C]`.
+fn pool_image<T: Float>(
+    yi: &mut [T],
+    xi: &[T],
+    affine: Affine<'_, T>,
+    relu: bool,
+    wc: (usize, usize),
+) {
+    let ((scale, shift), (w, c)) = (affine, wc);
+    let ow = w / 2;
+    let (scale, shift) = (&scale[..c], &shift[..c]);
+    for (q, out) in yi.chunks_exact_mut(c).enumerate() {
+        let (top, bottom) = window_rows(xi, q / ow, q % ow, w, c);
+        let [r0, r1, r2, r3] = four(top, bottom, c);
+        let out = &mut out[..c];
+        for j in 0..c {
+            out[j] = pick([r0[j], r1[j], r2[j], r3[j]], scale[j], shift[j], relu).0;
+        }
+    }
+}
+}
+
 /// `max_pool2(relu?(x * scale + shift))` per channel, straight from the BatchNorm
 /// input `x` `[B, H, W, C]`: the full-size activation is never stored.
 pub(crate) fn affine_forward<T: Float>(
     x: &[T],
-    (scale, shift): (&[T], &[T]),
+    affine: Affine<'_, T>,
     relu: bool,
     (b, h, w, c): (usize, usize, usize, usize),
 ) -> Vec<T> {
@@ -101,16 +144,98 @@ pub(crate) fn affine_forward<T: Float>(
         .enumerate()
         .for_each(|(n, yi)| {
             let xi = &x[n * h * w * c..(n + 1) * h * w * c];
-            for (q, out) in yi.chunks_exact_mut(c).enumerate() {
-                let (top, bottom) = window_rows(xi, q / ow, q % ow, w, c);
-                let (r0, r1) = top.split_at(c);
-                let (r2, r3) = bottom.split_at(c);
-                for (j, o) in out.iter_mut().enumerate() {
-                    *o = pick([r0[j], r1[j], r2[j], r3[j]], scale[j], shift[j], relu).1;
-                }
-            }
+            pool_image(yi, xi, affine, relu, (w, c));
         });
     y
+}
+
+/// The pooled gradient `d` as it reaches the winning input (zero under a dead ReLU).
+#[inline(always)]
+fn gate<T: Float>(m: T, d: T, relu: bool) -> T {
+    if relu && m <= T::ZERO { T::ZERO } else { d }
+}
+
+wide_kernel! {
+/// Adds one image's `sum g` and `sum g * x` per channel to `sg` and `sgx` (`g` the
+/// gradient reaching the BatchNorm output: nonzero at window maxima only).
+fn image_sums<T: Float>(
+    sg: &mut [f64],
+    sgx: &mut [f64],
+    xi: &[T],
+    di: &[T],
+    affine: Affine<'_, T>,
+    relu: bool,
+    wc: (usize, usize),
+) {
+    let ((scale, shift), (w, c)) = (affine, wc);
+    let ow = w / 2;
+    let (sg, sgx, scale, shift) = (&mut sg[..c], &mut sgx[..c], &scale[..c], &shift[..c]);
+    for (q, d) in di.chunks_exact(c).enumerate() {
+        let (top, bottom) = window_rows(xi, q / ow, q % ow, w, c);
+        let [r0, r1, r2, r3] = four(top, bottom, c);
+        let d = &d[..c];
+        for j in 0..c {
+            let v = [r0[j], r1[j], r2[j], r3[j]];
+            let (m, hot) = pick(v, scale[j], shift[j], relu);
+            let g = gate(m, d[j], relu).to_f64();
+            sg[j] += g;
+            sgx[j] += g * picked(v, hot).to_f64();
+        }
+    }
+}
+}
+
+/// BatchNorm's backward coefficients per channel (see [`batch_norm::coefficients`]).
+struct Coefficients<'a, T> {
+    k: &'a [T],
+    c1: &'a [T],
+    c0: &'a [T],
+}
+
+wide_kernel! {
+/// Overwrites one image's BatchNorm input `xi` `[H, W, C]` with its gradient, from
+/// the pooled gradient `di` `[H/2, W/2, C]`.
+fn image_grad<T: Float>(
+    xi: &mut [T],
+    di: &[T],
+    affine: Affine<'_, T>,
+    co: &Coefficients<'_, T>,
+    relu: bool,
+    hwc: (usize, usize, usize),
+) {
+    let ((scale, shift), (h, w, c)) = (affine, hwc);
+    let (oh, ow) = (h / 2, w / 2);
+    let (scale, shift) = (&scale[..c], &shift[..c]);
+    let (k, c1, c0) = (&co.k[..c], &co.c1[..c], &co.c0[..c]);
+    for (oy, drow) in di.chunks_exact(ow * c).enumerate() {
+        let (upper, lower) = xi.split_at_mut((2 * oy + 1) * w * c);
+        let top_row = &mut upper[2 * oy * w * c..];
+        for (ox, d) in drow.chunks_exact(c).enumerate() {
+            let (r0, r1) = top_row[2 * ox * c..(2 * ox + 2) * c].split_at_mut(c);
+            let (r2, r3) = lower[2 * ox * c..(2 * ox + 2) * c].split_at_mut(c);
+            let (r0, r1, r2, r3, d) = (&mut r0[..c], &mut r1[..c], &mut r2[..c], &mut r3[..c], &d[..c]);
+            for j in 0..c {
+                let v = [r0[j], r1[j], r2[j], r3[j]];
+                let (m, hot) = pick(v, scale[j], shift[j], relu);
+                let kg = k[j] * gate(m, d[j], relu);
+                let out = |e: usize| {
+                    let base = c1[j] * v[e] + c0[j];
+                    if hot[e] { base + kg } else { base }
+                };
+                (r0[j], r1[j], r2[j], r3[j]) = (out(0), out(1), out(2), out(3));
+            }
+        }
+    }
+    // Inputs in no window (a trailing odd row or column) get no pooled gradient.
+    for (y, row) in xi.chunks_exact_mut(w * c).enumerate() {
+        let from = if y < 2 * oh { 2 * ow } else { 0 };
+        for px in row[from * c..].chunks_exact_mut(c) {
+            for (j, v) in px.iter_mut().enumerate() {
+                *v = c1[j] * *v + c0[j];
+            }
+        }
+    }
+}
 }
 
 /// The backward pass of [`affine_forward`] with BatchNorm's: consumes the BatchNorm
@@ -121,63 +246,29 @@ pub(crate) fn affine_forward<T: Float>(
 pub(crate) fn affine_backward<T: Float>(
     mut x: Vec<T>,
     dy: &[T],
-    (scale, shift): (&[T], &[T]),
+    affine: Affine<'_, T>,
     spec: &BackwardSpec<'_>,
     (b, h, w, c): (usize, usize, usize, usize),
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (oh, ow) = (h / 2, w / 2);
     let relu = spec.relu;
-    // The pooled gradient `d` as it reaches the winning input (zero under a dead ReLU).
-    let gate = |m: T, d: T| if relu && m <= T::ZERO { T::ZERO } else { d };
     let sums = crate::parallel::ordered_sum(2 * c, b, |range, acc| {
         let (sg, sgx) = acc.split_at_mut(c);
         for n in range {
             let xi = &x[n * h * w * c..(n + 1) * h * w * c];
             let di = &dy[n * oh * ow * c..(n + 1) * oh * ow * c];
-            for (q, d) in di.chunks_exact(c).enumerate() {
-                let (top, bottom) = window_rows(xi, q / ow, q % ow, w, c);
-                let (r0, r1) = top.split_at(c);
-                let (r2, r3) = bottom.split_at(c);
-                for j in 0..c {
-                    let (_, m, v) = pick([r0[j], r1[j], r2[j], r3[j]], scale[j], shift[j], relu);
-                    let g = gate(m, d[j]).to_f64();
-                    sg[j] += g;
-                    sgx[j] += g * v.to_f64();
-                }
-            }
+            image_sums(sg, sgx, xi, di, affine, relu, (w, c));
         }
     });
     let co = batch_norm::coefficients::<T>(&sums[..c], &sums[c..], b * h * w, spec);
-    let (k, c1, c0) = (&co.k, &co.c1, &co.c0);
+    let coefficients = Coefficients {
+        k: &co.k,
+        c1: &co.c1,
+        c0: &co.c0,
+    };
     x.par_chunks_mut(h * w * c).enumerate().for_each(|(n, xi)| {
         let di = &dy[n * oh * ow * c..(n + 1) * oh * ow * c];
-        for (oy, drow) in di.chunks_exact(ow * c).enumerate() {
-            let (upper, lower) = xi.split_at_mut((2 * oy + 1) * w * c);
-            let top_row = &mut upper[2 * oy * w * c..];
-            for (ox, d) in drow.chunks_exact(c).enumerate() {
-                let (r0, r1) = top_row[2 * ox * c..(2 * ox + 2) * c].split_at_mut(c);
-                let (r2, r3) = lower[2 * ox * c..(2 * ox + 2) * c].split_at_mut(c);
-                for j in 0..c {
-                    let v = [r0[j], r1[j], r2[j], r3[j]];
-                    let (q, m, _) = pick(v, scale[j], shift[j], relu);
-                    let kg = k[j] * gate(m, d[j]);
-                    let out = |e: usize| {
-                        let base = c1[j] * v[e] + c0[j];
-                        if e == q { base + kg } else { base }
-                    };
-                    (r0[j], r1[j], r2[j], r3[j]) = (out(0), out(1), out(2), out(3));
-                }
-            }
-        }
-        // Inputs in no window (a trailing odd row or column) get no pooled gradient.
-        for (y, row) in xi.chunks_exact_mut(w * c).enumerate() {
-            let from = if y < 2 * oh { 2 * ow } else { 0 };
-            for px in row[from * c..].chunks_exact_mut(c) {
-                for (j, v) in px.iter_mut().enumerate() {
-                    *v = c1[j] * *v + c0[j];
-                }
-            }
-        }
+        image_grad(xi, di, affine, &coefficients, relu, (h, w, c));
     });
     (x, co.dgamma, co.dbeta)
 }

@@ -1,0 +1,42 @@
+//! Run-time choice of wider vector instructions for the elementwise passes.
+//!
+//! Binaries are built for baseline x86-64 (SSE2), so loops the compiler vectorises
+//! get 128-bit vectors. [`wide_kernel!`] defines a function whose body is compiled
+//! twice, once as is and once for AVX2 + FMA, and picks the second at run time when
+//! the CPU has those features. Rust never contracts `a * b + c` into an FMA on its
+//! own, and the kernels vectorise across channels, which keeps every per-channel sum
+//! in its order: both versions give the same results bit for bit.
+
+/// Whether the CPU has AVX2 and FMA (the detection macro caches its answer).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+pub(crate) fn has_avx2() -> bool {
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// `wide_kernel! { fn name<T: Bound>(a: A, b: B) { body } }` defines `name`, which
+/// runs `body` compiled for AVX2 + FMA when the CPU supports them and for the
+/// baseline otherwise. The body is inlined into both versions (a closure handed to a
+/// `#[target_feature]` function is not reliably inlined, and then runs unvectorised).
+macro_rules! wide_kernel {
+    ($(#[$meta:meta])* fn $name:ident<$t:ident: $bound:ident>($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        fn $name<$t: $bound>($($arg: $ty),*) {
+            #[inline(always)]
+            fn body<$t: $bound>($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2<$t: $bound>($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if $crate::wide::has_avx2() {
+                    // SAFETY: the CPU supports the features `avx2` is compiled for.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+pub(crate) use wide_kernel;
