@@ -41,6 +41,8 @@ pub trait Float:
 {
     fn to_f64(self) -> f64;
     fn from_f64(v: f64) -> Self;
+    /// `self * a + b` rounded once (a fused multiply-add, as GEMM kernels compute).
+    fn mul_add(self, a: Self, b: Self) -> Self;
     /// Replaces every element by its exponential (vectorised for f32).
     fn exp_inplace(xs: &mut [Self]);
     /// The elements of a CPU storage of this type.
@@ -53,6 +55,10 @@ impl Float for f32 {
     }
     fn from_f64(v: f64) -> Self {
         v as f32
+    }
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f32::mul_add(self, a, b)
     }
     fn exp_inplace(xs: &mut [Self]) {
         crate::fast_exp::exp_inplace(xs)
@@ -71,6 +77,10 @@ impl Float for f64 {
     }
     fn from_f64(v: f64) -> Self {
         v
+    }
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        f64::mul_add(self, a, b)
     }
     fn exp_inplace(xs: &mut [Self]) {
         xs.iter_mut().for_each(|x| *x = x.exp());
@@ -155,12 +165,26 @@ fn add_moments<T: Float>(sum: &mut [f64], sq: &mut [f64], rows: &[T], c: usize) 
 /// Batch mean and biased variance of `x` `[M, C]`, in one sweep with f64
 /// accumulators.
 pub fn channel_stats<T: Float>(x: &[T], c: usize) -> ChannelStats {
-    let rows = x.len() / c;
+    channel_stats_with(x.len() / c, c, |rows, add| {
+        add(&x[rows.start * c..rows.end * c])
+    })
+}
+
+/// [`channel_stats`] of an `[M, C]` matrix that `rows_of(range, add)` hands over
+/// piece by piece: it calls `add` on consecutive pieces that together are the rows
+/// `range`, in order (stored rows, or rows a fused kernel computes as it goes). The
+/// rows are cut into one contiguous range per thread and each range is summed in
+/// row order, so the result is the same however the pieces are cut.
+pub(crate) fn channel_stats_with<T, F>(rows: usize, c: usize, rows_of: F) -> ChannelStats
+where
+    T: Float,
+    F: Fn(std::ops::Range<usize>, &mut dyn FnMut(&[T])) + Sync,
+{
     let blocks = rows.div_ceil(BLOCK_ROWS);
-    let sums = reduce_blocks(2 * c, blocks, |b, acc| {
+    let sums = crate::parallel::ordered_sum(2 * c, blocks, |range, acc| {
         let (sum, sq) = acc.split_at_mut(c);
-        let block = &x[b * BLOCK_ROWS * c..((b + 1) * BLOCK_ROWS * c).min(x.len())];
-        add_moments(sum, sq, block, c);
+        let rows = range.start * BLOCK_ROWS..(range.end * BLOCK_ROWS).min(rows);
+        rows_of(rows, &mut |piece| add_moments(sum, sq, piece, c));
     });
     let m = rows.max(1) as f64;
     let mean: Vec<f64> = sums[..c].iter().map(|s| s / m).collect();

@@ -54,11 +54,11 @@ impl ConvGeometry {
         self.kernel * self.kernel * self.in_channels
     }
 
-    fn in_image(&self) -> usize {
+    pub(crate) fn in_image(&self) -> usize {
         self.height * self.width * self.in_channels
     }
 
-    fn out_pixels(&self) -> usize {
+    pub(crate) fn out_pixels(&self) -> usize {
         self.out_h() * self.out_w()
     }
 
@@ -71,7 +71,7 @@ impl ConvGeometry {
     /// of chunks a multiple of the thread count and the chunks as even as possible, so
     /// that no thread is left with a short last chunk while another works alone (at
     /// batch 512 and 3x3 outputs, 227-image chunks made 227 + 227 + 58).
-    fn images_per_chunk(&self) -> usize {
+    pub(crate) fn images_per_chunk(&self) -> usize {
         let threads = rayon::current_num_threads().max(1);
         let by_rows = (TARGET_ROWS / self.out_pixels().max(1)).max(1);
         let chunks = self.batch.div_ceil(by_rows).div_ceil(threads) * threads;
@@ -126,7 +126,7 @@ impl ConvGeometry {
 
 /// Source pixel of tap `d` for output coordinate `o`, or `None` inside the padding.
 #[inline]
-fn source(o: usize, d: usize, g: &ConvGeometry, limit: usize) -> Option<usize> {
+pub(crate) fn source(o: usize, d: usize, g: &ConvGeometry, limit: usize) -> Option<usize> {
     (o * g.stride + d)
         .checked_sub(g.padding)
         .filter(|&v| v < limit)
@@ -186,25 +186,54 @@ fn col2im_add<T: Element>(col: &[T], g: &ConvGeometry, n: usize, dx: &mut [T]) {
     }
 }
 
+/// The convolution of the `g.batch` images `x` into `y` `[B, Ho, Wo, Cout]` on the
+/// calling thread: the direct kernel for small patches where it applies, else
+/// im2col into a per-thread buffer and one GEMM (both give the same values).
+pub(crate) fn forward_chunk<T: Element>(y: &mut [T], x: &[T], w: &[T], g: &ConvGeometry) {
+    let rows = g.batch * g.out_pixels();
+    let wm = MatRef::row_major(w, g.patch(), g.out_channels);
+    if g.is_pointwise() {
+        matmul(y, MatRef::row_major(x, rows, g.patch()), wm, false, 1);
+    } else if !T::direct_conv(y, x, w, g) {
+        T::with_scratch(rows * g.patch(), |col| {
+            im2col(x, g, g.batch, col);
+            matmul(y, MatRef::row_major(col, rows, g.patch()), wm, false, 1);
+        });
+    }
+}
+
+/// The forward pass through im2col and one GEMM for the whole batch, whatever the
+/// patch: the reference the direct kernel is tested against.
+#[cfg(test)]
+pub(crate) fn forward_by_gemm(x: &[f32], w: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let rows = g.batch * g.out_pixels();
+    let mut col = vec![0.0; rows * g.patch()];
+    im2col(x, g, g.batch, &mut col);
+    let mut y = vec![0.0; rows * g.out_channels];
+    let wm = MatRef::row_major(w, g.patch(), g.out_channels);
+    matmul(
+        &mut y,
+        MatRef::row_major(&col, rows, g.patch()),
+        wm,
+        false,
+        1,
+    );
+    y
+}
+
 /// Forward pass: `y` `[B, Ho, Wo, Cout]` from `x` and `w`.
 pub fn forward<T: Element>(x: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
     let per = g.images_per_chunk();
     let rows_per_image = g.out_pixels();
     let mut y = vec![T::ZERO; g.batch * rows_per_image * g.out_channels];
-    let wm = MatRef::row_major(w, g.patch(), g.out_channels);
     y.par_chunks_mut(per * rows_per_image * g.out_channels)
         .zip(x.par_chunks(per * g.in_image()))
         .for_each(|(yc, xc)| {
-            let n = xc.len() / g.in_image();
-            let rows = n * rows_per_image;
-            if g.is_pointwise() {
-                matmul(yc, MatRef::row_major(xc, rows, g.patch()), wm, false, 1);
-            } else {
-                T::with_scratch(rows * g.patch(), |col| {
-                    im2col(xc, g, n, col);
-                    matmul(yc, MatRef::row_major(col, rows, g.patch()), wm, false, 1);
-                });
-            }
+            let chunk = ConvGeometry {
+                batch: xc.len() / g.in_image(),
+                ..*g
+            };
+            forward_chunk(yc, xc, w, &chunk);
         });
     y
 }
@@ -267,40 +296,53 @@ pub fn backward_input_owned<T: Element>(mut dy: Vec<T>, w: &[T], g: &ConvGeometr
     dy
 }
 
-/// Weight gradient `dw` `[k*k*Cin, Cout]` from the input `x` and output gradient `dy`.
-pub fn backward_weight<T: Element>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T> {
+/// Adds the weight gradient of one chunk of `n` images, `col(x)^T dy`, to `acc`
+/// `[k*k*Cin, Cout]`.
+fn add_weight_grad<T: Element>(acc: &mut [T], x: &[T], dy: &[T], g: &ConvGeometry, n: usize) {
+    let rows = n * g.out_pixels();
+    let dym = MatRef::row_major(dy, rows, g.out_channels);
+    if g.is_pointwise() {
+        matmul(acc, MatRef::row_major(x, rows, g.patch()).t(), dym, true, 1);
+    } else {
+        T::with_scratch(rows * g.patch(), |col| {
+            im2col(x, g, n, col);
+            matmul(
+                acc,
+                MatRef::row_major(col, rows, g.patch()).t(),
+                dym,
+                true,
+                1,
+            );
+        });
+    }
+}
+
+/// Weight gradient `dw` `[k*k*Cin, Cout]` from the input `x` and the output
+/// gradient, which `dy_of(first, n, f)` hands to `f` for the `n` images from
+/// `first` on (`[n, Ho, Wo, Cout]`): stored, or computed chunk by chunk by a fused
+/// kernel. Chunks are summed in a fixed order ([`crate::parallel::ordered_sum`]).
+pub(crate) fn backward_weight_with<T, F>(x: &[T], g: &ConvGeometry, dy_of: F) -> Vec<T>
+where
+    T: Element,
+    F: Fn(usize, usize, &mut dyn FnMut(&[T])) + Sync,
+{
     let per = g.images_per_chunk();
-    let rows_per_image = g.out_pixels();
     let chunks = g.batch.div_ceil(per);
     crate::parallel::ordered_sum(g.patch() * g.out_channels, chunks, |range, acc| {
         for chunk in range {
             let first = chunk * per;
             let n = per.min(g.batch - first);
-            let rows = n * rows_per_image;
             let xc = &x[first * g.in_image()..(first + n) * g.in_image()];
-            let dyc = &dy[first * rows_per_image * g.out_channels..][..rows * g.out_channels];
-            let dym = MatRef::row_major(dyc, rows, g.out_channels);
-            if g.is_pointwise() {
-                matmul(
-                    acc,
-                    MatRef::row_major(xc, rows, g.patch()).t(),
-                    dym,
-                    true,
-                    1,
-                );
-            } else {
-                T::with_scratch(rows * g.patch(), |col| {
-                    im2col(xc, g, n, col);
-                    matmul(
-                        acc,
-                        MatRef::row_major(col, rows, g.patch()).t(),
-                        dym,
-                        true,
-                        1,
-                    );
-                });
-            }
+            dy_of(first, n, &mut |dyc| add_weight_grad(acc, xc, dyc, g, n));
         }
+    })
+}
+
+/// Weight gradient `dw` `[k*k*Cin, Cout]` from the input `x` and output gradient `dy`.
+pub fn backward_weight<T: Element>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T> {
+    let out_image = g.out_pixels() * g.out_channels;
+    backward_weight_with(x, g, |first, n, f| {
+        f(&dy[first * out_image..(first + n) * out_image])
     })
 }
 

@@ -17,6 +17,7 @@ use crate::batch_norm::{
     self, BackwardSpec, BatchNormMode, BatchNormOutput, ChannelStats, Float, batch_norm,
 };
 use crate::conv2d::{self, ConvGeometry, conv2d_nhwc};
+use crate::direct_conv;
 use crate::pool::{self, max_pool2};
 use crate::residual;
 use crate::storage::contiguous;
@@ -41,11 +42,21 @@ pub struct BlockSpec {
     pub recompute: bool,
 }
 
+/// How the backward pass gets the convolution output `[B, Ho, Wo, C]`.
+enum Pre<T> {
+    /// Kept from the forward pass.
+    Kept(Vec<T>),
+    /// Recomputed whole at the start of the backward pass ([`BlockSpec::recompute`]).
+    Recomputed,
+    /// Never stored: recomputed a few images at a time inside each fused pass (see
+    /// [`Stream`]).
+    Streamed,
+}
+
 /// Intermediates kept from the forward pass for the backward pass.
 struct Saved<T> {
     geometry: ConvGeometry,
-    /// Convolution output `[B, Ho, Wo, C]`, unless it is recomputed.
-    pre: Option<Vec<T>>,
+    pre: Pre<T>,
     stats: ChannelStats,
 }
 
@@ -61,7 +72,54 @@ struct ConvBlockOp {
     spec: BlockSpec,
     mode: BatchNormMode,
     residual: bool,
+    /// Whether the convolution output is streamed ([`Pre::Streamed`]).
+    streamed: bool,
     saved: Arc<Mutex<Option<SavedAny>>>,
+}
+
+/// Whether a block streams its convolution output instead of storing it: a pooled
+/// block without residual whose input needs no gradient (the image batch) and whose
+/// patch is small enough for the direct kernel ([`direct_conv::MAX_PATCH`]). Such a
+/// first layer writes its largest tensor (at 28x28 and 32 channels, 51 MB per 512
+/// images) and reads it back three times for a convolution of 9 multiply-adds per
+/// value; recomputing it in cache, four times in all, is cheaper than the memory
+/// traffic. The results are the same bit for bit: the same convolution values, and
+/// every sum taken in the same order as on the stored path.
+fn streams(spec: &BlockSpec, g: &ConvGeometry, residual: bool, input_grad: bool) -> bool {
+    spec.pool && !residual && !input_grad && g.patch() <= direct_conv::MAX_PATCH
+}
+
+/// The convolution of a streamed block, computed on demand into per-thread buffers.
+struct Stream<'a, T> {
+    x: &'a [T],
+    w: &'a [T],
+    g: ConvGeometry,
+}
+
+impl<T: Float> Stream<'_, T> {
+    /// Hands the convolution output of images `first..first + n` to `f`.
+    fn images<R>(&self, first: usize, n: usize, f: impl FnOnce(&mut [T]) -> R) -> R {
+        let g = ConvGeometry { batch: n, ..self.g };
+        let x = &self.x[first * g.in_image()..(first + n) * g.in_image()];
+        T::with_scratch(n * g.out_pixels() * g.out_channels, |y| {
+            conv2d::forward_chunk(y, x, self.w, &g);
+            f(y)
+        })
+    }
+
+    /// Hands the output rows `rows` (pixels of the whole batch, `[rows, C]`) to
+    /// `add`, one image's part at a time.
+    fn rows(&self, rows: std::ops::Range<usize>, add: &mut dyn FnMut(&[T])) {
+        let (per, c) = (self.g.out_pixels(), self.g.out_channels);
+        if rows.is_empty() {
+            return;
+        }
+        for n in rows.start / per..=(rows.end - 1) / per {
+            let lo = rows.start.max(n * per) - n * per;
+            let hi = rows.end.min((n + 1) * per) - n * per;
+            self.images(n, 1, |y| add(&y[lo * c..hi * c]));
+        }
+    }
 }
 
 /// Weights `[k*k*Cin * C]` and gamma, beta `[C]` each from the packed parameters.
@@ -75,6 +133,9 @@ impl ConvBlockOp {
     fn run<T: Float>(&self, x: &[T], params: &[T], r: &[T], g: ConvGeometry) -> (Vec<T>, Saved<T>) {
         let c = g.out_channels;
         let (w, gamma, beta) = split_params(params, c);
+        if self.streamed {
+            return self.run_streamed(Stream { x, w, g }, gamma, beta);
+        }
         let pre = conv2d::forward(x, w, &g);
         let stats = self.mode.stats_of(&pre, c);
         let out = if self.spec.pool {
@@ -97,10 +158,46 @@ impl ConvBlockOp {
             out,
             Saved {
                 geometry: g,
-                pre: (!self.spec.recompute).then_some(pre),
+                pre: if self.spec.recompute {
+                    Pre::Recomputed
+                } else {
+                    Pre::Kept(pre)
+                },
                 stats,
             },
         )
+    }
+
+    /// [`Self::run`] for a streamed block (pooled, no residual).
+    fn run_streamed<T: Float>(
+        &self,
+        s: Stream<'_, T>,
+        gamma: &[T],
+        beta: &[T],
+    ) -> (Vec<T>, Saved<T>) {
+        let g = s.g;
+        let c = g.out_channels;
+        let stats = match &self.mode {
+            BatchNormMode::Batch => {
+                batch_norm::channel_stats_with(g.batch * g.out_pixels(), c, |rows, add| {
+                    s.rows(rows, add)
+                })
+            }
+            BatchNormMode::Fixed(stats) => stats.clone(),
+        };
+        let to64 = |v: &[T]| v.iter().map(|t| t.to_f64()).collect::<Vec<f64>>();
+        let (scale, shift) =
+            batch_norm::scale_shift::<T>(&to64(gamma), &to64(beta), &stats, self.spec.eps);
+        let dims = (g.batch, g.out_h(), g.out_w(), c);
+        let out = pool::affine_forward_with((&scale, &shift), self.spec.relu, dims, |n, f| {
+            s.images(n, 1, |y| f(y))
+        });
+        let saved = Saved {
+            geometry: g,
+            pre: Pre::Streamed,
+            stats,
+        };
+        (out, saved)
     }
 
     fn out_shape(&self, g: &ConvGeometry) -> Shape {
@@ -253,7 +350,11 @@ impl ConvBlockGradOp {
             relu: self.spec.relu,
             batch_stats: self.batch_stats,
         };
-        let pre = pre.unwrap_or_else(|| conv2d::forward(x, w, g));
+        let pre = match pre {
+            Pre::Kept(pre) => pre,
+            Pre::Recomputed => conv2d::forward(x, w, g),
+            Pre::Streamed => return self.run_streamed(Stream { x, w, g: geometry }, dy, &spec),
+        };
         let guard;
         let (d_pre, dgamma, dbeta, output) = match &self.output {
             None => {
@@ -299,6 +400,51 @@ impl ConvBlockGradOp {
             dr,
         });
         Ok(dx)
+    }
+}
+
+impl ConvBlockGradOp {
+    /// [`Self::run`] for a streamed block: the pooled BatchNorm backward pass and the
+    /// weight gradient, with the convolution output recomputed per image (per-channel
+    /// sums) and per chunk (the gradient, multiplied into the weight gradient while
+    /// it is in cache). The input needs no gradient, so the op returns a zero.
+    fn run_streamed<T: Float + candle_core::WithDType>(
+        &self,
+        s: Stream<'_, T>,
+        dy: &[T],
+        spec: &BackwardSpec<'_>,
+    ) -> Result<Vec<T>> {
+        if self.input_grad || self.output.is_some() {
+            bail!("conv_block backward: a streamed block has no input gradient and pools");
+        }
+        let g = s.g;
+        let c = g.out_channels;
+        let (scale, shift) =
+            batch_norm::scale_shift::<T>(&self.gamma, &self.beta, spec.stats, self.spec.eps);
+        let affine = (scale.as_slice(), shift.as_slice());
+        let dims = (g.batch, g.out_h(), g.out_w(), c);
+        let relu = self.spec.relu;
+        let sums = pool::grad_sums_with(dy, affine, relu, dims, |n, f| s.images(n, 1, |y| f(y)));
+        let co =
+            batch_norm::coefficients::<T>(&sums[..c], &sums[c..], g.batch * g.out_pixels(), spec);
+        let pooled = (g.out_h() / 2) * (g.out_w() / 2) * c;
+        let dw = conv2d::backward_weight_with(s.x, &g, |first, n, f| {
+            s.images(first, n, |y| {
+                let dyc = &dy[first * pooled..(first + n) * pooled];
+                pool::grads_in_place(y, dyc, affine, &co, relu, (g.out_h(), g.out_w(), c));
+                f(y)
+            })
+        });
+        let to64 = |v: &[T]| v.iter().map(|&t| Float::to_f64(t)).collect::<Vec<f64>>();
+        *self.grads.lock().expect("grad lock") = Some(ParamGrads {
+            dw: to64(&dw),
+            dgb: to64(&co.dgamma)
+                .into_iter()
+                .chain(to64(&co.dbeta))
+                .collect(),
+            dr: None,
+        });
+        Ok(vec![T::ZERO])
     }
 }
 
@@ -425,6 +571,7 @@ pub fn conv_block(
         spec,
         mode,
         residual: residual.is_some(),
+        streamed: streams(&spec, &g, residual.is_some(), x.track_op()),
         saved: saved.clone(),
     };
     let params = Tensor::cat(

@@ -3,6 +3,7 @@
 //! `gemm` selects its SIMD kernels (AVX2, AVX-512, NEON) at run time, so binaries
 //! built without `target-cpu=native` still use the best the machine has.
 
+use crate::conv2d::ConvGeometry;
 use gemm::Parallelism;
 
 /// Element types the CPU kernels support.
@@ -13,15 +14,20 @@ pub trait Element: Copy + Default + Send + Sync + std::ops::AddAssign + 'static 
     /// Runs `f` on a buffer of `len` elements that the calling thread keeps and reuses
     /// across calls, so a kernel's per-chunk work buffers (im2col columns, GEMM
     /// outputs) are neither allocated nor zero-filled again and stay warm in cache.
-    /// The contents are unspecified: `f` must write every element it reads. A nested
-    /// call on the same thread gets a fresh buffer.
+    /// The contents are unspecified: `f` must write every element it reads. Nested
+    /// calls on one thread get distinct buffers (each thread keeps a small stack).
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+
+    /// Writes the convolution of `g.batch` images into `y` with the direct kernel
+    /// for small patches and returns `true`, or returns `false` when that kernel does
+    /// not apply to this type, CPU or geometry (see `direct_conv`).
+    fn direct_conv(y: &mut [Self], x: &[Self], w: &[Self], g: &ConvGeometry) -> bool;
 }
 
 macro_rules! element {
-    ($t:ty, $scratch:ident) => {
+    ($t:ty, $scratch:ident, $direct:expr) => {
         thread_local! {
-            static $scratch: std::cell::RefCell<Vec<$t>> = const { std::cell::RefCell::new(Vec::new()) };
+            static $scratch: std::cell::RefCell<Vec<Vec<$t>>> = const { std::cell::RefCell::new(Vec::new()) };
         }
 
         impl Element for $t {
@@ -29,22 +35,28 @@ macro_rules! element {
             const ONE: Self = 1.0;
 
             fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
-                $scratch.with(|cell| match cell.try_borrow_mut() {
-                    Ok(mut buf) => {
-                        if buf.len() < len {
-                            buf.resize(len, 0.0);
-                        }
-                        f(&mut buf[..len])
-                    }
-                    Err(_) => f(&mut vec![0.0; len]),
-                })
+                let mut buf = $scratch.with(|stack| stack.borrow_mut().pop()).unwrap_or_default();
+                if buf.len() < len {
+                    buf.resize(len, 0.0);
+                }
+                let out = f(&mut buf[..len]);
+                $scratch.with(|stack| stack.borrow_mut().push(buf));
+                out
+            }
+
+            fn direct_conv(y: &mut [Self], x: &[Self], w: &[Self], g: &ConvGeometry) -> bool {
+                $direct(y, x, w, g)
             }
         }
     };
 }
 
-element!(f32, SCRATCH_F32);
-element!(f64, SCRATCH_F64);
+element!(f32, SCRATCH_F32, crate::direct_conv::forward_f32);
+element!(
+    f64,
+    SCRATCH_F64,
+    |_: &mut [f64], _: &[f64], _: &[f64], _: &ConvGeometry| false
+);
 
 /// A matrix view: element `(i, j)` is at `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy)]

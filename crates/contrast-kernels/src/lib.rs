@@ -31,6 +31,7 @@ pub mod conv2d;
 pub mod conv_block;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod direct_conv;
 pub mod fast_exp;
 pub mod gemm;
 pub mod info_nce;

@@ -4,7 +4,7 @@
 //! PyTorch). The gradient goes to the first maximal element of each window, so ties
 //! never duplicate it.
 
-use crate::batch_norm::{self, BackwardSpec, Float};
+use crate::batch_norm::{self, BackwardCoefficients, BackwardSpec, Float};
 use crate::storage::contiguous;
 use crate::wide::wide_kernel;
 use candle_core::backend::BackendStorage;
@@ -105,7 +105,7 @@ fn four<'a, T>(top: &'a [T], bottom: &'a [T], c: usize) -> [&'a [T]; 4] {
 }
 
 /// Per-channel `(scale, shift)` of the affine map before the pool.
-type Affine<'a, T> = (&'a [T], &'a [T]);
+pub(crate) type Affine<'a, T> = (&'a [T], &'a [T]);
 
 wide_kernel! {
 /// Pools one image `xi` `[H, W, C]` into `yi` `[H/2, W/2, C]`.
@@ -136,16 +136,29 @@ pub(crate) fn affine_forward<T: Float>(
     x: &[T],
     affine: Affine<'_, T>,
     relu: bool,
-    (b, h, w, c): (usize, usize, usize, usize),
+    dims: (usize, usize, usize, usize),
 ) -> Vec<T> {
+    let image = dims.1 * dims.2 * dims.3;
+    affine_forward_with(affine, relu, dims, |n, f| f(&x[n * image..(n + 1) * image]))
+}
+
+/// [`affine_forward`] over images that `image_of(n, f)` hands to `f` one at a time
+/// (`[H, W, C]`): stored, or computed by a fused kernel as it goes.
+pub(crate) fn affine_forward_with<T, F>(
+    affine: Affine<'_, T>,
+    relu: bool,
+    (b, h, w, c): (usize, usize, usize, usize),
+    image_of: F,
+) -> Vec<T>
+where
+    T: Float,
+    F: Fn(usize, &mut dyn FnMut(&[T])) + Sync,
+{
     let (oh, ow) = (h / 2, w / 2);
     let mut y = vec![T::ZERO; b * oh * ow * c];
     y.par_chunks_mut(oh * ow * c)
         .enumerate()
-        .for_each(|(n, yi)| {
-            let xi = &x[n * h * w * c..(n + 1) * h * w * c];
-            pool_image(yi, xi, affine, relu, (w, c));
-        });
+        .for_each(|(n, yi)| image_of(n, &mut |xi| pool_image(yi, xi, affine, relu, (w, c))));
     y
 }
 
@@ -185,13 +198,6 @@ fn image_sums<T: Float>(
 }
 }
 
-/// BatchNorm's backward coefficients per channel (see [`batch_norm::coefficients`]).
-struct Coefficients<'a, T> {
-    k: &'a [T],
-    c1: &'a [T],
-    c0: &'a [T],
-}
-
 wide_kernel! {
 /// Overwrites one image's BatchNorm input `xi` `[H, W, C]` with its gradient, from
 /// the pooled gradient `di` `[H/2, W/2, C]`.
@@ -199,7 +205,7 @@ fn image_grad<T: Float>(
     xi: &mut [T],
     di: &[T],
     affine: Affine<'_, T>,
-    co: &Coefficients<'_, T>,
+    co: &BackwardCoefficients<T>,
     relu: bool,
     hwc: (usize, usize, usize),
 ) {
@@ -238,6 +244,50 @@ fn image_grad<T: Float>(
 }
 }
 
+/// The first sweep of the pooled BatchNorm backward pass: per-channel `sum g` and
+/// `sum g * x` (`[2C]`) over the images of the BatchNorm input that `image_of(n, f)`
+/// hands to `f`, given the pooled gradient `dy` `[B, H/2, W/2, C]`. Images are summed
+/// in a fixed order ([`crate::parallel::ordered_sum`]).
+pub(crate) fn grad_sums_with<T, F>(
+    dy: &[T],
+    affine: Affine<'_, T>,
+    relu: bool,
+    (b, h, w, c): (usize, usize, usize, usize),
+    image_of: F,
+) -> Vec<f64>
+where
+    T: Float,
+    F: Fn(usize, &mut dyn FnMut(&[T])) + Sync,
+{
+    let pooled = (h / 2) * (w / 2) * c;
+    crate::parallel::ordered_sum(2 * c, b, |range, acc| {
+        let (sg, sgx) = acc.split_at_mut(c);
+        for n in range {
+            let di = &dy[n * pooled..(n + 1) * pooled];
+            image_of(n, &mut |xi| {
+                image_sums(sg, sgx, xi, di, affine, relu, (w, c))
+            });
+        }
+    })
+}
+
+/// The second sweep: overwrites the BatchNorm input of `n` consecutive images
+/// `x` `[n, H, W, C]` with its gradient, from their pooled gradient `dy`
+/// `[n, H/2, W/2, C]`.
+pub(crate) fn grads_in_place<T: Float>(
+    x: &mut [T],
+    dy: &[T],
+    affine: Affine<'_, T>,
+    co: &BackwardCoefficients<T>,
+    relu: bool,
+    (h, w, c): (usize, usize, usize),
+) {
+    let pooled = (h / 2) * (w / 2) * c;
+    for (xi, di) in x.chunks_exact_mut(h * w * c).zip(dy.chunks_exact(pooled)) {
+        image_grad(xi, di, affine, co, relu, (h, w, c));
+    }
+}
+
 /// The backward pass of [`affine_forward`] with BatchNorm's: consumes the BatchNorm
 /// input `x` and returns `(dx, dgamma, dbeta)`. Only each window's first maximal
 /// element receives the pooled gradient (and only when its activation is positive,
@@ -248,28 +298,19 @@ pub(crate) fn affine_backward<T: Float>(
     dy: &[T],
     affine: Affine<'_, T>,
     spec: &BackwardSpec<'_>,
-    (b, h, w, c): (usize, usize, usize, usize),
+    dims: (usize, usize, usize, usize),
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
-    let (oh, ow) = (h / 2, w / 2);
+    let (b, h, w, c) = dims;
     let relu = spec.relu;
-    let sums = crate::parallel::ordered_sum(2 * c, b, |range, acc| {
-        let (sg, sgx) = acc.split_at_mut(c);
-        for n in range {
-            let xi = &x[n * h * w * c..(n + 1) * h * w * c];
-            let di = &dy[n * oh * ow * c..(n + 1) * oh * ow * c];
-            image_sums(sg, sgx, xi, di, affine, relu, (w, c));
-        }
+    let image = h * w * c;
+    let sums = grad_sums_with(dy, affine, relu, dims, |n, f| {
+        f(&x[n * image..(n + 1) * image])
     });
     let co = batch_norm::coefficients::<T>(&sums[..c], &sums[c..], b * h * w, spec);
-    let coefficients = Coefficients {
-        k: &co.k,
-        c1: &co.c1,
-        c0: &co.c0,
-    };
-    x.par_chunks_mut(h * w * c).enumerate().for_each(|(n, xi)| {
-        let di = &dy[n * oh * ow * c..(n + 1) * oh * ow * c];
-        image_grad(xi, di, affine, &coefficients, relu, (h, w, c));
-    });
+    let pooled = (h / 2) * (w / 2) * c;
+    x.par_chunks_mut(image)
+        .zip(dy.par_chunks(pooled))
+        .for_each(|(xi, di)| grads_in_place(xi, di, affine, &co, relu, (h, w, c)));
     (x, co.dgamma, co.dbeta)
 }
 
