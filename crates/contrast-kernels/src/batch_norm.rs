@@ -41,8 +41,6 @@ pub trait Float:
 {
     fn to_f64(self) -> f64;
     fn from_f64(v: f64) -> Self;
-    /// `self * a + b` rounded once (a fused multiply-add, as GEMM kernels compute).
-    fn mul_add(self, a: Self, b: Self) -> Self;
     /// Replaces every element by its exponential (vectorised for f32).
     fn exp_inplace(xs: &mut [Self]);
     /// The elements of a CPU storage of this type.
@@ -55,10 +53,6 @@ impl Float for f32 {
     }
     fn from_f64(v: f64) -> Self {
         v as f32
-    }
-    #[inline(always)]
-    fn mul_add(self, a: Self, b: Self) -> Self {
-        f32::mul_add(self, a, b)
     }
     fn exp_inplace(xs: &mut [Self]) {
         crate::fast_exp::exp_inplace(xs)
@@ -77,10 +71,6 @@ impl Float for f64 {
     }
     fn from_f64(v: f64) -> Self {
         v
-    }
-    #[inline(always)]
-    fn mul_add(self, a: Self, b: Self) -> Self {
-        f64::mul_add(self, a, b)
     }
     fn exp_inplace(xs: &mut [Self]) {
         xs.iter_mut().for_each(|x| *x = x.exp());

@@ -6,7 +6,8 @@
 //! chunk's im2col buffer is built, multiplied and dropped inside one rayon task, so
 //! memory stays at a few chunk buffers rather than an im2col of the whole batch.
 //!
-//! - forward: `Y_c = col(X_c) W`
+//! - forward: `Y_c = col(X_c) W` (for small patches on AVX2 CPUs the direct kernel
+//!   of `direct_conv`, which computes the same values)
 //! - input gradient: `dX_c = col^T(dY_c W^T)` (col2im scatter-add)
 //! - weight gradient: `dW = sum_c col(X_c)^T dY_c`
 //!
@@ -346,7 +347,6 @@ pub fn backward_weight<T: Element>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T
     })
 }
 
-/// The contiguous slice a layout covers.
 /// Runs `f` on two CPU storages of the same float type.
 fn with_slices(
     s1: &CpuStorage,

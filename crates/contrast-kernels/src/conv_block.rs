@@ -78,15 +78,21 @@ struct ConvBlockOp {
 }
 
 /// Whether a block streams its convolution output instead of storing it: a pooled
-/// block without residual whose input needs no gradient (the image batch) and whose
-/// patch is small enough for the direct kernel ([`direct_conv::MAX_PATCH`]). Such a
-/// first layer writes its largest tensor (at 28x28 and 32 channels, 51 MB per 512
-/// images) and reads it back three times for a convolution of 9 multiply-adds per
-/// value; recomputing it in cache, four times in all, is cheaper than the memory
-/// traffic. The results are the same bit for bit: the same convolution values, and
-/// every sum taken in the same order as on the stored path.
-fn streams(spec: &BlockSpec, g: &ConvGeometry, residual: bool, input_grad: bool) -> bool {
-    spec.pool && !residual && !input_grad && g.patch() <= direct_conv::MAX_PATCH
+/// f32 block without residual whose input needs no gradient (the image batch) and
+/// whose convolution the direct kernel takes ([`direct_conv::applies`]: a small patch
+/// on an AVX2 CPU). Such a first layer writes its largest tensor (at 28x28 and 32
+/// channels, 51 MB per 512 images) and reads it back three times for a convolution of
+/// 9 multiply-adds per value; recomputing it in cache in each pass is cheaper than the
+/// memory traffic. The results are the same bit for bit: the same convolution values,
+/// and every sum taken in the same order as on the stored path.
+fn streams(
+    spec: &BlockSpec,
+    g: &ConvGeometry,
+    dtype: DType,
+    residual: bool,
+    input_grad: bool,
+) -> bool {
+    spec.pool && !residual && !input_grad && dtype == DType::F32 && direct_conv::applies(g)
 }
 
 /// The convolution of a streamed block, computed on demand into per-thread buffers.
@@ -122,6 +128,12 @@ impl<T: Float> Stream<'_, T> {
     }
 }
 
+/// The values as f64 (BatchNorm's per-channel arithmetic and the parameter gradients
+/// the op hands back are f64).
+fn to_f64s<T: Float>(v: &[T]) -> Vec<f64> {
+    v.iter().map(|t| t.to_f64()).collect()
+}
+
 /// Weights `[k*k*Cin * C]` and gamma, beta `[C]` each from the packed parameters.
 fn split_params<T>(params: &[T], c: usize) -> (&[T], &[T], &[T]) {
     let (w, gb) = params.split_at(params.len() - 2 * c);
@@ -139,9 +151,7 @@ impl ConvBlockOp {
         let pre = conv2d::forward(x, w, &g);
         let stats = self.mode.stats_of(&pre, c);
         let out = if self.spec.pool {
-            let to64 = |v: &[T]| v.iter().map(|t| t.to_f64()).collect::<Vec<f64>>();
-            let (scale, shift) =
-                batch_norm::scale_shift::<T>(&to64(gamma), &to64(beta), &stats, self.spec.eps);
+            let (scale, shift) = self.scale_shift(gamma, beta, &stats);
             let dims = (g.batch, g.out_h(), g.out_w(), c);
             pool::affine_forward(&pre, (&scale, &shift), self.spec.relu, dims)
         } else {
@@ -168,6 +178,16 @@ impl ConvBlockOp {
         )
     }
 
+    /// The per-channel `(scale, shift)` of the normalisation.
+    fn scale_shift<T: Float>(
+        &self,
+        gamma: &[T],
+        beta: &[T],
+        stats: &ChannelStats,
+    ) -> (Vec<T>, Vec<T>) {
+        batch_norm::scale_shift::<T>(&to_f64s(gamma), &to_f64s(beta), stats, self.spec.eps)
+    }
+
     /// [`Self::run`] for a streamed block (pooled, no residual).
     fn run_streamed<T: Float>(
         &self,
@@ -185,9 +205,7 @@ impl ConvBlockOp {
             }
             BatchNormMode::Fixed(stats) => stats.clone(),
         };
-        let to64 = |v: &[T]| v.iter().map(|t| t.to_f64()).collect::<Vec<f64>>();
-        let (scale, shift) =
-            batch_norm::scale_shift::<T>(&to64(gamma), &to64(beta), &stats, self.spec.eps);
+        let (scale, shift) = self.scale_shift(gamma, beta, &stats);
         let dims = (g.batch, g.out_h(), g.out_w(), c);
         let out = pool::affine_forward_with((&scale, &shift), self.spec.relu, dims, |n, f| {
             s.images(n, 1, |y| f(y))
@@ -382,8 +400,6 @@ impl ConvBlockGradOp {
         } else {
             vec![T::ZERO]
         };
-        let to64 = |v: &[T]| v.iter().map(|&t| Float::to_f64(t)).collect::<Vec<f64>>();
-        let dgb: Vec<f64> = to64(&dgamma).into_iter().chain(to64(&dbeta)).collect();
         let dr = if self.residual_grad {
             let shape = (g.batch, g.out_h(), g.out_w(), c);
             let dr = match output {
@@ -394,16 +410,19 @@ impl ConvBlockGradOp {
         } else {
             None
         };
-        *self.grads.lock().expect("grad lock") = Some(ParamGrads {
-            dw: to64(&dw),
-            dgb,
-            dr,
-        });
+        self.leave_grads(&dw, (&dgamma, &dbeta), dr);
         Ok(dx)
     }
-}
 
-impl ConvBlockGradOp {
+    /// Leaves the parameter gradients (and the residual's) for [`ConvBlockOp::bwd`].
+    fn leave_grads<T: Float>(&self, dw: &[T], (dgamma, dbeta): (&[T], &[T]), dr: Option<Tensor>) {
+        *self.grads.lock().expect("grad lock") = Some(ParamGrads {
+            dw: to_f64s(dw),
+            dgb: to_f64s(dgamma).into_iter().chain(to_f64s(dbeta)).collect(),
+            dr,
+        });
+    }
+
     /// [`Self::run`] for a streamed block: the pooled BatchNorm backward pass and the
     /// weight gradient, with the convolution output recomputed per image (per-channel
     /// sums) and per chunk (the gradient, multiplied into the weight gradient while
@@ -435,15 +454,7 @@ impl ConvBlockGradOp {
                 f(y)
             })
         });
-        let to64 = |v: &[T]| v.iter().map(|&t| Float::to_f64(t)).collect::<Vec<f64>>();
-        *self.grads.lock().expect("grad lock") = Some(ParamGrads {
-            dw: to64(&dw),
-            dgb: to64(&co.dgamma)
-                .into_iter()
-                .chain(to64(&co.dbeta))
-                .collect(),
-            dr: None,
-        });
+        self.leave_grads(&dw, (&co.dgamma, &co.dbeta), None);
         Ok(vec![T::ZERO])
     }
 }
@@ -571,7 +582,7 @@ pub fn conv_block(
         spec,
         mode,
         residual: residual.is_some(),
-        streamed: streams(&spec, &g, residual.is_some(), x.track_op()),
+        streamed: streams(&spec, &g, x.dtype(), residual.is_some(), x.track_op()),
         saved: saved.clone(),
     };
     let params = Tensor::cat(

@@ -15,25 +15,43 @@
 use crate::conv2d::ConvGeometry;
 
 /// Largest patch `k*k*Cin` the direct kernel takes (a 3x3 kernel on RGB).
-pub(crate) const MAX_PATCH: usize = 27;
+const MAX_PATCH: usize = 27;
+
+/// Whether the direct kernel takes this convolution: an x86-64 CPU with AVX2 + FMA,
+/// a patch of 3 to [`MAX_PATCH`] taps and at least two output channels. (For a 1- or
+/// 2-tap patch or a single output channel gemm switches to kernels that sum in
+/// another order, so the two paths would not agree bit for bit there.)
+pub(crate) fn applies(g: &ConvGeometry) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        (3..=MAX_PATCH).contains(&g.patch()) && g.out_channels > 1 && crate::wide::has_avx2()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = g;
+        false
+    }
+}
 
 /// Writes the convolution of the `g.batch` images `x` into `y` `[B, Ho, Wo, Cout]`
 /// and returns `true`, or returns `false` without writing when the kernel does not
-/// apply (the CPU lacks AVX2 + FMA, or the patch exceeds [`MAX_PATCH`]).
+/// apply ([`applies`]).
 pub(crate) fn forward_f32(y: &mut [f32], x: &[f32], w: &[f32], g: &ConvGeometry) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if g.patch() <= MAX_PATCH && crate::wide::has_avx2() {
-        // SAFETY: the CPU supports AVX2 and FMA.
-        unsafe { avx2::forward(y, x, w, g) };
-        return true;
+    if !applies(g) {
+        return false;
     }
-    let _ = (y, x, w, g);
-    false
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `applies` checked that the CPU has AVX2 and FMA.
+    unsafe {
+        avx2::forward(y, x, w, g)
+    };
+    true
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use crate::conv2d::ConvGeometry;
+    use crate::gemm::Element;
     use std::arch::x86_64::*;
 
     /// f32 values per register.
@@ -53,12 +71,11 @@ mod avx2 {
         width: usize,
     }
 
-    /// Copies image `xi` into the zero-padded buffer `buf`.
-    fn pad<'a>(buf: &'a mut Vec<f32>, xi: &[f32], g: &ConvGeometry) -> Padded<'a> {
+    /// Copies image `xi` into the zero-padded buffer `buf` (`[H + 2p, W + 2p, Cin]`).
+    fn pad<'a>(buf: &'a mut [f32], xi: &[f32], g: &ConvGeometry) -> Padded<'a> {
         let (p, cin) = (g.padding, g.in_channels);
-        let (ph, pw) = (g.height + 2 * p, g.width + 2 * p);
-        buf.clear();
-        buf.resize(ph * pw * cin, 0.0);
+        let pw = g.width + 2 * p;
+        buf.fill(0.0);
         for (y, src) in xi.chunks_exact(g.width * cin).enumerate() {
             buf[((y + p) * pw + p) * cin..][..g.width * cin].copy_from_slice(src);
         }
@@ -73,24 +90,28 @@ mod avx2 {
         let (oh, ow, cout) = (g.out_h(), g.out_w(), g.out_channels);
         let full = cout / GROUP * GROUP;
         let in_image = g.height * g.width * g.in_channels;
-        let mut buf = Vec::new();
-        for (xi, yi) in x
-            .chunks_exact(in_image)
-            .zip(y.chunks_exact_mut(oh * ow * cout))
-        {
-            let padded = pad(&mut buf, xi, g);
-            for oy in 0..oh {
-                let row = &mut yi[oy * ow * cout..(oy + 1) * ow * cout];
-                match (g.kernel, g.in_channels) {
-                    (3, 1) => blocks::<3, 1>(row, &padded, w, g, (oy, full)),
-                    (3, 3) => blocks::<3, 3>(row, &padded, w, g, (oy, full)),
-                    _ => blocks::<0, 0>(row, &padded, w, g, (oy, full)),
-                }
-                for ox in 0..ow {
-                    tail(row, &padded, w, g, (oy, ox, full));
+        let padded_len = (g.height + 2 * g.padding) * (g.width + 2 * g.padding) * g.in_channels;
+        f32::with_scratch(padded_len, |buf| {
+            for (xi, yi) in x
+                .chunks_exact(in_image)
+                .zip(y.chunks_exact_mut(oh * ow * cout))
+            {
+                let padded = pad(buf, xi, g);
+                for oy in 0..oh {
+                    let row = &mut yi[oy * ow * cout..(oy + 1) * ow * cout];
+                    match (g.kernel, g.in_channels) {
+                        (3, 1) => blocks::<3, 1>(row, &padded, w, g, (oy, full)),
+                        (3, 3) => blocks::<3, 3>(row, &padded, w, g, (oy, full)),
+                        _ => blocks::<0, 0>(row, &padded, w, g, (oy, full)),
+                    }
+                    if full < cout {
+                        for ox in 0..ow {
+                            tail(row, &padded, w, g, (oy, ox, full));
+                        }
+                    }
                 }
             }
-        }
+        });
     }
 
     /// Every full channel group of output row `oy` (channels `0..full`), in blocks of
@@ -222,16 +243,24 @@ mod tests {
 
     /// The direct kernel and the GEMM path agree bit for bit: full and partial pixel
     /// and channel blocks, strides 1 and 2, with and without padding, 1 to 3 input
-    /// channels, 1x1 and 3x3 kernels.
+    /// channels, 1x1 and 3x3 kernels. It declines a single output channel and 1- or
+    /// 2-tap patches.
     #[test]
     fn equals_the_gemm_path_bit_for_bit() {
+        if !crate::wide::has_avx2() {
+            eprintln!("no AVX2 + FMA on this CPU: the direct kernel is not used");
+            return;
+        }
         let shapes = [
             (28, 28, 1, 32, 3, 1, 1, 3),
             (32, 32, 3, 64, 3, 1, 1, 2),
             (9, 7, 2, 21, 3, 2, 1, 3),
             (8, 5, 3, 5, 1, 1, 0, 2),
+            (9, 9, 3, 17, 1, 2, 0, 2),
             (6, 6, 1, 16, 3, 1, 0, 1),
             (5, 11, 3, 40, 3, 2, 0, 2),
+            (7, 7, 1, 1, 3, 1, 1, 2),
+            (7, 7, 2, 8, 1, 1, 0, 2),
         ];
         for (i, &(h, w, cin, cout, k, stride, padding, b)) in shapes.iter().enumerate() {
             let g = ConvGeometry {
@@ -248,10 +277,12 @@ mod tests {
             let wt = lcg(100 + i as u64, g.patch() * cout);
             let want = conv2d::forward_by_gemm(&x, &wt, &g);
             let mut got = vec![f32::NAN; want.len()];
-            if !forward_f32(&mut got, &x, &wt, &g) {
-                eprintln!("no AVX2 + FMA on this CPU: the direct kernel is not used");
-                return;
+            let ran = forward_f32(&mut got, &x, &wt, &g);
+            if cout == 1 || g.patch() < 3 {
+                assert!(!ran, "{g:?}: the direct kernel must decline");
+                continue;
             }
+            assert!(ran, "{g:?}: the direct kernel declined");
             let differ = got
                 .iter()
                 .zip(&want)

@@ -18,6 +18,9 @@ pub(crate) fn has_avx2() -> bool {
 /// runs `body` compiled for AVX2 + FMA when the CPU supports them and for the
 /// baseline otherwise. The body is inlined into both versions (a closure handed to a
 /// `#[target_feature]` function is not reliably inlined, and then runs unvectorised).
+/// The form is fixed: one type parameter with one trait bound, plain `name: Type`
+/// arguments (no patterns), no return value and no `where` clause. Helpers the body
+/// calls are vectorised only if they are inlined into it (`#[inline(always)]`).
 macro_rules! wide_kernel {
     ($(#[$meta:meta])* fn $name:ident<$t:ident: $bound:ident>($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*

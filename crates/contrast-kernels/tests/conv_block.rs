@@ -58,8 +58,8 @@ fn errors(
         pool,
         recompute,
     };
-    // A data input (no gradient) lets a small-patch pooled block stream its
-    // convolution instead of storing it.
+    // A data input (no gradient): the block skips the input gradient. (An f32 first
+    // layer would also stream its convolution; that path has its own test below.)
     let x = var(&[b, h, h, cin], 0.0, 1.0);
     let xt = if data_input {
         x.as_tensor().detach()
