@@ -41,17 +41,18 @@ pub(crate) fn forward_f32(y: &mut [f32], x: &[f32], w: &[f32], g: &ConvGeometry)
         return false;
     }
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: `applies` checked that the CPU has AVX2 and FMA.
-    unsafe {
-        avx2::forward(y, x, w, g)
-    };
+    {
+        use crate::gemm::Element;
+        let padded = (g.height + 2 * g.padding) * (g.width + 2 * g.padding) * g.in_channels;
+        // SAFETY: `applies` checked that the CPU has AVX2 and FMA.
+        f32::with_scratch(padded, |buf| unsafe { avx2::forward(y, x, w, g, buf) });
+    }
     true
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use crate::conv2d::ConvGeometry;
-    use crate::gemm::Element;
     use std::arch::x86_64::*;
 
     /// f32 values per register.
@@ -85,33 +86,31 @@ mod avx2 {
         }
     }
 
+    /// The convolution of every image, each zero-padded into `buf` first.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) fn forward(y: &mut [f32], x: &[f32], w: &[f32], g: &ConvGeometry) {
+    pub(super) fn forward(y: &mut [f32], x: &[f32], w: &[f32], g: &ConvGeometry, buf: &mut [f32]) {
         let (oh, ow, cout) = (g.out_h(), g.out_w(), g.out_channels);
         let full = cout / GROUP * GROUP;
         let in_image = g.height * g.width * g.in_channels;
-        let padded_len = (g.height + 2 * g.padding) * (g.width + 2 * g.padding) * g.in_channels;
-        f32::with_scratch(padded_len, |buf| {
-            for (xi, yi) in x
-                .chunks_exact(in_image)
-                .zip(y.chunks_exact_mut(oh * ow * cout))
-            {
-                let padded = pad(buf, xi, g);
-                for oy in 0..oh {
-                    let row = &mut yi[oy * ow * cout..(oy + 1) * ow * cout];
-                    match (g.kernel, g.in_channels) {
-                        (3, 1) => blocks::<3, 1>(row, &padded, w, g, (oy, full)),
-                        (3, 3) => blocks::<3, 3>(row, &padded, w, g, (oy, full)),
-                        _ => blocks::<0, 0>(row, &padded, w, g, (oy, full)),
-                    }
-                    if full < cout {
-                        for ox in 0..ow {
-                            tail(row, &padded, w, g, (oy, ox, full));
-                        }
+        for (xi, yi) in x
+            .chunks_exact(in_image)
+            .zip(y.chunks_exact_mut(oh * ow * cout))
+        {
+            let padded = pad(buf, xi, g);
+            for oy in 0..oh {
+                let row = &mut yi[oy * ow * cout..(oy + 1) * ow * cout];
+                match (g.kernel, g.in_channels) {
+                    (3, 1) => blocks::<3, 1>(row, &padded, w, g, (oy, full)),
+                    (3, 3) => blocks::<3, 3>(row, &padded, w, g, (oy, full)),
+                    _ => blocks::<0, 0>(row, &padded, w, g, (oy, full)),
+                }
+                if full < cout {
+                    for ox in 0..ow {
+                        tail(row, &padded, w, g, (oy, ox, full));
                     }
                 }
             }
-        });
+        }
     }
 
     /// Every full channel group of output row `oy` (channels `0..full`), in blocks of
