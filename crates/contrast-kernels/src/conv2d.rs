@@ -17,8 +17,7 @@
 //! devices without a kernel.
 
 use crate::gemm::{Element, MatRef, matmul};
-use crate::storage::contiguous;
-use candle_core::backend::BackendStorage;
+use crate::storage::with_pair;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
@@ -189,37 +188,26 @@ fn col2im_add<T: Element>(col: &[T], g: &ConvGeometry, n: usize, dx: &mut [T]) {
 
 /// The convolution of the `g.batch` images `x` into `y` `[B, Ho, Wo, Cout]` on the
 /// calling thread: the direct kernel for small patches where it applies, else
-/// im2col into a per-thread buffer and one GEMM (both give the same values).
+/// [`gemm_chunk`] (both give the same values).
 pub(crate) fn forward_chunk<T: Element>(y: &mut [T], x: &[T], w: &[T], g: &ConvGeometry) {
+    if g.is_pointwise() || !T::direct_conv(y, x, w, g) {
+        gemm_chunk(y, x, w, g);
+    }
+}
+
+/// The convolution of the `g.batch` images `x` into `y` as one GEMM, over an im2col
+/// buffer of this thread (none for a pointwise convolution).
+pub(crate) fn gemm_chunk<T: Element>(y: &mut [T], x: &[T], w: &[T], g: &ConvGeometry) {
     let rows = g.batch * g.out_pixels();
     let wm = MatRef::row_major(w, g.patch(), g.out_channels);
     if g.is_pointwise() {
         matmul(y, MatRef::row_major(x, rows, g.patch()), wm, false, 1);
-    } else if !T::direct_conv(y, x, w, g) {
+    } else {
         T::with_scratch(rows * g.patch(), |col| {
             im2col(x, g, g.batch, col);
             matmul(y, MatRef::row_major(col, rows, g.patch()), wm, false, 1);
         });
     }
-}
-
-/// The forward pass through im2col and one GEMM for the whole batch, whatever the
-/// patch: the reference the direct kernel is tested against.
-#[cfg(test)]
-pub(crate) fn forward_by_gemm(x: &[f32], w: &[f32], g: &ConvGeometry) -> Vec<f32> {
-    let rows = g.batch * g.out_pixels();
-    let mut col = vec![0.0; rows * g.patch()];
-    im2col(x, g, g.batch, &mut col);
-    let mut y = vec![0.0; rows * g.out_channels];
-    let wm = MatRef::row_major(w, g.patch(), g.out_channels);
-    matmul(
-        &mut y,
-        MatRef::row_major(&col, rows, g.patch()),
-        wm,
-        false,
-        1,
-    );
-    y
 }
 
 /// Forward pass: `y` `[B, Ho, Wo, Cout]` from `x` and `w`.
@@ -347,32 +335,6 @@ pub fn backward_weight<T: Element>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T
     })
 }
 
-/// Runs `f` on two CPU storages of the same float type.
-fn with_slices(
-    s1: &CpuStorage,
-    l1: &Layout,
-    s2: &CpuStorage,
-    l2: &Layout,
-    f32_fn: impl FnOnce(&[f32], &[f32]) -> Vec<f32>,
-    f64_fn: impl FnOnce(&[f64], &[f64]) -> Vec<f64>,
-) -> Result<CpuStorage> {
-    match (s1, s2) {
-        (CpuStorage::F32(a), CpuStorage::F32(b)) => Ok(CpuStorage::F32(f32_fn(
-            contiguous(a, l1, "conv2d: lhs")?,
-            contiguous(b, l2, "conv2d: rhs")?,
-        ))),
-        (CpuStorage::F64(a), CpuStorage::F64(b)) => Ok(CpuStorage::F64(f64_fn(
-            contiguous(a, l1, "conv2d: lhs")?,
-            contiguous(b, l2, "conv2d: rhs")?,
-        ))),
-        _ => bail!(
-            "conv2d: expected two f32 or two f64 tensors, got {:?} and {:?}",
-            s1.dtype(),
-            s2.dtype()
-        ),
-    }
-}
-
 /// The convolution op: `(x, w) -> y`, differentiable in both arguments.
 struct Conv2dOp {
     kernel: usize,
@@ -399,13 +361,13 @@ impl CustomOp2 for Conv2dOp {
             self.stride,
             self.padding,
         )?;
-        let out = with_slices(
-            s1,
-            l1,
-            s2,
-            l2,
-            |x, w| forward(x, w, &g),
-            |x, w| forward(x, w, &g),
+        let out = with_pair(
+            "conv2d",
+            (s1, l1),
+            (s2, l2),
+            ["x", "w"],
+            |x, w| CpuStorage::F32(forward(x, w, &g)),
+            |x, w| CpuStorage::F64(forward(x, w, &g)),
         )?;
         Ok((
             out,
@@ -454,13 +416,13 @@ impl CustomOp2 for InputGradOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let out = with_slices(
-            s1,
-            l1,
-            s2,
-            l2,
-            |d, w| backward_input(d, w, &g),
-            |d, w| backward_input(d, w, &g),
+        let out = with_pair(
+            "conv2d",
+            (s1, l1),
+            (s2, l2),
+            ["dy", "w"],
+            |d, w| CpuStorage::F32(backward_input(d, w, &g)),
+            |d, w| CpuStorage::F64(backward_input(d, w, &g)),
         )?;
         Ok((
             out,
@@ -485,13 +447,13 @@ impl CustomOp2 for WeightGradOp {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.0;
-        let out = with_slices(
-            s1,
-            l1,
-            s2,
-            l2,
-            |x, d| backward_weight(x, d, &g),
-            |x, d| backward_weight(x, d, &g),
+        let out = with_pair(
+            "conv2d",
+            (s1, l1),
+            (s2, l2),
+            ["x", "dy"],
+            |x, d| CpuStorage::F32(backward_weight(x, d, &g)),
+            |x, d| CpuStorage::F64(backward_weight(x, d, &g)),
         )?;
         Ok((out, Shape::from((g.patch(), g.out_channels))))
     }

@@ -5,7 +5,7 @@
 //! never duplicate it.
 
 use crate::batch_norm::{self, BackwardCoefficients, BackwardSpec, Float};
-use crate::storage::contiguous;
+use crate::storage::{contiguous, with_pair};
 use crate::wide::wide_kernel;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
@@ -355,19 +355,14 @@ impl CustomOp2 for MaxPool2Grad {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let d = dims(l1)?;
-        let out = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(g)) => CpuStorage::F32(backward(
-                contiguous(x, l1, "max_pool2: input")?,
-                contiguous(g, l2, "max_pool2: input")?,
-                d,
-            )),
-            (CpuStorage::F64(x), CpuStorage::F64(g)) => CpuStorage::F64(backward(
-                contiguous(x, l1, "max_pool2: input")?,
-                contiguous(g, l2, "max_pool2: input")?,
-                d,
-            )),
-            _ => bail!("max_pool2 backward: unsupported dtype {:?}", s1.dtype()),
-        };
+        let out = with_pair(
+            "max_pool2 backward",
+            (s1, l1),
+            (s2, l2),
+            ["input", "dy"],
+            |x, g| CpuStorage::F32(backward(x, g, d)),
+            |x, g| CpuStorage::F64(backward(x, g, d)),
+        )?;
         Ok((out, l1.shape().clone()))
     }
 }

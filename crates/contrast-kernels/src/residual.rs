@@ -3,8 +3,7 @@
 //! inputs.
 
 use crate::batch_norm::Float;
-use crate::storage::contiguous;
-use candle_core::backend::BackendStorage;
+use crate::storage::with_pair;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
@@ -55,20 +54,14 @@ impl CustomOp2 for AddRelu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = match (s1, s2) {
-            (CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(forward(
-                contiguous(a, l1, "add_relu: a")?,
-                contiguous(b, l2, "add_relu: b")?,
-            )),
-            (CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(forward(
-                contiguous(a, l1, "add_relu: a")?,
-                contiguous(b, l2, "add_relu: b")?,
-            )),
-            _ => bail!(
-                "add_relu: expected two f32 or two f64 tensors, got {:?}",
-                s1.dtype()
-            ),
-        };
+        let out = with_pair(
+            "add_relu",
+            (s1, l1),
+            (s2, l2),
+            ["a", "b"],
+            |a, b| CpuStorage::F32(forward(a, b)),
+            |a, b| CpuStorage::F64(forward(a, b)),
+        )?;
         Ok((out, l1.shape().clone()))
     }
 
@@ -98,17 +91,14 @@ impl CustomOp2 for AddReluGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = match (s1, s2) {
-            (CpuStorage::F32(y), CpuStorage::F32(d)) => CpuStorage::F32(backward(
-                contiguous(y, l1, "add_relu: y")?,
-                contiguous(d, l2, "add_relu: dy")?,
-            )),
-            (CpuStorage::F64(y), CpuStorage::F64(d)) => CpuStorage::F64(backward(
-                contiguous(y, l1, "add_relu: y")?,
-                contiguous(d, l2, "add_relu: dy")?,
-            )),
-            _ => bail!("add_relu backward: unsupported dtype {:?}", s1.dtype()),
-        };
+        let out = with_pair(
+            "add_relu backward",
+            (s1, l1),
+            (s2, l2),
+            ["y", "dy"],
+            |y, d| CpuStorage::F32(backward(y, d)),
+            |y, d| CpuStorage::F64(backward(y, d)),
+        )?;
         Ok((out, l1.shape().clone()))
     }
 }

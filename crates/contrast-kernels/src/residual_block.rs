@@ -17,7 +17,7 @@ use crate::batch_norm::{self, BackwardSpec, BatchNormMode, ChannelStats, Float};
 use crate::conv_block::{BlockSpec, conv_block};
 use crate::conv2d::{self, ConvGeometry};
 use crate::residual;
-use crate::storage::contiguous;
+use crate::storage::{contiguous, with_pair};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use std::sync::{Arc, Mutex};
@@ -187,26 +187,20 @@ impl CustomOp2 for ResidualBlockOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (out, saved) = match (s1, s2) {
-            (CpuStorage::F32(x), CpuStorage::F32(p)) => {
-                let (o, s) = self.run(
-                    contiguous(x, l1, "residual_block: x")?,
-                    contiguous(p, l2, "residual_block: params")?,
-                );
+        let (out, saved) = with_pair(
+            "residual_block",
+            (s1, l1),
+            (s2, l2),
+            ["x", "params"],
+            |x, p| {
+                let (o, s) = self.run(x, p);
                 (CpuStorage::F32(o), SavedAny::F32(s))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(p)) => {
-                let (o, s) = self.run(
-                    contiguous(x, l1, "residual_block: x")?,
-                    contiguous(p, l2, "residual_block: params")?,
-                );
+            },
+            |x, p| {
+                let (o, s) = self.run(x, p);
                 (CpuStorage::F64(o), SavedAny::F64(s))
-            }
-            _ => bail!(
-                "residual_block: expected f32 or f64 tensors of one type, got {:?}",
-                s1.dtype()
-            ),
-        };
+            },
+        )?;
         *self.saved.lock().expect("saved lock") = Some(saved);
         let g = &self.layers.second.g;
         Ok((

@@ -34,6 +34,18 @@ fn var(shape: &[usize], mean: f64, std: f64) -> Var {
     Var::from_tensor(&Tensor::randn(mean, std, shape, &Device::Cpu).unwrap()).unwrap()
 }
 
+/// Batch statistics, or fixed ones (mean 0.1, variance `var` in every channel).
+fn mode(fixed: bool, c: usize, var: f64) -> BatchNormMode {
+    if fixed {
+        BatchNormMode::Fixed(ChannelStats {
+            mean: vec![0.1; c],
+            var: vec![var; c],
+        })
+    } else {
+        BatchNormMode::Batch
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn errors(
     b: usize,
@@ -71,16 +83,7 @@ fn errors(
     let beta = var(&[cout], 0.0, 0.3);
     let ho = (h + 2 * (k / 2) - k) / stride + 1;
     let r = residual.then(|| var(&[b, ho, ho, cout], 0.0, 1.0));
-    let mode = || {
-        if fixed {
-            BatchNormMode::Fixed(ChannelStats {
-                mean: vec![0.1; cout],
-                var: vec![2.0; cout],
-            })
-        } else {
-            BatchNormMode::Batch
-        }
-    };
+    let mode = || mode(fixed, cout, 2.0);
     let fused = conv_block(
         &xt,
         w.as_tensor(),
@@ -193,16 +196,7 @@ fn streamed_first_layer_equals_the_stored_path_bit_for_bit() {
             pool: true,
             recompute: false,
         };
-        let mode = || {
-            if fixed {
-                BatchNormMode::Fixed(ChannelStats {
-                    mean: vec![0.1; cout],
-                    var: vec![0.7; cout],
-                })
-            } else {
-                BatchNormMode::Batch
-            }
-        };
+        let mode = || mode(fixed, cout, 0.7);
         let f32var = |shape: &[usize], mean: f64, std: f64| {
             Var::from_tensor(
                 &var(shape, mean, std)
