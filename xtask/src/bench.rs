@@ -7,7 +7,7 @@
 //! child process (`cargo xtask bench peak CASE PATH`) where mimalloc returns freed
 //! memory at once (`MIMALLOC_PURGE_DELAY=0`): one warm-up call, then
 //! `/proc/self/clear_refs` resets the high-water mark and the figure is
-//! `VmHWM - VmRSS` before the call, as `../shared/bench/torch_contrastive.py` measures
+//! `VmHWM - VmRSS` before the call, as `benches/torch/torch_contrastive.py` measures
 //! PyTorch.
 
 use anyhow::{Context, Result, bail};

@@ -85,7 +85,7 @@ pub fn derive_seed(seed: u64, path: &[u64]) -> u64 {
 }
 
 /// Produces augmented multi-view batches from a dataset.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct ViewLoader {
     dataset: Arc<Dataset>,
     recipes: Arc<Vec<ViewRecipe>>,
@@ -235,6 +235,7 @@ impl ViewLoader {
 
 /// The batches of one epoch, arriving from the loader thread. Records how long the
 /// consumer waited for data, which should stay near zero.
+#[derive(Debug)]
 pub struct EpochStream {
     rx: Option<Receiver<Batch>>,
     handle: Option<JoinHandle<()>>,

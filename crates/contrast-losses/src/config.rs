@@ -151,7 +151,7 @@ impl LossConfig {
             }
             LossConfig::Ring(c) => {
                 t(c.temperature)?;
-                crate::ring::ring_band(1 << 20, c.outer, c.inner).map(|_| ())
+                crate::sampling::check_ring(c.outer, c.inner)
             }
             LossConfig::Fnc(c) => {
                 t(c.temperature)?;

@@ -4,8 +4,9 @@
 use crate::error::{Result, check_same_shape, check_temperature, invalid};
 use crate::generalized::{Debias, generalized_info_nce, one_hot};
 use crate::moco::{check_queue, query_logits};
+use crate::sampling::hardness_weights;
 use crate::views::{logits, not_self, stack_normalized};
-use candle_core::{D, Tensor};
+use candle_core::Tensor;
 use contrast_kernels::l2_normalize;
 use serde::{Deserialize, Serialize};
 
@@ -87,22 +88,10 @@ pub fn debiased(z1: &Tensor, z2: &Tensor, temperature: f64, tau_plus: f64) -> Re
 /// gives [`debiased`].
 pub fn hcl(z1: &Tensor, z2: &Tensor, temperature: f64, tau_plus: f64, beta: f64) -> Result<Tensor> {
     check_tau_plus(tau_plus)?;
-    if !(beta >= 0.0 && beta.is_finite()) {
-        return Err(invalid(
-            "beta",
-            format!("{beta} must be a finite number >= 0"),
-        ));
-    }
     let (l, targets, not_self) = batch(z1, z2, temperature)?;
     // Negatives: not the anchor, not its positive.
     let neg = (&not_self - &targets)?;
-    // Importance exp(beta * l), shifted by the row max for stability (the ratio
-    // imp / mean(imp) does not change).
-    let scaled = (&l * beta)?;
-    let shift = (&scaled * &neg)?.max_keepdim(D::Minus1)?.detach();
-    let imp = (scaled.broadcast_sub(&shift)?.exp()? * &neg)?;
-    let mean_imp = (imp.sum_keepdim(D::Minus1)? / neg.sum_keepdim(D::Minus1)?)?;
-    let weights = (imp.broadcast_div(&mean_imp)? + &targets)?;
+    let weights = (hardness_weights(&l, Some(&neg), beta)? + &targets)?;
     let d = Debias {
         tau_plus,
         temperature,
@@ -123,24 +112,13 @@ pub fn hcl_queue(
     tau_plus: f64,
     beta: f64,
 ) -> Result<Tensor> {
-    let (b, d) = crate::error::check_same_shape("q", q, "k", k)?;
+    let (b, d) = check_same_shape("q", q, "k", k)?;
     let kq = check_queue(queue, d)?;
     check_temperature("temperature", temperature)?;
     check_tau_plus(tau_plus)?;
-    if !(beta >= 0.0 && beta.is_finite()) {
-        return Err(invalid(
-            "beta",
-            format!("{beta} must be a finite number >= 0"),
-        ));
-    }
     let l = query_logits(&l2_normalize(q)?, &l2_normalize(k)?, queue, temperature)?;
-    let neg = l.narrow(1, 1, kq)?;
-    let scaled = (&neg * beta)?;
-    let imp = scaled
-        .broadcast_sub(&scaled.max_keepdim(D::Minus1)?.detach())?
-        .exp()?;
-    let imp = imp.broadcast_div(&imp.mean_keepdim(D::Minus1)?)?;
-    let weights = Tensor::cat(&[neg.ones_like()?.narrow(1, 0, 1)?, imp], 1)?;
+    let imp = hardness_weights(&l.narrow(1, 1, kq)?, None, beta)?;
+    let weights = Tensor::cat(&[l.narrow(1, 0, 1)?.ones_like()?, imp], 1)?;
     let targets = one_hot(&vec![0; b], kq + 1, l.dtype(), l.device())?;
     let d = Debias {
         tau_plus,

@@ -6,29 +6,12 @@
 //! Cancellation: *attraction* adds the false negatives to the positives (they stay in
 //! the denominator), *elimination* removes them from the denominator.
 
-use crate::error::{Result, check_temperature, invalid};
+use crate::error::{Result, check_temperature};
 use crate::generalized::generalized_info_nce;
+use crate::sampling::{Aggregation, Cancellation, FalseNegativeRule};
 use crate::views::{check_views, dense, logits, stack_normalized};
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
-
-/// How a candidate's similarities to the anchor's views are combined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Aggregation {
-    Max,
-    Mean,
-}
-
-/// What happens to identified false negatives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Cancellation {
-    /// Added to the positives (google-research/fnc's released loss).
-    Attraction,
-    /// Removed from the denominator.
-    Elimination,
-}
 
 /// Parameters of [`fnc`]. At least one of `topk` and `threshold` must be set; with
 /// both, a candidate must pass both (as the official code).
@@ -40,18 +23,17 @@ pub struct FncConfig {
     pub topk: Option<usize>,
     #[serde(default)]
     pub threshold: Option<f64>,
-    #[serde(default = "default_aggregation")]
+    #[serde(default)]
     pub aggregation: Aggregation,
-    #[serde(default = "default_cancellation")]
+    #[serde(default)]
     pub cancellation: Cancellation,
 }
 
-fn default_aggregation() -> Aggregation {
-    Aggregation::Max
-}
-
-fn default_cancellation() -> Cancellation {
-    Cancellation::Attraction
+impl FncConfig {
+    /// The identification rule (checks that `topk`, `threshold` or both are set).
+    pub fn rule(&self) -> Result<FalseNegativeRule> {
+        FalseNegativeRule::new(self.topk, self.threshold)
+    }
 }
 
 impl Default for FncConfig {
@@ -90,39 +72,19 @@ impl FalseNegatives {
 /// `[V * B, V * B]` (row-major) and applies top-k and threshold. Columns of the
 /// image itself are never flagged.
 pub fn identify(sims: &[f32], v: usize, b: usize, cfg: &FncConfig) -> Result<FalseNegatives> {
-    if cfg.topk.is_none() && cfg.threshold.is_none() {
-        return Err(invalid(
-            "topk",
-            "set topk, threshold or both to identify false negatives",
-        ));
-    }
+    let rule = cfg.rule()?;
     let n = v * b;
     let mut mask = vec![false; b * n];
     for i in 0..b {
-        let score: Vec<f32> = (0..n)
+        let scored: Vec<(u32, f32)> = (0..n)
+            .filter(|c| c % b != i)
             .map(|c| {
                 let per_view = (0..v).map(|a| sims[(a * b + i) * n + c]);
-                match cfg.aggregation {
-                    Aggregation::Max => per_view.fold(f32::NEG_INFINITY, f32::max),
-                    Aggregation::Mean => per_view.sum::<f32>() / v as f32,
-                }
+                (c as u32, cfg.aggregation.combine(per_view))
             })
             .collect();
-        let others: Vec<usize> = (0..n).filter(|c| c % b != i).collect();
-        let mut chosen: Vec<usize> = match cfg.topk {
-            Some(k) => {
-                let mut o = others.clone();
-                o.sort_by(|&x, &y| score[y].total_cmp(&score[x]).then(x.cmp(&y)));
-                o.truncate(k);
-                o
-            }
-            None => others,
-        };
-        if let Some(t) = cfg.threshold {
-            chosen.retain(|&c| score[c] as f64 > t);
-        }
-        for c in chosen {
-            mask[i * n + c] = true;
+        for c in rule.identify(scored) {
+            mask[i * n + c as usize] = true;
         }
     }
     Ok(FalseNegatives {

@@ -1,6 +1,12 @@
 //! Invariance Propagation, InvP (Wang et al., 2020): positives discovered by walking
 //! the k-nearest-neighbour graph of a memory bank, hard positives and a background of
 //! nearest bank entries.
+//!
+//! Not through [`crate::generalized_info_nce`]: the official code scores ratios of
+//! plain sums, `-log(p / sum + 1e-7)`, with the `1e-7` inside the log, and subtracts the
+//! anchor's own similarity from the background unconditionally. Neither is a
+//! log-sum-exp over weighted candidates, and the golden values follow the code, so the
+//! loss keeps that form.
 
 use crate::error::{Result, check_matrix, check_temperature, invalid};
 use candle_core::{D, DType, Tensor};

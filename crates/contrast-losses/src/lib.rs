@@ -34,6 +34,7 @@ pub mod looc;
 pub mod moco;
 pub mod nt_xent;
 pub mod ring;
+pub mod sampling;
 pub mod simlap;
 pub mod supcon;
 pub mod views;
@@ -44,7 +45,7 @@ pub use config::{LossConfig, LossInputs};
 pub use debiased::{DebiasedConfig, HclConfig, debiased, hcl, hcl_queue};
 pub use decoupled::{DecoupledConfig, DecoupledWeightedConfig, decoupled, decoupled_weighted};
 pub use error::{LossError, Result};
-pub use fnc::{Aggregation, Cancellation, FalseNegatives, FncConfig, fnc};
+pub use fnc::{FalseNegatives, FncConfig, fnc};
 pub use generalized::{Debias, generalized_info_nce, one_hot, weighted_logsumexp};
 pub use invariance_propagation::{
     InvPConfig, InvPOutput, invariance_propagation, ramp, refreshed_neighbours,
@@ -53,5 +54,8 @@ pub use looc::looc;
 pub use moco::{MocoConfig, moco_info_nce, moco_info_nce_keyed, moco_info_nce_reference};
 pub use nt_xent::{NtXentConfig, nt_xent, nt_xent_reference};
 pub use ring::{RingConfig, ring};
+pub use sampling::{
+    Aggregation, Cancellation, FalseNegativeRule, hardest_first, hardness_weights, ring_band,
+};
 pub use simlap::{GatePenalty, PairMode, SimLapConfig, gate_penalty, partner_classes, simlap};
 pub use supcon::{SupConConfig, supcon};

@@ -12,9 +12,15 @@
 //!              + sum_i log Eii+ / (sum_j Eij+ + sum Eii-) ],   Eij = exp(z_i^q . z_i^{k_j} / t)
 //! ```
 //!
-//! No official code exists; this follows the formula in METHODS.md §8.
+//! Each space's term is the generalised InfoNCE ([`generalized_info_nce`]) over that
+//! space's candidates (its positive key, the other keys in spaces `i >= 1`, the
+//! negatives) with a one-hot target on the positive and unit weights.
+//!
+//! No official code exists; this follows the formula of the paper (Xiao et al., "What
+//! Should Not Be Contrastive in Contrastive Learning", ICLR 2021).
 
 use crate::error::{Result, check_matrix, check_temperature, invalid};
+use crate::generalized::{generalized_info_nce, one_hot};
 use candle_core::{D, Tensor};
 use contrast_kernels::l2_normalize;
 
@@ -82,14 +88,13 @@ pub fn looc(
         }
         columns.push(neg);
         let all = Tensor::cat(&columns, 1)?;
-        let m = all.max_keepdim(D::Minus1)?.detach();
-        let lse = (all
-            .broadcast_sub(&m)?
-            .exp()?
-            .sum_keepdim(D::Minus1)?
-            .log()?
-            + m)?;
-        let term = (lse - &columns[0])?.mean_all()?;
+        let targets = one_hot(
+            &vec![0; all.dim(0)?],
+            all.dim(1)?,
+            all.dtype(),
+            all.device(),
+        )?;
+        let term = generalized_info_nce(&all, &targets, None, None)?.mean_all()?;
         total = Some(match total {
             None => term,
             Some(t) => (t + term)?,

@@ -77,7 +77,7 @@ pub fn moco_info_nce_keyed(
     if let Some((rk, ck)) = &keys
         && (rk.len() != b || ck.len() != kq)
     {
-        return Err(crate::error::invalid(
+        return Err(invalid(
             "keys",
             format!("expected {b} query keys and {kq} queue keys"),
         ));

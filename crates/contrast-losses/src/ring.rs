@@ -4,10 +4,12 @@
 use crate::error::{Result, check_same_shape, check_temperature, invalid};
 use crate::generalized::{generalized_info_nce, one_hot};
 use crate::moco::{check_queue, query_logits};
+use crate::sampling::{check_ring, hardest_first, ring_band};
 use crate::views::dense;
 use candle_core::{DType, Tensor};
 use contrast_kernels::l2_normalize;
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 
 /// Parameters of [`ring`]: the band keeps queue ranks `[inner_idx, outer_size)` of
 /// the similarities sorted in decreasing order, where `outer_size = floor(outer * K)`
@@ -33,33 +35,14 @@ impl Default for RingConfig {
     }
 }
 
-/// The rank band `[inner_idx, outer_size)` for a queue of `k` entries.
-pub fn ring_band(k: usize, outer: f64, inner: f64) -> Result<(usize, usize)> {
-    if !(outer > 0.0 && outer <= 1.0) {
-        return Err(invalid("outer", format!("{outer} is outside (0, 1]")));
-    }
-    if !(0.0..1.0).contains(&inner) {
-        return Err(invalid("inner", format!("{inner} is outside [0, 1)")));
-    }
-    let outer_size = (outer * k as f64).floor() as usize;
-    let inner_idx = (inner * outer_size as f64).floor() as usize;
-    if inner_idx >= outer_size {
-        return Err(invalid(
-            "outer",
-            format!("the band [{inner_idx}, {outer_size}) of a {k}-entry queue is empty"),
-        ));
-    }
-    Ok((inner_idx, outer_size))
-}
-
-/// Per row of `sims` `[B, K]`: 1 for the entries whose rank (descending) lies in
-/// `[lo, hi)`, else 0.
-pub fn band_mask(sims: &[f32], k: usize, lo: usize, hi: usize) -> Vec<f32> {
+/// Per row of `sims` `[B, K]`: 1 for the entries whose rank (most similar first, ties
+/// towards the lower index) lies in `band`, else 0.
+pub fn band_mask(sims: &[f32], k: usize, band: Range<usize>) -> Vec<f32> {
     let mut mask = vec![0f32; sims.len()];
     for (row, out) in sims.chunks(k).zip(mask.chunks_mut(k)) {
-        let mut order: Vec<usize> = (0..k).collect();
-        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-        for &j in &order[lo..hi] {
+        let mut order: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();
+        order.sort_by(hardest_first);
+        for &(j, _) in &order[band.clone()] {
             out[j] = 1.0;
         }
     }
@@ -73,14 +56,23 @@ pub fn ring(q: &Tensor, k: &Tensor, queue: &Tensor, cfg: &RingConfig) -> Result<
     let (b, d) = check_same_shape("q", q, "k", k)?;
     let kq = check_queue(queue, d)?;
     check_temperature("temperature", cfg.temperature)?;
-    let (lo, hi) = ring_band(kq, cfg.outer, cfg.inner)?;
+    check_ring(cfg.outer, cfg.inner)?;
+    let band = ring_band(kq, cfg.outer, cfg.inner);
+    if band.is_empty() {
+        return Err(invalid(
+            "outer",
+            format!(
+                "the band {band:?} of a {kq}-entry queue is empty: raise outer or the queue size"
+            ),
+        ));
+    }
     let l = query_logits(&l2_normalize(q)?, &l2_normalize(k)?, queue, cfg.temperature)?;
     let sims: Vec<f32> = l
         .narrow(1, 1, kq)?
         .to_dtype(DType::F32)?
         .flatten_all()?
         .to_vec1()?;
-    let band = band_mask(&sims, kq, lo, hi);
+    let band = band_mask(&sims, kq, band);
     let weights = dense(b, kq + 1, l.dtype(), l.device(), |i, j| {
         if j == 0 { 1.0 } else { band[i * kq + j - 1] }
     })?;

@@ -8,6 +8,13 @@
 //! partner class is a positive, every sample outside `{y1_i, y2_i}` a negative, and
 //! each positive is scored against the negatives only (erow/FastSSL `SimLAP`,
 //! `multipos_ce_loss`).
+//!
+//! Not through [`crate::generalized_info_nce`]: that form gives each anchor one
+//! denominator shared by all its positives, while SimLAP gives every positive pair
+//! `(i, j)` its own, `exp(l_ij) + sum_neg exp(l_in)`, leaving the anchor's other
+//! positives out. Expressing it in the shared form would need one row per positive pair
+//! (`O(B^2)` rows of `B` candidates), so the loss computes its per-pair log-sum-exp
+//! directly, max-shifted per row.
 
 use crate::error::{Result, check_same_shape, check_temperature, invalid};
 use crate::views::labels_vec;
@@ -29,7 +36,7 @@ pub enum PairMode {
 }
 
 /// The gate penalty. The paper's exact form is not recoverable from its public
-/// sources (METHODS.md §7); both options push gates towards 0 or 1.
+/// sources (no released code version contains it); both options push gates towards 0 or 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GatePenalty {

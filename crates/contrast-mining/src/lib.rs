@@ -21,5 +21,8 @@ pub use diagnostics::{Diagnostics, DiagnosticsSummary};
 pub use error::{MiningError, Result};
 pub use loss::mined_info_nce;
 pub use plan::MiningPlan;
-pub use policy::{ClusterMode, OnlineKMeans, Pipeline, PolicyConfig, PositiveChoice};
+pub use policy::{
+    ClusterMode, OnlineKMeans, Pipeline, Policy, PolicyConfig, PositiveChoice, QueueNeeds,
+    QueueRow, Stage, Step,
+};
 pub use queue::{QueueBatch, QueuePlan, mined_moco_info_nce};

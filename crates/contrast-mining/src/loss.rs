@@ -4,6 +4,7 @@ use crate::error::{Result, invalid};
 use crate::plan::MiningPlan;
 use candle_core::{D, Tensor};
 use contrast_kernels::l2_normalize;
+use contrast_losses::sampling::hardness_weights;
 use contrast_losses::{Debias, generalized_info_nce};
 
 /// The loss of `plan` for raw `anchors` `[B, D]` and `candidates` `[N, D]` (the same
@@ -77,12 +78,7 @@ pub fn mined_info_nce(
         // Negatives: kept, not positive.
         let neg =
             (weights.gt(0.0)?.to_dtype(a.dtype())? * targets.le(0.0)?.to_dtype(a.dtype())?)?;
-        let scaled = (&logits * beta)?;
-        let shift = (&scaled * &neg)?.max_keepdim(D::Minus1)?.detach();
-        let imp = (scaled.broadcast_sub(&shift)?.exp()? * &neg)?;
-        let mean = (imp.sum_keepdim(D::Minus1)?
-            / neg.sum_keepdim(D::Minus1)?.clamp(1.0, f64::INFINITY)?)?;
-        let tilt = ((imp.broadcast_div(&mean)? - &neg)? + 1.0)?;
+        let tilt = ((hardness_weights(&logits, Some(&neg), beta)? - &neg)? + 1.0)?;
         weights = (weights * tilt)?;
     }
     let debias = plan.tau_plus.map(|tau_plus| Debias {

@@ -11,6 +11,7 @@
 use crate::error::{Result, invalid};
 use candle_core::{DType, Tensor};
 use contrast_kernels::{Candidates, Positive, l2_normalize, streaming_info_nce};
+use contrast_losses::weighted_logsumexp;
 
 /// Queries per similarity block.
 const ROW_BLOCK: usize = 32;
@@ -230,8 +231,7 @@ pub fn mined_moco_info_nce(
             let syn = syn.to_dtype(qn.dtype())?.detach();
             let l = (qn.unsqueeze(1)?.broadcast_mul(&syn)?.sum(2)? / temperature)?;
             let all = Tensor::cat(&[&extra.unsqueeze(1)?, &l], 1)?;
-            let m = all.max_keepdim(1)?.detach();
-            let merged = (all.broadcast_sub(&m)?.exp()?.sum_keepdim(1)?.log()? + m)?.squeeze(1)?;
+            let merged = weighted_logsumexp(&all, None)?;
             let shift = (&merged - &extra)?.mean_all()?;
             (merged, Some(shift))
         }

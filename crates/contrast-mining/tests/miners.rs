@@ -2,6 +2,7 @@
 //! references written from the definitions.
 
 use candle_core::DType;
+use contrast_mining::policy::{BatchEasyHard, BatchHard, Mochi, MultiSimilarity, SemiHard};
 use contrast_mining::{MiningBatch, MiningPlan, Pipeline, PolicyConfig};
 use proptest::prelude::*;
 use rand::SeedableRng;
@@ -39,7 +40,7 @@ proptest! {
         let l = labels(b, classes);
         let batch = MiningBatch::in_batch(&[z1, z2], &ids(b), Some(&l)).unwrap();
         let n = 2 * b;
-        for (policy, easiest) in [(PolicyConfig::BatchHard, false), (PolicyConfig::BatchEasyHard, true)] {
+        for (policy, easiest) in [(PolicyConfig::BatchHard(BatchHard {}), false), (PolicyConfig::BatchEasyHard(BatchEasyHard {}), true)] {
             let p = plan(&batch, vec![policy]);
             for i in 0..n {
                 let s = batch.sim_row(i);
@@ -61,7 +62,7 @@ proptest! {
         let (z1, z2) = views(seed, b, 5);
         let l = labels(b, 3);
         let batch = MiningBatch::in_batch(&[z1, z2], &ids(b), Some(&l)).unwrap();
-        let p = plan(&batch, vec![PolicyConfig::MultiSimilarity { epsilon: eps }]);
+        let p = plan(&batch, vec![PolicyConfig::MultiSimilarity(MultiSimilarity { epsilon: eps })]);
         let n = 2 * b;
         for i in 0..n {
             let s = batch.sim_row(i);
@@ -88,7 +89,7 @@ proptest! {
     fn semi_hard_keeps_the_band(seed in any::<u64>(), b in 3usize..10, margin in 0.05f64..1.0) {
         let (z1, z2) = views(seed, b, 5);
         let batch = MiningBatch::in_batch(&[z1, z2], &ids(b), None).unwrap();
-        let p = plan(&batch, vec![PolicyConfig::SemiHard { margin }]);
+        let p = plan(&batch, vec![PolicyConfig::SemiHard(SemiHard { margin })]);
         let n = 2 * b;
         for i in 0..n {
             let s = batch.sim_row(i);
@@ -108,7 +109,7 @@ proptest! {
         let (z1, z2) = views(seed, b, 6);
         let batch = MiningBatch::in_batch(&[z1, z2], &ids(b), None).unwrap();
         let (mixes, query_mixes, n_hardest) = (2usize, 2usize, 3usize);
-        let p = plan(&batch, vec![PolicyConfig::Mochi { n_hardest, mixes, query_mixes }]);
+        let p = plan(&batch, vec![PolicyConfig::Mochi(Mochi { n_hardest, mixes, query_mixes })]);
         let syn: Vec<f64> = p.synthetic.as_ref().unwrap().to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let z: Vec<f64> = batch.candidates.flatten_all().unwrap().to_vec1().unwrap();
         let row = |c: usize| &z[c * 6..(c + 1) * 6];

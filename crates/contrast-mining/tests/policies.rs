@@ -3,6 +3,7 @@
 
 use candle_core::{Device, Tensor, Var};
 use contrast_losses::{Aggregation, Cancellation, FncConfig, debiased, fnc, hcl, nt_xent, supcon};
+use contrast_mining::policy::{Debias, Fnc, Hcl, LabelAware, Mochi, Ring, Supervised, TopK};
 use contrast_mining::{Diagnostics, MiningBatch, Pipeline, PolicyConfig, mined_info_nce};
 use proptest::prelude::*;
 
@@ -44,9 +45,9 @@ proptest! {
     #[test]
     fn hcl_and_debias_policies_are_the_hcl_loss(seed in any::<u64>(), b in 2usize..10, beta in 0.0f64..2.0, tp in 0.0f64..0.3) {
         let (z1, z2) = views(seed, b, 6);
-        let got = mined(&z1, &z2, vec![PolicyConfig::Debias { tau_plus: tp }, PolicyConfig::Hcl { beta }], None, 0.5);
+        let got = mined(&z1, &z2, vec![PolicyConfig::Debias(Debias { tau_plus: tp }), PolicyConfig::Hcl(Hcl { beta })], None, 0.5);
         prop_assert!(close(got, scalar(&hcl(&z1, &z2, 0.5, tp, beta).unwrap())));
-        let got = mined(&z1, &z2, vec![PolicyConfig::Debias { tau_plus: tp }], None, 0.5);
+        let got = mined(&z1, &z2, vec![PolicyConfig::Debias(Debias { tau_plus: tp })], None, 0.5);
         prop_assert!(close(got, scalar(&debiased(&z1, &z2, 0.5, tp).unwrap())));
     }
 
@@ -55,7 +56,7 @@ proptest! {
         let (z1, z2) = views(seed, b, 6);
         let l = labels(b, 3);
         let lt = Tensor::new(l.iter().map(|&x| x as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
-        let got = mined(&z1, &z2, vec![PolicyConfig::Supervised], Some(&l), 0.2);
+        let got = mined(&z1, &z2, vec![PolicyConfig::Supervised(Supervised {})], Some(&l), 0.2);
         prop_assert!(close(got, scalar(&supcon(&[z1, z2], &lt, 0.2, 0.2).unwrap())));
     }
 
@@ -65,7 +66,7 @@ proptest! {
     fn fnc_matches_the_loss_crate(seed in any::<u64>(), b in 3usize..9, topk in 1usize..4, thr in 0.0f64..0.9) {
         let (z1, z2) = views(seed, b, 5);
         let batch = MiningBatch::in_batch(&[z1.clone(), z2.clone()], &ids(b), None).unwrap();
-        let policy = PolicyConfig::Fnc { topk: Some(topk), threshold: Some(thr), aggregation: Aggregation::Max, cancellation: Cancellation::Attraction };
+        let policy = PolicyConfig::Fnc(Fnc { topk: Some(topk), threshold: Some(thr), aggregation: Aggregation::Max, cancellation: Cancellation::Attraction });
         let plan = Pipeline::new(vec![policy]).unwrap().plan(&batch, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
         let cfg = FncConfig { temperature: 0.2, topk: Some(topk), threshold: Some(thr), aggregation: Aggregation::Max, cancellation: Cancellation::Attraction };
         let (loss, fns) = fnc(&[z1.clone(), z2.clone()], &cfg).unwrap();
@@ -91,8 +92,8 @@ proptest! {
         let base = batch.default_plan();
         let negatives = 2 * b - 2;
         for policies in [
-            vec![PolicyConfig::Fnc { topk: Some(2), threshold: None, aggregation: Aggregation::Mean, cancellation: Cancellation::Elimination }],
-            vec![PolicyConfig::LabelAware],
+            vec![PolicyConfig::Fnc(Fnc { topk: Some(2), threshold: None, aggregation: Aggregation::Mean, cancellation: Cancellation::Elimination })],
+            vec![PolicyConfig::LabelAware(LabelAware {})],
         ] {
             let plan = Pipeline::new(policies).unwrap().plan(&batch, &mut rng).unwrap();
             for i in 0..2 * b {
@@ -102,11 +103,11 @@ proptest! {
                 }
             }
         }
-        let plan = Pipeline::new(vec![PolicyConfig::LabelAware]).unwrap().plan(&batch, &mut rng).unwrap();
+        let plan = Pipeline::new(vec![PolicyConfig::LabelAware(LabelAware {})]).unwrap().plan(&batch, &mut rng).unwrap();
         for i in 0..2 * b {
             prop_assert!(plan.kept_negatives(i).iter().all(|&c| l[c % b] != l[i % b]));
         }
-        let plan = Pipeline::new(vec![PolicyConfig::Ring { outer, inner }]).unwrap().plan(&batch, &mut rng).unwrap();
+        let plan = Pipeline::new(vec![PolicyConfig::Ring(Ring { outer, inner })]).unwrap().plan(&batch, &mut rng).unwrap();
         let outer_size = (outer * negatives as f64).floor() as usize;
         let inner_idx = (inner * outer_size as f64).floor() as usize;
         for i in 0..2 * b {
@@ -120,7 +121,7 @@ proptest! {
             band.sort();
             prop_assert_eq!(kept, band);
         }
-        let plan = Pipeline::new(vec![PolicyConfig::TopK { k }]).unwrap().plan(&batch, &mut rng).unwrap();
+        let plan = Pipeline::new(vec![PolicyConfig::TopK(TopK { k })]).unwrap().plan(&batch, &mut rng).unwrap();
         for i in 0..2 * b {
             prop_assert_eq!(plan.kept_negatives(i).len(), k.min(negatives));
         }
@@ -130,7 +131,7 @@ proptest! {
     fn mochi_points_are_unit_detached_and_counted(seed in any::<u64>(), b in 3usize..8, mixes in 0usize..4, q in 1usize..4) {
         let (z1, z2) = views(seed, b, 6);
         let batch = MiningBatch::in_batch(&[z1, z2], &ids(b), None).unwrap();
-        let plan = Pipeline::new(vec![PolicyConfig::Mochi { n_hardest: 3, mixes, query_mixes: q }]).unwrap()
+        let plan = Pipeline::new(vec![PolicyConfig::Mochi(Mochi { n_hardest: 3, mixes, query_mixes: q })]).unwrap()
             .plan(&batch, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
         let syn = plan.synthetic.unwrap();
         prop_assert_eq!(syn.dims(), &[2 * b, mixes + q, 6]);
@@ -144,11 +145,11 @@ proptest! {
 fn mochi_is_seeded_and_adds_candidates() {
     let (z1, z2) = views(3, 5, 6);
     let batch = MiningBatch::in_batch(&[z1.clone(), z2.clone()], &ids(5), None).unwrap();
-    let mut pipe = Pipeline::new(vec![PolicyConfig::Mochi {
+    let mut pipe = Pipeline::new(vec![PolicyConfig::Mochi(Mochi {
         n_hardest: 4,
         mixes: 2,
         query_mixes: 2,
-    }])
+    })])
     .unwrap();
     let a = pipe
         .plan(&batch, &mut ChaCha8Rng::seed_from_u64(9))
@@ -180,20 +181,20 @@ fn mochi_is_seeded_and_adds_candidates() {
 #[test]
 fn policies_run_in_stage_order_and_labels_are_required_when_used() {
     let mut pipe = Pipeline::new(vec![
-        PolicyConfig::Mochi {
+        PolicyConfig::Mochi(Mochi {
             n_hardest: 4,
             mixes: 1,
             query_mixes: 1,
-        },
-        PolicyConfig::Hcl { beta: 1.0 },
-        PolicyConfig::TopK { k: 3 },
-        PolicyConfig::Fnc {
+        }),
+        PolicyConfig::Hcl(Hcl { beta: 1.0 }),
+        PolicyConfig::TopK(TopK { k: 3 }),
+        PolicyConfig::Fnc(Fnc {
             topk: Some(1),
             threshold: None,
             aggregation: Aggregation::Max,
             cancellation: Cancellation::Elimination,
-        },
-        PolicyConfig::Supervised,
+        }),
+        PolicyConfig::Supervised(Supervised {}),
     ])
     .unwrap();
     let names: Vec<&str> = pipe.policies().map(|p| p.name()).collect();
@@ -205,7 +206,7 @@ fn policies_run_in_stage_order_and_labels_are_required_when_used() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("labels") && e.contains("supervised"), "{e}");
-    let e = Pipeline::new(vec![PolicyConfig::Debias { tau_plus: 1.0 }])
+    let e = Pipeline::new(vec![PolicyConfig::Debias(Debias { tau_plus: 1.0 })])
         .unwrap_err()
         .to_string();
     assert!(e.contains("tau_plus"), "{e}");
@@ -228,19 +229,19 @@ fn diagnostics_count_false_negatives_and_identification() {
     // Per anchor: 6 negatives, 2 of them same-label.
     assert!((s.neg_false_fraction - 2.0 / 6.0).abs() < 1e-12);
     assert!(s.fn_identified_precision.is_none());
-    let oracle = Pipeline::new(vec![PolicyConfig::LabelAware])
+    let oracle = Pipeline::new(vec![PolicyConfig::LabelAware(LabelAware {})])
         .unwrap()
         .plan(&batch, &mut rng)
         .unwrap();
     let mut d = Diagnostics::default();
     d.add(&batch, &oracle, &mut rng);
     assert_eq!(d.summary().unwrap().neg_false_fraction, 0.0);
-    let fnc = PolicyConfig::Fnc {
+    let fnc = PolicyConfig::Fnc(Fnc {
         topk: Some(2),
         threshold: None,
         aggregation: Aggregation::Max,
         cancellation: Cancellation::Elimination,
-    };
+    });
     let plan = Pipeline::new(vec![fnc])
         .unwrap()
         .plan(&batch, &mut rng)

@@ -4,6 +4,9 @@
 use candle_core::{DType, Device, Tensor, Var};
 use contrast_kernels::l2_normalize;
 use contrast_losses::{Aggregation, Cancellation, generalized_info_nce};
+use contrast_mining::policy::{
+    Fnc, Hcl, LabelAware, Mochi, NearestNeighbour, Ring, SemiHard, Supervised, TopK,
+};
 use contrast_mining::{
     Diagnostics, Pipeline, PolicyConfig, QueueBatch, QueuePlan, mined_moco_info_nce,
 };
@@ -95,13 +98,13 @@ proptest! {
         let s = setup(seed, 6, 300, 8);
         let (sq, _) = rows(&s);
         let all: Vec<usize> = (0..300).collect();
-        let p = plan(&s, vec![PolicyConfig::TopK { k }]);
+        let p = plan(&s, vec![PolicyConfig::TopK(TopK { k })]);
         for (i, row) in sq.iter().enumerate() {
             let mut want = ranked(&all, row)[..k].to_vec();
             want.sort();
             prop_assert_eq!(kept(&p, i, row), want);
         }
-        let p = plan(&s, vec![PolicyConfig::Ring { outer, inner }]);
+        let p = plan(&s, vec![PolicyConfig::Ring(Ring { outer, inner })]);
         for (i, row) in sq.iter().enumerate() {
             let o = (outer * 300.0).floor() as usize;
             let lo = ((inner * o as f64).floor() as usize).min(o);
@@ -109,7 +112,7 @@ proptest! {
             want.sort();
             prop_assert_eq!(kept(&p, i, row), want);
         }
-        let p = plan(&s, vec![PolicyConfig::SemiHard { margin }]);
+        let p = plan(&s, vec![PolicyConfig::SemiHard(SemiHard { margin })]);
         let pos = s.batch.positive_sims().unwrap();
         for (i, row) in sq.iter().enumerate() {
             let band: Vec<usize> = all.iter().copied().filter(|&j| row[j] > pos[i] - margin as f32 && row[j] < pos[i]).collect();
@@ -127,7 +130,7 @@ proptest! {
         let (sq, sk) = rows(&s);
         let aggregation = if mean { Aggregation::Mean } else { Aggregation::Max };
         for cancellation in [Cancellation::Elimination, Cancellation::Attraction] {
-            let p = plan(&s, vec![PolicyConfig::Fnc { topk: Some(topk), threshold: Some(thr), aggregation, cancellation }]);
+            let p = plan(&s, vec![PolicyConfig::Fnc(Fnc { topk: Some(topk), threshold: Some(thr), aggregation, cancellation })]);
             for i in 0..5 {
                 let score = |j: usize| if mean { 0.5 * (sq[i][j] + sk[i][j]) } else { sq[i][j].max(sk[i][j]) };
                 let pool: Vec<usize> = (0..200).filter(|&j| s.batch.queue_ids[j] >= 0 && s.batch.queue_ids[j] != i as i64).collect();
@@ -141,7 +144,7 @@ proptest! {
                 prop_assert_eq!(found, want);
             }
         }
-        let p = plan(&s, vec![PolicyConfig::LabelAware]);
+        let p = plan(&s, vec![PolicyConfig::LabelAware(LabelAware {})]);
         for (i, row) in sq.iter().enumerate() {
             prop_assert!(kept(&p, i, row).iter().all(|&j| s.batch.queue_labels[j] != (i as i64) % 3));
         }
@@ -157,28 +160,28 @@ fn mined_moco_loss_matches_the_dense_reference() {
     let p = plan(
         &s,
         vec![
-            PolicyConfig::Fnc {
+            PolicyConfig::Fnc(Fnc {
                 topk: Some(3),
                 threshold: None,
                 aggregation: Aggregation::Max,
                 cancellation: Cancellation::Attraction,
-            },
-            PolicyConfig::Fnc {
+            }),
+            PolicyConfig::Fnc(Fnc {
                 topk: Some(2),
                 threshold: Some(0.0),
                 aggregation: Aggregation::Mean,
                 cancellation: Cancellation::Elimination,
-            },
-            PolicyConfig::LabelAware,
-            PolicyConfig::Ring {
+            }),
+            PolicyConfig::LabelAware(LabelAware {}),
+            PolicyConfig::Ring(Ring {
                 outer: 0.6,
                 inner: 0.1,
-            },
-            PolicyConfig::Mochi {
+            }),
+            PolicyConfig::Mochi(Mochi {
                 n_hardest: 8,
                 mixes: 3,
                 query_mixes: 2,
-            },
+            }),
         ],
     );
     assert!(p.attracted.iter().all(|a| !a.is_empty()) && p.window.is_some() && p.keys.is_some());
@@ -263,11 +266,11 @@ fn mochi_refusals_and_diagnostics_on_the_queue() {
     let s = setup(5, 4, 120, 6);
     let p = plan(
         &s,
-        vec![PolicyConfig::Mochi {
+        vec![PolicyConfig::Mochi(Mochi {
             n_hardest: 6,
             mixes: 4,
             query_mixes: 2,
-        }],
+        })],
     );
     let syn = p.synthetic.as_ref().unwrap();
     assert_eq!(syn.dims(), &[4, 6, 6]);
@@ -283,9 +286,9 @@ fn mochi_refusals_and_diagnostics_on_the_queue() {
         .unwrap();
     assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-5));
     for policy in [
-        PolicyConfig::Supervised,
-        PolicyConfig::Hcl { beta: 1.0 },
-        PolicyConfig::NearestNeighbour { support_size: 8 },
+        PolicyConfig::Supervised(Supervised {}),
+        PolicyConfig::Hcl(Hcl { beta: 1.0 }),
+        PolicyConfig::NearestNeighbour(NearestNeighbour { support_size: 8 }),
     ] {
         let name = policy.name();
         let pipe = Pipeline::new(vec![policy]).unwrap();
@@ -304,7 +307,7 @@ fn mochi_refusals_and_diagnostics_on_the_queue() {
     let mut d = Diagnostics::default();
     d.add_queue(
         &s.batch,
-        &plan(&s, vec![PolicyConfig::LabelAware]),
+        &plan(&s, vec![PolicyConfig::LabelAware(LabelAware {})]),
         &mut rng,
     )
     .unwrap();

@@ -2,6 +2,7 @@
 //! checkpointed state.
 
 use candle_core::{DType, Device, Tensor, Var};
+use contrast_mining::policy::{Cluster, NearestNeighbour};
 use contrast_mining::{ClusterMode, MiningBatch, Pipeline, PolicyConfig, mined_info_nce};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -10,13 +11,13 @@ mod common;
 use common::{ids, labels, views};
 
 fn cluster(k: usize, mode: ClusterMode) -> PolicyConfig {
-    PolicyConfig::Cluster {
+    PolicyConfig::Cluster(Cluster {
         k,
         lr: 0.5,
         mode,
         start_below: 1.0,
         same_weight: 0.5,
-    }
+    })
 }
 
 fn centroids(pipe: &Pipeline) -> Vec<f32> {
@@ -118,13 +119,13 @@ fn cluster_modes_follow_brute_force_assignment() {
 fn cluster_waits_for_its_start_cosine() {
     let (z1, z2) = views(1, 8, 4);
     let batch = MiningBatch::in_batch(&[z1, z2], &ids(8), None).unwrap();
-    let mut pipe = Pipeline::new(vec![PolicyConfig::Cluster {
+    let mut pipe = Pipeline::new(vec![PolicyConfig::Cluster(Cluster {
         k: 2,
         lr: 0.1,
         mode: ClusterMode::RemoveSame,
         start_below: -0.99,
         same_weight: 0.5,
-    }])
+    })])
     .unwrap();
     let plan = pipe
         .plan(&batch, &mut ChaCha8Rng::seed_from_u64(0))
@@ -148,8 +149,10 @@ fn nearest_neighbour_replaces_anchors_from_the_support() {
     let first = MiningBatch::in_batch(&[a1, a2], &ids(6), Some(&labels(6, 2))).unwrap();
     let second =
         MiningBatch::in_batch(&[b1.clone(), b2.clone()], &ids(6), Some(&labels(6, 2))).unwrap();
-    let mut pipe =
-        Pipeline::new(vec![PolicyConfig::NearestNeighbour { support_size: 100 }]).unwrap();
+    let mut pipe = Pipeline::new(vec![PolicyConfig::NearestNeighbour(NearestNeighbour {
+        support_size: 100,
+    })])
+    .unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     assert!(
         pipe.plan(&first, &mut rng)
@@ -209,7 +212,7 @@ fn nearest_neighbour_replaces_anchors_from_the_support() {
 fn pipeline_state_round_trips() {
     let policies = vec![
         cluster(3, ClusterMode::RemoveSame),
-        PolicyConfig::NearestNeighbour { support_size: 20 },
+        PolicyConfig::NearestNeighbour(NearestNeighbour { support_size: 20 }),
     ];
     let (z1, z2) = views(9, 8, 4);
     let batch = MiningBatch::in_batch(&[z1, z2], &ids(8), None).unwrap();

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{tiny_config, write_synthetic_mnist};
+use contrast_mining::policy::{Cluster, Fnc, Mochi, NearestNeighbour};
 use contrast_train::{RunOptions, run};
 use std::path::Path;
 
@@ -76,14 +77,14 @@ fn resumed_moco_run_matches_uninterrupted_run() {
 fn resumed_mining_run_matches_uninterrupted_run() {
     let mut cfg = tiny_config(2);
     cfg.mining = vec![
-        contrast_mining::PolicyConfig::Cluster {
+        contrast_mining::PolicyConfig::Cluster(Cluster {
             k: 4,
             lr: 0.2,
             mode: contrast_mining::ClusterMode::RemoveSame,
             start_below: 1.0,
             same_weight: 0.5,
-        },
-        contrast_mining::PolicyConfig::NearestNeighbour { support_size: 50 },
+        }),
+        contrast_mining::PolicyConfig::NearestNeighbour(NearestNeighbour { support_size: 50 }),
     ];
     cfg.validate().unwrap();
     check_resume(cfg);
@@ -104,17 +105,17 @@ fn resumed_moco_mining_run_matches_uninterrupted_run() {
     cfg.loss =
         contrast_losses::LossConfig::MocoInfoNce(contrast_losses::MocoConfig { temperature: 0.2 });
     cfg.mining = vec![
-        contrast_mining::PolicyConfig::Fnc {
+        contrast_mining::PolicyConfig::Fnc(Fnc {
             topk: Some(3),
             threshold: None,
             aggregation: contrast_losses::Aggregation::Max,
             cancellation: contrast_losses::Cancellation::Attraction,
-        },
-        contrast_mining::PolicyConfig::Mochi {
+        }),
+        contrast_mining::PolicyConfig::Mochi(Mochi {
             n_hardest: 8,
             mixes: 4,
             query_mixes: 2,
-        },
+        }),
     ];
     cfg.validate().unwrap();
     check_resume(cfg);

@@ -6,6 +6,7 @@
 //! mean of its members by `lr`, then renormalises. Without a memory bank the stream
 //! of batches plays the bank's part; each epoch visits every image once.
 
+use super::{Policy, Stage, Step};
 use crate::batch::MiningBatch;
 use crate::error::{Result, invalid};
 use crate::plan::MiningPlan;
@@ -129,73 +130,154 @@ impl OnlineKMeans {
     }
 }
 
-/// Parameters of the clustering policy.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ClusterParams {
+/// Online spherical k-means with `k` centroids (moved by `lr` per step, seeded once
+/// the mean pair cosine is below `start_below`); the cluster id removes, restricts or
+/// down-weights (to `same_weight`) negatives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
     pub k: usize,
+    #[serde(default = "default_lr")]
     pub lr: f64,
+    #[serde(default = "default_mode")]
     pub mode: ClusterMode,
+    #[serde(default = "default_start_below")]
     pub start_below: f64,
+    #[serde(default = "default_same_weight")]
     pub same_weight: f64,
 }
 
-/// Assigns the batch to clusters, updates the centroids and reweights negatives by
-/// cluster. Seeding waits until the batch's mean off-diagonal cosine is below
-/// `start_below` (ClusterNS starts its k-means once embeddings have spread out).
-pub(crate) fn cluster(
-    batch: &MiningBatch,
-    plan: &mut MiningPlan,
-    state: &mut OnlineKMeans,
-    p: ClusterParams,
-    rng: &mut ChaCha8Rng,
-) -> Result<()> {
-    let dim = batch.candidates.dim(1)?;
-    let x: Vec<f32> = batch
-        .candidates
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1()?;
-    if !state.is_seeded() {
-        if mean_pair_cosine(batch) >= p.start_below {
-            return Ok(());
+fn default_lr() -> f64 {
+    0.1
+}
+
+fn default_mode() -> ClusterMode {
+    ClusterMode::RemoveSame
+}
+
+fn default_start_below() -> f64 {
+    1.0
+}
+
+fn default_same_weight() -> f64 {
+    0.5
+}
+
+/// The policy at run time: its parameters and the k-means state.
+#[derive(Debug)]
+pub(crate) struct Clustering {
+    params: Cluster,
+    state: OnlineKMeans,
+}
+
+impl Clustering {
+    pub(crate) fn new(params: Cluster) -> Self {
+        Self {
+            params,
+            state: OnlineKMeans::default(),
         }
-        state.seed(&x, dim, p.k, rng)?;
     }
-    let cand = state.assign(&x);
-    let anch = if batch.same_set {
-        cand.clone()
-    } else {
-        state.assign(
-            &batch
-                .anchors
-                .to_dtype(DType::F32)?
-                .flatten_all()?
-                .to_vec1()?,
-        )
-    };
-    let mut identified = vec![Vec::new(); plan.anchors];
-    for (i, found) in identified.iter_mut().enumerate() {
-        for c in plan.kept_negatives(i) {
-            let same = cand[c] == anch[i];
-            match p.mode {
-                ClusterMode::RemoveSame if same => {
-                    plan.row_mut(i)[c] = 0.0;
-                    found.push(c as u32);
+}
+
+impl Policy for Clustering {
+    fn name(&self) -> &'static str {
+        "cluster"
+    }
+
+    fn stage(&self) -> Stage {
+        match self.params.mode {
+            ClusterMode::RemoveSame => Stage::Removal,
+            ClusterMode::RestrictToSame => Stage::Selection,
+            ClusterMode::DownweightSame => Stage::Weighting,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let p = &self.params;
+        if p.k < 2 {
+            return Err(invalid("k", format!("cluster needs k >= 2, got {}", p.k)));
+        }
+        if !(0.0..=1.0).contains(&p.same_weight) {
+            return Err(invalid(
+                "same_weight",
+                format!("cluster needs same_weight in [0, 1], got {}", p.same_weight),
+            ));
+        }
+        if !(p.lr > 0.0 && p.lr <= 1.0) {
+            return Err(invalid(
+                "lr",
+                format!("cluster needs lr in (0, 1], got {}", p.lr),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Assigns the batch to clusters, updates the centroids and reweights negatives by
+    /// cluster. Seeding waits until the batch's mean off-diagonal cosine is below
+    /// `start_below` (ClusterNS starts its k-means once embeddings have spread out).
+    fn plan(
+        &mut self,
+        batch: &MiningBatch,
+        plan: &mut MiningPlan,
+        step: &mut Step<'_>,
+    ) -> Result<()> {
+        let (p, state) = (&self.params, &mut self.state);
+        let dim = batch.candidates.dim(1)?;
+        let x: Vec<f32> = batch
+            .candidates
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1()?;
+        if !state.is_seeded() {
+            if mean_pair_cosine(batch) >= p.start_below {
+                return Ok(());
+            }
+            state.seed(&x, dim, p.k, step.rng)?;
+        }
+        let cand = state.assign(&x);
+        let anch = if batch.same_set {
+            cand.clone()
+        } else {
+            state.assign(
+                &batch
+                    .anchors
+                    .to_dtype(DType::F32)?
+                    .flatten_all()?
+                    .to_vec1()?,
+            )
+        };
+        let mut identified = vec![Vec::new(); plan.anchors];
+        for (i, found) in identified.iter_mut().enumerate() {
+            for c in plan.kept_negatives(i) {
+                let same = cand[c] == anch[i];
+                match p.mode {
+                    ClusterMode::RemoveSame if same => {
+                        plan.row_mut(i)[c] = 0.0;
+                        found.push(c as u32);
+                    }
+                    ClusterMode::DownweightSame if same => {
+                        plan.row_mut(i)[c] *= p.same_weight as f32;
+                        found.push(c as u32);
+                    }
+                    ClusterMode::RestrictToSame if !same => plan.row_mut(i)[c] = 0.0,
+                    _ => {}
                 }
-                ClusterMode::DownweightSame if same => {
-                    plan.row_mut(i)[c] *= p.same_weight as f32;
-                    found.push(c as u32);
-                }
-                ClusterMode::RestrictToSame if !same => plan.row_mut(i)[c] = 0.0,
-                _ => {}
             }
         }
+        if p.mode != ClusterMode::RestrictToSame {
+            plan.add_identified(identified);
+        }
+        state.update(&x, &cand, p.lr as f32);
+        Ok(())
     }
-    if p.mode != ClusterMode::RestrictToSame {
-        plan.add_identified(identified);
+
+    fn state(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
+        self.state.state(device)
     }
-    state.update(&x, &cand, p.lr as f32);
-    Ok(())
+
+    fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        self.state.load_state(state)
+    }
 }
 
 /// Mean cosine over distinct anchor-candidate pairs of different images.

@@ -1,58 +1,120 @@
-//! False negative cancellation: identification over a support set, then attraction
-//! or elimination.
+//! `fnc`: false negative cancellation (Huynh et al., 2022) as a policy. Identification
+//! and the cancellation modes are [`contrast_losses::sampling`]'s, shared with the
+//! `fnc` loss: in-batch, a candidate is scored against every view of the anchor's
+//! image; on a queue, against the query and its key (the image's support set).
 
+use super::{Policy, QueueNeeds, QueueRow, Stage, Step};
 use crate::batch::MiningBatch;
-use crate::error::{Result, invalid};
+use crate::error::Result;
 use crate::plan::MiningPlan;
-use contrast_losses::{Aggregation, Cancellation};
+use contrast_losses::{Aggregation, Cancellation, FalseNegativeRule};
+use serde::{Deserialize, Serialize};
 
-/// Identifies, per anchor, the candidates most similar to the anchor's image (its
-/// support set: every anchor row with its instance id, aggregated by max or mean),
-/// keeping the `topk` highest and/or those above `threshold`, then cancels them.
-pub(crate) fn fnc(
-    batch: &MiningBatch,
-    plan: &mut MiningPlan,
-    topk: Option<usize>,
-    threshold: Option<f64>,
-    aggregation: Aggregation,
-    cancellation: Cancellation,
-) -> Result<()> {
-    if topk.is_none() && threshold.is_none() {
-        return Err(invalid("topk", "fnc needs topk, threshold or both"));
+/// Candidates whose similarity to the anchor's image (aggregated over its views) is
+/// among the `topk` highest and/or above `threshold` are attracted (made positives) or
+/// eliminated (removed from the denominator).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fnc {
+    #[serde(default)]
+    pub topk: Option<usize>,
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    #[serde(default)]
+    pub aggregation: Aggregation,
+    #[serde(default)]
+    pub cancellation: Cancellation,
+}
+
+impl Fnc {
+    fn rule(&self) -> Result<FalseNegativeRule> {
+        Ok(FalseNegativeRule::new(self.topk, self.threshold)?)
     }
-    let mut identified = vec![Vec::new(); plan.anchors];
-    for (i, found) in identified.iter_mut().enumerate() {
-        let views: Vec<usize> = (0..plan.anchors)
-            .filter(|&r| batch.anchor_ids[r] == batch.anchor_ids[i])
-            .collect();
-        let score = |c: usize| -> f32 {
-            let per_view = views.iter().map(|&r| batch.sim_row(r)[c]);
-            match aggregation {
-                Aggregation::Max => per_view.fold(f32::NEG_INFINITY, f32::max),
-                Aggregation::Mean => per_view.sum::<f32>() / views.len() as f32,
+}
+
+impl Policy for Fnc {
+    fn name(&self) -> &'static str {
+        "fnc"
+    }
+
+    fn stage(&self) -> Stage {
+        match self.cancellation {
+            Cancellation::Attraction => Stage::Positives,
+            Cancellation::Elimination => Stage::Removal,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        self.rule().map(|_| ())
+    }
+
+    fn plan(&mut self, batch: &MiningBatch, plan: &mut MiningPlan, _: &mut Step<'_>) -> Result<()> {
+        let rule = self.rule()?;
+        let mut identified = vec![Vec::new(); plan.anchors];
+        for (i, found) in identified.iter_mut().enumerate() {
+            let views: Vec<usize> = (0..plan.anchors)
+                .filter(|&r| batch.anchor_ids[r] == batch.anchor_ids[i])
+                .collect();
+            let scored: Vec<(u32, f32)> = (0..plan.candidates)
+                .filter(|&c| {
+                    batch.candidate_ids[c] != batch.anchor_ids[i] && !plan.is_positive(i, c)
+                })
+                .map(|c| {
+                    let per_view = views.iter().map(|&r| batch.sim_row(r)[c]);
+                    (c as u32, self.aggregation.combine(per_view))
+                })
+                .collect();
+            *found = rule.identify(scored);
+        }
+        for (i, found) in identified.iter().enumerate() {
+            for &c in found {
+                match self.cancellation {
+                    Cancellation::Attraction => plan.add_positive(i, c as usize, 1.0),
+                    Cancellation::Elimination => plan.row_mut(i)[c as usize] = 0.0,
+                }
             }
+        }
+        plan.add_identified(identified);
+        Ok(())
+    }
+
+    fn on_queue(&self) -> bool {
+        true
+    }
+
+    fn queue_needs(&self) -> QueueNeeds {
+        QueueNeeds {
+            key_sims: true,
+            ..QueueNeeds::default()
+        }
+    }
+
+    fn plan_queue_row(&self, row: &mut QueueRow<'_>) -> Result<()> {
+        let rule = self.rule()?;
+        let (sq, sk) = (
+            row.sims,
+            row.key_sims.expect("fnc asks for key similarities"),
+        );
+        let (batch, i) = (row.batch, row.query);
+        // Written entries of other images, scored against the query and its key.
+        let scored: Vec<(u32, f32)> = (0..batch.entries())
+            .filter(|&j| batch.queue_ids[j] >= 0 && batch.queue_ids[j] != batch.query_ids[i])
+            .map(|j| {
+                (
+                    j as u32,
+                    self.aggregation.combine([sq[j], sk[j]].into_iter()),
+                )
+            })
+            .collect();
+        let found = rule.identify(scored);
+        let list = match self.cancellation {
+            Cancellation::Attraction => &mut row.plan.attracted[i],
+            Cancellation::Elimination => &mut row.plan.excluded[i],
         };
-        let mut others: Vec<(usize, f32)> = (0..plan.candidates)
-            .filter(|&c| batch.candidate_ids[c] != batch.anchor_ids[i] && !plan.is_positive(i, c))
-            .map(|c| (c, score(c)))
-            .collect();
-        others.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if let Some(k) = topk {
-            others.truncate(k);
-        }
-        if let Some(t) = threshold {
-            others.retain(|(_, s)| *s as f64 > t);
-        }
-        found.extend(others.iter().map(|(c, _)| *c as u32));
+        list.extend(&found);
+        list.sort_unstable();
+        list.dedup();
+        row.identified.extend(found);
+        Ok(())
     }
-    for (i, found) in identified.iter().enumerate() {
-        for &c in found {
-            match cancellation {
-                Cancellation::Attraction => plan.add_positive(i, c as usize, 1.0),
-                Cancellation::Elimination => plan.row_mut(i)[c as usize] = 0.0,
-            }
-        }
-    }
-    plan.add_identified(identified);
-    Ok(())
 }

@@ -1,7 +1,14 @@
 //! Sampling policies and their order of application.
 //!
-//! A policy edits a [`MiningPlan`]. Policies run in stages, whatever their order in the
-//! config list (stable within a stage):
+//! A policy is a type implementing [`Policy`], in a file of its own that holds what it
+//! reads (labels or not), its in-batch plan and, where it has one, its plan over a MoCo
+//! queue, side by side. [`PolicyConfig`] is only the serde form of the config list: its
+//! [`PolicyConfig::build`] is the one place a policy is registered. To add a policy,
+//! write its file (a params struct deriving `Deserialize`, and `impl Policy` with
+//! [`Policy::plan`]) and add one variant and one arm to [`PolicyConfig`].
+//!
+//! Policies run in stages ([`Stage`]), whatever their order in the config list (stable
+//! within a stage):
 //!
 //! 1. **positives**: `supervised` (same-label candidates become positives), `fnc` with
 //!    attraction (identified false negatives become positives);
@@ -22,392 +29,272 @@
 //! own similarities before an anchor is swapped for its neighbour.
 
 mod cluster;
+mod debias;
 mod fnc;
-mod labels;
+mod hcl;
+mod label_aware;
 mod mochi;
-mod neighbour;
-mod on_queue;
+mod multi_similarity;
+mod nearest_neighbour;
+mod queue_pass;
+mod ring;
 mod selection;
+mod semi_hard;
+mod supervised;
+mod top_k;
+mod triplet;
 
-pub use cluster::{ClusterMode, OnlineKMeans};
-pub use labels::PositiveChoice;
+pub use cluster::{Cluster, ClusterMode, OnlineKMeans};
+pub use debias::Debias;
+pub use fnc::Fnc;
+pub use hcl::Hcl;
+pub use label_aware::LabelAware;
+pub use mochi::Mochi;
+pub use multi_similarity::MultiSimilarity;
+pub use nearest_neighbour::NearestNeighbour;
+pub use ring::Ring;
+pub use semi_hard::SemiHard;
+pub use supervised::Supervised;
+pub use top_k::TopK;
+pub use triplet::{BatchEasyHard, BatchHard, PositiveChoice};
 
 use crate::batch::MiningBatch;
 use crate::error::{Result, invalid};
 use crate::plan::MiningPlan;
 use crate::queue::{QueueBatch, QueuePlan};
 use candle_core::{Device, Tensor};
-use contrast_losses::{Aggregation, Cancellation};
-use contrast_memory::KeyQueue;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::fmt::Debug;
 
-/// One policy and its parameters, tagged by `name` in configs.
+/// When a policy runs (see the module documentation); policies run in stage order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Stage {
+    Positives = 1,
+    Removal = 2,
+    Selection = 3,
+    Weighting = 4,
+    Synthesis = 5,
+    Anchors = 6,
+}
+
+/// What one step lends every policy: the step's random stream and the pipeline's seed
+/// (for a policy's own random state, such as NNCLR's initial support keys).
+#[derive(Debug)]
+pub struct Step<'a> {
+    pub rng: &'a mut ChaCha8Rng,
+    pub seed: u64,
+}
+
+/// What a policy's queue form needs the row pass to provide.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueNeeds {
+    /// Each query's key's similarities to the queue (FNC's support set); also records
+    /// the identified entries for diagnostics.
+    pub key_sims: bool,
+    /// Synthetic points per query (MoCHi), which needs the raw queue and query rows.
+    pub synthetic: usize,
+}
+
+/// One query's view of a queue step, handed to every policy's
+/// [`Policy::plan_queue_row`] in stage order.
+#[derive(Debug)]
+pub struct QueueRow<'a> {
+    /// The query's index `i` in `0..queries`.
+    pub query: usize,
+    pub queries: usize,
+    /// Cosine of the query to every queue entry `[K]`.
+    pub sims: &'a [f32],
+    /// Cosine of the query's key to every queue entry `[K]`, when a policy asked.
+    pub key_sims: Option<&'a [f32]>,
+    /// Cosine of the query to its own key.
+    pub positive_sim: f32,
+    pub batch: &'a QueueBatch,
+    pub plan: &'a mut QueuePlan,
+    /// Entries identified as false negatives of this query (diagnostics).
+    pub identified: &'a mut Vec<u32>,
+    /// Queue rows `[K * D]` and this query's row `[D]`, when synthesis was asked for.
+    pub vectors: Option<(&'a [f32], &'a [f32])>,
+    /// This query's synthetic points `[S * D]`.
+    pub synthetic: &'a mut [f32],
+    pub rng: &'a mut ChaCha8Rng,
+}
+
+/// A sampling policy: it edits a [`MiningPlan`] for in-batch candidates and, if it has
+/// a queue form, a [`QueuePlan`] one query at a time.
+pub trait Policy: Debug + Send {
+    /// The policy's name in configs.
+    fn name(&self) -> &'static str;
+
+    /// The stage it runs in.
+    fn stage(&self) -> Stage;
+
+    /// Whether it reads class labels to decide (never only for diagnostics).
+    fn reads_labels(&self) -> bool {
+        false
+    }
+
+    /// Checks the parameters; an error names the bad one.
+    fn validate(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Sets the seed of the policy's own random state (not its per-step draws, which
+    /// come from [`Step::rng`]).
+    fn set_seed(&mut self, _seed: u64) {}
+
+    /// Edits the in-batch plan. Stateful policies update their state.
+    fn plan(
+        &mut self,
+        batch: &MiningBatch,
+        plan: &mut MiningPlan,
+        step: &mut Step<'_>,
+    ) -> Result<()>;
+
+    /// Whether the policy has a queue form.
+    fn on_queue(&self) -> bool {
+        false
+    }
+
+    /// What the queue form needs computed for each row.
+    fn queue_needs(&self) -> QueueNeeds {
+        QueueNeeds::default()
+    }
+
+    /// Runs once per queue step, before the rows.
+    fn prepare_queue(&self, _batch: &QueueBatch, _plan: &mut QueuePlan) -> Result<()> {
+        Ok(())
+    }
+
+    /// Edits one query's part of the queue plan.
+    fn plan_queue_row(&self, _row: &mut QueueRow<'_>) -> Result<()> {
+        Err(not_on_queue(self.name()))
+    }
+
+    /// The policy's state as named tensors, for checkpoints (empty when stateless).
+    fn state(&self, _device: &Device) -> Result<HashMap<String, Tensor>> {
+        Ok(HashMap::new())
+    }
+
+    /// Restores [`Policy::state`].
+    fn load_state(&mut self, _state: &HashMap<String, Tensor>) -> Result<()> {
+        Err(invalid(
+            "state",
+            format!("policy `{}` keeps no state", self.name()),
+        ))
+    }
+}
+
+fn not_on_queue(name: &str) -> crate::error::MiningError {
+    invalid(
+        "mining",
+        format!("`{name}` works on in-batch candidates, not on a queue"),
+    )
+}
+
+/// One policy and its parameters, tagged by `name` in configs. This enum is the
+/// serde form only; [`PolicyConfig::build`] makes the policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "name", rename_all = "snake_case")]
 pub enum PolicyConfig {
-    /// Same-label candidates are positives (SupCon); needs labels.
-    Supervised,
-    /// False negative cancellation: candidates whose similarity to the anchor's image
-    /// (max or mean over its views) is among the `topk` highest and/or above
-    /// `threshold` are attracted (made positives) or eliminated (removed).
-    Fnc {
-        #[serde(default)]
-        topk: Option<usize>,
-        #[serde(default)]
-        threshold: Option<f64>,
-        #[serde(default = "default_aggregation")]
-        aggregation: Aggregation,
-        #[serde(default = "default_cancellation")]
-        cancellation: Cancellation,
-    },
-    /// Same-label candidates are not negatives (CrossBatchMemory-style); needs labels.
-    LabelAware,
-    /// Online spherical k-means with `k` centroids (moved by `lr` per step, seeded once
-    /// the mean pair cosine is below `start_below`); the cluster id removes,
-    /// restricts or down-weights (to `same_weight`) negatives.
-    Cluster {
-        k: usize,
-        #[serde(default = "default_cluster_lr")]
-        lr: f64,
-        #[serde(default = "default_cluster_mode")]
-        mode: ClusterMode,
-        #[serde(default = "default_start_below")]
-        start_below: f64,
-        #[serde(default = "default_same_weight")]
-        same_weight: f64,
-    },
-    /// Keep only the `k` most similar negatives.
-    TopK { k: usize },
-    /// Keep negatives ranked in `[floor(inner * outer_size), outer_size)`,
-    /// `outer_size = floor(outer * count)` (Ring).
-    Ring { outer: f64, inner: f64 },
-    /// Keep negatives with `s_pos - margin < s < s_pos` (FaceNet's semi-hard band;
-    /// `s_pos` is the anchor's mean positive similarity); all are kept when none is.
-    SemiHard { margin: f64 },
-    /// Metric learning: the hardest (least similar) same-label positive and the
-    /// hardest (most similar) different-label negative; needs labels.
-    BatchHard,
-    /// Metric learning: the easiest (most similar) same-label positive and the
-    /// hardest different-label negative; needs labels.
-    BatchEasyHard,
-    /// Multi-similarity mining: keep negatives with `s > min_pos - epsilon` and
-    /// positives with `s < max_neg + epsilon`; needs labels.
-    MultiSimilarity {
-        #[serde(default = "default_epsilon")]
-        epsilon: f64,
-    },
-    /// HCL importance weights `exp(beta l) / mean(exp(beta l))` over negatives.
-    Hcl { beta: f64 },
-    /// Debiasing with class prior `tau_plus` (Chuang et al.).
-    Debias { tau_plus: f64 },
-    /// MoCHi: from each anchor's `n_hardest` negatives, `mixes` points mixing two of
-    /// them and `query_mixes` points mixing one with the anchor (its weight below 0.5).
-    Mochi {
-        n_hardest: usize,
-        mixes: usize,
-        query_mixes: usize,
-    },
-    /// NNCLR: anchors are replaced by their nearest neighbour in a FIFO support of
-    /// `support_size` past anchors.
-    NearestNeighbour {
-        #[serde(default = "default_support_size")]
-        support_size: usize,
-    },
-}
-
-fn default_aggregation() -> Aggregation {
-    Aggregation::Max
-}
-
-fn default_cancellation() -> Cancellation {
-    Cancellation::Elimination
-}
-
-fn default_epsilon() -> f64 {
-    0.1
-}
-
-fn default_cluster_lr() -> f64 {
-    0.1
-}
-
-fn default_cluster_mode() -> ClusterMode {
-    ClusterMode::RemoveSame
-}
-
-fn default_start_below() -> f64 {
-    1.0
-}
-
-fn default_same_weight() -> f64 {
-    0.5
-}
-
-fn default_support_size() -> usize {
-    8192
+    Supervised(Supervised),
+    Fnc(Fnc),
+    LabelAware(LabelAware),
+    Cluster(Cluster),
+    TopK(TopK),
+    Ring(Ring),
+    SemiHard(SemiHard),
+    BatchHard(BatchHard),
+    BatchEasyHard(BatchEasyHard),
+    MultiSimilarity(MultiSimilarity),
+    Hcl(Hcl),
+    Debias(Debias),
+    Mochi(Mochi),
+    NearestNeighbour(NearestNeighbour),
 }
 
 impl PolicyConfig {
-    /// The policy's name in configs.
-    pub fn name(&self) -> &'static str {
+    /// The policy this config describes, with fresh state: the registration of every
+    /// policy.
+    pub fn build(&self) -> Box<dyn Policy> {
         match self {
-            PolicyConfig::Supervised => "supervised",
-            PolicyConfig::Fnc { .. } => "fnc",
-            PolicyConfig::LabelAware => "label_aware",
-            PolicyConfig::Cluster { .. } => "cluster",
-            PolicyConfig::TopK { .. } => "top_k",
-            PolicyConfig::Ring { .. } => "ring",
-            PolicyConfig::SemiHard { .. } => "semi_hard",
-            PolicyConfig::BatchHard => "batch_hard",
-            PolicyConfig::BatchEasyHard => "batch_easy_hard",
-            PolicyConfig::MultiSimilarity { .. } => "multi_similarity",
-            PolicyConfig::Hcl { .. } => "hcl",
-            PolicyConfig::Debias { .. } => "debias",
-            PolicyConfig::Mochi { .. } => "mochi",
-            PolicyConfig::NearestNeighbour { .. } => "nearest_neighbour",
+            PolicyConfig::Supervised(p) => Box::new(p.clone()),
+            PolicyConfig::Fnc(p) => Box::new(p.clone()),
+            PolicyConfig::LabelAware(p) => Box::new(p.clone()),
+            PolicyConfig::Cluster(p) => Box::new(cluster::Clustering::new(p.clone())),
+            PolicyConfig::TopK(p) => Box::new(p.clone()),
+            PolicyConfig::Ring(p) => Box::new(p.clone()),
+            PolicyConfig::SemiHard(p) => Box::new(p.clone()),
+            PolicyConfig::BatchHard(p) => Box::new(p.clone()),
+            PolicyConfig::BatchEasyHard(p) => Box::new(p.clone()),
+            PolicyConfig::MultiSimilarity(p) => Box::new(p.clone()),
+            PolicyConfig::Hcl(p) => Box::new(p.clone()),
+            PolicyConfig::Debias(p) => Box::new(p.clone()),
+            PolicyConfig::Mochi(p) => Box::new(p.clone()),
+            PolicyConfig::NearestNeighbour(p) => {
+                Box::new(nearest_neighbour::Neighbours::new(p.clone()))
+            }
         }
     }
 
-    /// The stage the policy runs in (see the module documentation).
-    pub fn stage(&self) -> u8 {
-        match self {
-            PolicyConfig::Supervised => 1,
-            PolicyConfig::Fnc { cancellation, .. } => match cancellation {
-                Cancellation::Attraction => 1,
-                Cancellation::Elimination => 2,
-            },
-            PolicyConfig::LabelAware => 2,
-            PolicyConfig::Cluster { mode, .. } => match mode {
-                ClusterMode::RemoveSame => 2,
-                ClusterMode::RestrictToSame => 3,
-                ClusterMode::DownweightSame => 4,
-            },
-            PolicyConfig::TopK { .. }
-            | PolicyConfig::Ring { .. }
-            | PolicyConfig::SemiHard { .. }
-            | PolicyConfig::BatchHard
-            | PolicyConfig::BatchEasyHard
-            | PolicyConfig::MultiSimilarity { .. } => 3,
-            PolicyConfig::Hcl { .. } | PolicyConfig::Debias { .. } => 4,
-            PolicyConfig::Mochi { .. } => 5,
-            PolicyConfig::NearestNeighbour { .. } => 6,
-        }
+    /// The policy's name in configs.
+    pub fn name(&self) -> &'static str {
+        self.build().name()
+    }
+
+    /// The stage the policy runs in.
+    pub fn stage(&self) -> Stage {
+        self.build().stage()
     }
 
     /// Whether the policy reads class labels to decide (never only for diagnostics).
     pub fn uses_labels(&self) -> bool {
-        matches!(
-            self,
-            PolicyConfig::Supervised
-                | PolicyConfig::LabelAware
-                | PolicyConfig::BatchHard
-                | PolicyConfig::BatchEasyHard
-                | PolicyConfig::MultiSimilarity { .. }
-        )
+        self.build().reads_labels()
     }
 
     /// Checks the parameters.
     pub fn validate(&self) -> Result<()> {
-        match self {
-            PolicyConfig::Fnc {
-                topk, threshold, ..
-            } if topk.is_none() && threshold.is_none() => {
-                Err(invalid("topk", "fnc needs topk, threshold or both"))
-            }
-            PolicyConfig::Cluster { k, .. } if *k < 2 => {
-                Err(invalid("k", format!("cluster needs k >= 2, got {k}")))
-            }
-            PolicyConfig::Cluster { same_weight, .. } if !(0.0..=1.0).contains(same_weight) => {
-                Err(invalid(
-                    "same_weight",
-                    format!("cluster needs same_weight in [0, 1], got {same_weight}"),
-                ))
-            }
-            PolicyConfig::Cluster { lr, .. } if !(*lr > 0.0 && *lr <= 1.0) => Err(invalid(
-                "lr",
-                format!("cluster needs lr in (0, 1], got {lr}"),
-            )),
-            PolicyConfig::TopK { k } if *k == 0 => Err(invalid("k", "top_k needs k >= 1")),
-            PolicyConfig::Ring { outer, inner }
-                if !(*outer > 0.0 && *outer <= 1.0 && (0.0..1.0).contains(inner)) =>
-            {
-                Err(invalid(
-                    "outer",
-                    format!("ring needs outer in (0, 1] and inner in [0, 1), got {outer}, {inner}"),
-                ))
-            }
-            PolicyConfig::SemiHard { margin } if margin.is_nan() || *margin <= 0.0 => {
-                Err(invalid("margin", format!("{margin} must be > 0")))
-            }
-            PolicyConfig::MultiSimilarity { epsilon } if epsilon.is_nan() || *epsilon < 0.0 => {
-                Err(invalid("epsilon", format!("{epsilon} must be >= 0")))
-            }
-            PolicyConfig::Hcl { beta } if beta.is_nan() || *beta < 0.0 => {
-                Err(invalid("beta", format!("{beta} must be >= 0")))
-            }
-            PolicyConfig::Debias { tau_plus } if !(0.0..1.0).contains(tau_plus) => {
-                Err(invalid("tau_plus", format!("{tau_plus} is outside [0, 1)")))
-            }
-            PolicyConfig::Mochi {
-                n_hardest,
-                mixes,
-                query_mixes,
-            } if *n_hardest < 2 || mixes + query_mixes == 0 => Err(invalid(
-                "n_hardest",
-                "mochi needs n_hardest >= 2 and at least one mixed point",
-            )),
-            PolicyConfig::NearestNeighbour { support_size } if *support_size == 0 => Err(invalid(
-                "support_size",
-                "nearest_neighbour needs support_size >= 1",
-            )),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// What a stateful policy carries from step to step.
-#[derive(Debug, Clone, Default)]
-enum PolicyState {
-    #[default]
-    Stateless,
-    KMeans(OnlineKMeans),
-    Support(Option<KeyQueue>),
-}
-
-/// A policy with its state.
-#[derive(Debug, Clone)]
-struct Policy {
-    config: PolicyConfig,
-    state: PolicyState,
-}
-
-impl Policy {
-    fn apply(
-        &mut self,
-        batch: &MiningBatch,
-        plan: &mut MiningPlan,
-        rng: &mut ChaCha8Rng,
-        seed: u64,
-    ) -> Result<()> {
-        match (&self.config, &mut self.state) {
-            (PolicyConfig::Supervised, _) => labels::supervised(batch, plan),
-            (
-                PolicyConfig::Fnc {
-                    topk,
-                    threshold,
-                    aggregation,
-                    cancellation,
-                },
-                _,
-            ) => fnc::fnc(batch, plan, *topk, *threshold, *aggregation, *cancellation),
-            (PolicyConfig::LabelAware, _) => labels::label_aware(batch, plan),
-            (
-                PolicyConfig::Cluster {
-                    k,
-                    lr,
-                    mode,
-                    start_below,
-                    same_weight,
-                },
-                PolicyState::KMeans(state),
-            ) => {
-                let params = cluster::ClusterParams {
-                    k: *k,
-                    lr: *lr,
-                    mode: *mode,
-                    start_below: *start_below,
-                    same_weight: *same_weight,
-                };
-                cluster::cluster(batch, plan, state, params, rng)
-            }
-            (PolicyConfig::TopK { k }, _) => {
-                selection::top_k(batch, plan, *k);
-                Ok(())
-            }
-            (PolicyConfig::Ring { outer, inner }, _) => {
-                selection::ring(batch, plan, *outer, *inner);
-                Ok(())
-            }
-            (PolicyConfig::SemiHard { margin }, _) => {
-                selection::semi_hard(batch, plan, *margin);
-                Ok(())
-            }
-            (PolicyConfig::BatchHard, _) => {
-                labels::triplet(batch, plan, PositiveChoice::Hardest, "batch_hard")
-            }
-            (PolicyConfig::BatchEasyHard, _) => {
-                labels::triplet(batch, plan, PositiveChoice::Easiest, "batch_easy_hard")
-            }
-            (PolicyConfig::MultiSimilarity { epsilon }, _) => {
-                labels::multi_similarity(batch, plan, *epsilon)
-            }
-            (PolicyConfig::Hcl { beta }, _) => {
-                plan.hardness_beta = Some(*beta);
-                Ok(())
-            }
-            (PolicyConfig::Debias { tau_plus }, _) => {
-                plan.tau_plus = Some(*tau_plus);
-                Ok(())
-            }
-            (
-                PolicyConfig::Mochi {
-                    n_hardest,
-                    mixes,
-                    query_mixes,
-                },
-                _,
-            ) => mochi::mochi(batch, plan, *n_hardest, *mixes, *query_mixes, rng),
-            (PolicyConfig::NearestNeighbour { support_size }, PolicyState::Support(queue)) => {
-                neighbour::nearest_neighbour(batch, plan, queue, *support_size, seed)
-            }
-            (config, _) => Err(invalid(
-                "policy",
-                format!("`{}` has no state", config.name()),
-            )),
-        }
+        self.build().validate()
     }
 }
 
 /// An ordered list of policies and their state (k-means centroids, NNCLR support).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct Pipeline {
-    policies: Vec<Policy>,
+    configs: Vec<PolicyConfig>,
+    policies: Vec<Box<dyn Policy>>,
     seed: u64,
 }
 
 impl Pipeline {
     /// Validates the policies and orders them by stage (stable within a stage).
-    pub fn new(mut policies: Vec<PolicyConfig>) -> Result<Self> {
-        for p in &policies {
+    pub fn new(mut configs: Vec<PolicyConfig>) -> Result<Self> {
+        for p in &configs {
             p.validate()?;
         }
-        policies.sort_by_key(|p| p.stage());
-        let policies = policies
-            .into_iter()
-            .map(|config| {
-                let state = match config {
-                    PolicyConfig::Cluster { .. } => PolicyState::KMeans(OnlineKMeans::default()),
-                    PolicyConfig::NearestNeighbour { .. } => PolicyState::Support(None),
-                    _ => PolicyState::Stateless,
-                };
-                Policy { config, state }
-            })
-            .collect();
-        Ok(Self { policies, seed: 0 })
+        configs.sort_by_key(|p| p.stage());
+        let policies = configs.iter().map(PolicyConfig::build).collect();
+        Ok(Self {
+            configs,
+            policies,
+            seed: 0,
+        })
     }
 
     /// Sets the seed of the policies' own random state (the NNCLR support's initial
     /// keys); per-step randomness comes from the RNG given to [`Pipeline::plan`].
     pub fn with_seed(mut self, seed: u64) -> Self {
         self.seed = seed;
+        for p in &mut self.policies {
+            p.set_seed(seed);
+        }
         self
     }
 
     /// The policies in application order.
     pub fn policies(&self) -> impl ExactSizeIterator<Item = &PolicyConfig> {
-        self.policies.iter().map(|p| &p.config)
+        self.configs.iter()
     }
 
     /// Whether no policy is configured (plain instance discrimination).
@@ -419,31 +306,27 @@ impl Pipeline {
     /// Stateful policies update their state.
     pub fn plan(&mut self, batch: &MiningBatch, rng: &mut ChaCha8Rng) -> Result<MiningPlan> {
         let mut plan = batch.default_plan();
-        let seed = self.seed;
+        let mut step = Step {
+            rng,
+            seed: self.seed,
+        };
         for p in &mut self.policies {
-            p.apply(batch, &mut plan, rng, seed)?;
+            p.plan(batch, &mut plan, &mut step)?;
         }
         Ok(plan)
     }
 
-    /// The plan for a queue step (MoCo): the policies with a queue form
-    /// (`fnc`, `label_aware`, `top_k`, `ring`, `semi_hard`, `mochi`) in stage order;
-    /// any other policy is an error naming it.
+    /// The plan for a queue step (MoCo): every policy's queue form in stage order; a
+    /// policy without one is an error naming it.
     pub fn plan_queue(&self, batch: &QueueBatch, rng: &mut ChaCha8Rng) -> Result<QueuePlan> {
-        let configs: Vec<PolicyConfig> = self.policies().cloned().collect();
-        on_queue::plan_queue(&configs, batch, rng)
+        self.check_queue()?;
+        queue_pass::plan_queue(&self.policies, batch, rng)
     }
 
     /// Checks that every policy has a queue form.
     pub fn check_queue(&self) -> Result<()> {
-        match self.policies().find(|p| !on_queue::applies_to_queue(p)) {
-            Some(p) => Err(invalid(
-                "mining",
-                format!(
-                    "`{}` works on in-batch candidates, not on a queue",
-                    p.name()
-                ),
-            )),
+        match self.policies.iter().find(|p| !p.on_queue()) {
+            Some(p) => Err(not_on_queue(p.name())),
             None => Ok(()),
         }
     }
@@ -453,13 +336,8 @@ impl Pipeline {
     pub fn state(&self, device: &Device) -> Result<HashMap<String, Tensor>> {
         let mut out = HashMap::new();
         for (i, p) in self.policies.iter().enumerate() {
-            let tensors = match &p.state {
-                PolicyState::Stateless | PolicyState::Support(None) => continue,
-                PolicyState::KMeans(k) => k.state(device)?,
-                PolicyState::Support(Some(q)) => q.state()?,
-            };
-            for (k, v) in tensors {
-                out.insert(format!("{i}.{}.{k}", p.config.name()), v);
+            for (k, v) in p.state(device)? {
+                out.insert(format!("{i}.{}.{k}", p.name()), v);
             }
         }
         Ok(out)
@@ -468,31 +346,13 @@ impl Pipeline {
     /// Restores [`Pipeline::state`] into a pipeline of the same configuration.
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
         for (i, p) in self.policies.iter_mut().enumerate() {
-            let prefix = format!("{i}.{}.", p.config.name());
+            let prefix = format!("{i}.{}.", p.name());
             let mine: HashMap<String, Tensor> = state
                 .iter()
                 .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), v.clone())))
                 .collect();
-            if mine.is_empty() {
-                continue;
-            }
-            match (&p.config, &mut p.state) {
-                (_, PolicyState::KMeans(k)) => k.load_state(&mine)?,
-                (PolicyConfig::NearestNeighbour { support_size }, PolicyState::Support(q)) => {
-                    let keys = mine
-                        .get("keys")
-                        .ok_or_else(|| invalid("state", "missing support `keys`"))?;
-                    let mut queue =
-                        KeyQueue::new(*support_size, keys.dim(1)?, self.seed, keys.device())?;
-                    queue.load_state(&mine)?;
-                    *q = Some(queue);
-                }
-                _ => {
-                    return Err(invalid(
-                        "state",
-                        format!("policy `{}` keeps no state", p.config.name()),
-                    ));
-                }
+            if !mine.is_empty() {
+                p.load_state(&mine)?;
             }
         }
         Ok(())

@@ -1,23 +1,30 @@
-//! Stage 3 without labels: keep a subset of each anchor's negatives by rank or by
-//! similarity band.
+//! Rank-based selection shared by the in-batch policies that keep a subset of each
+//! anchor's negatives (`top_k`, `ring`, `mochi`), and by the queue pass's
+//! rank-to-window conversion.
 
 use crate::batch::MiningBatch;
 use crate::plan::MiningPlan;
+use contrast_losses::hardest_first;
+use std::ops::Range;
 
 /// Kept negatives of anchor `i`, most similar first (ties towards the lower index).
 pub(crate) fn ranked_negatives(batch: &MiningBatch, plan: &MiningPlan, i: usize) -> Vec<usize> {
     let row = batch.sim_row(i);
-    let mut negs = plan.kept_negatives(i);
-    negs.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-    negs
+    let mut negs: Vec<(usize, f32)> = plan
+        .kept_negatives(i)
+        .into_iter()
+        .map(|c| (c, row[c]))
+        .collect();
+    negs.sort_by(hardest_first);
+    negs.into_iter().map(|(c, _)| c).collect()
 }
 
-/// Keeps, for every anchor, the slice of its ranked negatives that `band` returns
-/// (as a range of ranks, given the number of negatives).
-fn keep_ranks(
+/// Keeps, for every anchor, the ranks of its ranked negatives that `band` returns
+/// (given the number of negatives); the others leave the row.
+pub(crate) fn keep_ranks(
     batch: &MiningBatch,
     plan: &mut MiningPlan,
-    band: impl Fn(usize) -> std::ops::Range<usize>,
+    band: impl Fn(usize) -> Range<usize>,
 ) {
     for i in 0..plan.anchors {
         let negs = ranked_negatives(batch, plan, i);
@@ -31,39 +38,18 @@ fn keep_ranks(
     }
 }
 
-/// Top-k: the `k` most similar negatives.
-pub(crate) fn top_k(batch: &MiningBatch, plan: &mut MiningPlan, k: usize) {
-    keep_ranks(batch, plan, |n| 0..k.min(n));
-}
-
-/// Ring: ranks `[floor(inner * o), o)` with `o = floor(outer * count)`.
-pub(crate) fn ring(batch: &MiningBatch, plan: &mut MiningPlan, outer: f64, inner: f64) {
-    keep_ranks(batch, plan, |n| {
-        let outer_size = (outer * n as f64).floor() as usize;
-        let inner_idx = (inner * outer_size as f64).floor() as usize;
-        inner_idx.min(outer_size)..outer_size
-    });
-}
-
-/// Mean similarity of anchor `i` to its positives.
-pub(crate) fn mean_positive_sim(batch: &MiningBatch, plan: &MiningPlan, i: usize) -> f32 {
-    let row = batch.sim_row(i);
-    let p = &plan.positives[i];
-    p.iter().map(|(c, _)| row[*c as usize]).sum::<f32>() / p.len().max(1) as f32
-}
-
-/// Semi-hard: negatives with `s_pos - margin < s < s_pos`; all stay when none is.
-pub(crate) fn semi_hard(batch: &MiningBatch, plan: &mut MiningPlan, margin: f64) {
-    for i in 0..plan.anchors {
-        let pos = mean_positive_sim(batch, plan, i);
-        let lo = pos - margin as f32;
-        let row = batch.sim_row(i);
-        let negs = plan.kept_negatives(i);
-        let in_band = |c: usize| row[c] > lo && row[c] < pos;
-        if negs.iter().any(|&c| in_band(c)) {
-            for c in negs.into_iter().filter(|&c| !in_band(c)) {
-                plan.row_mut(i)[c] = 0.0;
-            }
+/// The similarity halfway between ranks `r - 1` and `r` (most similar first) of
+/// `values`, so that a window starting there keeps ranks `< r`: how a rank band becomes
+/// a similarity window the streaming kernel applies to its own dot products. Linear
+/// time: one selection, which reorders `values`.
+pub(crate) fn edge_below(values: &mut [f32], r: usize) -> f32 {
+    match r {
+        0 => f32::INFINITY,
+        r if r >= values.len() => f32::NEG_INFINITY,
+        r => {
+            let (above, at, _) = values.select_nth_unstable_by(r, |a, b| b.total_cmp(a));
+            let last_kept = above.iter().copied().fold(f32::INFINITY, f32::min);
+            0.5 * (last_kept + *at)
         }
     }
 }
