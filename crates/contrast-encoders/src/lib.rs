@@ -12,6 +12,42 @@
 //! Layers are built from plain candle tensor ops that all have gradients (no fused
 //! LayerNorm or softmax, whose candle 0.11 fast paths drop gradients), and
 //! convolutions are im2col plus a matrix product ([`conv`]).
+//!
+//! # Example
+//!
+//! A seeded ConvNet embedding a batch of images `[B, H, W, C]` into `[B, D]`:
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor};
+//! use candle_nn::VarMap;
+//! use contrast_encoders::{ConvNet, ConvPool, Encoder, InputShape, ParamBuilder};
+//!
+//! let input = InputShape { height: 8, width: 8, channels: 1 };
+//! // Every parameter is drawn from a generator keyed by the seed and its path.
+//! let build = |varmap: &VarMap, seed| {
+//!     let pb = ParamBuilder::new(varmap, DType::F32, &Device::Cpu, seed);
+//!     ConvNet::new(input, &[4, 8], ConvPool::Avg, pb.pp("backbone"))
+//! };
+//! let varmap = VarMap::new();
+//! let net = build(&varmap, 0)?;
+//! assert_eq!(varmap.all_vars().len(), 2 * 5); // per stage: weight, BN scale and shift, 2 running stats
+//!
+//! let x = Tensor::arange(0f32, 128.0, &Device::Cpu)?
+//!     .affine(1.0 / 128.0, -0.5)?
+//!     .reshape((2, 8, 8, 1))?;
+//! let h = net.forward_t(&x, false)?; // eval mode: BatchNorm uses running statistics
+//! // Global average pooling: the representation is the last stage's width.
+//! assert_eq!(h.dims(), &[2, 8]);
+//! let values = h.flatten_all()?.to_vec1::<f32>()?;
+//! assert!(values.iter().all(|v| v.is_finite() && *v >= 0.0)); // pooled ReLU outputs
+//!
+//! // The same seed rebuilds the same network; another seed, another one.
+//! let same = build(&VarMap::new(), 0)?.forward_t(&x, false)?;
+//! assert_eq!(same.flatten_all()?.to_vec1::<f32>()?, values);
+//! let other = build(&VarMap::new(), 1)?.forward_t(&x, false)?;
+//! assert_ne!(other.flatten_all()?.to_vec1::<f32>()?, values);
+//! # Ok::<(), candle_core::Error>(())
+//! ```
 
 pub mod batch_norm;
 pub mod config;

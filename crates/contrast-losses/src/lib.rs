@@ -20,6 +20,36 @@
 //! | SimLAP | [`simlap`] | partner class, gated subspace | outside the class pair |
 //! | LooC | [`looc`] | per-space key | negatives (+ other keys) |
 //! | alignment / uniformity | [`align_uniform`] | metrics | |
+//!
+//! # Example
+//!
+//! NT-Xent on two views, its gradient, and a value known in closed form:
+//!
+//! ```
+//! use candle_core::{DType, Device, Tensor, Var};
+//! use contrast_losses::{nt_xent, nt_xent_reference};
+//!
+//! let dev = Device::Cpu;
+//! // Two views [B, D] of B = 8 samples; the loss normalises the rows itself.
+//! let z1 = Var::randn(0f32, 1.0, (8, 16), &dev)?;
+//! let z2 = Tensor::randn(0f32, 1.0, (8, 16), &dev)?;
+//! let loss = nt_xent(z1.as_tensor(), &z2, 0.5)?; // scalar, mean over the 2B anchors
+//! let value = loss.to_scalar::<f32>()?;
+//! assert!(value.is_finite() && value > 0.0);
+//! // The streaming kernel agrees with the dense composition of candle ops.
+//! let dense = nt_xent_reference(z1.as_tensor(), &z2, 0.5)?.to_scalar::<f32>()?;
+//! assert!((value - dense).abs() < 1e-5);
+//! // Gradients reach the embeddings.
+//! let grads = loss.backward()?;
+//! assert_eq!(grads.get(&z1).expect("a gradient for z1").dims(), &[8, 16]);
+//!
+//! // When all 2B embeddings coincide, the positive scores like each of the 2B - 1
+//! // candidates, so the loss is ln(2B - 1) at any temperature.
+//! let same = Tensor::ones((8, 16), DType::F32, &dev)?;
+//! let flat = nt_xent(&same, &same, 0.1)?.to_scalar::<f32>()?;
+//! assert!((flat - 15f32.ln()).abs() < 1e-5);
+//! # Ok::<(), contrast_losses::LossError>(())
+//! ```
 
 pub mod align_uniform;
 pub mod ascl;

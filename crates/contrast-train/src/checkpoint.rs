@@ -176,3 +176,15 @@ pub fn load(
     }
     Ok((state, extras))
 }
+
+/// Restores only the model variables (backbone, head, filter, BatchNorm running
+/// statistics) from checkpoint `dir`, without an optimiser: what inference needs,
+/// e.g. embedding images with a trained run. `model` must be built from the run's
+/// configuration, so that its variables match the checkpoint's by name and shape.
+pub fn load_model(dir: &Path, model: &mut ContrastiveModel) -> Result<()> {
+    let path = dir.join(MODEL_FILE);
+    model
+        .varmap
+        .load(&path)
+        .with_context(|| format!("{}: cannot restore the model", path.display()))
+}
