@@ -490,10 +490,16 @@ epochs = 1
             views,
             shape,
         };
-        let (loss, extras) = method.loss(&cfg, &model, &batch, 10, &device)?;
-        let grads = loss.backward()?;
-        opt.step(&grads, 0.01)?;
-        method.after_step(&cfg, &model, extras, &batch, step, steps)?;
+        method.step(
+            &cfg,
+            &model,
+            &mut opt,
+            &batch,
+            10,
+            (step, steps),
+            0.01,
+            &device,
+        )?;
         if step % 500 == 0 || step + 1 == steps {
             let rss = status_kib("VmRSS:") / 1024.0;
             samples.push((step, rss));

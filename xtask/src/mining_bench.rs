@@ -93,10 +93,16 @@ impl Runner {
             let loss = nt_xent(&z.narrow(0, 0, b)?, &z.narrow(0, b, b)?, 0.2)?;
             self.opt.step(&loss.backward()?, 0.1)?;
         } else {
-            let (loss, extras) = self.method.loss(cfg, &self.model, &batch, 10, &device)?;
-            self.opt.step(&loss.backward()?, 0.1)?;
-            self.method
-                .after_step(cfg, &self.model, extras, &batch, step, REPS + WARMUP)?;
+            self.method.step(
+                cfg,
+                &self.model,
+                &mut self.opt,
+                &batch,
+                10,
+                (step, REPS + WARMUP),
+                0.1,
+                &device,
+            )?;
             // The epoch's diagnostics summary is part of the cost of a logged run
             // (taken every step here, which overstates it).
             self.method.take_diagnostics();

@@ -92,7 +92,7 @@ impl InputShape {
 }
 
 /// A backbone: images `[B, H, W, C]` to representations `[B, out_dim]`.
-pub trait Encoder: Send + Sync {
+pub trait Encoder: Send + Sync + std::fmt::Debug {
     /// Runs the network; `train` selects batch statistics in BatchNorm (and updates
     /// the running ones).
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor>;

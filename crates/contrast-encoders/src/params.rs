@@ -28,6 +28,15 @@ pub struct ParamBuilder<'a> {
     seed: u64,
 }
 
+impl std::fmt::Debug for ParamBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParamBuilder")
+            .field("prefix", &self.vb.prefix())
+            .field("seed", &self.seed)
+            .finish_non_exhaustive()
+    }
+}
+
 /// FNV-1a over the path, mixed with the seed.
 fn path_seed(seed: u64, path: &str) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed.wrapping_mul(0x9E37_79B9_7F4A_7C15);

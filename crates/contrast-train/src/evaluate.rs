@@ -17,16 +17,18 @@ pub fn input_shape(d: &Dataset) -> InputShape {
 }
 
 /// Evaluation settings shared by every measurement of a run.
-pub struct Evaluator<'a> {
-    pub norm: &'a Normalization,
-    pub knn: &'a KnnConfig,
-    pub probe: &'a ProbeConfig,
+#[derive(Debug, Clone)]
+pub struct Evaluator {
+    /// The training set's per-channel statistics, applied to every image.
+    pub norm: Normalization,
+    pub knn: KnnConfig,
+    pub probe: ProbeConfig,
     /// Images per forward pass.
     pub batch: usize,
-    pub device: &'a Device,
+    pub device: Device,
 }
 
-impl Evaluator<'_> {
+impl Evaluator {
     /// Representations `[N, D]` of every image of `data`, in eval mode (no
     /// augmentation).
     pub fn features(&self, encoder: &dyn Encoder, data: &Dataset) -> Result<Tensor> {
@@ -37,7 +39,7 @@ impl Evaluator<'_> {
             let x = Tensor::from_vec(
                 data.normalized_f32(start..end, &self.norm.mean, &self.norm.std),
                 (end - start, s.height, s.width, s.channels),
-                self.device,
+                &self.device,
             )?;
             parts.push(encoder.forward_t(&x, false)?.detach());
         }
@@ -89,7 +91,7 @@ impl Evaluator<'_> {
             &fte,
             &test.labels,
             train.num_classes,
-            self.probe,
+            &self.probe,
         )
         .context("linear probe")?;
         Ok((top1, report))

@@ -16,6 +16,7 @@
 
 use crate::config::{Config, MethodConfig};
 use crate::model::ContrastiveModel;
+use crate::optim::Optimizer;
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use contrast_data::Batch;
@@ -41,18 +42,21 @@ pub type MethodState = Vec<(String, HashMap<String, Tensor>)>;
 pub type TensorGroups = HashMap<String, HashMap<String, Tensor>>;
 
 /// In-batch state: the mining pipeline and the epoch's diagnostics.
+#[derive(Debug)]
 pub struct InBatch {
     pub pipeline: Pipeline,
     pub diagnostics: Diagnostics,
 }
 
 /// The memory bank's state: one vector per training image and its stored neighbours.
+#[derive(Debug)]
 pub struct Bank {
     pub bank: MemoryBank,
     pub neighbours: Vec<Vec<u32>>,
 }
 
 /// MoCo's extra state.
+#[derive(Debug)]
 pub struct Moco {
     /// Mining policies on the queue, and the epoch's diagnostics.
     pub pipeline: Pipeline,
@@ -62,6 +66,7 @@ pub struct Moco {
 }
 
 /// The runtime state of the configured method.
+#[derive(Debug)]
 pub enum Method {
     /// In-batch candidates, with mining policies and their diagnostics.
     InBatch(Box<InBatch>),
@@ -71,6 +76,7 @@ pub enum Method {
 
 /// What a step produced besides the loss, for the update afterwards: keys to enqueue
 /// (MoCo), or features and nearest entries for the bank (InvP).
+#[derive(Debug, Default)]
 pub struct StepExtras {
     keys: Option<Tensor>,
     bank: Option<(Tensor, Vec<Vec<u32>>)>,
@@ -151,7 +157,7 @@ impl Method {
     }
 
     /// The loss of `batch` (to be differentiated) and what the update needs afterwards.
-    pub fn loss(
+    fn loss(
         &mut self,
         cfg: &Config,
         model: &ContrastiveModel,
@@ -159,154 +165,53 @@ impl Method {
         num_classes: usize,
         device: &Device,
     ) -> Result<(Tensor, StepExtras)> {
-        let s = batch.shape;
-        let b = batch.len();
-        let view = |v: usize| {
-            Tensor::from_slice(&batch.views[v], (b, s.height, s.width, s.channels), device)
-        };
-        let labels = Tensor::from_slice(&batch.labels, b, device)?;
-        let rng = |salt: u64| {
-            ChaCha8Rng::seed_from_u64(derive_seed(
-                cfg.seed,
-                &[batch.epoch as u64, batch.step as u64, salt],
-            ))
+        let step = StepInputs {
+            cfg,
+            model,
+            batch,
+            num_classes,
+            device,
         };
         match self {
-            Method::InBatch(state) => {
-                let x = Tensor::cat(
-                    &(0..batch.views.len())
-                        .map(view)
-                        .collect::<candle_core::Result<Vec<_>>>()?,
-                    0,
-                )?;
-                let (_, z) = model.forward_t(&x, true)?;
-                let views = (0..batch.views.len())
-                    .map(|v| z.narrow(0, v * b, b))
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                let (partners, gates) = match (&cfg.loss, &model.filter) {
-                    (LossConfig::Simlap(c), Some(filter)) => {
-                        let p =
-                            partner_classes(&batch.labels, num_classes, c.pairs, &mut rng(0x51a9))?;
-                        let p = Tensor::from_vec(p, b, device)?;
-                        let g = filter.forward_t(&labels, &p, true)?;
-                        (Some(p), Some(g))
-                    }
-                    _ => (None, None),
-                };
-                let loss = match &cfg.loss {
-                    // Instance discrimination: plan with the policies (none: SimCLR), and
-                    // judge the plan's negatives against the labels.
-                    LossConfig::NtXent(c) => {
-                        let ids: Vec<i64> = batch.indices.iter().map(|&i| i as i64).collect();
-                        let classes: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
-                        let mining = MiningBatch::in_batch(&views, &ids, Some(&classes))?;
-                        let plan = state.pipeline.plan(&mining, &mut rng(0x313))?;
-                        state.diagnostics.add(&mining, &plan, &mut rng(0xd1a9));
-                        if state.pipeline.is_empty() {
-                            cfg.loss.compute(LossInputs::views(&views))?
-                        } else {
-                            mined_info_nce(&z, &z, &plan, c.temperature)?
-                        }
-                    }
-                    _ => cfg.loss.compute(LossInputs {
-                        views: &views,
-                        labels: Some(&labels),
-                        queue: None,
-                        partners: partners.as_ref(),
-                        gates: gates.as_ref(),
-                    })?,
-                };
-                Ok((
-                    loss,
-                    StepExtras {
-                        keys: None,
-                        bank: None,
-                    },
-                ))
-            }
-            Method::Moco(m) => {
-                let MethodConfig::Moco { shuffle_splits, .. } = cfg.method else {
-                    bail!("method state and configuration disagree");
-                };
-                let (_, q) = model.forward_t(&view(0)?, true)?;
-                let k = shuffled_keys(&m.key, &view(1)?, shuffle_splits, &mut rng(0x5bf1))?;
-                let queue = m.queue.keys();
-                let mining = QueueBatch::new(
-                    &q,
-                    &k,
-                    queue,
-                    batch.indices.iter().map(|&i| i as i64).collect(),
-                    Some(batch.labels.iter().map(|&l| l as i64).collect()),
-                    m.queue.ids().to_vec(),
-                    m.queue.labels().to_vec(),
-                )?;
-                let plan = if m.pipeline.is_empty() {
-                    QueuePlan::new(b)
-                } else {
-                    m.pipeline.plan_queue(&mining, &mut rng(0x313))?
-                };
-                m.diagnostics.add_queue(&mining, &plan, &mut rng(0xd1a9))?;
-                let loss = match &cfg.loss {
-                    LossConfig::MocoInfoNce(c) if !m.pipeline.is_empty() => {
-                        mined_moco_info_nce(&q, &k, queue, &plan, c.temperature)?
-                    }
-                    _ => cfg.loss.compute(LossInputs {
-                        views: &[q, k.clone()],
-                        labels: Some(&labels),
-                        queue: Some(queue),
-                        partners: None,
-                        gates: None,
-                    })?,
-                };
-                Ok((
-                    loss,
-                    StepExtras {
-                        keys: Some(k),
-                        bank: None,
-                    },
-                ))
-            }
-            Method::Bank(m) => {
-                let (
-                    LossConfig::InvariancePropagation(c),
-                    MethodConfig::Bank {
-                        ramp_epochs,
-                        gaussian_ramp,
-                        ..
-                    },
-                ) = (&cfg.loss, &cfg.method)
-                else {
-                    bail!("method state and configuration disagree");
-                };
-                let (_, z) = model.forward_t(&view(0)?, true)?;
-                // The background is at most the whole bank (a training subset can be smaller
-                // than the configured M).
-                let capped = contrast_losses::InvPConfig {
-                    n_background: c.n_background.min(m.bank.len()),
-                    ..c.clone()
-                };
-                let weight = ramp(batch.epoch, *ramp_epochs, *gaussian_ramp);
-                let out = invariance_propagation(
-                    &z,
-                    &batch.indices,
-                    m.bank.vectors(),
-                    &m.neighbours,
-                    weight,
-                    &capped,
-                )?;
-                Ok((
-                    out.loss,
-                    StepExtras {
-                        keys: None,
-                        bank: Some((z.detach(), out.nearest)),
-                    },
-                ))
-            }
+            Method::InBatch(m) => m.loss(&step),
+            Method::Moco(m) => m.loss(&step),
+            Method::Bank(m) => m.loss(&step),
         }
     }
 
+    /// One optimisation step on `batch`: the loss, its gradients, the optimiser's
+    /// update at learning rate `lr`, then the method's own update ([`Method::after_step`]);
+    /// `progress` is `(step, total)` over the whole run. Returns the loss; a
+    /// non-finite loss stops the run with advice before any parameter moves.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        cfg: &Config,
+        model: &ContrastiveModel,
+        opt: &mut Optimizer,
+        batch: &Batch,
+        num_classes: usize,
+        progress: (usize, usize),
+        lr: f64,
+        device: &Device,
+    ) -> Result<f64> {
+        let (loss, extras) = self.loss(cfg, model, batch, num_classes, device)?;
+        let value = loss.to_scalar::<f32>()? as f64;
+        if !value.is_finite() {
+            bail!(
+                "non-finite loss ({value}) at epoch {} step {}: lower optim.lr or raise the temperature, then continue from the last checkpoint with --resume",
+                batch.epoch + 1,
+                batch.step
+            );
+        }
+        let grads = loss.backward()?;
+        opt.step(&grads, lr)?;
+        self.after_step(cfg, model, extras, batch, progress.0, progress.1)?;
+        Ok(value)
+    }
+
     /// After the optimiser step: the momentum update, then the keys join the queue.
-    pub fn after_step(
+    fn after_step(
         &mut self,
         cfg: &Config,
         model: &ContrastiveModel,
@@ -418,6 +323,197 @@ impl Method {
             Method::Moco(m) => m.queue.bytes(),
             Method::Bank(m) => m.bank.len() * (m.bank.vectors().dim(1).unwrap_or(0) * 4 + 8),
         }
+    }
+}
+
+/// What every method's loss reads for one step.
+struct StepInputs<'a> {
+    cfg: &'a Config,
+    model: &'a ContrastiveModel,
+    batch: &'a Batch,
+    num_classes: usize,
+    device: &'a Device,
+}
+
+impl StepInputs<'_> {
+    /// View `v` of the batch as images `[B, H, W, C]`.
+    fn view(&self, v: usize) -> candle_core::Result<Tensor> {
+        let s = self.batch.shape;
+        Tensor::from_slice(
+            &self.batch.views[v],
+            (self.batch.len(), s.height, s.width, s.channels),
+            self.device,
+        )
+    }
+
+    /// The step's random stream `salt`.
+    fn rng(&self, salt: u64) -> ChaCha8Rng {
+        ChaCha8Rng::seed_from_u64(derive_seed(
+            self.cfg.seed,
+            &[self.batch.epoch as u64, self.batch.step as u64, salt],
+        ))
+    }
+
+    fn ids(&self) -> Vec<i64> {
+        self.batch.indices.iter().map(|&i| i as i64).collect()
+    }
+
+    fn classes(&self) -> Vec<i64> {
+        self.batch.labels.iter().map(|&l| l as i64).collect()
+    }
+}
+
+impl InBatch {
+    /// Every view through the online network in one pass; the loss over the batch's
+    /// own views (mined when policies are configured).
+    fn loss(&mut self, step: &StepInputs<'_>) -> Result<(Tensor, StepExtras)> {
+        let StepInputs {
+            cfg, model, batch, ..
+        } = *step;
+        let b = batch.len();
+        let x = Tensor::cat(
+            &(0..batch.views.len())
+                .map(|v| step.view(v))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+            0,
+        )?;
+        let (_, z) = model.forward_t(&x, true)?;
+        let views = (0..batch.views.len())
+            .map(|v| z.narrow(0, v * b, b))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let labels = Tensor::from_slice(&batch.labels, b, step.device)?;
+        let (partners, gates) = match (&cfg.loss, &model.filter) {
+            (LossConfig::Simlap(c), Some(filter)) => {
+                let p = partner_classes(
+                    &batch.labels,
+                    step.num_classes,
+                    c.pairs,
+                    &mut step.rng(0x51a9),
+                )?;
+                let p = Tensor::from_vec(p, b, step.device)?;
+                let g = filter.forward_t(&labels, &p, true)?;
+                (Some(p), Some(g))
+            }
+            _ => (None, None),
+        };
+        let loss = match &cfg.loss {
+            // Instance discrimination: plan with the policies (none: SimCLR), and judge
+            // the plan's negatives against the labels.
+            LossConfig::NtXent(c) => {
+                let mining = MiningBatch::in_batch(&views, &step.ids(), Some(&step.classes()))?;
+                let plan = self.pipeline.plan(&mining, &mut step.rng(0x313))?;
+                self.diagnostics.add(&mining, &plan, &mut step.rng(0xd1a9));
+                if self.pipeline.is_empty() {
+                    cfg.loss.compute(LossInputs::views(&views))?
+                } else {
+                    mined_info_nce(&z, &z, &plan, c.temperature)?
+                }
+            }
+            _ => cfg.loss.compute(LossInputs {
+                views: &views,
+                labels: Some(&labels),
+                queue: None,
+                partners: partners.as_ref(),
+                gates: gates.as_ref(),
+            })?,
+        };
+        Ok((loss, StepExtras::default()))
+    }
+}
+
+impl Moco {
+    /// Queries from the online network, keys from the momentum encoder (Shuffle-BN),
+    /// negatives from the queue (mined when policies are configured).
+    fn loss(&mut self, step: &StepInputs<'_>) -> Result<(Tensor, StepExtras)> {
+        let cfg = step.cfg;
+        let MethodConfig::Moco { shuffle_splits, .. } = cfg.method else {
+            bail!("method state and configuration disagree");
+        };
+        let (_, q) = step.model.forward_t(&step.view(0)?, true)?;
+        let k = shuffled_keys(
+            &self.key,
+            &step.view(1)?,
+            shuffle_splits,
+            &mut step.rng(0x5bf1),
+        )?;
+        let queue = self.queue.keys();
+        let mining = QueueBatch::new(
+            &q,
+            &k,
+            queue,
+            step.ids(),
+            Some(step.classes()),
+            self.queue.ids().to_vec(),
+            self.queue.labels().to_vec(),
+        )?;
+        let plan = if self.pipeline.is_empty() {
+            QueuePlan::new(step.batch.len())
+        } else {
+            self.pipeline.plan_queue(&mining, &mut step.rng(0x313))?
+        };
+        self.diagnostics
+            .add_queue(&mining, &plan, &mut step.rng(0xd1a9))?;
+        let labels = Tensor::from_slice(&step.batch.labels, step.batch.len(), step.device)?;
+        let loss = match &cfg.loss {
+            LossConfig::MocoInfoNce(c) if !self.pipeline.is_empty() => {
+                mined_moco_info_nce(&q, &k, queue, &plan, c.temperature)?
+            }
+            _ => cfg.loss.compute(LossInputs {
+                views: &[q, k.clone()],
+                labels: Some(&labels),
+                queue: Some(queue),
+                partners: None,
+                gates: None,
+            })?,
+        };
+        Ok((
+            loss,
+            StepExtras {
+                keys: Some(k),
+                bank: None,
+            },
+        ))
+    }
+}
+
+impl Bank {
+    /// Invariance Propagation against the memory bank: the first view's embeddings,
+    /// their propagated positives and background from the bank.
+    fn loss(&mut self, step: &StepInputs<'_>) -> Result<(Tensor, StepExtras)> {
+        let (
+            LossConfig::InvariancePropagation(c),
+            MethodConfig::Bank {
+                ramp_epochs,
+                gaussian_ramp,
+                ..
+            },
+        ) = (&step.cfg.loss, &step.cfg.method)
+        else {
+            bail!("method state and configuration disagree");
+        };
+        let (_, z) = step.model.forward_t(&step.view(0)?, true)?;
+        // The background is at most the whole bank (a training subset can be smaller
+        // than the configured M).
+        let capped = contrast_losses::InvPConfig {
+            n_background: c.n_background.min(self.bank.len()),
+            ..c.clone()
+        };
+        let weight = ramp(step.batch.epoch, *ramp_epochs, *gaussian_ramp);
+        let out = invariance_propagation(
+            &z,
+            &step.batch.indices,
+            self.bank.vectors(),
+            &self.neighbours,
+            weight,
+            &capped,
+        )?;
+        Ok((
+            out.loss,
+            StepExtras {
+                keys: None,
+                bank: Some((z.detach(), out.nearest)),
+            },
+        ))
     }
 }
 

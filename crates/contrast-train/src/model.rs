@@ -18,6 +18,17 @@ pub struct ContrastiveModel {
     pub filter: Option<FeatureFilter>,
 }
 
+impl std::fmt::Debug for ContrastiveModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ContrastiveModel")
+            .field("backbone", &self.backbone)
+            .field("head", &self.head)
+            .field("filter", &self.filter)
+            .field("params", &self.num_params())
+            .finish_non_exhaustive()
+    }
+}
+
 impl ContrastiveModel {
     /// Builds the model with seeded initial values; `filter_classes` asks for a SimLAP
     /// feature filter over that many classes.

@@ -31,6 +31,7 @@ impl Param {
 }
 
 /// SGD with momentum or AdamW over a fixed set of parameters.
+#[derive(Debug)]
 pub struct Optimizer {
     config: OptimConfig,
     params: Vec<Param>,

@@ -49,34 +49,6 @@ pub fn load_data(cfg: &Config, data_dir: Option<&Path>) -> Result<Split> {
     })
 }
 
-/// One optimisation step on a batch; returns the loss.
-#[allow(clippy::too_many_arguments)]
-fn train_step(
-    cfg: &Config,
-    model: &ContrastiveModel,
-    method: &mut Method,
-    opt: &mut Optimizer,
-    batch: &Batch,
-    num_classes: usize,
-    (step, total): (usize, usize),
-    lr: f64,
-    device: &Device,
-) -> Result<f64> {
-    let (loss, extras) = method.loss(cfg, model, batch, num_classes, device)?;
-    let value = loss.to_scalar::<f32>()? as f64;
-    if !value.is_finite() {
-        bail!(
-            "non-finite loss ({value}) at epoch {} step {}: lower optim.lr or raise the temperature, then continue from the last checkpoint with --resume",
-            batch.epoch + 1,
-            batch.step
-        );
-    }
-    let grads = loss.backward()?;
-    opt.step(&grads, lr)?;
-    method.after_step(cfg, model, extras, batch, step, total)?;
-    Ok(value)
-}
-
 fn progress_bar(steps: usize, epoch: usize, epochs: usize, show: bool) -> ProgressBar {
     let pb = if show {
         ProgressBar::new(steps as u64)
@@ -121,157 +93,255 @@ fn plot_history(dir: &Path, history: &[EpochRecord], untrained: Option<f64>) -> 
     Ok(())
 }
 
-/// Runs (or resumes) training as configured and returns the summary.
-pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary> {
-    let started = Instant::now();
-    let device = Device::Cpu;
-    let out = &opts.out_dir;
-    let ckpt_dir = out.join("checkpoints");
-    std::fs::create_dir_all(&ckpt_dir)
-        .with_context(|| format!("creating {}", ckpt_dir.display()))?;
-    let config_toml = cfg.to_toml()?;
+/// A training run, step by step: [`Trainer::new`] sets it up (data, loader, model,
+/// optimiser, method state, and the checkpoint to continue from when resuming),
+/// [`Trainer::train`] runs the remaining epochs ([`Trainer::epoch`], each a loop of
+/// [`Trainer::step`] followed by the kNN monitor and a checkpoint), and
+/// [`Trainer::finish`] evaluates and writes the summary. [`run`] chains the three.
+#[derive(Debug)]
+pub struct Trainer {
+    cfg: Config,
+    out: PathBuf,
+    progress: bool,
+    device: Device,
+    train: Arc<Dataset>,
+    test: Dataset,
+    monitor_bank: Dataset,
+    loader: ViewLoader,
+    model: ContrastiveModel,
+    opt: Optimizer,
+    method: Method,
+    eval: Evaluator,
+    state: TrainState,
+    config_toml: String,
+    started: Instant,
+}
 
-    let data = load_data(cfg, opts.data_dir.as_deref())?;
-    let (train, test) = (Arc::new(data.train), data.test);
-    let norm = Normalization::from_dataset(&train);
-    let loader = ViewLoader::new(
-        train.clone(),
-        vec![cfg.data.augment.clone(); cfg.data.views],
-        norm.clone(),
-        LoaderConfig {
-            batch_size: cfg.data.batch_size,
-            drop_last: true,
-            shuffle: true,
-            seed: cfg.seed,
-            prefetch: cfg.data.prefetch,
-        },
-    )
-    .context("configuring the data loader")?;
-    let filter_classes = matches!(cfg.loss, LossConfig::Simlap(_)).then_some(train.num_classes);
-    let mut model = ContrastiveModel::new(
-        &cfg.model,
-        input_shape(&train),
-        filter_classes,
-        &device,
-        cfg.seed,
-    )?;
-    let mut opt = Optimizer::new(cfg.optim.clone(), model.params());
-    let mut method = Method::new(cfg, &model, input_shape(&train), train.len(), &device)?;
-    let eval = Evaluator {
-        norm: &norm,
-        knn: &cfg.eval.knn,
-        probe: &cfg.eval.probe,
-        batch: cfg.eval.batch_size,
-        device: &device,
-    };
-    let monitor_bank = train.head(cfg.eval.monitor_bank);
+impl Trainer {
+    /// Sets up a run in `opts.out_dir`: loads the data, builds the loader, the seeded
+    /// model, the optimiser and the method's state, then continues from the latest
+    /// checkpoint when `opts.resume` (refusing to overwrite one otherwise), and
+    /// measures the untrained encoder when baselines are on.
+    pub fn new(cfg: &Config, opts: &RunOptions) -> Result<Self> {
+        let started = Instant::now();
+        let device = Device::Cpu;
+        let ckpt_dir = opts.out_dir.join("checkpoints");
+        std::fs::create_dir_all(&ckpt_dir)
+            .with_context(|| format!("creating {}", ckpt_dir.display()))?;
+        let config_toml = cfg.to_toml()?;
 
-    let mut state = match checkpoint::latest(&ckpt_dir)? {
-        Some(dir) if opts.resume => {
-            let (state, extras) = checkpoint::load(&dir, &mut model, &mut opt)?;
-            method
-                .load_state(extras)
-                .with_context(|| format!("{}: method state", dir.display()))?;
-            if state.config_toml != config_toml {
-                eprintln!(
-                    "note: the configuration differs from the checkpoint's; continuing with the new one"
-                );
-            }
-            println!(
-                "resuming from {} (epoch {} done)",
-                dir.display(),
-                state.epoch
-            );
-            state
-        }
-        Some(dir) => bail!(
-            "{} already holds a checkpoint ({}); pass --resume to continue it or choose another --out",
-            out.display(),
-            dir.display()
-        ),
-        None => {
-            if opts.resume {
-                println!(
-                    "no checkpoint in {}; starting from scratch",
-                    ckpt_dir.display()
-                );
-            }
-            TrainState {
-                epoch: 0,
-                optimizer_steps: 0,
-                history: Vec::new(),
-                train_seconds: 0.0,
-                eval_seconds: 0.0,
-                images_seen: 0,
-                data_wait_seconds: 0.0,
-                untrained_knn_top1: None,
-                config_toml: config_toml.clone(),
-            }
-        }
-    };
-    std::fs::write(out.join("config.toml"), &config_toml)?;
-    println!(
-        "{}: {} on {} ({} train / {} test images), {} parameters, {} epochs of {} steps",
-        cfg.name,
-        cfg.loss.name(),
-        cfg.data.dataset,
-        train.len(),
-        test.len(),
-        model.num_params(),
-        cfg.train.epochs,
-        loader.steps_per_epoch()
-    );
-    if !cfg.mining.is_empty() {
-        let names: Vec<&str> = cfg.mining.iter().map(|p| p.name()).collect();
-        let labelled: Vec<&str> = cfg
-            .mining
-            .iter()
-            .filter(|p| p.uses_labels())
-            .map(|p| p.name())
-            .collect();
-        let supervision = if labelled.is_empty() {
-            String::new()
-        } else {
-            format!(" (reading class labels: {})", labelled.join(", "))
+        let data = load_data(cfg, opts.data_dir.as_deref())?;
+        let (train, test) = (Arc::new(data.train), data.test);
+        let norm = Normalization::from_dataset(&train);
+        let loader = ViewLoader::new(
+            train.clone(),
+            vec![cfg.data.augment.clone(); cfg.data.views],
+            norm.clone(),
+            LoaderConfig {
+                batch_size: cfg.data.batch_size,
+                drop_last: true,
+                shuffle: true,
+                seed: cfg.seed,
+                prefetch: cfg.data.prefetch,
+            },
+        )
+        .context("configuring the data loader")?;
+        let filter_classes = matches!(cfg.loss, LossConfig::Simlap(_)).then_some(train.num_classes);
+        let model = ContrastiveModel::new(
+            &cfg.model,
+            input_shape(&train),
+            filter_classes,
+            &device,
+            cfg.seed,
+        )?;
+        let opt = Optimizer::new(cfg.optim.clone(), model.params());
+        let method = Method::new(cfg, &model, input_shape(&train), train.len(), &device)?;
+        let eval = Evaluator {
+            norm,
+            knn: cfg.eval.knn.clone(),
+            probe: cfg.eval.probe.clone(),
+            batch: cfg.eval.batch_size,
+            device: device.clone(),
         };
-        println!("mining: {}{supervision}", names.join(", "));
+        let monitor_bank = train.head(cfg.eval.monitor_bank);
+        let state = TrainState {
+            epoch: 0,
+            optimizer_steps: 0,
+            history: Vec::new(),
+            train_seconds: 0.0,
+            eval_seconds: 0.0,
+            images_seen: 0,
+            data_wait_seconds: 0.0,
+            untrained_knn_top1: None,
+            config_toml: config_toml.clone(),
+        };
+        let mut trainer = Self {
+            cfg: cfg.clone(),
+            out: opts.out_dir.clone(),
+            progress: opts.progress,
+            device,
+            train,
+            test,
+            monitor_bank,
+            loader,
+            model,
+            opt,
+            method,
+            eval,
+            state,
+            config_toml,
+            started,
+        };
+        trainer.resume(opts.resume)?;
+        std::fs::write(trainer.out.join("config.toml"), &trainer.config_toml)?;
+        trainer.announce();
+        trainer.untrained_baseline()?;
+        Ok(trainer)
     }
 
-    if cfg.eval.baselines && state.epoch == 0 && state.untrained_knn_top1.is_none() {
-        let t = Instant::now();
-        let top1 = eval.knn(model.backbone.as_ref(), &train, &test)?;
-        state.untrained_knn_top1 = Some(top1);
-        state.eval_seconds += t.elapsed().as_secs_f64();
-        println!("untrained encoder: kNN top-1 {top1:.4}");
+    fn checkpoints(&self) -> PathBuf {
+        self.out.join("checkpoints")
     }
 
-    let steps = loader.steps_per_epoch();
-    let total_steps = steps * cfg.train.epochs;
-    let warmup = (cfg.schedule.warmup_epochs * steps as f64).round() as usize;
-    let peak = cfg.optim.lr();
-    let floor = peak * cfg.schedule.final_lr_fraction;
-    let views = cfg.data.views as u64;
-    for epoch in state.epoch..cfg.train.epochs {
+    /// Continues from the latest checkpoint if asked; refuses to start over one.
+    fn resume(&mut self, resume: bool) -> Result<()> {
+        let ckpt_dir = self.checkpoints();
+        match checkpoint::latest(&ckpt_dir)? {
+            Some(dir) if resume => {
+                let (state, extras) = checkpoint::load(&dir, &mut self.model, &mut self.opt)?;
+                self.method
+                    .load_state(extras)
+                    .with_context(|| format!("{}: method state", dir.display()))?;
+                if state.config_toml != self.config_toml {
+                    eprintln!(
+                        "note: the configuration differs from the checkpoint's; continuing with the new one"
+                    );
+                }
+                println!(
+                    "resuming from {} (epoch {} done)",
+                    dir.display(),
+                    state.epoch
+                );
+                self.state = state;
+            }
+            Some(dir) => bail!(
+                "{} already holds a checkpoint ({}); pass --resume to continue it or choose another --out",
+                self.out.display(),
+                dir.display()
+            ),
+            None if resume => println!(
+                "no checkpoint in {}; starting from scratch",
+                ckpt_dir.display()
+            ),
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// The run's first lines: what trains on what, and which policies read labels.
+    fn announce(&self) {
+        let cfg = &self.cfg;
+        println!(
+            "{}: {} on {} ({} train / {} test images), {} parameters, {} epochs of {} steps",
+            cfg.name,
+            cfg.loss.name(),
+            cfg.data.dataset,
+            self.train.len(),
+            self.test.len(),
+            self.model.num_params(),
+            cfg.train.epochs,
+            self.loader.steps_per_epoch()
+        );
+        if !cfg.mining.is_empty() {
+            let names: Vec<&str> = cfg.mining.iter().map(|p| p.name()).collect();
+            let labelled: Vec<&str> = cfg
+                .mining
+                .iter()
+                .filter(|p| p.uses_labels())
+                .map(|p| p.name())
+                .collect();
+            let supervision = if labelled.is_empty() {
+                String::new()
+            } else {
+                format!(" (reading class labels: {})", labelled.join(", "))
+            };
+            println!("mining: {}{supervision}", names.join(", "));
+        }
+    }
+
+    /// kNN of the untrained encoder, once per run (baselines on).
+    fn untrained_baseline(&mut self) -> Result<()> {
+        if self.cfg.eval.baselines
+            && self.state.epoch == 0
+            && self.state.untrained_knn_top1.is_none()
+        {
+            let t = Instant::now();
+            let top1 = self
+                .eval
+                .knn(self.model.backbone.as_ref(), &self.train, &self.test)?;
+            self.state.untrained_knn_top1 = Some(top1);
+            self.state.eval_seconds += t.elapsed().as_secs_f64();
+            println!("untrained encoder: kNN top-1 {top1:.4}");
+        }
+        Ok(())
+    }
+
+    /// Runs the epochs that remain.
+    pub fn train(&mut self) -> Result<()> {
+        for epoch in self.state.epoch..self.cfg.train.epochs {
+            self.epoch(epoch)?;
+        }
+        Ok(())
+    }
+
+    /// Optimiser steps over the learning-rate schedule: (steps per epoch, total,
+    /// warm-up steps).
+    fn schedule(&self) -> (usize, usize, usize) {
+        let steps = self.loader.steps_per_epoch();
+        let warmup = (self.cfg.schedule.warmup_epochs * steps as f64).round() as usize;
+        (steps, steps * self.cfg.train.epochs, warmup)
+    }
+
+    /// One optimisation step on `batch` at global step `step`; returns the loss and the
+    /// learning rate it used.
+    pub fn step(&mut self, batch: &Batch) -> Result<(f64, f64)> {
+        let (steps, total, warmup) = self.schedule();
+        let step = batch.epoch * steps + batch.step;
+        let peak = self.cfg.optim.lr();
+        let lr = warmup_cosine(
+            step,
+            total,
+            warmup,
+            peak,
+            peak * self.cfg.schedule.final_lr_fraction,
+        );
+        let loss = self.method.step(
+            &self.cfg,
+            &self.model,
+            &mut self.opt,
+            batch,
+            self.train.num_classes,
+            (step, total),
+            lr,
+            &self.device,
+        )?;
+        Ok((loss, lr))
+    }
+
+    /// Trains epoch `epoch` (0-based), then monitors kNN, checkpoints and writes the
+    /// metrics and plots.
+    pub fn epoch(&mut self, epoch: usize) -> Result<EpochRecord> {
+        let epochs = self.cfg.train.epochs;
+        let (steps, _, _) = self.schedule();
         let t0 = Instant::now();
-        let pb = progress_bar(steps, epoch + 1, cfg.train.epochs, opts.progress);
-        let mut stream = loader.stream(epoch, 0);
+        let pb = progress_bar(steps, epoch + 1, epochs, self.progress);
+        let mut stream = self.loader.stream(epoch, 0);
         let (mut loss_sum, mut lr) = (0.0, 0.0);
         let mut images = 0u64;
+        let views = self.cfg.data.views as u64;
         for batch in stream.by_ref() {
-            let step = epoch * steps + batch.step;
-            lr = warmup_cosine(step, total_steps, warmup, peak, floor);
-            let loss = train_step(
-                cfg,
-                &model,
-                &mut method,
-                &mut opt,
-                &batch,
-                train.num_classes,
-                (step, total_steps),
-                lr,
-                &device,
-            )
-            .inspect_err(|_| pb.abandon())?;
+            let (loss, step_lr) = self.step(&batch).inspect_err(|_| pb.abandon())?;
+            lr = step_lr;
             loss_sum += loss;
             images += batch.len() as u64 * views;
             let rate = images as f64 / t0.elapsed().as_secs_f64();
@@ -282,100 +352,125 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary> {
         drop(stream);
         pb.finish_and_clear();
         let secs = t0.elapsed().as_secs_f64();
-        state.train_seconds += secs;
-        state.images_seen += images;
-        state.data_wait_seconds += waited;
-        state.optimizer_steps = opt.steps();
+        self.state.train_seconds += secs;
+        self.state.images_seen += images;
+        self.state.data_wait_seconds += waited;
+        self.state.optimizer_steps = self.opt.steps();
 
         let te = Instant::now();
-        let knn = eval.knn(model.backbone.as_ref(), &monitor_bank, &test)?;
-        state.eval_seconds += te.elapsed().as_secs_f64();
+        let knn = self
+            .eval
+            .knn(self.model.backbone.as_ref(), &self.monitor_bank, &self.test)?;
+        self.state.eval_seconds += te.elapsed().as_secs_f64();
         let record = EpochRecord {
             epoch: epoch + 1,
-            step: opt.steps(),
+            step: self.opt.steps(),
             loss: loss_sum / steps as f64,
             lr,
             images_per_sec: images as f64 / secs,
             data_wait_fraction: waited / secs,
             epoch_seconds: secs,
             knn_top1: knn,
-            knn_bank: monitor_bank.len(),
-            mining: method.take_diagnostics(),
+            knn_bank: self.monitor_bank.len(),
+            mining: self.method.take_diagnostics(),
         };
-        let negatives = record.mining.as_ref().map_or(String::new(), |m| {
-            let fnc = match (m.fn_identified_precision, m.fn_identified_recall) {
-                (Some(p), Some(r)) => format!(", FN found p {p:.2} r {r:.2}"),
-                _ => String::new(),
-            };
-            format!(
-                "  negatives: {:.1}% same-class, sim {:.2}{fnc}",
-                100.0 * m.neg_false_fraction,
-                m.neg_sim_mean
-            )
-        });
-        println!(
-            "epoch {:>3}/{}  loss {:.4}  lr {:.4}  {:.0} img/s  data wait {:.1}%  kNN@{} {:.4}{negatives}  ({:.0} s)",
-            record.epoch,
-            cfg.train.epochs,
-            record.loss,
-            record.lr,
-            record.images_per_sec,
-            100.0 * record.data_wait_fraction,
-            record.knn_bank,
-            record.knn_top1,
-            secs
-        );
-        state.history.push(record);
-        state.epoch = epoch + 1;
-        state.config_toml = config_toml.clone();
+        print_epoch(&record, epochs);
+        self.state.history.push(record.clone());
+        self.state.epoch = epoch + 1;
+        self.state.config_toml = self.config_toml.clone();
         checkpoint::save(
-            &ckpt_dir,
-            &model,
-            &opt,
-            &state,
-            &method.state()?,
-            cfg.train.keep_checkpoints,
+            &self.checkpoints(),
+            &self.model,
+            &self.opt,
+            &self.state,
+            &self.method.state()?,
+            self.cfg.train.keep_checkpoints,
         )?;
-        write_metrics(&out.join("metrics.jsonl"), &state.history)?;
-        plot_history(&out.join("plots"), &state.history, state.untrained_knn_top1)?;
+        write_metrics(&self.out.join("metrics.jsonl"), &self.state.history)?;
+        plot_history(
+            &self.out.join("plots"),
+            &self.state.history,
+            self.state.untrained_knn_top1,
+        )?;
+        Ok(record)
     }
 
-    let te = Instant::now();
+    /// The final evaluation (kNN and linear probe on the full sets, raw-pixel
+    /// baselines when on) into `summary.json`.
+    pub fn finish(self) -> Result<Summary> {
+        let (cfg, train, test) = (&self.cfg, &self.train, &self.test);
+        let te = Instant::now();
+        println!(
+            "final evaluation: kNN and linear probe on {} train / {} test images",
+            train.len(),
+            test.len()
+        );
+        let (knn_top1, probe) = self.eval.full(self.model.backbone.as_ref(), train, test)?;
+        let (baseline_knn, baseline_probe) = if cfg.eval.baselines {
+            let (k, p) = self.eval.pixels(train, test)?;
+            (Some(k), Some(p.test_top1))
+        } else {
+            (None, None)
+        };
+        let state = &self.state;
+        let eval_seconds = state.eval_seconds + te.elapsed().as_secs_f64();
+        let summary = Summary {
+            name: cfg.name.clone(),
+            dataset: cfg.data.dataset.to_string(),
+            encoder: serde_json::to_string(&cfg.model.encoder)?,
+            params: self.model.num_params(),
+            epochs: state.epoch,
+            knn_top1,
+            linear_top1: probe.test_top1,
+            linear_train_top1: probe.train_top1,
+            untrained_knn_top1: state.untrained_knn_top1,
+            baseline_knn_top1: baseline_knn,
+            baseline_linear_top1: baseline_probe,
+            knn_k: cfg.eval.knn.k,
+            knn_temperature: cfg.eval.knn.temperature,
+            train_images: train.len(),
+            test_images: test.len(),
+            train_images_per_sec: state.images_seen as f64 / state.train_seconds.max(1e-9),
+            data_wait_fraction: state.data_wait_seconds / state.train_seconds.max(1e-9),
+            train_seconds: state.train_seconds,
+            eval_seconds,
+            wall_seconds: self.started.elapsed().as_secs_f64(),
+        };
+        write_json(&self.out.join("summary.json"), &summary)?;
+        Ok(summary)
+    }
+}
+
+/// The epoch's line: loss, rate, data wait, monitor kNN and what the negatives were.
+fn print_epoch(record: &EpochRecord, epochs: usize) {
+    let negatives = record.mining.as_ref().map_or(String::new(), |m| {
+        let fnc = match (m.fn_identified_precision, m.fn_identified_recall) {
+            (Some(p), Some(r)) => format!(", FN found p {p:.2} r {r:.2}"),
+            _ => String::new(),
+        };
+        format!(
+            "  negatives: {:.1}% same-class, sim {:.2}{fnc}",
+            100.0 * m.neg_false_fraction,
+            m.neg_sim_mean
+        )
+    });
     println!(
-        "final evaluation: kNN and linear probe on {} train / {} test images",
-        train.len(),
-        test.len()
+        "epoch {:>3}/{}  loss {:.4}  lr {:.4}  {:.0} img/s  data wait {:.1}%  kNN@{} {:.4}{negatives}  ({:.0} s)",
+        record.epoch,
+        epochs,
+        record.loss,
+        record.lr,
+        record.images_per_sec,
+        100.0 * record.data_wait_fraction,
+        record.knn_bank,
+        record.knn_top1,
+        record.epoch_seconds
     );
-    let (knn_top1, probe) = eval.full(model.backbone.as_ref(), &train, &test)?;
-    let (baseline_knn, baseline_probe) = if cfg.eval.baselines {
-        let (k, p) = eval.pixels(&train, &test)?;
-        (Some(k), Some(p.test_top1))
-    } else {
-        (None, None)
-    };
-    let eval_seconds = state.eval_seconds + te.elapsed().as_secs_f64();
-    let summary = Summary {
-        name: cfg.name.clone(),
-        dataset: cfg.data.dataset.to_string(),
-        encoder: serde_json::to_string(&cfg.model.encoder)?,
-        params: model.num_params(),
-        epochs: state.epoch,
-        knn_top1,
-        linear_top1: probe.test_top1,
-        linear_train_top1: probe.train_top1,
-        untrained_knn_top1: state.untrained_knn_top1,
-        baseline_knn_top1: baseline_knn,
-        baseline_linear_top1: baseline_probe,
-        knn_k: cfg.eval.knn.k,
-        knn_temperature: cfg.eval.knn.temperature,
-        train_images: train.len(),
-        test_images: test.len(),
-        train_images_per_sec: state.images_seen as f64 / state.train_seconds.max(1e-9),
-        data_wait_fraction: state.data_wait_seconds / state.train_seconds.max(1e-9),
-        train_seconds: state.train_seconds,
-        eval_seconds,
-        wall_seconds: started.elapsed().as_secs_f64(),
-    };
-    write_json(&out.join("summary.json"), &summary)?;
-    Ok(summary)
+}
+
+/// Runs (or resumes) training as configured and returns the summary.
+pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Summary> {
+    let mut trainer = Trainer::new(cfg, opts)?;
+    trainer.train()?;
+    trainer.finish()
 }
