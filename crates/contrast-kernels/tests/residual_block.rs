@@ -3,7 +3,7 @@
 //! a projection shortcut, kept or recomputed convolutions, batch or fixed statistics.
 
 use candle_core::{DType, Device, Tensor, Var};
-use contrast_kernels::residual_block::composed;
+use contrast_kernels::cnn::residual_block::composed;
 use contrast_kernels::{BatchNormMode, ChannelStats, ConvBn, residual_block};
 
 fn values(t: &Tensor) -> Vec<f64> {
