@@ -6,18 +6,10 @@ use contrast_encoders::{
     BatchNorm, ConvPool, EncoderConfig, HeadConfig, InputShape, ParamBuilder, ProjectionHead,
     RUNNING_STAT,
 };
+use contrast_testing::values;
 
 fn builder(vm: &VarMap, dtype: DType, seed: u64) -> ParamBuilder<'static> {
     ParamBuilder::new(vm, dtype, &Device::Cpu, seed)
-}
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 #[test]

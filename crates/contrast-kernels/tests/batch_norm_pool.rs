@@ -5,44 +5,12 @@ use candle_core::{DType, Device, Tensor, Var};
 use contrast_kernels::{
     BatchNormMode, ChannelStats, batch_norm, batch_norm_reference, max_pool2, max_pool2_reference,
 };
+use contrast_testing::{XorShift, max_rel};
 use proptest::prelude::*;
 
-fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a: Vec<f64> = a
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f64> = b
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let scale = b.iter().fold(1e-12f64, |m, x| m.max(x.abs()));
-    a.iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
-
 thread_local! {
-    /// xorshift64* state; each test runs on its own thread, so its draws are fixed.
-    static RNG: std::cell::Cell<u64> = const { std::cell::Cell::new(0x9E37_79B9_7F4A_7C15) };
-}
-
-fn uniform() -> f64 {
-    RNG.with(|r| {
-        let mut x = r.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        r.set(x);
-        ((x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    })
+    /// The generator's state; each test runs on its own thread, so its draws are fixed.
+    static RNG: std::cell::RefCell<XorShift> = std::cell::RefCell::new(XorShift::new(0));
 }
 
 /// Seeded normal draws (Box-Muller). candle's CPU `randn` cannot be seeded, and the
@@ -51,12 +19,10 @@ fn uniform() -> f64 {
 /// Fixed draws make these tests repeatable.
 fn randn(mean: f64, std: f64, shape: &[usize]) -> Tensor {
     let n: usize = shape.iter().product();
-    let v: Vec<f64> = (0..n)
-        .map(|_| {
-            let (u1, u2) = (uniform(), uniform());
-            mean + std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-        })
-        .collect();
+    let v: Vec<f64> = RNG.with(|r| {
+        let mut r = r.borrow_mut();
+        (0..n).map(|_| r.normal(mean, std)).collect()
+    });
     Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
 }
 

@@ -3,29 +3,8 @@
 
 use candle_core::{DType, Device, Tensor, Var};
 use contrast_kernels::{conv2d_nhwc, conv2d_nhwc_reference};
+use contrast_testing::max_rel;
 use proptest::prelude::*;
-
-fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a: Vec<f64> = a
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f64> = b
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let scale = b.iter().fold(1e-12f64, |m, x| m.max(x.abs()));
-    a.iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
 
 /// Batch, input sides, channels, kernel, stride and padding of one comparison.
 #[derive(Debug, Clone, Copy)]

@@ -6,36 +6,21 @@ use contrast_kernels::{
     BatchNormMode, BlockSpec, ChannelStats, batch_norm_reference, conv_block,
     conv2d_nhwc_reference, max_pool2_reference,
 };
+use contrast_testing::max_rel_with_floor;
 use proptest::prelude::*;
 
+/// The floor of the scale of the relative errors: relative to the reference's largest
+/// value, but at least 1e-3. With one input channel, a 1x1 kernel and one output
+/// channel under batch statistics the block is invariant to the scale of its single
+/// weight: that weight's gradient is a sum of order-1 terms that cancel to 6e-8 ..
+/// 1.2e-4 (seen over 600 runs), and rounding differences of 2e-16 .. 1e-14 between
+/// the two paths were "relative" errors above 1e-10 in about 1 run of 150. The other
+/// compared tensors' largest values were 3.6e-3 or more over 100 runs (or exactly
+/// zero), above the floor; below it the check becomes an absolute 1e-13.
+const SCALE_FLOOR: f64 = 1e-3;
+
 fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a: Vec<f64> = a
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f64> = b
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    // Relative to the reference's largest value, but at least 1e-3. With one input
-    // channel, a 1x1 kernel and one output channel under batch statistics the block is
-    // invariant to the scale of its single weight: that weight's gradient is a sum of
-    // order-1 terms that cancel to 6e-8 .. 1.2e-4 (seen over 600 runs), and rounding
-    // differences of 2e-16 .. 1e-14 between the two paths were "relative" errors above
-    // 1e-10 in about 1 run of 150. The other compared tensors' largest values were
-    // 3.6e-3 or more over 100 runs (or exactly zero), above the floor; below it the
-    // check becomes an absolute 1e-13.
-    let scale = b.iter().fold(1e-3f64, |m, x| m.max(x.abs()));
-    a.iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+    max_rel_with_floor(a, b, SCALE_FLOOR)
 }
 
 fn var(shape: &[usize], mean: f64, std: f64) -> Var {

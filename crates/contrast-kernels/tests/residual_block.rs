@@ -3,27 +3,9 @@
 //! a projection shortcut, kept or recomputed convolutions, batch or fixed statistics.
 
 use candle_core::{DType, Device, Tensor, Var};
-use contrast_kernels::residual_block::composed;
+use contrast_kernels::cnn::residual_block::composed;
 use contrast_kernels::{BatchNormMode, ChannelStats, ConvBn, residual_block};
-
-fn values(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
-}
-
-fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-    let (a, b) = (values(a), values(b));
-    assert_eq!(a.len(), b.len());
-    let scale = b.iter().fold(1e-12f64, |m, x| m.max(x.abs()));
-    a.iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
-}
+use contrast_testing::max_rel;
 
 fn var(shape: &[usize], mean: f64, std: f64, dtype: DType) -> Var {
     let t = Tensor::randn(mean, std, shape, &Device::Cpu).unwrap();

@@ -13,6 +13,7 @@ use contrast_losses::{
     debiased, decoupled, decoupled_weighted, fnc, hcl, invariance_propagation, moco_info_nce,
     nt_xent, ring, supcon, uniformity,
 };
+use contrast_testing::{max_rel_err, values};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -86,24 +87,9 @@ struct Outcome {
     extras: Vec<(String, f64)>,
 }
 
+/// The relative error of `got` against `want` (infinite when their lengths differ).
 fn max_err(got: &[f64], want: &[f64]) -> f64 {
-    let scale = want.iter().fold(1e-12f64, |m, x| m.max(x.abs()));
-    if got.len() != want.len() {
-        return f64::INFINITY;
-    }
-    got.iter()
-        .zip(want)
-        .fold(0f64, |m, (a, b)| m.max((a - b).abs()))
-        / scale
-}
-
-fn as_f64(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    max_rel_err(got, want, 1e-12)
 }
 
 fn compute(c: &Case<'_>, vars: &BTreeMap<String, Var>) -> Option<Outcome> {
@@ -200,7 +186,7 @@ fn compute(c: &Case<'_>, vars: &BTreeMap<String, Var>) -> Option<Outcome> {
                 .collect();
             let got: Vec<f64> = out.propagated.iter().flatten().map(|&x| x as f64).collect();
             let part =
-                |t: &Tensor, key: &str| max_err(&as_f64(t), &[c.expected(key).as_f64().unwrap()]);
+                |t: &Tensor, key: &str| max_err(&values(t), &[c.expected(key).as_f64().unwrap()]);
             Outcome {
                 extras: vec![
                     ("propagated neighbours".into(), max_err(&got, &want)),
@@ -225,7 +211,7 @@ fn compute(c: &Case<'_>, vars: &BTreeMap<String, Var>) -> Option<Outcome> {
                 .iter()
                 .map(|x| x.as_f64().unwrap())
                 .collect();
-            let got = as_f64(&targets.narrow(1, 0, 1).unwrap());
+            let got = values(&targets.narrow(1, 0, 1).unwrap());
             Outcome {
                 loss: Some(loss),
                 extras: vec![("positive target weight".into(), max_err(&got, &want))],
@@ -290,7 +276,7 @@ fn check(case: &Value, dtype: DType, tol: f64) -> Option<Result<String, String>>
     let mut worst = 0f64;
     let mut problems = Vec::new();
     if let Some(loss) = &outcome.loss {
-        let value = as_f64(loss)[0];
+        let value = values(loss)[0];
         let want = case["expected"]["loss"].as_f64().unwrap();
         let e = max_err(&[value], &[want]);
         worst = worst.max(e);
@@ -303,7 +289,7 @@ fn check(case: &Value, dtype: DType, tol: f64) -> Option<Result<String, String>>
                 None => problems.push(format!("no gradient reached `{k}`")),
                 Some(got) => {
                     let want: Vec<f64> = matrix(g).into_iter().flatten().collect();
-                    let e = max_err(&as_f64(got), &want);
+                    let e = max_err(&values(got), &want);
                     worst = worst.max(e);
                     if e > tol {
                         problems.push(format!("grad {k} rel err {e:.2e}"));

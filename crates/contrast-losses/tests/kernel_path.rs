@@ -8,43 +8,19 @@ use contrast_losses::{
     generalized_info_nce, moco_info_nce, moco_info_nce_keyed, moco_info_nce_reference, nt_xent,
     nt_xent_reference, one_hot,
 };
+use contrast_testing::{max_rel_with_floor, uniform_tensor};
 
+/// An `[r, c]` tensor of `dtype`, uniform over `[-0.5, 0.5)` from `seed`.
 fn rand(seed: u64, r: usize, c: usize, dtype: DType) -> Tensor {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let v: Vec<f64> = (0..r * c)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 11) as f64 / (1u64 << 53) as f64 - 0.5
-        })
-        .collect();
-    Tensor::from_vec(v, (r, c), &Device::Cpu)
-        .unwrap()
+    uniform_tensor(seed, (r, c), -0.5, 0.5)
         .to_dtype(dtype)
         .unwrap()
 }
 
+/// The relative error of `a` against the reference `b`, with no practical floor on
+/// the scale (1e-30).
 fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a: Vec<f64> = a
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let b: Vec<f64> = b
-        .to_dtype(DType::F64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    let scale = b.iter().fold(1e-30f64, |m, x| m.max(x.abs()));
-    a.iter()
-        .zip(&b)
-        .fold(0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+    max_rel_with_floor(a, b, 1e-30)
 }
 
 fn tol(dtype: DType) -> f64 {

@@ -5,24 +5,13 @@ use contrast_losses::{
     Cancellation, FncConfig, LossError, debiased, decoupled, fnc, generalized_info_nce, hcl,
     nt_xent, one_hot, supcon,
 };
+use contrast_testing::{scalar, uniform_tensor};
 use proptest::prelude::*;
 
-fn randn(seed: u64, shape: (usize, usize)) -> Tensor {
-    // A small deterministic generator, so that proptest shrinks over seeds.
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let data: Vec<f64> = (0..shape.0 * shape.1)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0
-        })
-        .collect();
-    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-}
-
-fn scalar(t: &Tensor) -> f64 {
-    t.to_dtype(DType::F64).unwrap().to_scalar::<f64>().unwrap()
+/// Inputs uniform over `[-1, 1)` from a seed: a deterministic generator, so that
+/// proptest shrinks over seeds.
+fn uniform(seed: u64, shape: (usize, usize)) -> Tensor {
+    uniform_tensor(seed, shape, -1.0, 1.0)
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -34,19 +23,19 @@ proptest! {
 
     #[test]
     fn debiased_with_zero_prior_is_nt_xent(seed in any::<u64>(), b in 2usize..9, d in 2usize..9, t in 0.05f64..1.0) {
-        let (z1, z2) = (randn(seed, (b, d)), randn(seed ^ 1, (b, d)));
+        let (z1, z2) = (uniform(seed, (b, d)), uniform(seed ^ 1, (b, d)));
         prop_assert!(close(scalar(&debiased(&z1, &z2, t, 0.0).unwrap()), scalar(&nt_xent(&z1, &z2, t).unwrap())));
     }
 
     #[test]
     fn hcl_with_zero_beta_is_debiased(seed in any::<u64>(), b in 2usize..9, t in 0.05f64..1.0, tp in 0.0f64..0.5) {
-        let (z1, z2) = (randn(seed, (b, 6)), randn(seed ^ 2, (b, 6)));
+        let (z1, z2) = (uniform(seed, (b, 6)), uniform(seed ^ 2, (b, 6)));
         prop_assert!(close(scalar(&hcl(&z1, &z2, t, tp, 0.0).unwrap()), scalar(&debiased(&z1, &z2, t, tp).unwrap())));
     }
 
     #[test]
     fn supcon_with_distinct_labels_is_nt_xent(seed in any::<u64>(), b in 2usize..9, t in 0.05f64..1.0) {
-        let (z1, z2) = (randn(seed, (b, 5)), randn(seed ^ 3, (b, 5)));
+        let (z1, z2) = (uniform(seed, (b, 5)), uniform(seed ^ 3, (b, 5)));
         let labels = Tensor::new((0..b as u32).collect::<Vec<_>>(), &Device::Cpu).unwrap();
         let s = supcon(&[z1.clone(), z2.clone()], &labels, t, t).unwrap();
         prop_assert!(close(scalar(&s), scalar(&nt_xent(&z1, &z2, t).unwrap())));
@@ -54,7 +43,7 @@ proptest! {
 
     #[test]
     fn fnc_without_false_negatives_is_twice_nt_xent(seed in any::<u64>(), b in 2usize..8, t in 0.05f64..1.0, elim in any::<bool>()) {
-        let (z1, z2) = (randn(seed, (b, 5)), randn(seed ^ 4, (b, 5)));
+        let (z1, z2) = (uniform(seed, (b, 5)), uniform(seed ^ 4, (b, 5)));
         let cfg = FncConfig {
             temperature: t,
             topk: Some(3),
@@ -69,7 +58,7 @@ proptest! {
 
     #[test]
     fn unit_weights_and_one_hot_targets_give_info_nce(seed in any::<u64>(), b in 1usize..6, n in 2usize..9) {
-        let logits = (randn(seed, (b, n)) * 5.0).unwrap();
+        let logits = (uniform(seed, (b, n)) * 5.0).unwrap();
         let pos: Vec<usize> = (0..b).map(|i| (i * 7 + seed as usize) % n).collect();
         let targets = one_hot(&pos, n, DType::F64, &Device::Cpu).unwrap();
         let ones = Tensor::ones((b, n), DType::F64, &Device::Cpu).unwrap();
@@ -84,7 +73,7 @@ proptest! {
     #[test]
     fn removed_candidates_do_not_matter(seed in any::<u64>(), n in 3usize..9) {
         // A zero weight removes a candidate exactly, whatever its logit.
-        let logits = randn(seed, (1, n));
+        let logits = uniform(seed, (1, n));
         let targets = one_hot(&[0], n, DType::F64, &Device::Cpu).unwrap();
         let w: Vec<f64> = (0..n).map(|j| if j == n - 1 { 0.0 } else { 1.0 }).collect();
         let w = Tensor::from_vec(w, (1, n), &Device::Cpu).unwrap();
@@ -99,9 +88,9 @@ proptest! {
 /// the gradient equals central differences.
 #[test]
 fn stable_at_low_temperature_with_near_duplicates() {
-    let base = randn(9, (1, 8));
-    let z1 = (base.broadcast_as((6, 8)).unwrap() + (randn(10, (6, 8)) * 1e-3).unwrap()).unwrap();
-    let z2 = (base.broadcast_as((6, 8)).unwrap() + (randn(11, (6, 8)) * 1e-3).unwrap()).unwrap();
+    let base = uniform(9, (1, 8));
+    let z1 = (base.broadcast_as((6, 8)).unwrap() + (uniform(10, (6, 8)) * 1e-3).unwrap()).unwrap();
+    let z2 = (base.broadcast_as((6, 8)).unwrap() + (uniform(11, (6, 8)) * 1e-3).unwrap()).unwrap();
     let labels = Tensor::new(&[0u32, 1, 0, 1, 2, 2], &Device::Cpu).unwrap();
     type LossFn = Box<dyn Fn(&Tensor, &Tensor) -> Tensor>;
     let losses: Vec<(&str, LossFn)> = vec![
@@ -170,8 +159,8 @@ fn arg_of(e: LossError) -> &'static str {
 
 #[test]
 fn bad_arguments_are_named_errors() {
-    let z = randn(1, (4, 3));
-    let wrong = randn(2, (5, 3));
+    let z = uniform(1, (4, 3));
+    let wrong = uniform(2, (5, 3));
     assert_eq!(arg_of(nt_xent(&z, &wrong, 0.5).unwrap_err()), "z2");
     assert_eq!(arg_of(nt_xent(&z, &z, 0.0).unwrap_err()), "temperature");
     assert_eq!(arg_of(nt_xent(&z, &z, -1.0).unwrap_err()), "temperature");

@@ -3,6 +3,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use contrast_memory::{EMPTY, KeyQueue, MemoryBank};
+use contrast_testing::sum_abs_diff;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -112,15 +113,7 @@ fn queue_state_round_trips() {
         (r.ptr(), r.filled(), r.ids(), r.labels()),
         (q.ptr(), q.filled(), q.ids(), q.labels())
     );
-    let diff: f32 = (r.keys() - q.keys())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
-    assert_eq!(diff, 0.0);
+    assert_eq!(sum_abs_diff(r.keys(), q.keys()), 0.0);
     let mut small = KeyQueue::new(5, 3, 0, &Device::Cpu).unwrap();
     assert!(small.load_state(&loaded).is_err());
 }

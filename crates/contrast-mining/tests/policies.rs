@@ -5,10 +5,11 @@ use candle_core::{Device, Tensor, Var};
 use contrast_losses::{Aggregation, Cancellation, FncConfig, debiased, fnc, hcl, nt_xent, supcon};
 use contrast_mining::policy::{Debias, Fnc, Hcl, LabelAware, Mochi, Ring, Supervised, TopK};
 use contrast_mining::{Diagnostics, MiningBatch, Pipeline, PolicyConfig, mined_info_nce};
+use contrast_testing::{scalar, sum_abs_diff};
 use proptest::prelude::*;
 
 mod common;
-use common::{ids, labels, scalar, views};
+use common::{ids, labels, views};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -157,14 +158,7 @@ fn mochi_is_seeded_and_adds_candidates() {
     let b = pipe
         .plan(&batch, &mut ChaCha8Rng::seed_from_u64(9))
         .unwrap();
-    let diff: f64 = (a.synthetic.as_ref().unwrap() - b.synthetic.as_ref().unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .to_scalar()
-        .unwrap();
+    let diff = sum_abs_diff(a.synthetic.as_ref().unwrap(), b.synthetic.as_ref().unwrap());
     assert_eq!(diff, 0.0);
     // More (hard) negatives can only raise the loss.
     let z = Var::from_tensor(&Tensor::cat(&[&z1, &z2], 0).unwrap()).unwrap();

@@ -15,7 +15,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 mod common;
-use common::{values, views};
+use common::views;
+use contrast_testing::values;
 
 struct Setup {
     q: Tensor,

@@ -4,7 +4,7 @@
 //! the same rules as [`Candidates::removed`] from these arrays. Rules a spec does not
 //! use get one-element placeholders, so that every kernel argument is a valid buffer.
 
-use crate::info_nce::{Candidates, Positive};
+use crate::similarity::info_nce::{Candidates, Positive};
 
 // Bits of `rules`; the kernel sources define the same values.
 const RULE_EXCLUDE_SELF: u32 = 1;

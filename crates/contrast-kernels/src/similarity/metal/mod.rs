@@ -1,6 +1,6 @@
 //! Metal kernel of the streaming InfoNCE path (feature `metal`).
 //!
-//! On Metal the loss runs the tensor-op streaming path ([`crate::tiled`]): candle's
+//! On Metal the loss runs the tensor-op streaming path ([`super::tiled`]): candle's
 //! Metal matmuls form each candidate tile, and the online log-sum-exp is tensor ops.
 //! What tensor comparisons cannot express (per-anchor windows and column lists) goes
 //! through [`MaskTile`], whose Metal implementation is `mask_tile.metal`, compiled
@@ -12,9 +12,9 @@
 //! `tiled_path_with_windows_and_lists_matches_the_kernel` in contrast-losses is the
 //! check to run on macOS with `--features contrast-kernels/metal` and a Metal device.
 
-use crate::info_nce::Candidates;
-use crate::mask_arrays::MaskArrays;
-use crate::mask_tile::MaskTile;
+use crate::similarity::info_nce::Candidates;
+use crate::similarity::mask_arrays::MaskArrays;
+use crate::similarity::mask_tile::MaskTile;
 use candle_core::backend::BackendStorage;
 use candle_core::{DType, Layout, MetalDevice, MetalError, MetalStorage, Result, Shape, bail};
 use candle_metal_kernels::metal::{Buffer, ComputeCommandEncoder, ComputePipeline};
@@ -88,7 +88,7 @@ impl DeviceMasks {
 }
 
 /// [`MaskTile`] on a Metal f32 tile `[B, cols]`; the first tile of a call uploads the
-/// masks into the call's [`crate::mask_tile::MaskCache`].
+/// masks into the call's [`super::mask_tile::MaskCache`].
 pub(crate) fn mask_tile(
     op: &MaskTile<'_>,
     storage: &MetalStorage,

@@ -4,9 +4,10 @@
 //! PyTorch). The gradient goes to the first maximal element of each window, so ties
 //! never duplicate it.
 
-use crate::batch_norm::{self, BackwardCoefficients, BackwardSpec, Float};
-use crate::storage::{contiguous, with_pair};
-use crate::wide::wide_kernel;
+use crate::cnn::batch_norm::{self, BackwardCoefficients, BackwardSpec};
+use crate::cpu::storage::{contiguous, with_pair};
+use crate::cpu::wide::wide_kernel;
+use crate::float::Float;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
@@ -247,7 +248,7 @@ fn image_grad<T: Float>(
 /// The first sweep of the pooled BatchNorm backward pass: per-channel `sum g` and
 /// `sum g * x` (`[2C]`) over the images of the BatchNorm input that `image_of(n, f)`
 /// hands to `f`, given the pooled gradient `dy` `[B, H/2, W/2, C]`. Images are summed
-/// in a fixed order ([`crate::parallel::ordered_sum`]).
+/// in a fixed order ([`crate::cpu::parallel::ordered_sum`]).
 pub(crate) fn grad_sums_with<T, F>(
     dy: &[T],
     affine: Affine<'_, T>,
@@ -260,7 +261,7 @@ where
     F: Fn(usize, &mut dyn FnMut(&[T])) + Sync,
 {
     let pooled = (h / 2) * (w / 2) * c;
-    crate::parallel::ordered_sum(2 * c, b, |range, acc| {
+    crate::cpu::parallel::ordered_sum(2 * c, b, |range, acc| {
         let (sg, sgx) = acc.split_at_mut(c);
         for n in range {
             let di = &dy[n * pooled..(n + 1) * pooled];

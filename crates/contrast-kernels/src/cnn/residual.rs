@@ -2,8 +2,8 @@
 //! sum is never materialised), and the backward pass routes `dy * [y > 0]` to both
 //! inputs.
 
-use crate::batch_norm::Float;
-use crate::storage::with_pair;
+use crate::cpu::storage::with_pair;
+use crate::float::Float;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 

@@ -33,7 +33,7 @@ macro_rules! wide_kernel {
                 unsafe fn avx2<$t: $bound>($($arg: $ty),*) {
                     body($($arg),*)
                 }
-                if $crate::wide::has_avx2() {
+                if $crate::cpu::wide::has_avx2() {
                     // SAFETY: the CPU supports the features `avx2` is compiled for.
                     return unsafe { avx2($($arg),*) };
                 }

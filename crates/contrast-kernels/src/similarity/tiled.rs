@@ -13,12 +13,12 @@
 //! come from tensor comparisons; when a spec has windows or column lists, each tile goes
 //! through [`MaskTile`] instead, which applies every rule (CPU and Metal).
 
-use crate::info_nce::{Candidates, Positive};
-use crate::mask_tile::{MaskCache, MaskTile};
+use crate::similarity::info_nce::{Candidates, Positive};
+use crate::similarity::mask_tile::{MaskCache, MaskTile};
 use candle_core::{D, Result, Tensor, bail};
 
 /// Candidate columns per tile.
-pub const TILE: usize = 4096;
+pub(crate) const TILE: usize = 4096;
 
 /// Per-row and per-column index tensors the tile masks are built from, made once per
 /// call and narrowed per tile.

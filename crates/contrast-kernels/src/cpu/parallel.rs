@@ -1,6 +1,6 @@
 //! Deterministic parallel reductions.
 
-use crate::gemm::Element;
+use crate::cpu::gemm::Element;
 use rayon::prelude::*;
 
 /// Sums per-item contributions into a `width`-long accumulator in parallel, with a
@@ -8,7 +8,7 @@ use rayon::prelude::*;
 /// contiguous, non-empty range per rayon thread (`ceil(count / threads)` items each),
 /// `add(range, acc)` accumulates a range in order, and the per-range accumulators are
 /// added in range order.
-pub fn ordered_sum<T, F>(width: usize, count: usize, add: F) -> Vec<T>
+pub(crate) fn ordered_sum<T, F>(width: usize, count: usize, add: F) -> Vec<T>
 where
     T: Element,
     F: Fn(std::ops::Range<usize>, &mut [T]) + Sync,

@@ -1,13 +1,13 @@
 //! Every [`Candidates`] rule applied to one tile of dot products, as a custom op.
 //!
-//! The tensor-op streaming path ([`crate::tiled`]) builds the positive, `exclude_self`
+//! The tensor-op streaming path ([`super::tiled`]) builds the positive, `exclude_self`
 //! and key masks from tensor comparisons; windows (top-k, Ring and semi-hard bands)
 //! and per-anchor column lists do not reduce to such comparisons, so that path applies
 //! this op to each tile instead. It runs on the CPU (any float dtype) and on Metal
-//! (f32, feature `metal`, [`crate::metal`]), which has no custom InfoNCE kernel of
+//! (f32, feature `metal`, [`super::metal`]), which has no custom InfoNCE kernel of
 //! its own.
 
-use crate::info_nce::Candidates;
+use crate::similarity::info_nce::Candidates;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, WithDType, bail};
 use rayon::prelude::*;
@@ -15,18 +15,20 @@ use rayon::prelude::*;
 /// What the tiles of one call share: on Metal, the spec's mask arrays, uploaded by
 /// the first tile and reused by the others.
 #[derive(Default)]
-pub struct MaskCache {
+pub(crate) struct MaskCache {
     #[cfg(feature = "metal")]
-    pub(crate) metal: std::sync::OnceLock<crate::metal::DeviceMasks>,
+    pub(crate) metal: std::sync::OnceLock<crate::similarity::metal::DeviceMasks>,
 }
 
 /// Masks and scales the tile `[B, cols]` of raw dot products for candidate columns
 /// `j0..j0 + cols`: kept entries become `dot / t`, removed ones `-inf`.
-pub struct MaskTile<'a> {
+pub(crate) struct MaskTile<'a> {
     pub spec: &'a Candidates,
     pub j0: usize,
     pub inv_t: f64,
-    /// Shared by every tile of one call (see [`MaskCache`]).
+    /// Shared by every tile of one call (see [`MaskCache`]); read by the Metal
+    /// kernel only.
+    #[cfg_attr(not(feature = "metal"), allow(dead_code))]
     pub cache: &'a MaskCache,
 }
 
@@ -75,6 +77,6 @@ impl CustomOp1 for MaskTile<'_> {
         storage: &candle_core::MetalStorage,
         layout: &Layout,
     ) -> Result<(candle_core::MetalStorage, Shape)> {
-        crate::metal::mask_tile(self, storage, layout)
+        crate::similarity::metal::mask_tile(self, storage, layout)
     }
 }

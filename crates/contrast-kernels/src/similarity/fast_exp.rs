@@ -42,7 +42,7 @@ unsafe fn exp_avx2(xs: &mut [f32]) {
 }
 
 /// Replaces every element by its exponential.
-pub fn exp_inplace(xs: &mut [f32]) {
+pub(crate) fn exp_inplace(xs: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {

@@ -3,11 +3,13 @@
 //! `gemm` selects its SIMD kernels (AVX2, AVX-512, NEON) at run time, so binaries
 //! built without `target-cpu=native` still use the best the machine has.
 
-use crate::conv2d::ConvGeometry;
+use crate::cnn::conv2d::ConvGeometry;
 use gemm::Parallelism;
 
 /// Element types the CPU kernels support.
-pub trait Element: Copy + Default + Send + Sync + std::ops::AddAssign + 'static {
+pub(crate) trait Element:
+    Copy + Default + Send + Sync + std::ops::AddAssign + 'static
+{
     const ZERO: Self;
     const ONE: Self;
 
@@ -51,7 +53,7 @@ macro_rules! element {
     };
 }
 
-element!(f32, SCRATCH_F32, crate::direct_conv::forward_f32);
+element!(f32, SCRATCH_F32, crate::cnn::direct_conv::forward_f32);
 element!(
     f64,
     SCRATCH_F64,
@@ -60,7 +62,7 @@ element!(
 
 /// A matrix view: element `(i, j)` is at `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy)]
-pub struct MatRef<'a, T> {
+pub(crate) struct MatRef<'a, T> {
     pub data: &'a [T],
     pub rows: usize,
     pub cols: usize,
@@ -105,7 +107,7 @@ impl<'a, T> MatRef<'a, T> {
 ///
 /// Panics if the shapes disagree or a view reaches past its slice: these are
 /// programming errors inside the kernels, never user input.
-pub fn matmul<T: Element>(
+pub(crate) fn matmul<T: Element>(
     dst: &mut [T],
     a: MatRef<'_, T>,
     b: MatRef<'_, T>,

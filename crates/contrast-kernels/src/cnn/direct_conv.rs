@@ -7,12 +7,12 @@
 //! `0 * w` as the zero-filled im2col row does. That is the order in which the GEMM
 //! path accumulates them (gemm's microkernels are FMA loops over the inner
 //! dimension), so both paths give the same values bit for bit (tested below against
-//! im2col plus GEMM), and [`crate::conv2d`] takes this one wherever it applies.
+//! im2col plus GEMM), and [`super::conv2d`] takes this one wherever it applies.
 //!
 //! The kernel is written with AVX2 + FMA intrinsics (f32 only), chosen at run time;
 //! without them, and for f64, convolutions take the GEMM path.
 
-use crate::conv2d::ConvGeometry;
+use crate::cnn::conv2d::ConvGeometry;
 
 /// Largest patch `k*k*Cin` the direct kernel takes (a 3x3 kernel on RGB).
 const MAX_PATCH: usize = 27;
@@ -24,7 +24,7 @@ const MAX_PATCH: usize = 27;
 pub(crate) fn applies(g: &ConvGeometry) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        (3..=MAX_PATCH).contains(&g.patch()) && g.out_channels > 1 && crate::wide::has_avx2()
+        (3..=MAX_PATCH).contains(&g.patch()) && g.out_channels > 1 && crate::cpu::wide::has_avx2()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -42,7 +42,7 @@ pub(crate) fn forward_f32(y: &mut [f32], x: &[f32], w: &[f32], g: &ConvGeometry)
     }
     #[cfg(target_arch = "x86_64")]
     {
-        use crate::gemm::Element;
+        use crate::cpu::gemm::Element;
         let padded = (g.height + 2 * g.padding) * (g.width + 2 * g.padding) * g.in_channels;
         // SAFETY: `applies` checked that the CPU has AVX2 and FMA.
         f32::with_scratch(padded, |buf| unsafe { avx2::forward(y, x, w, g, buf) });
@@ -52,7 +52,7 @@ pub(crate) fn forward_f32(y: &mut [f32], x: &[f32], w: &[f32], g: &ConvGeometry)
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use crate::conv2d::ConvGeometry;
+    use crate::cnn::conv2d::ConvGeometry;
     use std::arch::x86_64::*;
 
     /// f32 values per register.
@@ -226,7 +226,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conv2d;
+    use crate::cnn::conv2d;
 
     fn lcg(seed: u64, n: usize) -> Vec<f32> {
         let mut s = seed;
@@ -246,7 +246,7 @@ mod tests {
     /// 2-tap patches.
     #[test]
     fn equals_the_gemm_path_bit_for_bit() {
-        if !crate::wide::has_avx2() {
+        if !crate::cpu::wide::has_avx2() {
             eprintln!("no AVX2 + FMA on this CPU: the direct kernel is not used");
             return;
         }

@@ -38,3 +38,40 @@ pub(crate) fn with_pair<R>(
         ),
     }
 }
+
+/// The contiguous slices of a ternary op's three CPU operands, all f32 or all f64,
+/// handed to `on_f32` or `on_f64`. `op` and `names` (the operands, e.g.
+/// `["x", "gamma", "beta"]`) name them in the errors for a strided operand or mixed
+/// or other types; operands are checked in order.
+pub(crate) fn with_triple<R>(
+    op: &str,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    (s3, l3): (&CpuStorage, &Layout),
+    names: [&str; 3],
+    on_f32: impl FnOnce(&[f32], &[f32], &[f32]) -> R,
+    on_f64: impl FnOnce(&[f64], &[f64], &[f64]) -> R,
+) -> Result<R> {
+    let [n1, n2, n3] = names.map(|n| format!("{op}: {n}"));
+    match (s1, s2, s3) {
+        (CpuStorage::F32(a), CpuStorage::F32(b), CpuStorage::F32(c)) => Ok(on_f32(
+            contiguous(a, l1, &n1)?,
+            contiguous(b, l2, &n2)?,
+            contiguous(c, l3, &n3)?,
+        )),
+        (CpuStorage::F64(a), CpuStorage::F64(b), CpuStorage::F64(c)) => Ok(on_f64(
+            contiguous(a, l1, &n1)?,
+            contiguous(b, l2, &n2)?,
+            contiguous(c, l3, &n3)?,
+        )),
+        _ => bail!(
+            "{op}: expected three f32 or three f64 tensors, got {} {:?}, {} {:?} and {} {:?}",
+            names[0],
+            s1.dtype(),
+            names[1],
+            s2.dtype(),
+            names[2],
+            s3.dtype()
+        ),
+    }
+}

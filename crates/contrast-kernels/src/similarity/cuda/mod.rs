@@ -1,6 +1,6 @@
 //! The streaming InfoNCE op on CUDA (feature `cuda`).
 //!
-//! The same two passes as the CPU kernel ([`crate::info_nce`]): candidate tiles of the
+//! The same two passes as the CPU kernel ([`super::info_nce`]): candidate tiles of the
 //! `[B, N]` logits are formed one at a time by cuBLAS into a `[B, tile]` buffer, and
 //! our kernels (`info_nce.cu`) mask, scale and fold them into a running log-sum-exp per
 //! anchor; `acc += W C_tile` (cuBLAS) accumulates the anchors' gradient in the same
@@ -15,8 +15,8 @@
 //! [`Candidates`] is evaluated inside the kernels from per-row and per-column keys,
 //! windows and sorted column lists uploaded once per call.
 
-use crate::info_nce::{Candidates, Positive};
-use crate::mask_arrays::{ColumnLists, MaskArrays};
+use crate::similarity::info_nce::{Candidates, Positive};
+use crate::similarity::mask_arrays::{ColumnLists, MaskArrays};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::cublas::{CudaBlas, Gemm, GemmConfig, sys};
 use candle_core::cuda_backend::cudarc::driver::{
@@ -29,7 +29,7 @@ use candle_core::{CudaDevice, CudaStorage, Layout, Result, bail};
 use std::sync::{Arc, OnceLock};
 
 /// Upper bound on the elements of the `[B, tile]` logit buffer (16 MiB in f32).
-pub const TILE_ELEMENTS: usize = 1 << 22;
+pub(crate) const TILE_ELEMENTS: usize = 1 << 22;
 /// Threads per block; `info_nce.cu` assumes this value (`THREADS`).
 const THREADS: u32 = 256;
 const SOURCE: &str = include_str!("info_nce.cu");

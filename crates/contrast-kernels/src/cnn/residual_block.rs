@@ -2,7 +2,7 @@
 //! `relu(bn_b(conv_b(relu(bn_a(conv_a(x))))) + shortcut(x))`, with the shortcut either
 //! `x` itself or `bn_s(conv_s(x))` (a 1x1 projection).
 //!
-//! Written as two [`crate::conv_block`] ops, the block's inner activation
+//! Written as two [`super::conv_block`] ops, the block's inner activation
 //! `h = relu(bn_a(conv_a(x)))` (and the projected shortcut) are graph nodes: candle
 //! keeps them until the whole backward pass is over, because the loss holds the
 //! graph. As one op the graph keeps only the block's input and output; the backward
@@ -10,15 +10,15 @@
 //! the convolution outputs are kept). In a CIFAR ResNet-18 at 256 pairs that is
 //! 134 MB per block of the first stage, held through the part of the backward pass
 //! where the step's memory peaks. The arithmetic is the kernels of
-//! [`crate::conv2d`], [`crate::batch_norm`] and [`crate::residual`], so results equal
+//! [`super::conv2d`], [`super::batch_norm`] and [`super::residual`], so results equal
 //! the composition.
 
-use crate::batch_norm::{self, BackwardSpec, BatchNormMode, ChannelStats, Float};
-use crate::conv_block::{BlockSpec, conv_block};
-use crate::conv2d::{self, ConvGeometry};
-use crate::residual;
-use crate::storage::{contiguous, with_pair};
-use candle_core::backend::BackendStorage;
+use crate::cnn::batch_norm::{self, BackwardSpec, BatchNormMode, ChannelStats};
+use crate::cnn::conv_block::{BlockSpec, conv_block};
+use crate::cnn::conv2d::{self, ConvGeometry};
+use crate::cnn::residual;
+use crate::cpu::storage::{contiguous, with_pair, with_triple};
+use crate::float::Float;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use std::sync::{Arc, Mutex};
 
@@ -111,6 +111,16 @@ struct Saved<T> {
 enum SavedAny {
     F32(Saved<f32>),
     F64(Saved<f64>),
+}
+
+impl SavedAny {
+    /// The state as an f32 or an f64 one, for the two arms of a dtype dispatch.
+    fn split(self) -> (Option<Saved<f32>>, Option<Saved<f64>>) {
+        match self {
+            SavedAny::F32(s) => (Some(s), None),
+            SavedAny::F64(s) => (None, Some(s)),
+        }
+    }
 }
 
 fn to64<T: Float>(v: &[T]) -> Vec<f64> {
@@ -279,24 +289,33 @@ impl ResidualBlockGradOp {
         (conv2d::backward_input_owned(d_pre, w, &layer.g), dp)
     }
 
-    /// [`Self::run`] on the storages `[x, params, dy, output]` with their layouts;
-    /// the parameters' gradient comes back as a tensor of the parameters' shape.
+    /// [`Self::run`] on the slices `x`, `params` and `dy` and the forward pass's
+    /// `output` storage, with the state `s` the forward pass saved in this type (`None`
+    /// when it ran in the other one); the parameters' gradient comes back as a tensor
+    /// of the parameters' shape `p_shape`.
     fn run_on<T: Float + candle_core::WithDType>(
         &self,
-        operands: [(&Vec<T>, &Layout); 4],
-        s: Saved<T>,
+        x: &[T],
+        p: &[T],
+        dy: &[T],
+        (out, out_layout): (&CpuStorage, &Layout),
+        s: Option<Saved<T>>,
+        p_shape: &Shape,
     ) -> Result<(Vec<T>, Tensor)> {
-        const NAMES: [&str; 4] = ["x", "params", "dy", "output"];
-        let mut views = Vec::with_capacity(4);
-        for ((data, l), name) in operands.iter().zip(NAMES) {
-            views.push(contiguous(
-                data,
-                l,
-                &format!("residual_block backward: {name}"),
-            )?);
-        }
-        let (dx, dp) = self.run(views[0], views[1], views[2], views[3], s);
-        let dp = Tensor::from_vec(dp, operands[1].1.shape(), &candle_core::Device::Cpu)?;
+        let mismatch = || {
+            candle_core::Error::Msg(format!(
+                "residual_block backward: dtype mismatch ({:?} gradient, the forward pass ran in the other type)",
+                T::DTYPE
+            ))
+        };
+        let s = s.ok_or_else(mismatch)?;
+        let y = contiguous(
+            T::slice_of(out).ok_or_else(mismatch)?,
+            out_layout,
+            "residual_block backward: output",
+        )?;
+        let (dx, dp) = self.run(x, p, dy, y, s);
+        let dp = Tensor::from_vec(dp, p_shape, &candle_core::Device::Cpu)?;
         Ok((dx, dp))
     }
 
@@ -347,32 +366,28 @@ impl CustomOp3 for ResidualBlockGradOp {
         let (candle_core::Storage::Cpu(out), out_layout) = (&*guard.0, guard.1) else {
             bail!("residual_block backward: the output is not on the CPU");
         };
-        let (dx, dp) = match (s1, s2, s3, out, saved) {
-            (
-                CpuStorage::F32(x),
-                CpuStorage::F32(p),
-                CpuStorage::F32(d),
-                CpuStorage::F32(y),
-                Some(SavedAny::F32(s)),
-            ) => {
-                let (dx, dp) = self.run_on([(x, l1), (p, l2), (d, l3), (y, out_layout)], s)?;
-                (CpuStorage::F32(dx), dp)
-            }
-            (
-                CpuStorage::F64(x),
-                CpuStorage::F64(p),
-                CpuStorage::F64(d),
-                CpuStorage::F64(y),
-                Some(SavedAny::F64(s)),
-            ) => {
-                let (dx, dp) = self.run_on([(x, l1), (p, l2), (d, l3), (y, out_layout)], s)?;
-                (CpuStorage::F64(dx), dp)
-            }
-            (_, _, _, _, None) => bail!(
+        let Some(saved) = saved else {
+            bail!(
                 "residual_block: backward before forward, or a second backward pass over the same forward (the block keeps its state for one)"
-            ),
-            _ => bail!("residual_block backward: dtype mismatch ({:?})", s1.dtype()),
+            )
         };
+        let (s32, s64) = saved.split();
+        let output = (out, out_layout);
+        let (dx, dp) = with_triple(
+            "residual_block backward",
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+            ["x", "params", "dy"],
+            |x, p, d| {
+                let out = self.run_on(x, p, d, output, s32, l2.shape());
+                out.map(|(dx, dp)| (CpuStorage::F32(dx), dp))
+            },
+            |x, p, d| {
+                let out = self.run_on(x, p, d, output, s64, l2.shape());
+                out.map(|(dx, dp)| (CpuStorage::F64(dx), dp))
+            },
+        )??;
         *self.dparams.lock().expect("grad lock") = Some(dp);
         Ok((dx, l1.shape().clone()))
     }

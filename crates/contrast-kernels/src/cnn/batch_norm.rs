@@ -17,10 +17,9 @@
 //! statistics computed by the forward pass are kept for the backward pass and for the
 //! caller's running-statistics update, so no sweep is repeated.
 
-use crate::gemm::Element;
-use crate::storage::contiguous;
-use crate::wide::wide_kernel;
-use candle_core::backend::BackendStorage;
+use crate::cpu::storage::with_triple;
+use crate::cpu::wide::wide_kernel;
+use crate::float::Float;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -30,58 +29,6 @@ const BLOCK_ROWS: usize = 4096;
 
 /// Parameter gradients (as f64) that a backward op leaves for its caller.
 pub(crate) type SharedGrads = Arc<Mutex<Option<(Vec<f64>, Vec<f64>)>>>;
-
-/// Float types of the kernels, with conversions to the f64 accumulators.
-pub trait Float:
-    Element
-    + PartialOrd
-    + std::ops::Add<Output = Self>
-    + std::ops::Sub<Output = Self>
-    + std::ops::Mul<Output = Self>
-{
-    fn to_f64(self) -> f64;
-    fn from_f64(v: f64) -> Self;
-    /// Replaces every element by its exponential (vectorised for f32).
-    fn exp_inplace(xs: &mut [Self]);
-    /// The elements of a CPU storage of this type.
-    fn slice_of(s: &CpuStorage) -> Option<&[Self]>;
-}
-
-impl Float for f32 {
-    fn to_f64(self) -> f64 {
-        self as f64
-    }
-    fn from_f64(v: f64) -> Self {
-        v as f32
-    }
-    fn exp_inplace(xs: &mut [Self]) {
-        crate::fast_exp::exp_inplace(xs)
-    }
-    fn slice_of(s: &CpuStorage) -> Option<&[Self]> {
-        match s {
-            CpuStorage::F32(v) => Some(v),
-            _ => None,
-        }
-    }
-}
-
-impl Float for f64 {
-    fn to_f64(self) -> f64 {
-        self
-    }
-    fn from_f64(v: f64) -> Self {
-        v
-    }
-    fn exp_inplace(xs: &mut [Self]) {
-        xs.iter_mut().for_each(|x| *x = x.exp());
-    }
-    fn slice_of(s: &CpuStorage) -> Option<&[Self]> {
-        match s {
-            CpuStorage::F64(v) => Some(v),
-            _ => None,
-        }
-    }
-}
 
 /// Per-channel statistics used to normalise.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,7 +50,7 @@ pub enum BatchNormMode {
 impl BatchNormMode {
     /// The statistics to normalise `x` `[M, C]` with: its own (batch mode) or the
     /// given ones.
-    pub fn stats_of<T: Float>(&self, x: &[T], c: usize) -> ChannelStats {
+    pub(crate) fn stats_of<T: Float>(&self, x: &[T], c: usize) -> ChannelStats {
         match self {
             BatchNormMode::Batch => channel_stats(x, c),
             BatchNormMode::Fixed(s) => s.clone(),
@@ -111,7 +58,7 @@ impl BatchNormMode {
     }
 
     /// Checks that fixed statistics cover `c` channels; `op` names the caller.
-    pub fn check_channels(&self, c: usize, op: &str) -> Result<()> {
+    pub(crate) fn check_channels(&self, c: usize, op: &str) -> Result<()> {
         if let BatchNormMode::Fixed(s) = self
             && (s.mean.len() != c || s.var.len() != c)
         {
@@ -134,7 +81,7 @@ fn reduce_blocks<F>(width: usize, blocks: usize, f: F) -> Vec<f64>
 where
     F: Fn(usize, &mut [f64]) + Sync,
 {
-    crate::parallel::ordered_sum(width, blocks, |range, acc| range.for_each(|b| f(b, acc)))
+    crate::cpu::parallel::ordered_sum(width, blocks, |range, acc| range.for_each(|b| f(b, acc)))
 }
 
 wide_kernel! {
@@ -154,7 +101,7 @@ fn add_moments<T: Float>(sum: &mut [f64], sq: &mut [f64], rows: &[T], c: usize) 
 
 /// Batch mean and biased variance of `x` `[M, C]`, in one sweep with f64
 /// accumulators.
-pub fn channel_stats<T: Float>(x: &[T], c: usize) -> ChannelStats {
+pub(crate) fn channel_stats<T: Float>(x: &[T], c: usize) -> ChannelStats {
     channel_stats_with(x.len() / c, c, |rows, add| {
         add(&x[rows.start * c..rows.end * c])
     })
@@ -171,7 +118,7 @@ where
     F: Fn(std::ops::Range<usize>, &mut dyn FnMut(&[T])) + Sync,
 {
     let blocks = rows.div_ceil(BLOCK_ROWS);
-    let sums = crate::parallel::ordered_sum(2 * c, blocks, |range, acc| {
+    let sums = crate::cpu::parallel::ordered_sum(2 * c, blocks, |range, acc| {
         let (sum, sq) = acc.split_at_mut(c);
         let rows = range.start * BLOCK_ROWS..(range.end * BLOCK_ROWS).min(rows);
         rows_of(rows, &mut |piece| add_moments(sum, sq, piece, c));
@@ -412,30 +359,21 @@ impl CustomOp3 for BatchNormOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let c = l2.shape().elem_count();
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(g), CpuStorage::F32(b)) => {
-                let (x, g, b) = (
-                    contiguous(x, l1, "batch_norm: x")?,
-                    contiguous(g, l2, "batch_norm: gamma")?,
-                    contiguous(b, l3, "batch_norm: beta")?,
-                );
+        let out = with_triple(
+            "batch_norm",
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+            ["x", "gamma", "beta"],
+            |x, g, b| {
                 let stats = self.stats_for(x, c);
                 CpuStorage::F32(forward(x, g, b, &stats, self.eps, self.relu))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(g), CpuStorage::F64(b)) => {
-                let (x, g, b) = (
-                    contiguous(x, l1, "batch_norm: x")?,
-                    contiguous(g, l2, "batch_norm: gamma")?,
-                    contiguous(b, l3, "batch_norm: beta")?,
-                );
+            },
+            |x, g, b| {
                 let stats = self.stats_for(x, c);
                 CpuStorage::F64(forward(x, g, b, &stats, self.eps, self.relu))
-            }
-            _ => bail!(
-                "batch_norm: expected f32 or f64 tensors of one type, got {:?}",
-                s1.dtype()
-            ),
-        };
+            },
+        )?;
         Ok((out, l1.shape().clone()))
     }
 
@@ -516,23 +454,15 @@ impl CustomOp3 for BatchNormGradOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let out = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(y), CpuStorage::F32(d)) => {
-                CpuStorage::F32(self.run(
-                    contiguous(x, l1, "batch_norm: x")?,
-                    contiguous(y, l2, "batch_norm: y")?,
-                    contiguous(d, l3, "batch_norm: dy")?,
-                ))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(y), CpuStorage::F64(d)) => {
-                CpuStorage::F64(self.run(
-                    contiguous(x, l1, "batch_norm: x")?,
-                    contiguous(y, l2, "batch_norm: y")?,
-                    contiguous(d, l3, "batch_norm: dy")?,
-                ))
-            }
-            _ => bail!("batch_norm backward: unsupported dtype {:?}", s1.dtype()),
-        };
+        let out = with_triple(
+            "batch_norm backward",
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+            ["x", "y", "dy"],
+            |x, y, d| CpuStorage::F32(self.run(x, y, d)),
+            |x, y, d| CpuStorage::F64(self.run(x, y, d)),
+        )?;
         Ok((out, l1.shape().clone()))
     }
 }

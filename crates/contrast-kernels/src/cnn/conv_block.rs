@@ -10,18 +10,18 @@
 //! output is never a graph node either: the graph keeps only `relu(bn(conv(x)) + r)`,
 //! one full-size tensor less per residual block. The saved convolution output is
 //! released as soon as the backward pass has used it. The arithmetic is the kernels of
-//! [`crate::conv2d`], [`crate::batch_norm`], [`crate::pool`] and [`crate::residual`],
+//! [`super::conv2d`], [`super::batch_norm`], [`super::pool`] and [`super::residual`],
 //! so results equal the unfused composition.
 
-use crate::batch_norm::{
-    self, BackwardSpec, BatchNormMode, BatchNormOutput, ChannelStats, Float, batch_norm,
+use crate::cnn::batch_norm::{
+    self, BackwardSpec, BatchNormMode, BatchNormOutput, ChannelStats, batch_norm,
 };
-use crate::conv2d::{self, ConvGeometry, conv2d_nhwc};
-use crate::direct_conv;
-use crate::pool::{self, max_pool2};
-use crate::residual;
-use crate::storage::contiguous;
-use candle_core::backend::BackendStorage;
+use crate::cnn::conv2d::{self, ConvGeometry, conv2d_nhwc};
+use crate::cnn::direct_conv;
+use crate::cnn::pool::{self, max_pool2};
+use crate::cnn::residual;
+use crate::cpu::storage::{contiguous, with_triple};
+use crate::float::Float;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
 use std::sync::{Arc, Mutex};
 
@@ -63,6 +63,26 @@ struct Saved<T> {
 enum SavedAny {
     F32(Saved<f32>),
     F64(Saved<f64>),
+}
+
+impl SavedAny {
+    /// The state as an f32 or an f64 one, for the two arms of a dtype dispatch.
+    fn split(self) -> (Option<Saved<f32>>, Option<Saved<f64>>) {
+        match self {
+            SavedAny::F32(s) => (Some(s), None),
+            SavedAny::F64(s) => (None, Some(s)),
+        }
+    }
+}
+
+/// The saved state of the type the backward pass runs in (`dtype`), or an error when
+/// the forward pass ran in the other one.
+fn saved_as<T>(s: Option<Saved<T>>, dtype: &str) -> Result<Saved<T>> {
+    s.ok_or_else(|| {
+        candle_core::Error::Msg(format!(
+            "conv_block backward: dtype mismatch ({dtype} gradient, the forward pass ran in the other type)"
+        ))
+    })
 }
 
 /// Forward op `(x, params, residual) -> y`, with `params` the weights `[k*k*Cin, C]`
@@ -249,30 +269,21 @@ impl CustomOp3 for ConvBlockOp {
             self.spec.stride,
             self.spec.padding,
         )?;
-        let (out, saved) = match (s1, s2, s3) {
-            (CpuStorage::F32(x), CpuStorage::F32(p), CpuStorage::F32(r)) => {
-                let (o, s) = self.run(
-                    contiguous(x, l1, "conv_block: x")?,
-                    contiguous(p, l2, "conv_block: params")?,
-                    contiguous(r, l3, "conv_block: residual")?,
-                    g,
-                );
+        let (out, saved) = with_triple(
+            "conv_block",
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+            ["x", "params", "residual"],
+            |x, p, r| {
+                let (o, s) = self.run(x, p, r, g);
                 (CpuStorage::F32(o), SavedAny::F32(s))
-            }
-            (CpuStorage::F64(x), CpuStorage::F64(p), CpuStorage::F64(r)) => {
-                let (o, s) = self.run(
-                    contiguous(x, l1, "conv_block: x")?,
-                    contiguous(p, l2, "conv_block: params")?,
-                    contiguous(r, l3, "conv_block: residual")?,
-                    g,
-                );
+            },
+            |x, p, r| {
+                let (o, s) = self.run(x, p, r, g);
                 (CpuStorage::F64(o), SavedAny::F64(s))
-            }
-            _ => bail!(
-                "conv_block: expected f32 or f64 tensors of one type, got {:?}",
-                s1.dtype()
-            ),
-        };
+            },
+        )?;
         *self.saved.lock().expect("saved lock") = Some(saved);
         Ok((out, self.out_shape(&g)))
     }
@@ -474,34 +485,27 @@ impl CustomOp3 for ConvBlockGradOp {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let saved = self.saved.lock().expect("saved lock").take();
-        let out = match (s1, s2, s3, saved) {
-            (
-                CpuStorage::F32(x),
-                CpuStorage::F32(w),
-                CpuStorage::F32(d),
-                Some(SavedAny::F32(s)),
-            ) => CpuStorage::F32(self.run(
-                contiguous(x, l1, "conv_block: x")?,
-                contiguous(w, l2, "conv_block: w")?,
-                contiguous(d, l3, "conv_block: dy")?,
-                s,
-            )?),
-            (
-                CpuStorage::F64(x),
-                CpuStorage::F64(w),
-                CpuStorage::F64(d),
-                Some(SavedAny::F64(s)),
-            ) => CpuStorage::F64(self.run(
-                contiguous(x, l1, "conv_block: x")?,
-                contiguous(w, l2, "conv_block: w")?,
-                contiguous(d, l3, "conv_block: dy")?,
-                s,
-            )?),
-            (_, _, _, None) => bail!(
+        let Some(saved) = saved else {
+            bail!(
                 "conv_block: backward before forward, or a second backward pass over the same forward (the block keeps its intermediates for one)"
-            ),
-            _ => bail!("conv_block backward: dtype mismatch ({:?})", s1.dtype()),
+            )
         };
+        let (s32, s64) = saved.split();
+        let out = with_triple(
+            "conv_block backward",
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+            ["x", "w", "dy"],
+            |x, w, d| {
+                let s = saved_as(s32, "f32")?;
+                self.run(x, w, d, s).map(CpuStorage::F32)
+            },
+            |x, w, d| {
+                let s = saved_as(s64, "f64")?;
+                self.run(x, w, d, s).map(CpuStorage::F64)
+            },
+        )??;
         let shape = if self.input_grad {
             l1.shape().clone()
         } else {

@@ -21,10 +21,9 @@
 //! candidate columns with the now known log-sum-exps. Memory is `O((B + N) D + tile)`
 //! per thread.
 
-use crate::batch_norm::Float;
-use crate::gemm::{MatRef, matmul};
-use crate::storage::contiguous;
-use candle_core::backend::BackendStorage;
+use crate::cpu::gemm::{MatRef, matmul};
+use crate::cpu::storage::{contiguous, with_triple};
+use crate::float::Float;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, bail};
 use rayon::prelude::*;
 use std::sync::{Arc, Mutex};
@@ -436,7 +435,7 @@ fn saved_grads<T: Float + candle_core::WithDType>(
 /// pass 2 on the device when the candidates track gradients.
 #[cfg(feature = "cuda")]
 fn cuda_saved_grads(
-    p: &crate::cuda::Saved,
+    p: &crate::similarity::cuda::Saved,
     a: &Tensor,
     c: &Tensor,
     s: &Shapes,
@@ -446,7 +445,7 @@ fn cuda_saved_grads(
     let tensor = |st: candle_core::CudaStorage, shape: Shape| {
         Tensor::from_storage(Storage::Cuda(st), shape, BackpropOp::none(), false)
     };
-    let [da, de] = crate::cuda::clone_saved(p, s.b, s.d)?;
+    let [da, de] = crate::similarity::cuda::clone_saved(p, s.b, s.d)?;
     let dc = if c.track_op() {
         let (a_st, a_l) = a.storage_and_layout();
         let (c_st, c_l) = c.storage_and_layout();
@@ -454,8 +453,12 @@ fn cuda_saved_grads(
             bail!("info_nce: CUDA backward needs CUDA anchors and candidates");
         };
         let dc = match a.dtype() {
-            DType::F32 => crate::cuda::candidate_grad::<f32>((a_st, a_l), (c_st, c_l), p, t)?,
-            DType::F64 => crate::cuda::candidate_grad::<f64>((a_st, a_l), (c_st, c_l), p, t)?,
+            DType::F32 => {
+                crate::similarity::cuda::candidate_grad::<f32>((a_st, a_l), (c_st, c_l), p, t)?
+            }
+            DType::F64 => {
+                crate::similarity::cuda::candidate_grad::<f64>((a_st, a_l), (c_st, c_l), p, t)?
+            }
             other => bail!("info_nce: expected f32 or f64 inputs, got {other:?}"),
         };
         Some(tensor(dc, Shape::from((s.n, s.d))))
@@ -473,7 +476,7 @@ enum Saved {
     F32(Pass1<f32>),
     F64(Pass1<f64>),
     #[cfg(feature = "cuda")]
-    Cuda(Box<crate::cuda::Saved>),
+    Cuda(Box<crate::similarity::cuda::Saved>),
 }
 
 struct InfoNceOp {
@@ -502,34 +505,21 @@ impl CustomOp3 for InfoNceOp {
             n: l2.dims()[0],
             d,
         };
-        let (loss, saved) = match (s1, s2, s3) {
-            (CpuStorage::F32(a), CpuStorage::F32(c), CpuStorage::F32(e)) => {
-                let (l, p) = pass1(
-                    contiguous(a, l1, "info_nce: anchors")?,
-                    contiguous(c, l2, "info_nce: candidates")?,
-                    contiguous(e, l3, "info_nce: extra")?,
-                    &s,
-                    &self.spec,
-                    self.temperature,
-                );
+        let (loss, saved) = with_triple(
+            "info_nce",
+            (s1, l1),
+            (s2, l2),
+            (s3, l3),
+            ["anchors", "candidates", "extra"],
+            |a, c, e| {
+                let (l, p) = pass1(a, c, e, &s, &self.spec, self.temperature);
                 (CpuStorage::F32(vec![l as f32]), Saved::F32(p))
-            }
-            (CpuStorage::F64(a), CpuStorage::F64(c), CpuStorage::F64(e)) => {
-                let (l, p) = pass1(
-                    contiguous(a, l1, "info_nce: anchors")?,
-                    contiguous(c, l2, "info_nce: candidates")?,
-                    contiguous(e, l3, "info_nce: extra")?,
-                    &s,
-                    &self.spec,
-                    self.temperature,
-                );
+            },
+            |a, c, e| {
+                let (l, p) = pass1(a, c, e, &s, &self.spec, self.temperature);
                 (CpuStorage::F64(vec![l]), Saved::F64(p))
-            }
-            _ => bail!(
-                "info_nce: expected f32 or f64 inputs of one type, got {:?}",
-                s1.dtype()
-            ),
-        };
+            },
+        )?;
         *self.saved.lock().expect("saved lock") = Some(saved);
         Ok((loss, Shape::from(())))
     }
@@ -544,11 +534,16 @@ impl CustomOp3 for InfoNceOp {
         s3: &candle_core::CudaStorage,
         l3: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
         let inputs = ((s1, l1), (s2, l2), (s3, l3));
         let (spec, t) = (&self.spec, self.temperature);
         let (loss, saved) = match s1.dtype() {
-            DType::F32 => crate::cuda::forward::<f32>(inputs.0, inputs.1, inputs.2, spec, t)?,
-            DType::F64 => crate::cuda::forward::<f64>(inputs.0, inputs.1, inputs.2, spec, t)?,
+            DType::F32 => {
+                crate::similarity::cuda::forward::<f32>(inputs.0, inputs.1, inputs.2, spec, t)?
+            }
+            DType::F64 => {
+                crate::similarity::cuda::forward::<f64>(inputs.0, inputs.1, inputs.2, spec, t)?
+            }
             other => bail!("info_nce: expected f32 or f64 inputs, got {other:?}"),
         };
         *self.saved.lock().expect("saved lock") = Some(Saved::Cuda(Box::new(saved)));
@@ -595,9 +590,9 @@ impl CustomOp3 for InfoNceOp {
 /// the positive is [`Positive::Extra`]. Gradients reach the anchors and the extra
 /// logits, and the candidates when they track gradients (SimCLR's in-batch
 /// candidates do; a detached queue does not, and its pass is skipped). f32 or f64
-/// tensors on the CPU, and on CUDA with the `cuda` feature ([`crate::cuda`]), run the
+/// tensors on the CPU, and on CUDA with the `cuda` feature ([`super::cuda`]), run the
 /// custom kernels with every mask rule; other devices and dtypes run the same streaming
-/// algorithm from tensor ops ([`crate::tiled::tiled_info_nce`]), which supports the
+/// algorithm from tensor ops ([`super::tiled::tiled_info_nce`]), which supports the
 /// positive, `exclude_self` and `keys` masks.
 pub fn streaming_info_nce(
     anchors: &Tensor,
@@ -624,7 +619,13 @@ pub fn streaming_info_nce(
     let has_kernel =
         anchors.device().is_cpu() || (cfg!(feature = "cuda") && anchors.device().is_cuda());
     if !has_kernel || !matches!(anchors.dtype(), DType::F32 | DType::F64) {
-        return crate::tiled::tiled_info_nce(anchors, candidates, extra, &spec, temperature);
+        return crate::similarity::tiled::tiled_info_nce(
+            anchors,
+            candidates,
+            extra,
+            &spec,
+            temperature,
+        );
     }
     let op = InfoNceOp {
         spec: Arc::new(spec),

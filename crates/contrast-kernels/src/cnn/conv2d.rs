@@ -16,8 +16,8 @@
 //! same convolution in plain candle ops: the reference in tests and the path on
 //! devices without a kernel.
 
-use crate::gemm::{Element, MatRef, matmul};
-use crate::storage::with_pair;
+use crate::cpu::gemm::{Element, MatRef, matmul};
+use crate::cpu::storage::with_pair;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
@@ -211,7 +211,7 @@ pub(crate) fn gemm_chunk<T: Element>(y: &mut [T], x: &[T], w: &[T], g: &ConvGeom
 }
 
 /// Forward pass: `y` `[B, Ho, Wo, Cout]` from `x` and `w`.
-pub fn forward<T: Element>(x: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
+pub(crate) fn forward<T: Element>(x: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
     let per = g.images_per_chunk();
     let rows_per_image = g.out_pixels();
     let mut y = vec![T::ZERO; g.batch * rows_per_image * g.out_channels];
@@ -228,7 +228,7 @@ pub fn forward<T: Element>(x: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
 }
 
 /// Input gradient `dx` `[B, H, W, Cin]` from the output gradient `dy` and `w`.
-pub fn backward_input<T: Element>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
+pub(crate) fn backward_input<T: Element>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T> {
     let per = g.images_per_chunk();
     let rows_per_image = g.out_pixels();
     let mut dx = vec![T::ZERO; g.batch * g.in_image()];
@@ -256,7 +256,11 @@ pub fn backward_input<T: Element>(dy: &[T], w: &[T], g: &ConvGeometry) -> Vec<T>
 /// buffer into `dx` image chunk by image chunk instead of allocating a second
 /// full-size buffer. Each chunk's `dy` is multiplied out into a chunk-sized column
 /// buffer before the chunk is overwritten.
-pub fn backward_input_owned<T: Element>(mut dy: Vec<T>, w: &[T], g: &ConvGeometry) -> Vec<T> {
+pub(crate) fn backward_input_owned<T: Element>(
+    mut dy: Vec<T>,
+    w: &[T],
+    g: &ConvGeometry,
+) -> Vec<T> {
     if g.in_image() != g.out_pixels() * g.out_channels {
         return backward_input(&dy, w, g);
     }
@@ -309,7 +313,7 @@ fn add_weight_grad<T: Element>(acc: &mut [T], x: &[T], dy: &[T], g: &ConvGeometr
 /// Weight gradient `dw` `[k*k*Cin, Cout]` from the input `x` and the output
 /// gradient, which `dy_of(first, n, f)` hands to `f` for the `n` images from
 /// `first` on (`[n, Ho, Wo, Cout]`): stored, or computed chunk by chunk by a fused
-/// kernel. Chunks are summed in a fixed order ([`crate::parallel::ordered_sum`]).
+/// kernel. Chunks are summed in a fixed order ([`crate::cpu::parallel::ordered_sum`]).
 pub(crate) fn backward_weight_with<T, F>(x: &[T], g: &ConvGeometry, dy_of: F) -> Vec<T>
 where
     T: Element,
@@ -317,7 +321,7 @@ where
 {
     let per = g.images_per_chunk();
     let chunks = g.batch.div_ceil(per);
-    crate::parallel::ordered_sum(g.patch() * g.out_channels, chunks, |range, acc| {
+    crate::cpu::parallel::ordered_sum(g.patch() * g.out_channels, chunks, |range, acc| {
         for chunk in range {
             let first = chunk * per;
             let n = per.min(g.batch - first);
@@ -328,7 +332,7 @@ where
 }
 
 /// Weight gradient `dw` `[k*k*Cin, Cout]` from the input `x` and output gradient `dy`.
-pub fn backward_weight<T: Element>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T> {
+pub(crate) fn backward_weight<T: Element>(x: &[T], dy: &[T], g: &ConvGeometry) -> Vec<T> {
     let out_image = g.out_pixels() * g.out_channels;
     backward_weight_with(x, g, |first, n, f| {
         f(&dy[first * out_image..(first + n) * out_image])
