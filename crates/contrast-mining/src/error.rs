@@ -5,6 +5,12 @@
 pub enum MiningError {
     #[error("invalid argument `{arg}`: {message}")]
     InvalidArgument { arg: &'static str, message: String },
+    /// A policy's parameters are invalid; `source` names the parameter.
+    #[error("policy `{policy}`: {source}")]
+    Policy {
+        policy: &'static str,
+        source: Box<MiningError>,
+    },
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
     #[error(transparent)]

@@ -468,6 +468,7 @@ impl CustomOp3 for BatchNormGradOp {
 }
 
 /// Output of [`batch_norm`]: the normalised tensor and the statistics it used.
+#[derive(Debug)]
 pub struct BatchNormOutput {
     pub y: Tensor,
     pub stats: ChannelStats,

@@ -271,7 +271,11 @@ impl Pipeline {
     /// Validates the policies and orders them by stage (stable within a stage).
     pub fn new(mut configs: Vec<PolicyConfig>) -> Result<Self> {
         for p in &configs {
-            p.validate()?;
+            p.validate()
+                .map_err(|e| crate::error::MiningError::Policy {
+                    policy: p.name(),
+                    source: Box::new(e),
+                })?;
         }
         configs.sort_by_key(|p| p.stage());
         let policies = configs.iter().map(PolicyConfig::build).collect();
