@@ -55,9 +55,11 @@ pub mod idx;
 pub mod loader;
 mod read;
 pub mod recipe;
+pub mod seeds;
 
 pub use catalog::DatasetId;
 pub use dataset::{Dataset, ImageShape, Split};
 pub use error::{DataError, Result};
 pub use loader::{Batch, EpochStream, LoaderConfig, Normalization, ViewLoader};
 pub use recipe::ViewRecipe;
+pub use seeds::{Stream, stream_rng, stream_seed};

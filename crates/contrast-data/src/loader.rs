@@ -8,9 +8,8 @@
 use crate::dataset::{Dataset, ImageShape};
 use crate::error::{DataError, Result};
 use crate::recipe::ViewRecipe;
-use rand::SeedableRng;
+use crate::seeds::{Stream, stream_rng};
 use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -69,19 +68,6 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.indices.is_empty()
     }
-}
-
-/// SplitMix64 finaliser: decorrelates nearby integers into seeds.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// A seed derived from a base seed and a path of indices.
-pub fn derive_seed(seed: u64, path: &[u64]) -> u64 {
-    path.iter().fold(mix(seed), |acc, &p| mix(acc ^ mix(p)))
 }
 
 /// Produces augmented multi-view batches from a dataset.
@@ -161,7 +147,7 @@ impl ViewLoader {
     pub fn order(&self, epoch: usize) -> Vec<u32> {
         let mut order: Vec<u32> = (0..self.dataset.len() as u32).collect();
         if self.config.shuffle {
-            let mut rng = ChaCha8Rng::seed_from_u64(derive_seed(self.config.seed, &[epoch as u64]));
+            let mut rng = stream_rng(self.config.seed, Stream::EpochOrder, &[epoch as u64]);
             order.shuffle(&mut rng);
         }
         order
@@ -184,9 +170,11 @@ impl ViewLoader {
                 buf.par_chunks_mut(numel)
                     .zip(indices.par_iter())
                     .for_each(|(out, &idx)| {
-                        let seed =
-                            derive_seed(self.config.seed, &[epoch as u64, v as u64, idx as u64]);
-                        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                        let mut rng = stream_rng(
+                            self.config.seed,
+                            Stream::Augmentation,
+                            &[epoch as u64, v as u64, idx as u64],
+                        );
                         let img = recipe.apply(self.dataset.image(idx as usize), shape, &mut rng);
                         for (k, (o, x)) in out.iter_mut().zip(&img.data).enumerate() {
                             *o = (x - self.norm.mean[k % c]) / self.norm.std[k % c];

@@ -19,8 +19,7 @@ use crate::model::ContrastiveModel;
 use crate::optim::Optimizer;
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
-use contrast_data::Batch;
-use contrast_data::loader::derive_seed;
+use contrast_data::{Batch, Stream, stream_rng, stream_seed};
 use contrast_encoders::{InputShape, copy_vars, ema_update};
 use contrast_losses::{
     LossConfig, LossInputs, invariance_propagation, partner_classes, ramp, refreshed_neighbours,
@@ -30,7 +29,6 @@ use contrast_mining::{
     Diagnostics, DiagnosticsSummary, MiningBatch, Pipeline, QueueBatch, QueuePlan, mined_info_nce,
     mined_moco_info_nce,
 };
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
@@ -114,23 +112,32 @@ impl Method {
     ) -> Result<Self> {
         Ok(match &cfg.method {
             MethodConfig::Simclr => Method::InBatch(Box::new(InBatch {
-                pipeline: Pipeline::new(cfg.mining.clone())?
-                    .with_seed(derive_seed(cfg.seed, &[0x313])),
+                pipeline: Pipeline::new(cfg.mining.clone())?.with_seed(stream_seed(
+                    cfg.seed,
+                    Stream::PolicyState,
+                    &[],
+                )),
                 diagnostics: Diagnostics::default(),
             })),
             MethodConfig::Moco { queue_size, .. } => {
-                let key = ContrastiveModel::new(&cfg.model, input, None, device, cfg.seed)?;
+                // The key encoder starts as a copy of the online one.
+                let init = stream_seed(cfg.seed, Stream::ModelInit, &[]);
+                let key = ContrastiveModel::new(&cfg.model, input, None, device, init)?;
                 copy_vars(&key.varmap, &model.varmap)?;
                 let queue = KeyQueue::new(
                     *queue_size,
                     cfg.model.head.out,
-                    derive_seed(cfg.seed, &[0x9e]),
+                    stream_seed(cfg.seed, Stream::QueueInit, &[]),
                     device,
                 )?;
                 Method::Moco(Box::new(Moco {
                     key,
                     queue,
-                    pipeline: Pipeline::new(cfg.mining.clone())?,
+                    pipeline: Pipeline::new(cfg.mining.clone())?.with_seed(stream_seed(
+                        cfg.seed,
+                        Stream::PolicyState,
+                        &[],
+                    )),
                     diagnostics: Diagnostics::default(),
                 }))
             }
@@ -143,7 +150,7 @@ impl Method {
                     dataset_size,
                     cfg.model.head.out,
                     *momentum,
-                    derive_seed(cfg.seed, &[0xba]),
+                    stream_seed(cfg.seed, Stream::BankInit, &[]),
                     device,
                 )?;
                 // Until refreshed, an entry's neighbours are itself (the invariance
@@ -346,12 +353,10 @@ impl StepInputs<'_> {
         )
     }
 
-    /// The step's random stream `salt`.
-    fn rng(&self, salt: u64) -> ChaCha8Rng {
-        ChaCha8Rng::seed_from_u64(derive_seed(
-            self.cfg.seed,
-            &[self.batch.epoch as u64, self.batch.step as u64, salt],
-        ))
+    /// This step's draws from `stream` (one of the per-step streams).
+    fn rng(&self, stream: Stream) -> ChaCha8Rng {
+        let coords = [self.batch.epoch as u64, self.batch.step as u64];
+        stream_rng(self.cfg.seed, stream, &coords)
     }
 
     fn ids(&self) -> Vec<i64> {
@@ -388,7 +393,7 @@ impl InBatch {
                     &batch.labels,
                     step.num_classes,
                     c.pairs,
-                    &mut step.rng(0x51a9),
+                    &mut step.rng(Stream::Partners),
                 )?;
                 let p = Tensor::from_vec(p, b, step.device)?;
                 let g = filter.forward_t(&labels, &p, true)?;
@@ -401,8 +406,9 @@ impl InBatch {
             // the plan's negatives against the labels.
             LossConfig::NtXent(c) => {
                 let mining = MiningBatch::in_batch(&views, &step.ids(), Some(&step.classes()))?;
-                let plan = self.pipeline.plan(&mining, &mut step.rng(0x313))?;
-                self.diagnostics.add(&mining, &plan, &mut step.rng(0xd1a9));
+                let plan = self.pipeline.plan(&mining, &mut step.rng(Stream::Mining))?;
+                self.diagnostics
+                    .add(&mining, &plan, &mut step.rng(Stream::Diagnostics));
                 if self.pipeline.is_empty() {
                     cfg.loss.compute(LossInputs::views(&views))?
                 } else {
@@ -434,7 +440,7 @@ impl Moco {
             &self.key,
             &step.view(1)?,
             shuffle_splits,
-            &mut step.rng(0x5bf1),
+            &mut step.rng(Stream::KeyShuffle),
         )?;
         let queue = self.queue.keys();
         let mining = QueueBatch::new(
@@ -449,10 +455,11 @@ impl Moco {
         let plan = if self.pipeline.is_empty() {
             QueuePlan::new(step.batch.len())
         } else {
-            self.pipeline.plan_queue(&mining, &mut step.rng(0x313))?
+            self.pipeline
+                .plan_queue(&mining, &mut step.rng(Stream::Mining))?
         };
         self.diagnostics
-            .add_queue(&mining, &plan, &mut step.rng(0xd1a9))?;
+            .add_queue(&mining, &plan, &mut step.rng(Stream::Diagnostics))?;
         let labels = Tensor::from_slice(&step.batch.labels, step.batch.len(), step.device)?;
         let loss = match &cfg.loss {
             LossConfig::MocoInfoNce(c) if !self.pipeline.is_empty() => {

@@ -10,7 +10,9 @@ use crate::optim::Optimizer;
 use crate::schedule::warmup_cosine;
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
-use contrast_data::{Batch, Dataset, LoaderConfig, Normalization, Split, ViewLoader};
+use contrast_data::{
+    Batch, Dataset, LoaderConfig, Normalization, Split, Stream, ViewLoader, stream_seed,
+};
 use contrast_eval::{Series, line_plot};
 use contrast_losses::LossConfig;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -152,7 +154,7 @@ impl Trainer {
             input_shape(&train),
             filter_classes,
             &device,
-            cfg.seed,
+            stream_seed(cfg.seed, Stream::ModelInit, &[]),
         )?;
         let opt = Optimizer::new(cfg.optim.clone(), model.params());
         let method = Method::new(cfg, &model, input_shape(&train), train.len(), &device)?;
