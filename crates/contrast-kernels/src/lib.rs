@@ -35,6 +35,35 @@
 //! Every kernel has a plain candle composition beside it that serves as its reference
 //! in tests and as the path on devices without a kernel. The ops are re-exported here;
 //! the modules of each family hold the rest.
+//!
+//! # Example
+//!
+//! MoCo's InfoNCE streamed over a queue: the kernel never forms the `[B, K]` logits,
+//! yet equals the dense log-sum-exp, and its gradient reaches the queries.
+//!
+//! ```
+//! use candle_core::{D, Device, Tensor, Var};
+//! use contrast_kernels::{Candidates, Positive, l2_normalize, streaming_info_nce};
+//!
+//! let dev = Device::Cpu;
+//! let t = 0.2;
+//! let q = Var::randn(0f32, 1.0, (4, 8), &dev)?; // queries [B, D]
+//! let qn = l2_normalize(q.as_tensor())?;
+//! let keys = l2_normalize(&Tensor::randn(0f32, 1.0, (4, 8), &dev)?)?; // positives [B, D]
+//! let queue = l2_normalize(&Tensor::randn(0f32, 1.0, (64, 8), &dev)?)?; // negatives [K, D]
+//! let extra = ((&qn * &keys)?.sum(1)? / t)?; // positive logits [B]
+//! let spec = Candidates { positive: Positive::Extra, ..Candidates::default() };
+//! let loss = streaming_info_nce(&qn, &queue, &extra, spec, t)?;
+//!
+//! // Dense check: mean over queries of logsumexp([e_i, q_i . queue / t]) - e_i.
+//! let logits = Tensor::cat(&[extra.unsqueeze(1)?, (qn.matmul(&queue.t()?)? / t)?], 1)?;
+//! let max = logits.max_keepdim(D::Minus1)?;
+//! let lse = (logits.broadcast_sub(&max)?.exp()?.sum_keepdim(D::Minus1)?.log()? + max)?;
+//! let dense = (lse.squeeze(1)? - &extra)?.mean_all()?.to_scalar::<f32>()?;
+//! assert!((loss.to_scalar::<f32>()? - dense).abs() < 1e-5);
+//! assert_eq!(loss.backward()?.get(&q).expect("query gradient").dims(), &[4, 8]);
+//! # Ok::<(), candle_core::Error>(())
+//! ```
 
 pub mod cnn;
 mod cpu;

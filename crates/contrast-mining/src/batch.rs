@@ -114,4 +114,25 @@ impl MiningBatch {
             )),
         }
     }
+
+    /// Every `(anchor, candidate)` pair whose labels agree (the anchor's own views
+    /// included), anchor by anchor; fails naming `policy` when labels are missing.
+    pub fn same_label_pairs(&self, policy: &'static str) -> Result<Vec<(usize, usize)>> {
+        let (al, cl) = self.labels(policy)?;
+        Ok(al
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &a)| {
+                cl.iter()
+                    .enumerate()
+                    .filter(move |&(_, &l)| l == a)
+                    .map(move |(c, _)| (i, c))
+            })
+            .collect())
+    }
+}
+
+/// The values of `t` as f32, row-major (for policies that work on raw rows).
+pub(crate) fn flat_f32(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?)
 }

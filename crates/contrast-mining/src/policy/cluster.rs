@@ -7,7 +7,7 @@
 //! of batches plays the bank's part; each epoch visits every image once.
 
 use super::{Policy, Stage, Step};
-use crate::batch::MiningBatch;
+use crate::batch::{MiningBatch, flat_f32};
 use crate::error::{Result, invalid};
 use crate::plan::MiningPlan;
 use candle_core::{DType, Device, Tensor};
@@ -223,11 +223,7 @@ impl Policy for Clustering {
     ) -> Result<()> {
         let (p, state) = (&self.params, &mut self.state);
         let dim = batch.candidates.dim(1)?;
-        let x: Vec<f32> = batch
-            .candidates
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
+        let x = flat_f32(&batch.candidates)?;
         if !state.is_seeded() {
             if mean_pair_cosine(batch) >= p.start_below {
                 return Ok(());
@@ -238,13 +234,7 @@ impl Policy for Clustering {
         let anch = if batch.same_set {
             cand.clone()
         } else {
-            state.assign(
-                &batch
-                    .anchors
-                    .to_dtype(DType::F32)?
-                    .flatten_all()?
-                    .to_vec1()?,
-            )
+            state.assign(&flat_f32(&batch.anchors)?)
         };
         let mut identified = vec![Vec::new(); plan.anchors];
         for (i, found) in identified.iter_mut().enumerate() {

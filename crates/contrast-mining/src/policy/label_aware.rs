@@ -28,12 +28,9 @@ impl Policy for LabelAware {
     }
 
     fn plan(&mut self, batch: &MiningBatch, plan: &mut MiningPlan, _: &mut Step<'_>) -> Result<()> {
-        let (al, cl) = batch.labels(self.name())?;
-        for (i, &a) in al.iter().enumerate() {
-            for (c, &l) in cl.iter().enumerate() {
-                if l == a && !plan.is_positive(i, c) {
-                    plan.row_mut(i)[c] = 0.0;
-                }
+        for (i, c) in batch.same_label_pairs(self.name())? {
+            if !plan.is_positive(i, c) {
+                plan.row_mut(i)[c] = 0.0;
             }
         }
         Ok(())

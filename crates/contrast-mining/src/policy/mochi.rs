@@ -3,10 +3,10 @@
 
 use super::selection::ranked_negatives;
 use super::{Policy, QueueNeeds, QueueRow, Stage, Step};
-use crate::batch::MiningBatch;
+use crate::batch::{MiningBatch, flat_f32};
 use crate::error::{Result, invalid};
 use crate::plan::MiningPlan;
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use contrast_losses::hardest_first;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -55,16 +55,7 @@ impl Policy for Mochi {
         step: &mut Step<'_>,
     ) -> Result<()> {
         let d = batch.candidates.dim(1)?;
-        let cand: Vec<f32> = batch
-            .candidates
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
-        let anch: Vec<f32> = batch
-            .anchors
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1()?;
+        let (cand, anch) = (flat_f32(&batch.candidates)?, flat_f32(&batch.anchors)?);
         let s = self.points();
         let mut out = vec![0f32; plan.anchors * s * d];
         let row = |c: usize| &cand[c * d..(c + 1) * d];

@@ -26,12 +26,9 @@ impl Policy for Supervised {
     }
 
     fn plan(&mut self, batch: &MiningBatch, plan: &mut MiningPlan, _: &mut Step<'_>) -> Result<()> {
-        let (al, cl) = batch.labels(self.name())?;
-        for (i, &a) in al.iter().enumerate() {
-            for (c, &l) in cl.iter().enumerate() {
-                if !batch.is_self(i, c) && l == a {
-                    plan.add_positive(i, c, 1.0);
-                }
+        for (i, c) in batch.same_label_pairs(self.name())? {
+            if !batch.is_self(i, c) {
+                plan.add_positive(i, c, 1.0);
             }
         }
         Ok(())
