@@ -70,8 +70,8 @@ pub enum Cancellation {
 /// both, a candidate must pass both, as the official code).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FalseNegativeRule {
-    pub topk: Option<usize>,
-    pub threshold: Option<f64>,
+    topk: Option<usize>,
+    threshold: Option<f64>,
 }
 
 impl FalseNegativeRule {
