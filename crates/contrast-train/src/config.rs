@@ -3,6 +3,7 @@
 //! Unknown keys are errors (every table denies them), so a typo never silently falls
 //! back to a default.
 
+use crate::provenance::{self, Origins};
 use anyhow::{Context, Result, bail};
 use contrast_data::{DatasetId, ViewRecipe};
 use contrast_encoders::{EncoderConfig, FeatureFilterConfig, HeadConfig, MomentumSchedule};
@@ -274,11 +275,12 @@ pub fn set_path(table: &mut toml::Table, path: &str, raw: &str) -> Result<()> {
     Ok(())
 }
 
-/// Reads a config file into a table. A file may name a base with
-/// `extends = "other.toml"` (relative to its own directory); the file's keys are then
-/// merged over the base's: tables merge key by key, except tables with a `name` key
-/// (tagged choices such as `[loss]` and `[optim]`), which replace the base's whole.
-pub fn read_table(path: &Path, depth: usize) -> Result<toml::Table> {
+/// Reads a config file into a table, with the origin of every key. A file may name a
+/// base with `extends = "other.toml"` (relative to its own directory); the file's keys
+/// are then merged over the base's: tables merge key by key, except tables with a
+/// `name` key (tagged choices such as `[loss]` and `[optim]`), which replace the base's
+/// whole.
+pub fn read_table(path: &Path, depth: usize) -> Result<(toml::Table, Origins)> {
     if depth > 8 {
         bail!("{}: `extends` chain is too deep (a cycle?)", path.display());
     }
@@ -286,14 +288,16 @@ pub fn read_table(path: &Path, depth: usize) -> Result<toml::Table> {
         .with_context(|| format!("cannot read config file {}", path.display()))?;
     let mut table: toml::Table =
         toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
+    let origins = Origins::from_text(&text, &path.display().to_string());
     match table.remove("extends") {
-        None => Ok(table),
+        None => Ok((table, origins)),
         Some(toml::Value::String(base)) => {
             let base_path = path.parent().unwrap_or(Path::new(".")).join(&base);
-            let mut merged = read_table(&base_path, depth + 1)
+            let (mut merged, mut merged_origins) = read_table(&base_path, depth + 1)
                 .with_context(|| format!("{}: extends \"{base}\"", path.display()))?;
             merge(&mut merged, table);
-            Ok(merged)
+            merged_origins.overlay(origins);
+            Ok((merged, merged_origins))
         }
         Some(other) => bail!(
             "{}: `extends` must be a file name, got {other}",
@@ -319,43 +323,37 @@ impl Config {
     /// Parses TOML text (with `origin` naming it in errors), applies `key=value`
     /// overrides, and validates the result.
     pub fn from_toml(text: &str, origin: &str, overrides: &[String]) -> Result<Self> {
-        let mut table: toml::Table =
+        let table: toml::Table =
             toml::from_str(text).with_context(|| format!("{origin}: not valid TOML"))?;
+        Self::from_table(table, Origins::from_text(text, origin), origin, overrides)
+    }
+
+    /// Reads and parses a config file, resolving `extends` (see [`read_table`]).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let (table, origins) = read_table(path, 0)?;
+        Self::from_table(table, origins, &path.display().to_string(), overrides)
+    }
+
+    /// Applies `overrides` to a merged table and parses it. A parse error names the
+    /// key path and where its value came from (`file:line` or `--set`); a validation
+    /// error names `origin`, the file the run was started from.
+    fn from_table(
+        mut table: toml::Table,
+        mut origins: Origins,
+        origin: &str,
+        overrides: &[String],
+    ) -> Result<Self> {
         for o in overrides {
             let (k, v) = o
                 .split_once('=')
                 .with_context(|| format!("--set `{o}`: expected key=value"))?;
             set_path(&mut table, k.trim(), v.trim())?;
+            origins.set(k.trim(), o);
         }
-        // Re-parse the merged table as text so that errors carry a location, which is
-        // turned into the name of the table at fault.
-        let merged = toml::to_string(&table)?;
-        let cfg: Config = toml::from_str(&merged).map_err(|e| {
-            let table = e
-                .span()
-                .and_then(|span| {
-                    merged[..span.start]
-                        .lines()
-                        .rev()
-                        .find(|l| l.starts_with('['))
-                })
-                .map(|h| format!(" (in {})", h.trim()))
-                .unwrap_or_default();
-            anyhow::anyhow!("{origin}: {}{table}", e.message().trim())
-        })?;
+        let cfg: Config = provenance::deserialize(&table, &origins)?;
         cfg.validate()
             .with_context(|| format!("{origin}: invalid configuration"))?;
         Ok(cfg)
-    }
-
-    /// Reads and parses a config file, resolving `extends` (see [`read_table`]).
-    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
-        let table = read_table(path, 0)?;
-        Self::from_toml(
-            &toml::to_string(&table)?,
-            &path.display().to_string(),
-            overrides,
-        )
     }
 
     /// The config as TOML text.

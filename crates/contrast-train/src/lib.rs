@@ -77,6 +77,7 @@ pub mod method;
 pub mod metrics;
 pub mod model;
 pub mod optim;
+pub mod provenance;
 pub mod schedule;
 pub mod trainer;
 

@@ -113,3 +113,114 @@ fn bad_mining_is_named() {
     let e = format!("{:#}", Config::load(&path, &[]).unwrap_err());
     assert!(e.contains("supervised") && e.contains("queue"), "{e}");
 }
+
+/// Every leaf key path of a table (`a.b`, `list[0].c`) with its value.
+fn leaves(table: &toml::Table, prefix: &str, out: &mut Vec<String>) {
+    for (k, v) in table {
+        let path = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        match v {
+            toml::Value::Table(t) => leaves(t, &path, out),
+            toml::Value::Array(items)
+                if items.iter().all(|i| i.is_table()) && !items.is_empty() =>
+            {
+                for (i, item) in items.iter().enumerate() {
+                    leaves(item.as_table().unwrap(), &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => out.push(path),
+        }
+    }
+}
+
+/// The table holding `path`'s last key, and that key.
+fn parent_mut<'t>(table: &'t mut toml::Table, path: &str) -> (&'t mut toml::Table, String) {
+    let (parent, key) = match path.rsplit_once('.') {
+        Some((p, k)) => (Some(p), k.to_string()),
+        None => (None, path.to_string()),
+    };
+    let mut cur = table;
+    for part in parent.into_iter().flat_map(|p| p.split('.')) {
+        let (name, index) = match part.split_once('[') {
+            Some((n, i)) => (n, Some(i.trim_end_matches(']').parse::<usize>().unwrap())),
+            None => (part, None),
+        };
+        let v = cur.get_mut(name).unwrap();
+        cur = match index {
+            Some(i) => v.as_array_mut().unwrap()[i].as_table_mut().unwrap(),
+            None => v.as_table_mut().unwrap(),
+        };
+    }
+    (cur, key)
+}
+
+/// For every key path of every preset: a wrong value or a misspelled key, set on the
+/// command line or written in a file, gives an error that names that exact path and
+/// where it came from (`--set ...` or `file:line`).
+#[test]
+fn every_key_path_of_every_preset_names_itself_and_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(preset("")).unwrap() {
+        let file = entry.unwrap().path();
+        if file.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let (table, _) = contrast_train::config::read_table(&file, 0).unwrap();
+        let mut paths = Vec::new();
+        leaves(&table, "", &mut paths);
+        for path in &paths {
+            // A doubled last letter: the kind of typo a suggestion should catch.
+            let last = path.chars().last().unwrap();
+            let misspelled = format!("{path}{last}");
+            if !path.contains('[') {
+                // On the command line: a value no key accepts, and a misspelled key.
+                for arg in [format!("{path}={{bogus = 1}}"), format!("{misspelled}=1")] {
+                    let e = format!(
+                        "{:#}",
+                        Config::load(&file, std::slice::from_ref(&arg)).unwrap_err()
+                    );
+                    let named = if arg.starts_with(&misspelled) {
+                        &misspelled
+                    } else {
+                        path
+                    };
+                    assert!(
+                        e.contains(&format!("`{named}`")) && e.contains(&format!("--set {arg}")),
+                        "{}: --set {arg}: {e}",
+                        file.display()
+                    );
+                    checked += 1;
+                }
+            }
+            // In a file: the key misspelled where it stands.
+            let mut bad = table.clone();
+            let (parent, key) = parent_mut(&mut bad, path);
+            let value = parent.remove(&key).unwrap();
+            let typo = format!("{key}{last}");
+            parent.insert(typo.clone(), value);
+            let text = toml::to_string(&bad).unwrap();
+            let written = dir.path().join("bad.toml");
+            std::fs::write(&written, &text).unwrap();
+            let line = 1 + text
+                .lines()
+                .position(|l| {
+                    l.trim_start().starts_with(&format!("{typo} ="))
+                        || l.contains(&format!(" {typo} ="))
+                })
+                .unwrap();
+            let e = format!("{:#}", Config::load(&written, &[]).unwrap_err());
+            let at = format!("{}:{line}", written.display());
+            assert!(
+                e.contains(&format!("`{misspelled}`")) && e.contains(&at),
+                "{}: {misspelled} in a file (expected {at}): {e}",
+                file.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 1000, "only {checked} cases");
+}
