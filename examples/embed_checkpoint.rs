@@ -165,13 +165,8 @@ fn make_tiny_run(
     let state = TrainState {
         epoch: 1,
         optimizer_steps: opt.steps(),
-        history: Vec::new(),
-        train_seconds: 0.0,
-        eval_seconds: 0.0,
         images_seen: b as u64,
-        data_wait_seconds: 0.0,
-        untrained_knn_top1: None,
-        config_toml: cfg.to_toml()?,
+        ..TrainState::new(cfg.to_toml()?)
     };
     checkpoint::save(
         &run_dir.join("checkpoints"),

@@ -29,6 +29,36 @@ pub struct TrainState {
     pub untrained_knn_top1: Option<f64>,
     /// The run's configuration, to detect a resume under a different one.
     pub config_toml: String,
+    /// Factor on the scheduled learning rate: halved by every rollback after a
+    /// non-finite step (`train.on_nonfinite = "rollback"`).
+    #[serde(default = "one")]
+    pub lr_scale: f64,
+    /// Rollbacks so far.
+    #[serde(default)]
+    pub rollbacks: usize,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl TrainState {
+    /// The state of a run that has not trained yet, under `config_toml`.
+    pub fn new(config_toml: String) -> Self {
+        Self {
+            epoch: 0,
+            optimizer_steps: 0,
+            history: Vec::new(),
+            train_seconds: 0.0,
+            eval_seconds: 0.0,
+            images_seen: 0,
+            data_wait_seconds: 0.0,
+            untrained_knn_top1: None,
+            config_toml,
+            lr_scale: 1.0,
+            rollbacks: 0,
+        }
+    }
 }
 
 const MODEL_FILE: &str = "model.safetensors";

@@ -203,6 +203,23 @@ pub struct TrainConfig {
     /// Checkpoints kept on disk (older ones are deleted).
     #[serde(default = "default_keep")]
     pub keep_checkpoints: usize,
+    /// What a non-finite loss or gradient does (the weights are never updated with
+    /// one): stop with an error naming the step and the tensor, or roll back.
+    #[serde(default)]
+    pub on_nonfinite: OnNonFinite,
+}
+
+/// The answer to a non-finite loss or gradient.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnNonFinite {
+    /// Stop the run with an error that names the step and the first non-finite
+    /// tensor; `--resume` continues from the last checkpoint.
+    #[default]
+    Stop,
+    /// Go back to the last checkpoint (or the start), halve the learning rate and
+    /// train on; after 5 rollbacks in one run, stop.
+    Rollback,
 }
 
 fn default_keep() -> usize {

@@ -33,6 +33,29 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 
+/// A step met a non-finite loss or gradient; no parameter or method state was
+/// updated. `epoch` is 0-based; `what` names the first non-finite tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NonFinite {
+    pub epoch: usize,
+    pub step: usize,
+    pub what: String,
+}
+
+impl std::fmt::Display for NonFinite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "non-finite {} at epoch {} step {}",
+            self.what,
+            self.epoch + 1,
+            self.step
+        )
+    }
+}
+
+impl std::error::Error for NonFinite {}
+
 /// Named groups of tensors a method adds to checkpoints.
 pub type MethodState = Vec<(String, HashMap<String, Tensor>)>;
 
@@ -188,8 +211,9 @@ impl Method {
 
     /// One optimisation step on `batch`: the loss, its gradients, the optimiser's
     /// update at learning rate `lr`, then the method's own update ([`Method::after_step`]);
-    /// `progress` is `(step, total)` over the whole run. Returns the loss; a
-    /// non-finite loss stops the run with advice before any parameter moves.
+    /// `progress` is `(step, total)` over the whole run. Returns the loss. A
+    /// non-finite loss or gradient returns a [`NonFinite`] error before any parameter
+    /// or method state moves.
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,
@@ -204,14 +228,18 @@ impl Method {
     ) -> Result<f64> {
         let (loss, extras) = self.loss(cfg, model, batch, num_classes, device)?;
         let value = loss.to_scalar::<f32>()? as f64;
+        let fault = |what: String| NonFinite {
+            epoch: batch.epoch,
+            step: batch.step,
+            what,
+        };
         if !value.is_finite() {
-            bail!(
-                "non-finite loss ({value}) at epoch {} step {}: lower optim.lr or raise the temperature, then continue from the last checkpoint with --resume",
-                batch.epoch + 1,
-                batch.step
-            );
+            return Err(fault(format!("loss ({value})")).into());
         }
         let grads = loss.backward()?;
+        if let Some(name) = opt.first_nonfinite(&grads)? {
+            return Err(fault(format!("gradient of `{name}`")).into());
+        }
         opt.step(&grads, lr)?;
         self.after_step(cfg, model, extras, batch, progress.0, progress.1)?;
         Ok(value)

@@ -62,6 +62,20 @@ impl Optimizer {
         &self.params
     }
 
+    /// The name of the first parameter whose gradient in `grads` holds a NaN or an
+    /// infinity, if any (one reduction per parameter).
+    pub fn first_nonfinite(&self, grads: &GradStore) -> Result<Option<&str>> {
+        for p in &self.params {
+            if let Some(g) = grads.get(p.var.as_tensor()) {
+                let total = g.sum_all()?.to_dtype(candle_core::DType::F64)?;
+                if !total.to_scalar::<f64>()?.is_finite() {
+                    return Ok(Some(&p.name));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Applies one update with learning rate `lr`. Parameters without a gradient
     /// are left unchanged.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {

@@ -1,9 +1,9 @@
 //! The training loop: data, model, loss, optimiser, evaluation, checkpoints, reports.
 
 use crate::checkpoint::{self, TrainState};
-use crate::config::Config;
+use crate::config::{Config, OnNonFinite};
 use crate::evaluate::{Evaluator, input_shape};
-use crate::method::Method;
+use crate::method::{Method, NonFinite};
 use crate::metrics::{EpochRecord, Summary, write_json, write_metrics};
 use crate::model::ContrastiveModel;
 use crate::optim::Optimizer;
@@ -148,16 +148,7 @@ impl Trainer {
             },
         )
         .context("configuring the data loader")?;
-        let filter_classes = matches!(cfg.loss, LossConfig::Simlap(_)).then_some(train.num_classes);
-        let model = ContrastiveModel::new(
-            &cfg.model,
-            input_shape(&train),
-            filter_classes,
-            &device,
-            stream_seed(cfg.seed, Stream::ModelInit, &[]),
-        )?;
-        let opt = Optimizer::new(cfg.optim.clone(), model.params());
-        let method = Method::new(cfg, &model, input_shape(&train), train.len(), &device)?;
+        let (model, opt, method) = fresh(cfg, &train, &device)?;
         let eval = Evaluator {
             norm,
             knn: cfg.eval.knn.clone(),
@@ -166,17 +157,7 @@ impl Trainer {
             device: device.clone(),
         };
         let monitor_bank = train.head(cfg.eval.monitor_bank);
-        let state = TrainState {
-            epoch: 0,
-            optimizer_steps: 0,
-            history: Vec::new(),
-            train_seconds: 0.0,
-            eval_seconds: 0.0,
-            images_seen: 0,
-            data_wait_seconds: 0.0,
-            untrained_knn_top1: None,
-            config_toml: config_toml.clone(),
-        };
+        let state = TrainState::new(config_toml.clone());
         let mut trainer = Self {
             cfg: cfg.clone(),
             out: opts.out_dir.clone(),
@@ -201,8 +182,28 @@ impl Trainer {
         Ok(trainer)
     }
 
+    /// The model being trained.
+    pub fn model(&self) -> &ContrastiveModel {
+        &self.model
+    }
+
+    /// The run's progress (epochs done, history, learning-rate scale, rollbacks).
+    pub fn state(&self) -> &TrainState {
+        &self.state
+    }
+
     fn checkpoints(&self) -> PathBuf {
         self.out.join("checkpoints")
+    }
+
+    /// Loads the checkpoint in `dir` into the model, optimiser, method and state.
+    fn load(&mut self, dir: &Path) -> Result<()> {
+        let (state, extras) = checkpoint::load(dir, &mut self.model, &mut self.opt)?;
+        self.method
+            .load_state(extras)
+            .with_context(|| format!("{}: method state", dir.display()))?;
+        self.state = state;
+        Ok(())
     }
 
     /// Continues from the latest checkpoint if asked; refuses to start over one.
@@ -210,11 +211,8 @@ impl Trainer {
         let ckpt_dir = self.checkpoints();
         match checkpoint::latest(&ckpt_dir)? {
             Some(dir) if resume => {
-                let (state, extras) = checkpoint::load(&dir, &mut self.model, &mut self.opt)?;
-                self.method
-                    .load_state(extras)
-                    .with_context(|| format!("{}: method state", dir.display()))?;
-                if state.config_toml != self.config_toml {
+                self.load(&dir)?;
+                if self.state.config_toml != self.config_toml {
                     eprintln!(
                         "note: the configuration differs from the checkpoint's; continuing with the new one"
                     );
@@ -222,9 +220,8 @@ impl Trainer {
                 println!(
                     "resuming from {} (epoch {} done)",
                     dir.display(),
-                    state.epoch
+                    self.state.epoch
                 );
-                self.state = state;
             }
             Some(dir) => bail!(
                 "{} already holds a checkpoint ({}); pass --resume to continue it or choose another --out",
@@ -309,7 +306,7 @@ impl Trainer {
     pub fn step(&mut self, batch: &Batch) -> Result<(f64, f64)> {
         let (steps, total, warmup) = self.schedule();
         let step = batch.epoch * steps + batch.step;
-        let peak = self.cfg.optim.lr();
+        let peak = self.cfg.optim.lr() * self.state.lr_scale;
         let lr = warmup_cosine(
             step,
             total,
@@ -331,8 +328,71 @@ impl Trainer {
     }
 
     /// Trains epoch `epoch` (0-based), then monitors kNN, checkpoints and writes the
-    /// metrics and plots.
+    /// metrics and plots. A non-finite loss or gradient stops the run, or with
+    /// `train.on_nonfinite = "rollback"` restores the last checkpoint, halves the
+    /// learning rate and trains the epoch again.
     pub fn epoch(&mut self, epoch: usize) -> Result<EpochRecord> {
+        loop {
+            let err = match self.train_epoch(epoch) {
+                Ok(record) => return Ok(record),
+                Err(e) => e,
+            };
+            let Some(fault) = err.downcast_ref::<NonFinite>().cloned() else {
+                return Err(err);
+            };
+            match self.cfg.train.on_nonfinite {
+                OnNonFinite::Stop => bail!(
+                    "{fault}; no weight was updated with it. Lower optim.lr or raise the temperature, or set train.on_nonfinite = \"rollback\"; continue from the last checkpoint with --resume"
+                ),
+                OnNonFinite::Rollback => self.roll_back(&fault, epoch)?,
+            }
+        }
+    }
+
+    /// Rollbacks allowed in one run before a non-finite step stops it.
+    const MAX_ROLLBACKS: usize = 5;
+
+    /// Restores the last checkpoint (or the initial state) after `fault` in `epoch`,
+    /// with the learning rate halved.
+    fn roll_back(&mut self, fault: &NonFinite, epoch: usize) -> Result<()> {
+        let rollbacks = self.state.rollbacks + 1;
+        if rollbacks > Self::MAX_ROLLBACKS {
+            bail!(
+                "{fault}, still after {} rollbacks with the learning rate scaled by {}: lower optim.lr or raise the temperature",
+                Self::MAX_ROLLBACKS,
+                self.state.lr_scale
+            );
+        }
+        let lr_scale = self.state.lr_scale * 0.5;
+        let kept = (self.state.untrained_knn_top1, self.state.eval_seconds);
+        let from = match checkpoint::latest(&self.checkpoints())? {
+            Some(dir) => {
+                self.load(&dir)?;
+                dir.display().to_string()
+            }
+            None => {
+                (self.model, self.opt, self.method) = fresh(&self.cfg, &self.train, &self.device)?;
+                self.state = TrainState::new(self.config_toml.clone());
+                (self.state.untrained_knn_top1, self.state.eval_seconds) = kept;
+                "the initial weights".to_string()
+            }
+        };
+        if self.state.epoch != epoch {
+            bail!(
+                "{fault}: the last checkpoint ({from}) ends at epoch {}, not {epoch}; continue with --resume",
+                self.state.epoch
+            );
+        }
+        // The failed attempt's diagnostics are not the epoch's.
+        self.method.take_diagnostics();
+        self.state.lr_scale = lr_scale;
+        self.state.rollbacks = rollbacks;
+        println!("{fault}: rolled back to {from}, learning rate scaled by {lr_scale}");
+        Ok(())
+    }
+
+    /// One attempt at epoch `epoch` (see [`Trainer::epoch`]).
+    fn train_epoch(&mut self, epoch: usize) -> Result<EpochRecord> {
         let epochs = self.cfg.train.epochs;
         let (steps, _, _) = self.schedule();
         let t0 = Instant::now();
@@ -441,6 +501,25 @@ impl Trainer {
         write_json(&self.out.join("summary.json"), &summary)?;
         Ok(summary)
     }
+}
+
+/// A seeded model, its optimiser and the method's state, as at the start of a run.
+fn fresh(
+    cfg: &Config,
+    train: &Dataset,
+    device: &Device,
+) -> Result<(ContrastiveModel, Optimizer, Method)> {
+    let filter_classes = matches!(cfg.loss, LossConfig::Simlap(_)).then_some(train.num_classes);
+    let model = ContrastiveModel::new(
+        &cfg.model,
+        input_shape(train),
+        filter_classes,
+        device,
+        stream_seed(cfg.seed, Stream::ModelInit, &[]),
+    )?;
+    let opt = Optimizer::new(cfg.optim.clone(), model.params());
+    let method = Method::new(cfg, &model, input_shape(train), train.len(), device)?;
+    Ok((model, opt, method))
 }
 
 /// The epoch's line: loss, rate, data wait, monitor kNN and what the negatives were.
