@@ -66,10 +66,23 @@ const OPTIM_FILE: &str = "optimizer.safetensors";
 const STATE_FILE: &str = "state.json";
 const LATEST: &str = "latest";
 
+/// Writes `path` through a temporary file: `write` fills `<path>.tmp`, which is flushed
+/// to disk (`fsync`) and renamed over `path`, and the directory is flushed so that the
+/// rename itself survives a crash. A reader sees the old file or the complete new one.
 fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let tmp = path.with_extension("tmp");
     write(&tmp)?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} into place", tmp.display()))
+    sync(&tmp)?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} into place", tmp.display()))?;
+    sync(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Flushes a file's or a directory's contents to disk.
+fn sync(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .with_context(|| format!("flushing {} to disk", path.display()))
 }
 
 /// Saves a checkpoint under `root` and points `latest` at it; keeps the newest `keep`.
