@@ -2,6 +2,7 @@
 //!
 //! - `cargo xtask train [--config FILE] [--set key=value ...] [--data-dir DIR] [--out DIR] [--resume]`
 //! - `cargo xtask data fetch <dataset> [--data-dir DIR]`
+//! - `cargo xtask fuzz [--runs N] [--seed S] [--target NAME]`
 //!
 //! Errors print as one line (`error: ...`, the causes joined by `: `) and exit with 1.
 
@@ -13,6 +14,7 @@ use contrast_train::{Config, RunOptions};
 use std::path::{Path, PathBuf};
 
 mod bench;
+mod fuzz;
 mod mining_bench;
 
 /// mimalloc for the binaries: glibc's malloc returns large temporary buffers to the
@@ -73,6 +75,19 @@ enum Command {
     Bench {
         #[command(subcommand)]
         command: BenchCommand,
+    },
+    /// Fuzz the parsers of untrusted input (IDX, CIFAR, config, checkpoint files):
+    /// mutated inputs must give errors, never panics.
+    Fuzz {
+        /// Mutated inputs per target.
+        #[arg(long, default_value_t = 100_000)]
+        runs: usize,
+        /// Seed of the mutations.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Only this target (idx, cifar, config, checkpoint-state, checkpoint-model).
+        #[arg(long)]
+        target: Option<String>,
     },
     /// Dataset management.
     Data {
@@ -228,6 +243,9 @@ fn main() {
         Command::Bench {
             command: BenchCommand::Peak { case, path },
         } => bench::peak(&case, &path),
+        Command::Fuzz { runs, seed, target } => {
+            fuzz::fuzz(Path::new("."), runs, seed, target.as_deref())
+        }
         Command::Data {
             command: DataCommand::Fetch { dataset, data_dir },
         } => dataset
