@@ -5,13 +5,17 @@
 //! - `cargo xtask fuzz [--runs N] [--seed S] [--target NAME]`
 //!
 //! Errors print as one line (`error: ...`, the causes joined by `: `) and exit with 1.
+//! SIGINT or SIGTERM during `train` finishes the current step, writes a checkpoint and
+//! exits with 130; `--resume` continues exactly (a second signal exits at once).
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use contrast_data::DatasetId;
 use contrast_data::fetch::{Provisioned, fetch};
-use contrast_train::{Config, RunOptions};
+use contrast_train::trainer::Interrupted;
+use contrast_train::{Config, RunOptions, Trainer};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 mod bench;
 mod fuzz;
@@ -203,7 +207,8 @@ fn train(
         None => PathBuf::from("runs").join(format!("{}-{}", cfg.name, timestamp())),
     };
     println!("run directory: {}", out_dir.display());
-    let summary = contrast_train::run(
+    install_interrupt_handler();
+    let mut trainer = Trainer::new(
         &cfg,
         &RunOptions {
             out_dir: out_dir.clone(),
@@ -211,10 +216,34 @@ fn train(
             resume,
             progress: true,
         },
-    )?;
+    )?
+    .with_interrupt(&INTERRUPT);
+    trainer.train()?;
+    let summary = trainer.finish()?;
     println!("{}", serde_json::to_string_pretty(&summary)?);
     println!("wrote {}", out_dir.join("summary.json").display());
     Ok(())
+}
+
+/// Set by SIGINT or SIGTERM: the trainer finishes its step, writes a checkpoint
+/// and stops.
+static INTERRUPT: AtomicBool = AtomicBool::new(false);
+
+/// The signal handler: the first signal asks for a clean stop, a second one ends the
+/// process at once (the last complete checkpoint stays valid either way).
+extern "C" fn on_signal(_: libc::c_int) {
+    if INTERRUPT.swap(true, Ordering::SeqCst) {
+        // SAFETY: _exit is async-signal-safe; nothing else runs in the handler.
+        unsafe { libc::_exit(130) };
+    }
+}
+
+fn install_interrupt_handler() {
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only touches an atomic and calls _exit, both
+        // async-signal-safe.
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
 }
 
 fn main() {
@@ -255,6 +284,11 @@ fn main() {
             .map(|dir| println!("{dir}", dir = dir.display())),
     };
     if let Err(e) = result {
+        if e.is::<Interrupted>() {
+            // Asked to stop: not a failure of the run, which continues with --resume.
+            eprintln!("{e}");
+            std::process::exit(130);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

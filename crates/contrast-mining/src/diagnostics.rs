@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 /// Similarities sampled for the quantiles (a reservoir).
 const RESERVOIR: usize = 50_000;
 
-/// Running counts over an epoch.
-#[derive(Debug, Clone, Default)]
+/// Running counts over an epoch (serialisable, so that a mid-epoch checkpoint keeps
+/// them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Diagnostics {
     negatives: u64,
     false_negatives: u64,

@@ -36,6 +36,47 @@ pub struct TrainState {
     /// Rollbacks so far.
     #[serde(default)]
     pub rollbacks: usize,
+    /// The epoch in progress when the checkpoint was written mid-epoch.
+    #[serde(default)]
+    pub partial: Option<PartialEpoch>,
+}
+
+/// How far an epoch had got when a mid-epoch checkpoint was written: enough to
+/// continue it and to report it as if it had not stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    /// The epoch in progress (0-based).
+    pub epoch: usize,
+    /// Steps of it done.
+    pub steps: usize,
+    /// Sum of their losses.
+    pub loss_sum: f64,
+    /// Images (times views) they trained on.
+    pub images: u64,
+    /// The learning rate of the last of them.
+    pub lr: f64,
+    /// Seconds spent on them, and of those waiting for data.
+    pub seconds: f64,
+    pub waited_seconds: f64,
+    /// The mining diagnostics counted over them.
+    #[serde(default)]
+    pub diagnostics: Option<contrast_mining::Diagnostics>,
+}
+
+impl PartialEpoch {
+    /// Epoch `epoch` before its first step.
+    pub fn start(epoch: usize) -> Self {
+        Self {
+            epoch,
+            steps: 0,
+            loss_sum: 0.0,
+            images: 0,
+            lr: 0.0,
+            seconds: 0.0,
+            waited_seconds: 0.0,
+            diagnostics: None,
+        }
+    }
 }
 
 fn one() -> f64 {
@@ -57,6 +98,7 @@ impl TrainState {
             config_toml,
             lr_scale: 1.0,
             rollbacks: 0,
+            partial: None,
         }
     }
 }
@@ -85,7 +127,8 @@ fn sync(path: &Path) -> Result<()> {
         .with_context(|| format!("flushing {} to disk", path.display()))
 }
 
-/// Saves a checkpoint under `root` and points `latest` at it; keeps the newest `keep`.
+/// Saves a checkpoint under `root` (`epoch-NNNN`, or `epoch-NNNN-step-SSSSSS` during
+/// epoch `NNNN + 1`) and points `latest` at it; keeps the newest `keep`.
 pub fn save(
     root: &Path,
     model: &ContrastiveModel,
@@ -94,7 +137,11 @@ pub fn save(
     extras: &MethodState,
     keep: usize,
 ) -> Result<PathBuf> {
-    let dir = root.join(format!("epoch-{:04}", state.epoch));
+    // Names sort in training order: epoch-0002 < epoch-0002-step-000040 < epoch-0003.
+    let dir = match &state.partial {
+        None => root.join(format!("epoch-{:04}", state.epoch)),
+        Some(p) => root.join(format!("epoch-{:04}-step-{:06}", state.epoch, p.steps)),
+    };
     if dir.exists() {
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }

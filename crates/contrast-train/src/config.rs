@@ -203,6 +203,10 @@ pub struct TrainConfig {
     /// Checkpoints kept on disk (older ones are deleted).
     #[serde(default = "default_keep")]
     pub keep_checkpoints: usize,
+    /// Also write a checkpoint every this many steps inside an epoch (none: only at
+    /// the end of each epoch). A run resumed from one continues mid-epoch exactly.
+    #[serde(default)]
+    pub checkpoint_every: Option<usize>,
     /// What a non-finite loss or gradient does (the weights are never updated with
     /// one): stop with an error naming the step and the tensor, or roll back.
     #[serde(default)]

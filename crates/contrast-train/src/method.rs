@@ -351,6 +351,24 @@ impl Method {
         }
     }
 
+    /// The epoch's diagnostics so far (in-batch and queue methods).
+    pub fn diagnostics(&self) -> Option<&Diagnostics> {
+        match self {
+            Method::InBatch(state) => Some(&state.diagnostics),
+            Method::Moco(m) => Some(&m.diagnostics),
+            Method::Bank(_) => None,
+        }
+    }
+
+    /// Restores [`Method::diagnostics`] (from a mid-epoch checkpoint).
+    pub fn restore_diagnostics(&mut self, diagnostics: Diagnostics) {
+        match self {
+            Method::InBatch(state) => state.diagnostics = diagnostics,
+            Method::Moco(m) => m.diagnostics = diagnostics,
+            Method::Bank(_) => {}
+        }
+    }
+
     /// Bytes of memory the method keeps (the queue).
     pub fn memory_bytes(&self) -> usize {
         match self {

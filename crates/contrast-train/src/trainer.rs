@@ -1,6 +1,6 @@
 //! The training loop: data, model, loss, optimiser, evaluation, checkpoints, reports.
 
-use crate::checkpoint::{self, TrainState};
+use crate::checkpoint::{self, PartialEpoch, TrainState};
 use crate::config::{Config, OnNonFinite};
 use crate::evaluate::{Evaluator, input_shape};
 use crate::method::{Method, NonFinite};
@@ -18,6 +18,7 @@ use contrast_losses::LossConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// Where a run reads and writes, and whether it continues an earlier one.
@@ -117,7 +118,26 @@ pub struct Trainer {
     state: TrainState,
     config_toml: String,
     started: Instant,
+    interrupt: Option<&'static AtomicBool>,
 }
+
+/// The run stopped on request after writing the checkpoint in `dir`.
+#[derive(Debug, Clone)]
+pub struct Interrupted {
+    pub dir: PathBuf,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "interrupted; checkpoint {} written, continue with --resume",
+            self.dir.display()
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 impl Trainer {
     /// Sets up a run in `opts.out_dir`: loads the data, builds the loader, the seeded
@@ -174,6 +194,7 @@ impl Trainer {
             state,
             config_toml,
             started,
+            interrupt: None,
         };
         trainer.resume(opts.resume)?;
         std::fs::write(trainer.out.join("config.toml"), &trainer.config_toml)?;
@@ -217,11 +238,11 @@ impl Trainer {
                         "note: the configuration differs from the checkpoint's; continuing with the new one"
                     );
                 }
-                println!(
-                    "resuming from {} (epoch {} done)",
-                    dir.display(),
-                    self.state.epoch
-                );
+                let at = match &self.state.partial {
+                    Some(p) => format!("epoch {} at step {}", p.epoch + 1, p.steps),
+                    None => format!("epoch {} done", self.state.epoch),
+                };
+                println!("resuming from {} ({at})", dir.display());
             }
             Some(dir) => bail!(
                 "{} already holds a checkpoint ({}); pass --resume to continue it or choose another --out",
@@ -285,10 +306,15 @@ impl Trainer {
         Ok(())
     }
 
-    /// Runs the epochs that remain.
+    /// Runs the epochs that remain; stops with [`Interrupted`] after the checkpoint
+    /// of the step or epoch at which an interrupt arrived.
     pub fn train(&mut self) -> Result<()> {
         for epoch in self.state.epoch..self.cfg.train.epochs {
             self.epoch(epoch)?;
+            if self.interrupted() && epoch + 1 < self.cfg.train.epochs {
+                let dir = checkpoint::latest(&self.checkpoints())?.unwrap_or_default();
+                return Err(Interrupted { dir }.into());
+            }
         }
         Ok(())
     }
@@ -391,29 +417,60 @@ impl Trainer {
         Ok(())
     }
 
-    /// One attempt at epoch `epoch` (see [`Trainer::epoch`]).
+    /// One attempt at epoch `epoch` (see [`Trainer::epoch`]), from where a mid-epoch
+    /// checkpoint left it if the run resumed from one.
     fn train_epoch(&mut self, epoch: usize) -> Result<EpochRecord> {
         let epochs = self.cfg.train.epochs;
         let (steps, _, _) = self.schedule();
-        let t0 = Instant::now();
+        let mut part = match self.state.partial.take() {
+            Some(mut p) if p.epoch == epoch => {
+                if let Some(d) = p.diagnostics.take() {
+                    self.method.restore_diagnostics(d);
+                }
+                p
+            }
+            _ => PartialEpoch::start(epoch),
+        };
+        let (t0, seconds_before, waited_before) =
+            (Instant::now(), part.seconds, part.waited_seconds);
         let pb = progress_bar(steps, epoch + 1, epochs, self.progress);
-        let mut stream = self.loader.stream(epoch, 0);
-        let (mut loss_sum, mut lr) = (0.0, 0.0);
-        let mut images = 0u64;
+        pb.set_position(part.steps as u64);
+        let mut stream = self.loader.stream(epoch, part.steps);
         let views = self.cfg.data.views as u64;
-        for batch in stream.by_ref() {
-            let (loss, step_lr) = self.step(&batch).inspect_err(|_| pb.abandon())?;
-            lr = step_lr;
-            loss_sum += loss;
-            images += batch.len() as u64 * views;
-            let rate = images as f64 / t0.elapsed().as_secs_f64();
+        while let Some(batch) = stream.next() {
+            let (loss, lr) = self.step(&batch).inspect_err(|_| pb.abandon())?;
+            part.steps += 1;
+            part.lr = lr;
+            part.loss_sum += loss;
+            part.images += batch.len() as u64 * views;
+            let rate = part.images as f64 / (seconds_before + t0.elapsed().as_secs_f64());
             pb.set_message(format!("loss {loss:.4} lr {lr:.4} {rate:.0} img/s"));
             pb.inc(1);
+            let scheduled = self
+                .cfg
+                .train
+                .checkpoint_every
+                .is_some_and(|n| n > 0 && part.steps % n == 0);
+            let interrupted = self.interrupted();
+            if (scheduled || interrupted) && part.steps < steps {
+                part.seconds = seconds_before + t0.elapsed().as_secs_f64();
+                part.waited_seconds = waited_before + stream.waited().as_secs_f64();
+                part.diagnostics = self.method.diagnostics().cloned();
+                self.state.partial = Some(part.clone());
+                self.state.optimizer_steps = self.opt.steps();
+                let dir = self.save_checkpoint()?;
+                if interrupted {
+                    pb.abandon();
+                    return Err(Interrupted { dir }.into());
+                }
+            }
         }
-        let waited = stream.waited().as_secs_f64();
+        let waited = waited_before + stream.waited().as_secs_f64();
         drop(stream);
         pb.finish_and_clear();
-        let secs = t0.elapsed().as_secs_f64();
+        let secs = seconds_before + t0.elapsed().as_secs_f64();
+        let (loss_sum, lr, images) = (part.loss_sum, part.lr, part.images);
+        self.state.partial = None;
         self.state.train_seconds += secs;
         self.state.images_seen += images;
         self.state.data_wait_seconds += waited;
@@ -439,6 +496,18 @@ impl Trainer {
         print_epoch(&record, epochs);
         self.state.history.push(record.clone());
         self.state.epoch = epoch + 1;
+        self.save_checkpoint()?;
+        write_metrics(&self.out.join("metrics.jsonl"), &self.state.history)?;
+        plot_history(
+            &self.out.join("plots"),
+            &self.state.history,
+            self.state.untrained_knn_top1,
+        )?;
+        Ok(record)
+    }
+
+    /// Writes the current state as a checkpoint (mid-epoch when `state.partial`).
+    fn save_checkpoint(&mut self) -> Result<PathBuf> {
         self.state.config_toml = self.config_toml.clone();
         checkpoint::save(
             &self.checkpoints(),
@@ -447,14 +516,18 @@ impl Trainer {
             &self.state,
             &self.method.state()?,
             self.cfg.train.keep_checkpoints,
-        )?;
-        write_metrics(&self.out.join("metrics.jsonl"), &self.state.history)?;
-        plot_history(
-            &self.out.join("plots"),
-            &self.state.history,
-            self.state.untrained_knn_top1,
-        )?;
-        Ok(record)
+        )
+    }
+
+    /// Asks the run to stop at the next step boundary when `flag` is set (a signal
+    /// handler's flag): it writes a checkpoint there and returns [`Interrupted`].
+    pub fn with_interrupt(mut self, flag: &'static AtomicBool) -> Self {
+        self.interrupt = Some(flag);
+        self
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupt.is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
     /// The final evaluation (kNN and linear probe on the full sets, raw-pixel
