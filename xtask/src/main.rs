@@ -3,6 +3,7 @@
 //! - `cargo xtask train [--config FILE] [--set key=value ...] [--data-dir DIR] [--out DIR] [--resume]`
 //! - `cargo xtask data fetch <dataset> [--data-dir DIR]`
 //! - `cargo xtask fuzz [--runs N] [--seed S] [--target NAME]`
+//! - `cargo xtask reliability [--kills N] [--seed S]`
 //!
 //! Errors print as one line (`error: ...`, the causes joined by `: `) and exit with 1.
 //! SIGINT or SIGTERM during `train` finishes the current step, writes a checkpoint and
@@ -20,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 mod bench;
 mod fuzz;
 mod mining_bench;
+mod reliability;
 
 /// mimalloc for the binaries: glibc's malloc returns large temporary buffers to the
 /// kernel after every operation, which costs up to 2.5x on large tensor ops (see
@@ -92,6 +94,16 @@ enum Command {
         /// Only this target (idx, cifar, config, checkpoint-state, checkpoint-model).
         #[arg(long)]
         target: Option<String>,
+    },
+    /// Kill a training run with SIGKILL at random moments, resume it each time, and
+    /// check that it ends bit for bit where an uninterrupted run does.
+    Reliability {
+        /// SIGKILLs before the run may finish.
+        #[arg(long, default_value_t = 20)]
+        kills: usize,
+        /// Seed of the kill times.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
     },
     /// Dataset management.
     Data {
@@ -272,6 +284,7 @@ fn main() {
         Command::Bench {
             command: BenchCommand::Peak { case, path },
         } => bench::peak(&case, &path),
+        Command::Reliability { kills, seed } => reliability::reliability(kills, seed),
         Command::Fuzz { runs, seed, target } => {
             fuzz::fuzz(Path::new("."), runs, seed, target.as_deref())
         }
