@@ -207,7 +207,19 @@ fn train(
     resume: bool,
 ) -> Result<()> {
     let cfg = Config::load(config, set)?;
-    let data_dir = Some(provision(cfg.data.dataset, data_dir.as_deref())?);
+    // An explicit --data-dir must hold the dataset: silently training on a copy found
+    // elsewhere would hide the mistake.
+    let data_dir = Some(match data_dir {
+        Some(dir) => cfg.data.dataset.resolve(Some(&dir)).with_context(|| {
+            format!(
+                "--data-dir {}: `{}` is not there (`cargo xtask data fetch {}` provisions it)",
+                dir.display(),
+                cfg.data.dataset,
+                cfg.data.dataset
+            )
+        })?,
+        None => provision(cfg.data.dataset, None)?,
+    });
     let out_dir = match out {
         Some(o) => o,
         None if resume => newest_run(&cfg.name).with_context(|| {
@@ -256,6 +268,10 @@ fn install_interrupt_handler() {
         // async-signal-safe.
         unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
     }
+    // A write past the file-size limit (`ulimit -f`) then fails with an error that
+    // names the file, instead of killing the process without a word.
+    // SAFETY: ignoring a signal installs no handler code.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
 }
 
 fn main() {
