@@ -3,6 +3,7 @@
 
 use crate::error::{Result, check_same_shape, check_temperature, invalid};
 use crate::generalized::generalized_info_nce;
+use crate::generalized::weighted_logsumexp;
 use crate::moco::{check_queue, query_logits};
 use candle_core::{D, Tensor};
 use contrast_kernels::l2_normalize;
@@ -54,8 +55,7 @@ impl Default for AsclConfig {
 pub fn ascl_targets(k: &Tensor, queue: &Tensor, cfg: &AsclConfig) -> Result<Tensor> {
     let kq = queue.dim(0)?;
     let l = (k.detach().matmul(&queue.detach().t()?)? / cfg.target_temperature)?;
-    let shifted = l.broadcast_sub(&l.max_keepdim(D::Minus1)?)?;
-    let log_p = shifted.broadcast_sub(&shifted.exp()?.sum_keepdim(D::Minus1)?.log()?)?;
+    let log_p = l.broadcast_sub(&weighted_logsumexp(&l, None)?.unsqueeze(D::Minus1)?)?;
     let p = log_p.exp()?;
     let entropy = (&p * &log_p)?.sum_keepdim(D::Minus1)?.neg()?;
     let c = (1.0 - (entropy / (kq as f64).ln())?)?;

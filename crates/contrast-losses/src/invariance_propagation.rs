@@ -9,6 +9,7 @@
 //! loss keeps that form.
 
 use crate::error::{Result, check_matrix, check_temperature, invalid};
+use crate::sampling::hardest_first;
 use candle_core::{D, DType, Tensor};
 use contrast_kernels::l2_normalize;
 use serde::{Deserialize, Serialize};
@@ -147,13 +148,13 @@ pub fn invariance_propagation(
     for i in 0..b {
         let row = &sims_host[i * nb..(i + 1) * nb];
         // The background: select the M largest, then order only those.
-        let mut order: Vec<usize> = (0..nb).collect();
-        let cmp = |x: &usize, y: &usize| row[*y].total_cmp(&row[*x]).then(x.cmp(y));
+        let mut ranked: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();
         if cfg.n_background < nb {
-            order.select_nth_unstable_by(cfg.n_background - 1, cmp);
-            order.truncate(cfg.n_background);
+            ranked.select_nth_unstable_by(cfg.n_background - 1, hardest_first);
+            ranked.truncate(cfg.n_background);
         }
-        order.sort_by(cmp);
+        ranked.sort_by(hardest_first);
+        let order: Vec<usize> = ranked.into_iter().map(|(j, _)| j).collect();
         for &j in &order {
             background[i * nb + j] = 1.0;
         }

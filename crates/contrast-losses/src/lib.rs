@@ -85,7 +85,8 @@ pub use moco::{MocoConfig, moco_info_nce, moco_info_nce_keyed, moco_info_nce_ref
 pub use nt_xent::{NtXentConfig, nt_xent, nt_xent_reference};
 pub use ring::{RingConfig, ring};
 pub use sampling::{
-    Aggregation, Cancellation, FalseNegativeRule, hardest_first, hardness_weights, ring_band,
+    Aggregation, Cancellation, FalseNegativeRule, check_ring, hardest_first, hardness_weights,
+    ring_band,
 };
 pub use simlap::{GatePenalty, PairMode, SimLapConfig, gate_penalty, partner_classes, simlap};
 pub use supcon::{SupConConfig, supcon};

@@ -234,3 +234,15 @@ fn pipeline_state_round_trips() {
     assert_eq!(diff.to_scalar::<f64>().unwrap(), 0.0);
     assert_eq!(centroids(&a), centroids(&b));
 }
+
+/// State from a checkpoint of another mining list is an error naming it, never
+/// dropped in silence.
+#[test]
+fn state_no_policy_claims_is_refused() {
+    let t = candle_core::Tensor::zeros((2, 3), candle_core::DType::F32, &candle_core::Device::Cpu)
+        .unwrap();
+    let state = std::collections::HashMap::from([("0.cluster.centroids".to_string(), t)]);
+    let mut pipeline = Pipeline::new(vec![]).unwrap();
+    let e = pipeline.load_state(&state).unwrap_err().to_string();
+    assert!(e.contains("0.cluster.centroids"), "{e}");
+}

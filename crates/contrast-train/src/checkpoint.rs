@@ -120,8 +120,12 @@ fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<
     sync(path.parent().unwrap_or(Path::new(".")))
 }
 
-/// Flushes a file's or a directory's contents to disk.
+/// Flushes a file's or (on Unix, where a directory opens as a file) a directory's
+/// contents to disk.
 fn sync(path: &Path) -> Result<()> {
+    if path.is_dir() && !cfg!(unix) {
+        return Ok(());
+    }
     std::fs::File::open(path)
         .and_then(|f| f.sync_all())
         .with_context(|| format!("flushing {} to disk", path.display()))
@@ -146,6 +150,7 @@ pub fn save(
         std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    sync(root)?;
     write_atomic(&dir.join(MODEL_FILE), |p| {
         model
             .varmap

@@ -372,8 +372,15 @@ impl Config {
             origins.set(k.trim(), o);
         }
         let cfg: Config = provenance::deserialize(&table, &origins)?;
-        cfg.validate()
-            .with_context(|| format!("{origin}: invalid configuration"))?;
+        cfg.validate().map_err(|e| {
+            // Name where the value at fault was written, when the message names its key.
+            let message = format!("{e:#}");
+            let source = origins
+                .mentioned(&message)
+                .map(|(key, o)| format!(" (`{key}` from {o})"))
+                .unwrap_or_default();
+            anyhow::anyhow!("{origin}: invalid configuration: {message}{source}")
+        })?;
         Ok(cfg)
     }
 

@@ -33,8 +33,8 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use std::collections::HashMap;
 
-/// A step met a non-finite loss or gradient; no parameter or method state was
-/// updated. `epoch` is 0-based; `what` names the first non-finite tensor.
+/// A step met a non-finite loss or gradient; the optimiser did not step (see
+/// [`Method::step`]). `epoch` is 0-based; `what` names the first non-finite tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NonFinite {
     pub epoch: usize,
@@ -212,8 +212,11 @@ impl Method {
     /// One optimisation step on `batch`: the loss, its gradients, the optimiser's
     /// update at learning rate `lr`, then the method's own update ([`Method::after_step`]);
     /// `progress` is `(step, total)` over the whole run. Returns the loss. A
-    /// non-finite loss or gradient returns a [`NonFinite`] error before any parameter
-    /// or method state moves.
+    /// non-finite loss or gradient returns a [`NonFinite`] error before the optimiser
+    /// step and the method's update (queue, bank, momentum encoder). The forward pass
+    /// has by then updated what it always updates (BatchNorm running statistics, the
+    /// state of stateful mining policies, the epoch's diagnostics): a rollback restores
+    /// those from the checkpoint, and a stopped run's checkpoint on disk is intact.
     #[allow(clippy::too_many_arguments)]
     pub fn step(
         &mut self,

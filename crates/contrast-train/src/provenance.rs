@@ -108,12 +108,38 @@ impl Origins {
         self.remove_below(path);
         self.0
             .insert(path.to_string(), Origin::Set(arg.to_string()));
+        // Tables the override created (a misspelled `lss` in `lss.temperature`) come
+        // from it too; tables that stood before keep their origin.
+        let mut prefix = path;
+        while let Some(i) = prefix.rfind('.') {
+            prefix = &prefix[..i];
+            self.0
+                .entry(prefix.to_string())
+                .or_insert_with(|| Origin::Set(arg.to_string()));
+        }
     }
 
     fn remove_below(&mut self, path: &str) {
         self.0.retain(|k, _| {
             !(k == path || k.starts_with(&format!("{path}.")) || k.starts_with(&format!("{path}[")))
         });
+    }
+
+    /// The key path named in `message` (the longest one that appears as a whole word,
+    /// as validation errors write `optim.lr = ...`), with its origin.
+    pub fn mentioned(&self, message: &str) -> Option<(&str, &Origin)> {
+        let boundary = |c: Option<char>| c.is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+        self.0
+            .iter()
+            .filter(|(k, _)| {
+                message.match_indices(k.as_str()).any(|(i, _)| {
+                    boundary(message[..i].chars().next_back())
+                        && boundary(message[i + k.len()..].chars().next())
+                        && !message[i + k.len()..].starts_with('.')
+                })
+            })
+            .max_by_key(|(k, _)| k.len())
+            .map(|(k, o)| (k.as_str(), o))
     }
 
     /// The origin of `path`, or of its nearest recorded ancestor.

@@ -208,6 +208,11 @@ impl Trainer {
         &self.model
     }
 
+    /// Optimiser steps taken so far (updated every step).
+    pub fn optimizer_steps(&self) -> u64 {
+        self.opt.steps()
+    }
+
     /// The run's progress (epochs done, history, learning-rate scale, rollbacks).
     pub fn state(&self) -> &TrainState {
         &self.state

@@ -54,6 +54,12 @@ fn overrides_set_nested_values() {
 fn unknown_keys_are_named() {
     let e = error_of(&default_text(), &["optim.momentun=0.8"]);
     assert!(e.contains("momentun"), "{e}");
+    // A misspelled table in the middle of the path still names the override.
+    let e = error_of(&default_text(), &["lss.temperature=0.2"]);
+    assert!(
+        e.contains("`lss`") && e.contains("--set lss.temperature=0.2"),
+        "{e}"
+    );
     let e = error_of(&format!("{}\nlearning_rate = 1.0\n", default_text()), &[]);
     assert!(
         e.contains("learning_rate") && e.contains("test.toml"),
@@ -65,8 +71,19 @@ fn unknown_keys_are_named() {
 fn bad_values_are_named() {
     let e = error_of(&default_text(), &["loss.temperature=-0.5"]);
     assert!(e.contains("temperature") && e.contains("-0.5"), "{e}");
+    // Validation errors name where the value came from: the override, or the line.
     let e = error_of(&default_text(), &["optim.lr=0"]);
-    assert!(e.contains("optim.lr"), "{e}");
+    assert!(
+        e.contains("optim.lr") && e.contains("--set optim.lr=0"),
+        "{e}"
+    );
+    let text = default_text().replace("lr = 0.3", "lr = 0.0");
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("lr = 0.0"))
+        .unwrap();
+    let e = error_of(&text, &[]);
+    assert!(e.contains(&format!("test.toml:{line}")), "{e}");
     let e = error_of(&default_text(), &["data.augment.hflip=2"]);
     assert!(e.contains("hflip"), "{e}");
     let e = error_of(&default_text(), &["data.dataset=imagenet"]);

@@ -47,18 +47,14 @@ fn a_nan_stops_the_run_and_leaves_the_checkpoint_intact() {
     let out = tempfile::tempdir().unwrap();
     let mut t = trainer(OnNonFinite::Stop, data.path(), out.path());
     t.epoch(0).unwrap();
-    let steps_before = t.state().optimizer_steps;
+    let steps_before = t.optimizer_steps();
     poison(&t);
     let err = format!("{:#}", t.epoch(1).unwrap_err());
     assert!(
         err.contains("non-finite loss") && err.contains("epoch 2 step 0"),
         "{err}"
     );
-    assert_eq!(
-        t.state().optimizer_steps,
-        steps_before,
-        "the optimiser moved"
-    );
+    assert_eq!(t.optimizer_steps(), steps_before, "the optimiser moved");
     // The checkpoint of epoch 1 is intact: a resumed run starts from finite weights.
     let mut cfg = tiny_config(3);
     cfg.train.on_nonfinite = OnNonFinite::Stop;

@@ -17,6 +17,24 @@ fn opts(out: &Path, data: &Path, resume: bool) -> RunOptions {
     }
 }
 
+/// Every field of a `metrics.jsonl` line but the wall-clock measurements.
+fn deterministic(line: &str) -> [String; 10] {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    [
+        "epoch",
+        "step",
+        "loss",
+        "lr",
+        "knn_top1",
+        "neg_false_fraction",
+        "neg_sim_mean",
+        "neg_sim_p90",
+        "fn_identified_precision",
+        "nn_positive_precision",
+    ]
+    .map(|k| v[k].to_string())
+}
+
 fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap()
@@ -53,20 +71,24 @@ fn resumed_run_matches_uninterrupted_run() {
     check_resume(tiny_config(2));
 }
 
-/// MoCo keeps a key encoder and a queue; both must come back exactly.
-#[test]
-fn resumed_moco_run_matches_uninterrupted_run() {
+/// The tiny config as MoCo: a 100-entry queue, momentum 0.9 (cosine-scheduled or
+/// not), Shuffle-BN over 2 groups.
+fn tiny_moco(cosine: bool) -> contrast_train::Config {
     let mut cfg = tiny_config(2);
     cfg.method = contrast_train::config::MethodConfig::Moco {
         queue_size: 100,
-        momentum: contrast_encoders::MomentumSchedule {
-            base: 0.9,
-            cosine: true,
-        },
+        momentum: contrast_encoders::MomentumSchedule { base: 0.9, cosine },
         shuffle_splits: 2,
     };
     cfg.loss =
         contrast_losses::LossConfig::MocoInfoNce(contrast_losses::MocoConfig { temperature: 0.2 });
+    cfg
+}
+
+/// MoCo keeps a key encoder and a queue; both must come back exactly.
+#[test]
+fn resumed_moco_run_matches_uninterrupted_run() {
+    let cfg = tiny_moco(true);
     cfg.validate().unwrap();
     check_resume(cfg);
 }
@@ -93,17 +115,7 @@ fn resumed_mining_run_matches_uninterrupted_run() {
 /// MoCo with FNC attraction and MoCHi on the queue resumes exactly.
 #[test]
 fn resumed_moco_mining_run_matches_uninterrupted_run() {
-    let mut cfg = tiny_config(2);
-    cfg.method = contrast_train::config::MethodConfig::Moco {
-        queue_size: 100,
-        momentum: contrast_encoders::MomentumSchedule {
-            base: 0.9,
-            cosine: false,
-        },
-        shuffle_splits: 2,
-    };
-    cfg.loss =
-        contrast_losses::LossConfig::MocoInfoNce(contrast_losses::MocoConfig { temperature: 0.2 });
+    let mut cfg = tiny_moco(false);
     cfg.mining = vec![
         contrast_mining::PolicyConfig::Fnc(Fnc {
             topk: Some(3),
@@ -178,22 +190,6 @@ fn check_resume(cfg: contrast_train::Config) {
     let b = lines(&split.path().join("metrics.jsonl"));
     assert_eq!(a.len(), 2);
     // Everything but wall-clock measurements must be identical.
-    let deterministic = |l: &String| {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        [
-            "epoch",
-            "step",
-            "loss",
-            "lr",
-            "knn_top1",
-            "neg_false_fraction",
-            "neg_sim_mean",
-            "neg_sim_p90",
-            "fn_identified_precision",
-            "nn_positive_precision",
-        ]
-        .map(|k| v[k].to_string())
-    };
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(
             deterministic(x),
@@ -271,23 +267,9 @@ fn a_run_interrupted_at_every_step_matches_the_uninterrupted_run() {
     assert_eq!(interruptions, 19);
     let a = lines(&straight.path().join("metrics.jsonl"));
     let b = lines(&split.path().join("metrics.jsonl"));
-    let deterministic = |l: &String| {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        [
-            "epoch",
-            "step",
-            "loss",
-            "lr",
-            "knn_top1",
-            "neg_false_fraction",
-            "neg_sim_mean",
-            "neg_sim_p90",
-        ]
-        .map(|k| v[k].to_string())
-    };
     assert_eq!(
-        a.iter().map(deterministic).collect::<Vec<_>>(),
-        b.iter().map(deterministic).collect::<Vec<_>>()
+        a.iter().map(|l| deterministic(l)).collect::<Vec<_>>(),
+        b.iter().map(|l| deterministic(l)).collect::<Vec<_>>()
     );
     assert_eq!(full.knn_top1, resumed.knn_top1);
     assert_eq!(full.linear_top1, resumed.linear_top1);

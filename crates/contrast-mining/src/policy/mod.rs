@@ -79,12 +79,12 @@ pub enum Stage {
     Anchors = 6,
 }
 
-/// What one step lends every policy: the step's random stream and the pipeline's seed
-/// (for a policy's own random state, such as NNCLR's initial support keys).
+/// What one step lends every policy: the step's random stream (k-means seeding,
+/// MoCHi's mixing weights). A policy's own random state is seeded once through
+/// [`Policy::set_seed`].
 #[derive(Debug)]
 pub struct Step<'a> {
     pub rng: &'a mut ChaCha8Rng,
-    pub seed: u64,
 }
 
 /// What a policy's queue form needs the row pass to provide.
@@ -264,7 +264,6 @@ impl PolicyConfig {
 pub struct Pipeline {
     configs: Vec<PolicyConfig>,
     policies: Vec<Box<dyn Policy>>,
-    seed: u64,
 }
 
 impl Pipeline {
@@ -279,17 +278,12 @@ impl Pipeline {
         }
         configs.sort_by_key(|p| p.stage());
         let policies = configs.iter().map(PolicyConfig::build).collect();
-        Ok(Self {
-            configs,
-            policies,
-            seed: 0,
-        })
+        Ok(Self { configs, policies })
     }
 
     /// Sets the seed of the policies' own random state (the NNCLR support's initial
     /// keys); per-step randomness comes from the RNG given to [`Pipeline::plan`].
     pub fn with_seed(mut self, seed: u64) -> Self {
-        self.seed = seed;
         for p in &mut self.policies {
             p.set_seed(seed);
         }
@@ -310,10 +304,7 @@ impl Pipeline {
     /// Stateful policies update their state.
     pub fn plan(&mut self, batch: &MiningBatch, rng: &mut ChaCha8Rng) -> Result<MiningPlan> {
         let mut plan = batch.default_plan();
-        let mut step = Step {
-            rng,
-            seed: self.seed,
-        };
+        let mut step = Step { rng };
         for p in &mut self.policies {
             p.plan(batch, &mut plan, &mut step)?;
         }
@@ -347,8 +338,29 @@ impl Pipeline {
         Ok(out)
     }
 
-    /// Restores [`Pipeline::state`] into a pipeline of the same configuration.
+    /// Restores [`Pipeline::state`] into a pipeline of the same configuration. State
+    /// that no policy of this pipeline claims (a checkpoint of another mining list) is
+    /// an error naming it, never silently dropped.
     pub fn load_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        let claimed: Vec<String> = self
+            .policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{i}.{}.", p.name()))
+            .collect();
+        let mut stray: Vec<&String> = state
+            .keys()
+            .filter(|k| !claimed.iter().any(|c| k.starts_with(c.as_str())))
+            .collect();
+        if !stray.is_empty() {
+            stray.sort();
+            return Err(invalid(
+                "state",
+                format!(
+                    "mining state {stray:?} belongs to no configured policy (policies in order: {claimed:?})"
+                ),
+            ));
+        }
         for (i, p) in self.policies.iter_mut().enumerate() {
             let prefix = format!("{i}.{}.", p.name());
             let mine: HashMap<String, Tensor> = state
