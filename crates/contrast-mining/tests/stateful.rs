@@ -239,8 +239,7 @@ fn pipeline_state_round_trips() {
 /// dropped in silence.
 #[test]
 fn state_no_policy_claims_is_refused() {
-    let t = candle_core::Tensor::zeros((2, 3), candle_core::DType::F32, &candle_core::Device::Cpu)
-        .unwrap();
+    let t = Tensor::zeros((2, 3), DType::F32, &Device::Cpu).unwrap();
     let state = std::collections::HashMap::from([("0.cluster.centroids".to_string(), t)]);
     let mut pipeline = Pipeline::new(vec![]).unwrap();
     let e = pipeline.load_state(&state).unwrap_err().to_string();
