@@ -510,18 +510,24 @@ impl Config {
                 }
             }
         }
-        if !(0.0..=1.0).contains(&self.schedule.final_lr_fraction)
-            || self.schedule.warmup_epochs < 0.0
-        {
-            bail!("schedule.final_lr_fraction must be in [0, 1] and schedule.warmup_epochs >= 0");
-        }
-        if self.eval.knn.temperature.is_nan()
-            || self.eval.knn.temperature <= 0.0
-            || self.eval.knn.k == 0
-        {
+        if !(0.0..=1.0).contains(&self.schedule.final_lr_fraction) {
             bail!(
-                "eval.knn: k = {} must be >= 1 and temperature = {} > 0",
-                self.eval.knn.k,
+                "schedule.final_lr_fraction = {} must be in [0, 1]",
+                self.schedule.final_lr_fraction
+            );
+        }
+        if self.schedule.warmup_epochs.is_nan() || self.schedule.warmup_epochs < 0.0 {
+            bail!(
+                "schedule.warmup_epochs = {} must be >= 0",
+                self.schedule.warmup_epochs
+            );
+        }
+        if self.eval.knn.k == 0 {
+            bail!("eval.knn.k = 0 must be at least 1");
+        }
+        if self.eval.knn.temperature.is_nan() || self.eval.knn.temperature <= 0.0 {
+            bail!(
+                "eval.knn.temperature = {} must be > 0",
                 self.eval.knn.temperature
             );
         }

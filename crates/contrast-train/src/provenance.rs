@@ -125,21 +125,21 @@ impl Origins {
         });
     }
 
-    /// The key path named in `message` (the longest one that appears as a whole word,
-    /// as validation errors write `optim.lr = ...`), with its origin.
-    pub fn mentioned(&self, message: &str) -> Option<(&str, &Origin)> {
-        let boundary = |c: Option<char>| c.is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
-        self.0
-            .iter()
-            .filter(|(k, _)| {
-                message.match_indices(k.as_str()).any(|(i, _)| {
-                    boundary(message[..i].chars().next_back())
-                        && boundary(message[i + k.len()..].chars().next())
-                        && !message[i + k.len()..].starts_with('.')
-                })
+    /// The first dotted key path named in `message` (validation errors write
+    /// `optim.lr = ...`) whose first segment is a key of the config, with the origin of
+    /// it or of its nearest recorded ancestor.
+    pub fn mentioned<'m>(&self, message: &'m str) -> Option<(&'m str, &Origin)> {
+        message
+            .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
+            .map(|t| t.trim_matches('.'))
+            .filter(|t| t.contains('.'))
+            .filter(|t| {
+                let top = t.split('.').next().unwrap_or_default();
+                self.0
+                    .keys()
+                    .any(|k| k == top || k.starts_with(&format!("{top}.")))
             })
-            .max_by_key(|(k, _)| k.len())
-            .map(|(k, o)| (k.as_str(), o))
+            .find_map(|t| self.of(t).map(|o| (t, o)))
     }
 
     /// The origin of `path`, or of its nearest recorded ancestor.

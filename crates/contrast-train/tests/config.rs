@@ -84,6 +84,11 @@ fn bad_values_are_named() {
         .unwrap();
     let e = error_of(&text, &[]);
     assert!(e.contains(&format!("test.toml:{line}")), "{e}");
+    // The key a validation message names, not a neighbour in its table.
+    let e = error_of(&default_text(), &["eval.knn.k=0"]);
+    assert!(e.contains("`eval.knn.k` from --set eval.knn.k=0"), "{e}");
+    let e = error_of(&default_text(), &["schedule.warmup_epochs=-1"]);
+    assert!(e.contains("--set schedule.warmup_epochs=-1"), "{e}");
     let e = error_of(&default_text(), &["data.augment.hflip=2"]);
     assert!(e.contains("hflip"), "{e}");
     let e = error_of(&default_text(), &["data.dataset=imagenet"]);
