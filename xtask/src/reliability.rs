@@ -10,6 +10,7 @@
 //! `metrics.jsonl`, and the final kNN and linear-probe accuracy.
 
 use anyhow::{Context, Result, bail, ensure};
+use contrast_train::metrics::deterministic_metrics;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::path::Path;
@@ -61,25 +62,6 @@ fn torn(checkpoints: &Path) -> bool {
                         d.any(|f| f.is_ok_and(|f| f.path().extension().is_some_and(|x| x == "tmp")))
                     })))
     })
-}
-
-fn deterministic_metrics(run: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl"))?;
-    text.lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l)?;
-            Ok([
-                "epoch",
-                "step",
-                "loss",
-                "lr",
-                "knn_top1",
-                "neg_false_fraction",
-            ]
-            .map(|k| v[k].to_string())
-            .join(" "))
-        })
-        .collect()
 }
 
 fn final_model(run: &Path) -> Result<std::collections::HashMap<String, candle_core::Tensor>> {
@@ -183,7 +165,8 @@ pub fn reliability(kills: usize, seed: u64) -> Result<()> {
             differing.push(name.clone());
         }
     }
-    let metrics_equal = deterministic_metrics(&straight)? == deterministic_metrics(&killed)?;
+    let metrics_equal = deterministic_metrics(&straight.join("metrics.jsonl"))?
+        == deterministic_metrics(&killed.join("metrics.jsonl"))?;
     let summary = |run: &Path| -> Result<(f64, f64)> {
         let v: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(run.join("summary.json"))?)?;

@@ -63,6 +63,38 @@ pub struct Summary {
 
 /// Rewrites `metrics.jsonl` from the records (used after every epoch, so a resumed
 /// run never duplicates lines).
+/// The keys of a `metrics.jsonl` line that a run determines (everything but
+/// wall-clock measurements): a resumed or interrupted run must reproduce them exactly.
+pub const DETERMINISTIC_KEYS: [&str; 10] = [
+    "epoch",
+    "step",
+    "loss",
+    "lr",
+    "knn_top1",
+    "neg_false_fraction",
+    "neg_sim_mean",
+    "neg_sim_p90",
+    "fn_identified_precision",
+    "nn_positive_precision",
+];
+
+/// The [`DETERMINISTIC_KEYS`] of every line of a run's `metrics.jsonl`, as JSON text
+/// (`null` where a line has no such key), for exact comparison of two runs.
+pub fn deterministic_metrics(path: &Path) -> Result<Vec<Vec<String>>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line)
+                .with_context(|| format!("{}: a line is not JSON", path.display()))?;
+            Ok(DETERMINISTIC_KEYS
+                .iter()
+                .map(|k| v[*k].to_string())
+                .collect())
+        })
+        .collect()
+}
+
 pub fn write_metrics(path: &Path, records: &[EpochRecord]) -> Result<()> {
     let tmp = path.with_extension("jsonl.tmp");
     {

@@ -5,6 +5,7 @@ mod common;
 
 use common::{tiny_config, write_synthetic_mnist};
 use contrast_mining::policy::{Cluster, Fnc, Mochi, NearestNeighbour};
+use contrast_train::metrics::deterministic_metrics;
 use contrast_train::{RunOptions, run};
 use std::path::Path;
 
@@ -15,32 +16,6 @@ fn opts(out: &Path, data: &Path, resume: bool) -> RunOptions {
         resume,
         progress: false,
     }
-}
-
-/// Every field of a `metrics.jsonl` line but the wall-clock measurements.
-fn deterministic(line: &str) -> [String; 10] {
-    let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    [
-        "epoch",
-        "step",
-        "loss",
-        "lr",
-        "knn_top1",
-        "neg_false_fraction",
-        "neg_sim_mean",
-        "neg_sim_p90",
-        "fn_identified_precision",
-        "nn_positive_precision",
-    ]
-    .map(|k| v[k].to_string())
-}
-
-fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .lines()
-        .map(String::from)
-        .collect()
 }
 
 /// Copies the files of a run directory (one level of sub-directories deep).
@@ -186,17 +161,14 @@ fn check_resume(cfg: contrast_train::Config) {
     assert!(e.contains("already holds a checkpoint"), "{e}");
     let resumed = run(&cfg, &opts(split.path(), data.path(), true)).unwrap();
 
-    let a = lines(&straight.path().join("metrics.jsonl"));
-    let b = lines(&split.path().join("metrics.jsonl"));
+    let a = deterministic_metrics(&straight.path().join("metrics.jsonl")).unwrap();
+    let b = deterministic_metrics(&split.path().join("metrics.jsonl")).unwrap();
     assert_eq!(a.len(), 2);
     // Everything but wall-clock measurements must be identical.
-    for (x, y) in a.iter().zip(&b) {
-        assert_eq!(
-            deterministic(x),
-            deterministic(y),
-            "metrics after resume differ from the uninterrupted run's"
-        );
-    }
+    assert_eq!(
+        a, b,
+        "metrics after resume differ from the uninterrupted run's"
+    );
     assert_eq!(full.knn_top1, resumed.knn_top1);
     assert_eq!(full.linear_top1, resumed.linear_top1);
     assert_eq!(resumed.epochs, 2);
@@ -265,12 +237,10 @@ fn a_run_interrupted_at_every_step_matches_the_uninterrupted_run() {
     // 320 images in batches of 32: 10 steps an epoch; every step but the last ends
     // in an interruption.
     assert_eq!(interruptions, 19);
-    let a = lines(&straight.path().join("metrics.jsonl"));
-    let b = lines(&split.path().join("metrics.jsonl"));
-    assert_eq!(
-        a.iter().map(|l| deterministic(l)).collect::<Vec<_>>(),
-        b.iter().map(|l| deterministic(l)).collect::<Vec<_>>()
-    );
+    let a = deterministic_metrics(&straight.path().join("metrics.jsonl")).unwrap();
+    let b = deterministic_metrics(&split.path().join("metrics.jsonl")).unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(a, b);
     assert_eq!(full.knn_top1, resumed.knn_top1);
     assert_eq!(full.linear_top1, resumed.linear_top1);
 }
