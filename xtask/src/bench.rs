@@ -2,6 +2,10 @@
 //! The kernels table has a `tiled` row per loss case: the tensor-op streaming path that
 //! devices without the custom kernel take, timed here on the CPU.
 //!
+//! Every case runs on the device of `--device` (CPU by default); on a GPU each call is
+//! timed to the device's completion (`synchronize`), and peak memory is measured on
+//! the CPU only.
+//!
 //! Every timed case is warmed up, then timed several times; the median is reported.
 //! Peak memory is the whole process's transient peak of one call, measured in a fresh
 //! child process (`cargo xtask bench peak CASE PATH`) where mimalloc returns freed
@@ -18,7 +22,21 @@ use contrast_kernels::{
 use contrast_losses::{moco_info_nce, moco_info_nce_reference, nt_xent, nt_xent_reference};
 use serde_json::json;
 use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Instant;
+
+/// The device the benchmarks run on; the CPU unless [`set_device`] chose another.
+static DEVICE: OnceLock<Device> = OnceLock::new();
+
+/// Runs every later benchmark case on `device` (first call wins).
+pub fn set_device(device: Device) {
+    let _ = DEVICE.set(device);
+}
+
+/// The benchmarks' device.
+pub fn device() -> &'static Device {
+    DEVICE.get_or_init(|| Device::Cpu)
+}
 
 type CaseFn = Box<dyn FnMut() -> Result<()>>;
 
@@ -87,7 +105,7 @@ fn unit_rows(seed: u64, n: usize, d: usize) -> Result<Tensor> {
             (((i as u64).wrapping_mul(2654435761).wrapping_add(seed) % 1000) as f32 / 500.0) - 1.0
         })
         .collect();
-    Ok(l2_normalize(&Tensor::from_vec(v, (n, d), &Device::Cpu)?)?)
+    Ok(l2_normalize(&Tensor::from_vec(v, (n, d), device())?)?)
 }
 
 fn sgemm_case(m: usize, k: usize, n: usize) -> Result<(f64, CaseFn)> {
@@ -257,6 +275,7 @@ fn step_case(case: &str) -> Result<(f64, CaseFn)> {
             out_bn: false,
         },
         filter: None,
+        ops: Default::default(),
     };
     let model = ContrastiveModel::new(
         &cfg,
@@ -266,7 +285,7 @@ fn step_case(case: &str) -> Result<(f64, CaseFn)> {
             channels: c,
         },
         None,
-        &Device::Cpu,
+        device(),
         0,
     )?;
     let optim = OptimConfig::Sgd {
@@ -303,10 +322,12 @@ fn build_case(case: &str, path: &str) -> Result<(f64, CaseFn)> {
 fn measure(case: &str, path: &str, reps: usize, peak: bool) -> Result<Row> {
     let (work, mut f) = build_case(case, path)?;
     f()?;
+    device().synchronize()?;
     let mut times = Vec::with_capacity(reps);
     for _ in 0..reps {
         let t = Instant::now();
         f()?;
+        device().synchronize()?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     drop(f);
@@ -322,7 +343,7 @@ fn measure(case: &str, path: &str, reps: usize, peak: bool) -> Result<Row> {
         } else {
             per_second / 1e9
         },
-        peak_rss_mb: if peak {
+        peak_rss_mb: if peak && device().is_cpu() {
             Some(child_peak(case, path)?)
         } else {
             None
@@ -455,7 +476,7 @@ epochs = 1
         "memory-bench",
         &[],
     )?;
-    let device = Device::Cpu;
+    let device = device().clone();
     let shape = ImageShape {
         height: 8,
         width: 8,

@@ -13,8 +13,9 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use contrast_data::DatasetId;
 use contrast_data::fetch::{Provisioned, fetch};
+use contrast_train::device::describe;
 use contrast_train::trainer::Interrupted;
-use contrast_train::{Config, RunOptions, Trainer};
+use contrast_train::{Config, DeviceChoice, RunOptions, Trainer};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -76,9 +77,16 @@ enum Command {
         /// latest checkpoint.
         #[arg(long)]
         resume: bool,
+        /// Device to train on: cpu, cuda, cuda:N, metal or auto (sets
+        /// `train.device`; a GPU needs a build with its feature, e.g. `cargo xtask-cuda`).
+        #[arg(long)]
+        device: Option<DeviceChoice>,
     },
     /// Benchmarks: `kernels` (similarity hot path against the plain candle path and sgemm).
     Bench {
+        /// Device to run the cases on: cpu, cuda, cuda:N, metal or auto.
+        #[arg(long, global = true, default_value = "auto")]
+        device: DeviceChoice,
         #[command(subcommand)]
         command: BenchCommand,
     },
@@ -274,32 +282,40 @@ fn install_interrupt_handler() {
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
 }
 
+/// Runs a benchmark on `device` (the peak-memory child always on the CPU).
+fn bench_command(device: DeviceChoice, command: BenchCommand) -> Result<()> {
+    if !matches!(command, BenchCommand::Peak { .. }) {
+        let device = device.open()?;
+        println!("device: {}", describe(&device));
+        bench::set_device(device);
+    }
+    match command {
+        BenchCommand::Kernels => bench::kernels(Path::new("target/bench/kernels.json")),
+        BenchCommand::Encoders => bench::encoders(Path::new("target/bench/encoders.json")),
+        BenchCommand::Memory { steps } => {
+            bench::memory(steps, Path::new("target/bench/memory.json"))
+        }
+        BenchCommand::Mining => mining_bench::mining(Path::new("target/bench/mining.json")),
+        BenchCommand::Peak { case, path } => bench::peak(&case, &path),
+    }
+}
+
 fn main() {
     keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train {
             config,
-            set,
+            mut set,
             data_dir,
             out,
             resume,
-        } => train(&config, &set, data_dir, out, resume),
-        Command::Bench {
-            command: BenchCommand::Kernels,
-        } => bench::kernels(Path::new("target/bench/kernels.json")),
-        Command::Bench {
-            command: BenchCommand::Encoders,
-        } => bench::encoders(Path::new("target/bench/encoders.json")),
-        Command::Bench {
-            command: BenchCommand::Memory { steps },
-        } => bench::memory(steps, Path::new("target/bench/memory.json")),
-        Command::Bench {
-            command: BenchCommand::Mining,
-        } => mining_bench::mining(Path::new("target/bench/mining.json")),
-        Command::Bench {
-            command: BenchCommand::Peak { case, path },
-        } => bench::peak(&case, &path),
+            device,
+        } => {
+            set.extend(device.map(|d| format!("train.device=\"{d}\"")));
+            train(&config, &set, data_dir, out, resume)
+        }
+        Command::Bench { device, command } => bench_command(device, command),
         Command::Reliability { kills, seed } => reliability::reliability(kills, seed),
         Command::Fuzz { runs, seed, target } => {
             fuzz::fuzz(Path::new("."), runs, seed, target.as_deref())

@@ -11,7 +11,7 @@
 //! queue, its diagnostics included) in the same way.
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use contrast_data::{Batch, ImageShape};
 use contrast_losses::nt_xent;
 use contrast_train::Config;
@@ -67,9 +67,10 @@ impl Runner {
             width: 28,
             channels: 1,
         };
-        let model = ContrastiveModel::new(&cfg.model, input, None, &Device::Cpu, 0)?;
+        let device = crate::bench::device();
+        let model = ContrastiveModel::new(&cfg.model, input, None, device, 0)?;
         let opt = Optimizer::new(cfg.optim.clone(), model.params());
-        let method = Method::new(&cfg, &model, input, 1, &Device::Cpu)?;
+        let method = Method::new(&cfg, &model, input, 1, device)?;
         Ok(Self {
             cfg,
             plain,
@@ -81,13 +82,13 @@ impl Runner {
 
     /// Milliseconds of training step `step`.
     fn step(&mut self, step: usize) -> Result<f64> {
-        let (cfg, device) = (&self.cfg, Device::Cpu);
+        let (cfg, device) = (&self.cfg, crate::bench::device());
         let b = cfg.data.batch_size;
         let batch = batch(b, cfg.data.views, step);
         let t = Instant::now();
         if self.plain {
             let views = (0..2)
-                .map(|v| Tensor::from_slice(&batch.views[v], (b, 28, 28, 1), &device))
+                .map(|v| Tensor::from_slice(&batch.views[v], (b, 28, 28, 1), device))
                 .collect::<candle_core::Result<Vec<_>>>()?;
             let (_, z) = self.model.forward_t(&Tensor::cat(&views, 0)?, true)?;
             let loss = nt_xent(&z.narrow(0, 0, b)?, &z.narrow(0, b, b)?, 0.2)?;
@@ -101,12 +102,13 @@ impl Runner {
                 10,
                 (step, REPS + WARMUP),
                 0.1,
-                &device,
+                device,
             )?;
             // The epoch's diagnostics summary is part of the cost of a logged run
             // (taken every step here, which overstates it).
             self.method.take_diagnostics();
         }
+        device.synchronize()?;
         Ok(t.elapsed().as_secs_f64() * 1e3)
     }
 }

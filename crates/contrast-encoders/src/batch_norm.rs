@@ -8,7 +8,7 @@
 
 use crate::params::{ParamBuilder, ParamInit};
 use candle_core::{DType, Result, Tensor, Var};
-use contrast_kernels::{BatchNormMode, ChannelStats, batch_norm};
+use contrast_kernels::{BatchNormMode, ChannelStats, OpSet};
 
 /// Name fragment that marks a variable as a running statistic, not a parameter.
 pub const RUNNING_STAT: &str = "running_";
@@ -23,6 +23,7 @@ pub struct BatchNorm {
     channels: usize,
     eps: f64,
     momentum: f64,
+    ops: OpSet,
 }
 
 impl BatchNorm {
@@ -40,6 +41,7 @@ impl BatchNorm {
             channels,
             eps: 1e-5,
             momentum: 0.1,
+            ops: vb.ops(),
         })
     }
 
@@ -69,7 +71,7 @@ impl BatchNorm {
                 x.dims()
             );
         }
-        let out = batch_norm(
+        let out = self.ops.batch_norm(
             x,
             &self.weight,
             &self.bias,

@@ -1,14 +1,15 @@
 //! 2-D convolution layer on channels-last tensors.
 //!
-//! The arithmetic is [`contrast_kernels::conv2d_nhwc`]: im2col plus GEMM for the
-//! forward pass and both backward passes, in chunks of images so that no im2col
-//! buffer of the whole batch exists. candle 0.11's own CPU convolution routes the
-//! input gradient through a naive `conv_transpose2d`; this layer avoids it.
+//! The arithmetic is the layer's [`OpSet`]: on the CPU [`contrast_kernels::conv2d_nhwc`]
+//! (im2col plus GEMM for the forward pass and both backward passes, in chunks of
+//! images so that no im2col buffer of the whole batch exists), elsewhere
+//! [`contrast_kernels::cnn::generic::conv2d`]. candle 0.11's own convolution routes
+//! the input gradient through a naive `conv_transpose2d`; both sets avoid it.
 
 use crate::batch_norm::BatchNorm;
 use crate::params::{ParamBuilder, ParamInit};
 use candle_core::{Result, Tensor};
-use contrast_kernels::{BlockSpec, ChannelStats, ConvBn, conv_block, conv2d_nhwc};
+use contrast_kernels::{BlockSpec, ChannelStats, ConvBn, OpSet};
 /// Geometry of a square convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConvSpec {
@@ -45,6 +46,7 @@ pub struct Conv2d {
     spec: ConvSpec,
     weight: Tensor,
     bias: Option<Tensor>,
+    ops: OpSet,
 }
 
 impl Conv2d {
@@ -63,7 +65,12 @@ impl Conv2d {
         } else {
             None
         };
-        Ok(Self { spec, weight, bias })
+        Ok(Self {
+            spec,
+            weight,
+            bias,
+            ops: vb.ops(),
+        })
     }
 
     /// The layer's geometry.
@@ -79,7 +86,9 @@ impl Conv2d {
     /// Convolves `x` `[B, H, W, Cin]` into `[B, Ho, Wo, Cout]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let s = self.spec;
-        let out = conv2d_nhwc(x, &self.weight, s.kernel, s.stride, s.padding)?;
+        let out = self
+            .ops
+            .conv2d(x, &self.weight, s.kernel, s.stride, s.padding)?;
         match &self.bias {
             Some(bias) => out.broadcast_add(bias),
             None => Ok(out),
@@ -87,9 +96,8 @@ impl Conv2d {
     }
 }
 
-/// `conv -> BatchNorm -> [+ residual] -> [ReLU] -> [2x2 max pool]` as one fused
-/// operation (see
-/// [`contrast_kernels::conv_block`]). The convolution has no bias: BatchNorm's shift
+/// `conv -> BatchNorm -> [+ residual] -> [ReLU] -> [2x2 max pool]`, one fused
+/// operation in the fused op set ([`contrast_kernels::conv_block`]). The convolution has no bias: BatchNorm's shift
 /// replaces it.
 #[derive(Debug, Clone)]
 pub struct ConvBnAct {
@@ -129,6 +137,11 @@ impl ConvBnAct {
     /// BatchNorm epsilon.
     pub fn eps(&self) -> f64 {
         self.bn.eps()
+    }
+
+    /// The op set the block runs.
+    pub fn ops(&self) -> OpSet {
+        self.conv.ops
     }
 
     /// Whether the block recomputes its convolution in the backward pass.
@@ -173,7 +186,7 @@ impl ConvBnAct {
             pool,
             recompute: self.recompute,
         };
-        let out = conv_block(
+        let out = self.conv.ops.conv_block(
             x,
             &self.conv.weight,
             self.bn.weight(),

@@ -9,9 +9,11 @@
 //! - [`FeatureFilter`]: SimLAP's class-pair gates.
 //! - [`ema`]: momentum copies (MoCo's key encoder) and their schedule.
 //!
-//! Layers are built from plain candle tensor ops that all have gradients (no fused
-//! LayerNorm or softmax, whose candle 0.11 fast paths drop gradients), and
-//! convolutions are im2col plus a matrix product ([`conv`]).
+//! One model definition runs on two op sets ([`contrast_kernels::OpSet`], chosen on
+//! the [`ParamBuilder`]): the fused CPU kernels, or candle tensor ops that run on any
+//! device. Neither uses candle-nn's fused LayerNorm or softmax, whose candle 0.11
+//! fast paths drop gradients, and convolutions are im2col plus a matrix product
+//! ([`conv`]).
 //!
 //! # Example
 //!

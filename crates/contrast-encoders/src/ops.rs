@@ -7,9 +7,3 @@ pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
     let (b, h, w, c) = x.dims4()?;
     x.reshape((b, h * w, c))?.mean(1)
 }
-
-/// 2x2 max pooling with stride 2 on `[B, H, W, C]` (odd trailing rows and columns are
-/// dropped, as PyTorch does).
-pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
-    contrast_kernels::max_pool2(x)
-}

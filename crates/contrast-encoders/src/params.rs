@@ -4,9 +4,13 @@
 //! parameters through [`ParamBuilder`], which draws each parameter's initial values
 //! from a generator seeded by the model seed and the parameter's full path. The same
 //! seed therefore gives the same network, whatever order layers are built in.
+//!
+//! The builder also carries the [`OpSet`] the layers it builds run their CNN ops
+//! with, so a whole model takes one op set from one place.
 
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder, VarMap};
+use contrast_kernels::OpSet;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -21,11 +25,13 @@ pub enum ParamInit {
     Uniform(f64),
 }
 
-/// Creates named parameters in a [`VarMap`] with seeded initial values.
+/// Creates named parameters in a [`VarMap`] with seeded initial values, and hands
+/// the layers it builds their [`OpSet`].
 #[derive(Clone)]
 pub struct ParamBuilder<'a> {
     vb: VarBuilder<'a>,
     seed: u64,
+    ops: OpSet,
 }
 
 impl std::fmt::Debug for ParamBuilder<'_> {
@@ -33,6 +39,7 @@ impl std::fmt::Debug for ParamBuilder<'_> {
         f.debug_struct("ParamBuilder")
             .field("prefix", &self.vb.prefix())
             .field("seed", &self.seed)
+            .field("ops", &self.ops)
             .finish_non_exhaustive()
     }
 }
@@ -48,12 +55,25 @@ fn path_seed(seed: u64, path: &str) -> u64 {
 }
 
 impl<'a> ParamBuilder<'a> {
-    /// Parameters stored in `varmap`, on `device`, of `dtype`, seeded by `seed`.
+    /// Parameters stored in `varmap`, on `device`, of `dtype`, seeded by `seed`; the
+    /// layers run the op set that is fastest on `device` ([`OpSet::for_device`]).
     pub fn new(varmap: &VarMap, dtype: DType, device: &Device, seed: u64) -> Self {
         Self {
             vb: VarBuilder::from_varmap(varmap, dtype, device),
             seed,
+            ops: OpSet::for_device(device),
         }
+    }
+
+    /// The same builder, its layers running `ops`.
+    pub fn with_ops(mut self, ops: OpSet) -> Self {
+        self.ops = ops;
+        self
+    }
+
+    /// The op set the layers built here run.
+    pub fn ops(&self) -> OpSet {
+        self.ops
     }
 
     /// A builder whose parameter names are prefixed by `name.`.
@@ -61,6 +81,7 @@ impl<'a> ParamBuilder<'a> {
         Self {
             vb: self.vb.pp(name),
             seed: self.seed,
+            ops: self.ops,
         }
     }
 

@@ -8,7 +8,6 @@ use crate::ops::global_avg_pool;
 use crate::params::ParamBuilder;
 use crate::{Encoder, InputShape};
 use candle_core::{Result, Tensor};
-use contrast_kernels::residual_block;
 
 /// The basic residual block: two 3x3 convolutions, with a 1x1 projection shortcut
 /// when the stride or width changes.
@@ -48,12 +47,12 @@ impl BasicBlock {
         })
     }
 
-    /// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))` as one fused op
-    /// ([`residual_block`]): the graph keeps the block's input and output only, and
-    /// the inner activation is recomputed in the backward pass.
+    /// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`; in the fused op set one
+    /// op ([`contrast_kernels::residual_block`]) whose graph keeps the block's input
+    /// and output only, the inner activation recomputed in the backward pass.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let shortcut = self.shortcut.as_ref().map(|s| s.layer(train)).transpose()?;
-        let out = residual_block(
+        let out = self.first.ops().residual_block(
             x,
             &self.first.layer(train)?,
             &self.second.layer(train)?,

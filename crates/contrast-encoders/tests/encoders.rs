@@ -6,10 +6,33 @@ use contrast_encoders::{
     BatchNorm, ConvPool, EncoderConfig, HeadConfig, InputShape, ParamBuilder, ProjectionHead,
     RUNNING_STAT,
 };
-use contrast_testing::values;
+use contrast_kernels::OpSet;
+use contrast_testing::{max_rel, values};
 
 fn builder(vm: &VarMap, dtype: DType, seed: u64) -> ParamBuilder<'static> {
     ParamBuilder::new(vm, dtype, &Device::Cpu, seed)
+}
+
+/// Encoder and head of `cfg` on `input`, their parameters seeded by `seed` in `vm`,
+/// running `ops`: a flattened map feeds a convolutional head, vectors an MLP head.
+fn network(
+    cfg: &EncoderConfig,
+    input: InputShape,
+    vm: &VarMap,
+    dtype: DType,
+    ops: OpSet,
+) -> (Box<dyn contrast_encoders::Encoder>, ProjectionHead) {
+    let pb = builder(vm, dtype, 1).with_ops(ops);
+    let enc = cfg.build(input, pb.pp("backbone")).unwrap();
+    let conv: &[usize] = if enc.out_map().is_some() { &[5] } else { &[] };
+    let head = ProjectionHead::new(
+        enc.out_dim(),
+        enc.out_map(),
+        &head(conv, true),
+        pb.pp("head"),
+    )
+    .unwrap();
+    (enc, head)
 }
 
 #[test]
@@ -81,45 +104,99 @@ fn every_trainable_parameter_receives_a_gradient() {
         width: 8,
         channels: 3,
     };
-    for cfg in configs() {
-        let vm = VarMap::new();
-        let pb = builder(&vm, DType::F32, 1);
-        let enc = cfg.build(input, pb.pp("backbone")).unwrap();
-        // A flattened map feeds a convolutional head; vectors an MLP head.
-        let conv: &[usize] = if enc.out_map().is_some() { &[5] } else { &[] };
-        let head = ProjectionHead::new(
-            enc.out_dim(),
-            enc.out_map(),
-            &head(conv, true),
-            pb.pp("head"),
-        )
-        .unwrap();
-        let x = Tensor::randn(0f32, 1.0, (6, 8, 8, 3), &Device::Cpu).unwrap();
-        let z = head
-            .forward_t(&enc.forward_t(&x, true).unwrap(), true)
-            .unwrap();
-        assert_eq!(z.dims(), &[6, 4]);
-        let w = Tensor::randn(0f32, 1.0, (6, 4), &Device::Cpu).unwrap();
-        // A non-linear loss, so that BatchNorm'd outputs do not give exact zeros.
-        let grads = (z * w)
-            .unwrap()
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let data = vm.data().lock().unwrap();
-        let mut checked = 0;
-        for (name, var) in data.iter().filter(|(n, _)| !n.contains(RUNNING_STAT)) {
-            let g = grads
-                .get(var.as_tensor())
-                .unwrap_or_else(|| panic!("{cfg:?}: no gradient for {name}"));
-            let norm: f64 = values(g).iter().map(|v| v * v).sum();
-            assert!(norm > 0.0, "{cfg:?}: zero gradient for {name}");
-            checked += 1;
+    for ops in [OpSet::Fused, OpSet::Candle] {
+        for cfg in configs() {
+            let vm = VarMap::new();
+            let (enc, head) = network(&cfg, input, &vm, DType::F32, ops);
+            let x = Tensor::randn(0f32, 1.0, (6, 8, 8, 3), &Device::Cpu).unwrap();
+            let z = head
+                .forward_t(&enc.forward_t(&x, true).unwrap(), true)
+                .unwrap();
+            assert_eq!(z.dims(), &[6, 4]);
+            let w = Tensor::randn(0f32, 1.0, (6, 4), &Device::Cpu).unwrap();
+            // A non-linear loss, so that BatchNorm'd outputs do not give exact zeros.
+            let grads = (z * w)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let data = vm.data().lock().unwrap();
+            let mut checked = 0;
+            for (name, var) in data.iter().filter(|(n, _)| !n.contains(RUNNING_STAT)) {
+                let g = grads
+                    .get(var.as_tensor())
+                    .unwrap_or_else(|| panic!("{ops:?} {cfg:?}: no gradient for {name}"));
+                let norm: f64 = values(g).iter().map(|v| v * v).sum();
+                assert!(norm > 0.0, "{ops:?} {cfg:?}: zero gradient for {name}");
+                checked += 1;
+            }
+            assert!(checked > 4, "{cfg:?}: only {checked} parameters");
         }
-        assert!(checked > 4, "{cfg:?}: only {checked} parameters");
+    }
+}
+
+/// One model definition, two op sets: in f64 the candle bodies give the fused ops'
+/// outputs, every parameter's gradient and the running statistics to 1e-9, in
+/// training mode and then in eval mode (which reads the running statistics).
+#[test]
+fn the_op_sets_compute_the_same_network_in_f64() {
+    let input = InputShape {
+        height: 8,
+        width: 8,
+        channels: 3,
+    };
+    let x = Tensor::randn(0f64, 1.0, (6, 8, 8, 3), &Device::Cpu).unwrap();
+    let w = Tensor::randn(0f64, 1.0, (6, 4), &Device::Cpu).unwrap();
+    for cfg in configs() {
+        let nets = [OpSet::Fused, OpSet::Candle].map(|ops| {
+            let vm = VarMap::new();
+            let net = network(&cfg, input, &vm, DType::F64, ops);
+            (vm, net)
+        });
+        for train in [true, false] {
+            let runs: Vec<_> = nets
+                .iter()
+                .map(|(vm, (enc, head))| {
+                    let z = head
+                        .forward_t(&enc.forward_t(&x, train).unwrap(), train)
+                        .unwrap();
+                    let grads = (&z * &w)
+                        .unwrap()
+                        .sqr()
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .backward()
+                        .unwrap();
+                    let data = vm.data().lock().unwrap();
+                    let mut named: Vec<(String, Tensor)> = data
+                        .iter()
+                        .map(|(name, var)| {
+                            let t = if name.contains(RUNNING_STAT) {
+                                var.as_tensor().clone()
+                            } else {
+                                grads.get(var.as_tensor()).unwrap().clone()
+                            };
+                            (name.clone(), t)
+                        })
+                        .collect();
+                    named.sort_by(|a, b| a.0.cmp(&b.0));
+                    (z, named)
+                })
+                .collect();
+            let (zf, gf) = &runs[0];
+            let (zc, gc) = &runs[1];
+            let e = max_rel(zc, zf);
+            assert!(e < 1e-9, "{cfg:?} train {train}: outputs differ by {e}");
+            assert_eq!(gf.len(), gc.len());
+            for ((name, f), (_, c)) in gf.iter().zip(gc) {
+                let e = max_rel(c, f);
+                assert!(e < 1e-9, "{cfg:?} train {train}: {name} differs by {e}");
+            }
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 
 use crate::error::{Result, check_labelled, invalid};
 use crate::knn::accuracy;
-use candle_core::{D, DType, Device, Tensor, Var};
+use candle_core::{D, DType, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
@@ -79,8 +79,9 @@ pub fn linear_probe(
             "epochs, batch_size and lr must be positive",
         ));
     }
-    let device = Device::Cpu;
-    let train = train.to_dtype(DType::F32)?.to_device(&device)?;
+    // The probe trains where the features are (the encoder's device).
+    let device = train.device().clone();
+    let train = train.to_dtype(DType::F32)?;
     let test = test.to_dtype(DType::F32)?.to_device(&device)?;
     let d = train.dim(1)?;
     let mean = train.mean_keepdim(0)?;

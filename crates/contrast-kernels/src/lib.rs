@@ -71,9 +71,8 @@ mod float;
 pub mod similarity;
 
 pub use cnn::{
-    BatchNormMode, BatchNormOutput, BlockSpec, ChannelStats, ConvBn, ConvGeometry,
-    ResidualBlockOutput, add_relu, batch_norm, batch_norm_reference, conv_block, conv2d_nhwc,
-    conv2d_nhwc_reference, max_pool2, max_pool2_reference, residual_block,
+    BatchNormMode, BatchNormOutput, BlockSpec, ChannelStats, ConvBn, ConvGeometry, OpSet,
+    ResidualBlockOutput, add_relu, batch_norm, conv_block, conv2d_nhwc, max_pool2, residual_block,
 };
 pub use similarity::{
     Candidates, NORM_EPS, Positive, QUERY_BLOCK, TopK, l2_normalize, streaming_info_nce,

@@ -2,9 +2,8 @@
 //! compositions: values, statistics, and gradients to every input.
 
 use candle_core::{DType, Device, Tensor, Var};
-use contrast_kernels::{
-    BatchNormMode, ChannelStats, batch_norm, batch_norm_reference, max_pool2, max_pool2_reference,
-};
+use contrast_kernels::cnn::generic;
+use contrast_kernels::{BatchNormMode, ChannelStats, batch_norm, max_pool2};
 use contrast_testing::{XorShift, max_rel};
 use proptest::prelude::*;
 
@@ -59,7 +58,7 @@ fn bn_errors(shape: &[usize], fixed: bool, relu: bool, dtype: DType) -> Vec<f64>
         relu,
     )
     .unwrap();
-    let slow = batch_norm_reference(
+    let slow = generic::batch_norm(
         x64.as_tensor(),
         g64.as_tensor(),
         b64.as_tensor(),
@@ -115,7 +114,7 @@ proptest! {
     fn max_pool_matches_reference(b in 1usize..4, h in 2usize..9, w in 2usize..9, c in 1usize..6) {
         let x = var(&[b, h, w, c], 1.0, DType::F64);
         let fast = max_pool2(x.as_tensor()).unwrap();
-        let slow = max_pool2_reference(x.as_tensor()).unwrap();
+        let slow = generic::max_pool2(x.as_tensor()).unwrap();
         prop_assert!(max_rel(&fast, &slow) == 0.0);
         let up = randn(0.0, 1.0, fast.dims());
         let gf = (fast * &up).unwrap().sum_all().unwrap().backward().unwrap();
@@ -135,22 +134,28 @@ fn batch_norm_f32_on_network_shapes() {
 
 #[test]
 fn pooling_ties_send_the_gradient_once() {
-    let x =
-        Var::from_tensor(&Tensor::ones((1, 2, 2, 1), DType::F64, &Device::Cpu).unwrap()).unwrap();
-    let g = max_pool2(x.as_tensor())
+    // A flat window, and one whose maximum is tied in its last two places.
+    let x = Tensor::new(&[1.0f64, 1.0, 1.0, 1.0, 0.0, 2.0, 3.0, 3.0], &Device::Cpu)
         .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
+        .reshape((2, 2, 2, 1))
         .unwrap();
-    let g: Vec<f64> = g
-        .get(x.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1()
-        .unwrap();
-    assert_eq!(g, vec![1.0, 0.0, 0.0, 0.0]);
+    let x = Var::from_tensor(&x).unwrap();
+    for pool in [max_pool2, generic::max_pool2] {
+        let g = pool(x.as_tensor())
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let g: Vec<f64> = g
+            .get(x.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        assert_eq!(g, vec![1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+    }
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! gradients to both arguments, over random shapes, strides and paddings.
 
 use candle_core::{DType, Device, Tensor, Var};
-use contrast_kernels::{conv2d_nhwc, conv2d_nhwc_reference};
+use contrast_kernels::cnn::generic;
+use contrast_kernels::conv2d_nhwc;
 use contrast_testing::max_rel;
 use proptest::prelude::*;
 
@@ -48,7 +49,7 @@ fn compare(dtype: DType, c: Case) -> [f64; 3] {
     )
     .unwrap();
     let y_fast = conv2d_nhwc(x.as_tensor(), wt.as_tensor(), k, s, p).unwrap();
-    let y_ref = conv2d_nhwc_reference(x.as_tensor(), wt.as_tensor(), k, s, p).unwrap();
+    let y_ref = generic::conv2d(x.as_tensor(), wt.as_tensor(), k, s, p).unwrap();
     let up = Tensor::randn(0f64, 1.0, y_ref.dims(), &dev)
         .unwrap()
         .to_dtype(dtype)

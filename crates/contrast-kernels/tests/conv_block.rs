@@ -2,10 +2,8 @@
 //! statistics and the gradients to input, weight, scale, shift and residual.
 
 use candle_core::{DType, Device, Tensor, Var};
-use contrast_kernels::{
-    BatchNormMode, BlockSpec, ChannelStats, batch_norm_reference, conv_block,
-    conv2d_nhwc_reference, max_pool2_reference,
-};
+use contrast_kernels::cnn::generic;
+use contrast_kernels::{BatchNormMode, BlockSpec, ChannelStats, conv_block};
 use contrast_testing::max_rel_with_floor;
 use proptest::prelude::*;
 
@@ -87,26 +85,17 @@ fn errors(
         mode(),
     )
     .unwrap();
-    let pre = conv2d_nhwc_reference(&xt, w.as_tensor(), k, stride, k / 2).unwrap();
-    let bn = batch_norm_reference(
-        &pre,
+    let bn = generic::conv_block(
+        &xt,
+        w.as_tensor(),
         gamma.as_tensor(),
         beta.as_tensor(),
+        r.as_ref().map(|r| r.as_tensor()),
+        spec,
         mode(),
-        1e-5,
-        relu && !residual,
     )
     .unwrap();
-    let joined = match &r {
-        Some(r) if relu => (&bn.y + r.as_tensor()).unwrap().relu().unwrap(),
-        Some(r) => (&bn.y + r.as_tensor()).unwrap(),
-        None => bn.y.clone(),
-    };
-    let reference = if pool {
-        max_pool2_reference(&joined).unwrap()
-    } else {
-        joined
-    };
+    let reference = bn.y.clone();
     let up = Tensor::randn(0f64, 1.0, reference.dims(), &Device::Cpu).unwrap();
     let gf = (fused.y.clone() * &up)
         .unwrap()

@@ -10,7 +10,6 @@ use crate::metrics::EpochRecord;
 use crate::model::ContrastiveModel;
 use crate::optim::Optimizer;
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -239,8 +238,9 @@ pub fn load(
             dir.join(MODEL_FILE).display()
         )
     })?;
+    let device = model.device().clone();
     let buffers =
-        candle_core::safetensors::load(dir.join(OPTIM_FILE), &Device::Cpu).with_context(|| {
+        candle_core::safetensors::load(dir.join(OPTIM_FILE), &device).with_context(|| {
             format!(
                 "{}: cannot read optimizer state",
                 dir.join(OPTIM_FILE).display()
@@ -264,7 +264,7 @@ pub fn load(
         if let Some(group) = name.strip_suffix(".safetensors")
             && ![MODEL_FILE, OPTIM_FILE].contains(&name.as_str())
         {
-            let tensors = candle_core::safetensors::load(&path, &Device::Cpu)
+            let tensors = candle_core::safetensors::load(&path, &device)
                 .with_context(|| format!("{}: cannot read", path.display()))?;
             extras.insert(group.to_string(), tensors);
         }

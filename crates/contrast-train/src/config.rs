@@ -3,6 +3,7 @@
 //! Unknown keys are errors (every table denies them), so a typo never silently falls
 //! back to a default.
 
+use crate::device::{DeviceChoice, OpsChoice};
 use crate::provenance::{self, Origins};
 use anyhow::{Context, Result, bail};
 use contrast_data::{DatasetId, ViewRecipe};
@@ -126,6 +127,11 @@ pub struct ModelConfig {
     /// SimLAP's feature filter (used only with `loss.name = "simlap"`).
     #[serde(default)]
     pub filter: Option<FeatureFilterConfig>,
+    /// The encoders' op set: `"auto"` (fused on the CPU, candle elsewhere),
+    /// `"fused"` (the CPU kernels) or `"candle"` (tensor ops, any device; on the CPU
+    /// the path a GPU runs).
+    #[serde(default)]
+    pub ops: OpsChoice,
 }
 
 /// Optimiser and its hyper-parameters, tagged by `name`.
@@ -211,6 +217,10 @@ pub struct TrainConfig {
     /// one): stop with an error naming the step and the tensor, or roll back.
     #[serde(default)]
     pub on_nonfinite: OnNonFinite,
+    /// Where to train: `"cpu"`, `"cuda"`, `"cuda:N"`, `"metal"` or `"auto"` (the first
+    /// GPU the build supports, else the CPU).
+    #[serde(default)]
+    pub device: DeviceChoice,
 }
 
 /// The answer to a non-finite loss or gradient.

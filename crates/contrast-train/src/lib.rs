@@ -72,6 +72,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod device;
 pub mod evaluate;
 pub mod method;
 pub mod metrics;
@@ -82,5 +83,6 @@ pub mod schedule;
 pub mod trainer;
 
 pub use config::Config;
+pub use device::{DeviceChoice, OpsChoice};
 pub use metrics::{EpochRecord, Summary};
 pub use trainer::{RunOptions, Trainer, run};

@@ -59,6 +59,11 @@ pub struct Summary {
     pub train_seconds: f64,
     pub eval_seconds: f64,
     pub wall_seconds: f64,
+    /// The device trained on, with its name (`cpu (<model>, N threads)`,
+    /// `cuda:0 (<GPU>)`).
+    pub device: String,
+    /// The encoders' op set (`fused` or `candle`).
+    pub ops: String,
 }
 
 /// Rewrites `metrics.jsonl` from the records (used after every epoch, so a resumed

@@ -8,14 +8,18 @@ use candle_nn::VarMap;
 use contrast_encoders::{
     Encoder, FeatureFilter, InputShape, ParamBuilder, ProjectionHead, RUNNING_STAT,
 };
+use contrast_kernels::OpSet;
 
 /// Backbone, projection head and optional SimLAP feature filter sharing one
-/// [`VarMap`] (names `backbone.*`, `head.*`, `filter.*`).
+/// [`VarMap`] (names `backbone.*`, `head.*`, `filter.*`), on one device and running
+/// one op set.
 pub struct ContrastiveModel {
     pub varmap: VarMap,
     pub backbone: Box<dyn Encoder>,
     pub head: ProjectionHead,
     pub filter: Option<FeatureFilter>,
+    device: Device,
+    ops: OpSet,
 }
 
 impl std::fmt::Debug for ContrastiveModel {
@@ -25,12 +29,15 @@ impl std::fmt::Debug for ContrastiveModel {
             .field("head", &self.head)
             .field("filter", &self.filter)
             .field("params", &self.num_params())
+            .field("device", &self.device.location())
+            .field("ops", &self.ops)
             .finish_non_exhaustive()
     }
 }
 
 impl ContrastiveModel {
-    /// Builds the model with seeded initial values; `filter_classes` asks for a SimLAP
+    /// Builds the model on `device` with seeded initial values, its encoders running
+    /// the op set `cfg.ops` picks for the device; `filter_classes` asks for a SimLAP
     /// feature filter over that many classes.
     pub fn new(
         cfg: &ModelConfig,
@@ -40,7 +47,8 @@ impl ContrastiveModel {
         seed: u64,
     ) -> Result<Self> {
         let varmap = VarMap::new();
-        let pb = ParamBuilder::new(&varmap, DType::F32, device, seed);
+        let ops = cfg.ops.resolve(device)?;
+        let pb = ParamBuilder::new(&varmap, DType::F32, device, seed).with_ops(ops);
         let backbone = cfg
             .encoder
             .build(input, pb.pp("backbone"))
@@ -69,7 +77,19 @@ impl ContrastiveModel {
             backbone,
             head,
             filter,
+            device: device.clone(),
+            ops,
         })
+    }
+
+    /// The device the variables live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The op set the encoders run.
+    pub fn ops(&self) -> OpSet {
+        self.ops
     }
 
     /// Representation `[B, D]` and projection `[B, out]` of images `[B, H, W, C]`.

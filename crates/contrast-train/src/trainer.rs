@@ -2,6 +2,7 @@
 
 use crate::checkpoint::{self, PartialEpoch, TrainState};
 use crate::config::{Config, OnNonFinite};
+use crate::device::describe;
 use crate::evaluate::{Evaluator, input_shape};
 use crate::method::{Method, NonFinite};
 use crate::metrics::{EpochRecord, Summary, write_json, write_metrics};
@@ -11,7 +12,8 @@ use crate::schedule::warmup_cosine;
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
 use contrast_data::{
-    Batch, Dataset, LoaderConfig, Normalization, Split, Stream, ViewLoader, stream_seed,
+    Batch, Dataset, EpochStream, LoaderConfig, Normalization, Split, Stream, ViewLoader,
+    stream_seed,
 };
 use contrast_eval::{Series, line_plot};
 use contrast_losses::LossConfig;
@@ -146,7 +148,13 @@ impl Trainer {
     /// measures the untrained encoder when baselines are on.
     pub fn new(cfg: &Config, opts: &RunOptions) -> Result<Self> {
         let started = Instant::now();
-        let device = Device::Cpu;
+        let device = cfg.train.device.open()?;
+        println!(
+            "device: {} (train.device = \"{}\"), model.ops = {}",
+            describe(&device),
+            cfg.train.device,
+            cfg.model.ops.resolve(&device)?.name()
+        );
         let ckpt_dir = opts.out_dir.join("checkpoints");
         std::fs::create_dir_all(&ckpt_dir)
             .with_context(|| format!("creating {}", ckpt_dir.display()))?;
@@ -211,6 +219,12 @@ impl Trainer {
     /// Optimiser steps taken so far (updated every step).
     pub fn optimizer_steps(&self) -> u64 {
         self.opt.steps()
+    }
+
+    /// The batches of epoch `epoch` (0-based) as the run draws them, prepared on a
+    /// background thread: for driving [`Trainer::step`] by hand.
+    pub fn batches(&self, epoch: usize) -> EpochStream {
+        self.loader.stream(epoch, 0)
     }
 
     /// The run's progress (epochs done, history, learning-rate scale, rollbacks).
@@ -575,6 +589,8 @@ impl Trainer {
             train_seconds: state.train_seconds,
             eval_seconds,
             wall_seconds: self.started.elapsed().as_secs_f64(),
+            device: describe(&self.device),
+            ops: self.model.ops().name().to_string(),
         };
         write_json(&self.out.join("summary.json"), &summary)?;
         Ok(summary)

@@ -17,6 +17,7 @@
 //! statistics computed by the forward pass are kept for the backward pass and for the
 //! caller's running-statistics update, so no sweep is repeated.
 
+use crate::cnn::generic;
 use crate::cpu::storage::with_triple;
 use crate::cpu::wide::wide_kernel;
 use crate::float::Float;
@@ -474,18 +475,15 @@ pub struct BatchNormOutput {
     pub stats: ChannelStats,
 }
 
-/// Batch-normalises `x` `[..., C]` over every dimension but the last, with scale
-/// `gamma` and shift `beta` `[C]`, optionally followed by a ReLU. Differentiable in
-/// `x`, `gamma` and `beta`. CPU tensors of f32 or f64 use the fused kernels; other
-/// devices use [`batch_norm_reference`].
-pub fn batch_norm(
+/// Checks a [`batch_norm`] call: `x` `[..., C]` with gamma and beta of `C` entries,
+/// fixed statistics covering `C`, and at least 2 values per channel for batch
+/// statistics.
+pub(crate) fn check_batch_norm(
     x: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
-    mode: BatchNormMode,
-    eps: f64,
-    relu: bool,
-) -> Result<BatchNormOutput> {
+    mode: &BatchNormMode,
+) -> Result<()> {
     let c = gamma.elem_count();
     if x.dims().last() != Some(&c) || beta.elem_count() != c {
         bail!(
@@ -501,12 +499,28 @@ pub fn batch_norm(
             x.dims()
         );
     }
+    Ok(())
+}
+
+/// Batch-normalises `x` `[..., C]` over every dimension but the last, with scale
+/// `gamma` and shift `beta` `[C]`, optionally followed by a ReLU. Differentiable in
+/// `x`, `gamma` and `beta`. CPU tensors of f32 or f64 use the fused kernels; other
+/// devices use [`generic::batch_norm`].
+pub fn batch_norm(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    mode: BatchNormMode,
+    eps: f64,
+    relu: bool,
+) -> Result<BatchNormOutput> {
+    check_batch_norm(x, gamma, beta, &mode)?;
     let fused = x.device().is_cpu()
         && matches!(x.dtype(), DType::F32 | DType::F64)
         && gamma.dtype() == x.dtype()
         && beta.dtype() == x.dtype();
     if !fused {
-        return batch_norm_reference(x, gamma, beta, mode, eps, relu);
+        return generic::batch_norm(x, gamma, beta, mode, eps, relu);
     }
     let used = Arc::new(Mutex::new(None));
     let op = BatchNormOp {
@@ -524,42 +538,4 @@ pub fn batch_norm(
         .clone()
         .expect("filled by the forward pass");
     Ok(BatchNormOutput { y, stats })
-}
-
-/// The same normalisation in plain candle ops (the reference, and the path on
-/// devices without a kernel).
-pub fn batch_norm_reference(
-    x: &Tensor,
-    gamma: &Tensor,
-    beta: &Tensor,
-    mode: BatchNormMode,
-    eps: f64,
-    relu: bool,
-) -> Result<BatchNormOutput> {
-    let dims = x.dims().to_vec();
-    let c = gamma.elem_count();
-    let flat = x.reshape(((), c))?;
-    let (mean, var, stats) = match mode {
-        BatchNormMode::Batch => {
-            let mean = flat.mean(0)?;
-            let var = flat.broadcast_sub(&mean)?.sqr()?.mean(0)?;
-            let stats = ChannelStats {
-                mean: mean.to_dtype(DType::F64)?.to_vec1()?,
-                var: var.to_dtype(DType::F64)?.to_vec1()?,
-            };
-            (mean, var, stats)
-        }
-        BatchNormMode::Fixed(s) => {
-            let t = |v: &[f64]| Tensor::from_slice(v, c, x.device())?.to_dtype(x.dtype());
-            (t(&s.mean)?, t(&s.var)?, s)
-        }
-    };
-    let scale = ((var + eps)?.sqrt()?.recip()? * gamma)?;
-    let shift = (beta - (mean * &scale)?)?;
-    let y = flat.broadcast_mul(&scale)?.broadcast_add(&shift)?;
-    let y = if relu { y.relu()? } else { y };
-    Ok(BatchNormOutput {
-        y: y.reshape(dims)?,
-        stats,
-    })
 }

@@ -12,10 +12,11 @@
 //! - weight gradient: `dW = sum_c col(X_c)^T dY_c`
 //!
 //! candle's own CPU convolution takes the input gradient through a naive
-//! `conv_transpose2d`; these passes are all GEMMs. [`conv2d_nhwc_reference`] is the
+//! `conv_transpose2d`; these passes are all GEMMs. [`generic::conv2d`] is the
 //! same convolution in plain candle ops: the reference in tests and the path on
-//! devices without a kernel.
+//! other devices.
 
+use crate::cnn::generic;
 use crate::cpu::gemm::{Element, MatRef, matmul};
 use crate::cpu::storage::with_pair;
 use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
@@ -488,41 +489,6 @@ pub fn conv2d_nhwc(
             },
         )
     } else {
-        conv2d_nhwc_reference(x, w, kernel, stride, padding)
+        generic::conv2d(x, w, kernel, stride, padding)
     }
-}
-
-/// The same convolution in plain candle ops: the `k*k` shifted windows of the
-/// zero-padded input concatenated on the channel axis, times `w`.
-pub fn conv2d_nhwc_reference(
-    x: &Tensor,
-    w: &Tensor,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-) -> Result<Tensor> {
-    let g = ConvGeometry::from_shapes(x.dims(), w.dims(), kernel, stride, padding)?;
-    let (oh, ow) = (g.out_h(), g.out_w());
-    // Extra zeros at the far edge let every strided window be cut as `stride * out`.
-    let extra = stride - 1;
-    let xp = x
-        .pad_with_zeros(1, padding, padding + extra)?
-        .pad_with_zeros(2, padding, padding + extra)?;
-    let mut windows = Vec::with_capacity(kernel * kernel);
-    for dy in 0..kernel {
-        for dx in 0..kernel {
-            let win = xp.narrow(1, dy, oh * stride)?.narrow(2, dx, ow * stride)?;
-            let win = if stride == 1 {
-                win
-            } else {
-                win.reshape((g.batch, oh, stride, ow, stride, g.in_channels))?
-                    .narrow(2, 0, 1)?
-                    .narrow(4, 0, 1)?
-            };
-            windows.push(win.reshape((g.batch * oh * ow, g.in_channels))?);
-        }
-    }
-    Tensor::cat(&windows, 1)?
-        .matmul(w)?
-        .reshape((g.batch, oh, ow, g.out_channels))
 }

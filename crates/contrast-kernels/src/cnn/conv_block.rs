@@ -13,13 +13,9 @@
 //! [`super::conv2d`], [`super::batch_norm`], [`super::pool`] and [`super::residual`],
 //! so results equal the unfused composition.
 
-use crate::cnn::batch_norm::{
-    self, BackwardSpec, BatchNormMode, BatchNormOutput, ChannelStats, batch_norm,
-};
-use crate::cnn::conv2d::{self, ConvGeometry, conv2d_nhwc};
-use crate::cnn::direct_conv;
-use crate::cnn::pool::{self, max_pool2};
-use crate::cnn::residual;
+use crate::cnn::batch_norm::{self, BackwardSpec, BatchNormMode, BatchNormOutput, ChannelStats};
+use crate::cnn::conv2d::{self, ConvGeometry};
+use crate::cnn::{direct_conv, generic, pool, residual};
 use crate::cpu::storage::{contiguous, with_triple};
 use crate::float::Float;
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor, bail};
@@ -515,21 +511,18 @@ impl CustomOp3 for ConvBlockGradOp {
     }
 }
 
-/// `conv(x, w) -> BatchNorm(gamma, beta) -> [+ residual] -> [ReLU] -> [max pool 2x2]`
-/// for `x` `[B, H, W, Cin]`, `w` `[k*k*Cin, Cout]`, `gamma`, `beta` `[Cout]` and an
-/// optional `residual` of the convolution's output shape `[B, Ho, Wo, Cout]` (not
-/// with pooling). Differentiable in every input; returns the output and the
-/// normalisation statistics used (batch statistics in training mode). CPU f32/f64
-/// tensors run the fused op, others the unfused composition.
-pub fn conv_block(
+/// Checks the shapes of a [`conv_block`] call and returns its geometry: gamma and beta
+/// of the output width, a residual of the convolution's output shape on a block that
+/// does not pool, an output the pool fits, and enough values for batch statistics.
+pub(crate) fn check_block(
     x: &Tensor,
     w: &Tensor,
     gamma: &Tensor,
     beta: &Tensor,
     residual: Option<&Tensor>,
-    spec: BlockSpec,
-    mode: BatchNormMode,
-) -> Result<BatchNormOutput> {
+    spec: &BlockSpec,
+    mode: &BatchNormMode,
+) -> Result<ConvGeometry> {
     let g = ConvGeometry::from_shapes(x.dims(), w.dims(), spec.kernel, spec.stride, spec.padding)?;
     let c = g.out_channels;
     if gamma.elem_count() != c || beta.elem_count() != c {
@@ -555,31 +548,33 @@ pub fn conv_block(
     if matches!(mode, BatchNormMode::Batch) && g.batch * g.out_h() * g.out_w() < 2 {
         bail!("conv_block: batch statistics need at least 2 values per channel");
     }
+    Ok(g)
+}
+
+/// `conv(x, w) -> BatchNorm(gamma, beta) -> [+ residual] -> [ReLU] -> [max pool 2x2]`
+/// for `x` `[B, H, W, Cin]`, `w` `[k*k*Cin, Cout]`, `gamma`, `beta` `[Cout]` and an
+/// optional `residual` of the convolution's output shape `[B, Ho, Wo, Cout]` (not
+/// with pooling). Differentiable in every input; returns the output and the
+/// normalisation statistics used (batch statistics in training mode). CPU f32/f64
+/// tensors run the fused op, others [`generic::conv_block`].
+pub fn conv_block(
+    x: &Tensor,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    residual: Option<&Tensor>,
+    spec: BlockSpec,
+    mode: BatchNormMode,
+) -> Result<BatchNormOutput> {
+    let g = check_block(x, w, gamma, beta, residual, &spec, &mode)?;
+    let c = g.out_channels;
     let same = [Some(w), Some(gamma), Some(beta), residual]
         .iter()
         .flatten()
         .all(|t| t.dtype() == x.dtype());
     let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) && same;
     if !fused {
-        let pre = conv2d_nhwc(x, w, spec.kernel, spec.stride, spec.padding)?;
-        let out = batch_norm(
-            &pre,
-            gamma,
-            beta,
-            mode,
-            spec.eps,
-            spec.relu && residual.is_none(),
-        )?;
-        let y = match residual {
-            Some(r) if spec.relu => (out.y + r)?.relu()?,
-            Some(r) => (out.y + r)?,
-            None => out.y,
-        };
-        let y = if spec.pool { max_pool2(&y)? } else { y };
-        return Ok(BatchNormOutput {
-            y,
-            stats: out.stats,
-        });
+        return generic::conv_block(x, w, gamma, beta, residual, spec, mode);
     }
     let saved = Arc::new(Mutex::new(None));
     let op = ConvBlockOp {

@@ -15,21 +15,23 @@
 //!   instead of kept by the graph.
 //!
 //! The fused ops are built from the single ones' kernels, so their results equal the
-//! unfused composition.
+//! unfused composition. [`generic`] holds every op again in plain candle tensor ops
+//! (any device, any float dtype), and [`OpSet`] picks one set for a whole model.
 
 pub mod batch_norm;
 pub mod conv2d;
 pub mod conv_block;
 pub(crate) mod direct_conv;
+pub mod generic;
+pub mod op_set;
 pub mod pool;
 pub mod residual;
 pub mod residual_block;
 
-pub use batch_norm::{
-    BatchNormMode, BatchNormOutput, ChannelStats, batch_norm, batch_norm_reference,
-};
+pub use batch_norm::{BatchNormMode, BatchNormOutput, ChannelStats, batch_norm};
 pub use conv_block::{BlockSpec, conv_block};
-pub use conv2d::{ConvGeometry, conv2d_nhwc, conv2d_nhwc_reference};
-pub use pool::{max_pool2, max_pool2_reference};
+pub use conv2d::{ConvGeometry, conv2d_nhwc};
+pub use op_set::OpSet;
+pub use pool::max_pool2;
 pub use residual::add_relu;
 pub use residual_block::{ConvBn, ResidualBlockOutput, residual_block};

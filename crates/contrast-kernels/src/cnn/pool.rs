@@ -5,6 +5,7 @@
 //! never duplicate it.
 
 use crate::cnn::batch_norm::{self, BackwardCoefficients, BackwardSpec};
+use crate::cnn::generic;
 use crate::cpu::storage::{contiguous, with_pair};
 use crate::cpu::wide::wide_kernel;
 use crate::float::Float;
@@ -369,34 +370,16 @@ impl CustomOp2 for MaxPool2Grad {
 }
 
 /// 2x2 max pooling with stride 2 of `x` `[B, H, W, C]`; differentiable. CPU f32/f64
-/// tensors use the kernel above, others [`max_pool2_reference`].
+/// tensors use the kernel above, others [`generic::max_pool2`].
 pub fn max_pool2(x: &Tensor) -> Result<Tensor> {
     let (_, h, w, _) = x.dims4()?;
-    if h < 2 || w < 2 {
-        bail!(
-            "max_pool2: input {:?} is smaller than the 2x2 window",
-            x.dims()
-        );
+    if !(x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64)) || h < 2 || w < 2 {
+        return generic::max_pool2(x);
     }
-    if x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) {
-        let x = if h % 2 == 1 || w % 2 == 1 {
-            x.narrow(1, 0, h / 2 * 2)?.narrow(2, 0, w / 2 * 2)?
-        } else {
-            x.clone()
-        };
-        x.contiguous()?.apply_op1(MaxPool2)
+    let x = if h % 2 == 1 || w % 2 == 1 {
+        x.narrow(1, 0, h / 2 * 2)?.narrow(2, 0, w / 2 * 2)?
     } else {
-        max_pool2_reference(x)
-    }
-}
-
-/// The same pooling in plain candle ops.
-pub fn max_pool2_reference(x: &Tensor) -> Result<Tensor> {
-    let (b, h, w, c) = x.dims4()?;
-    let (oh, ow) = (h / 2, w / 2);
-    x.narrow(1, 0, oh * 2)?
-        .narrow(2, 0, ow * 2)?
-        .reshape((b, oh, 2, ow, 2, c))?
-        .max(4)?
-        .max(2)
+        x.clone()
+    };
+    x.contiguous()?.apply_op1(MaxPool2)
 }

@@ -2,9 +2,10 @@
 //! sum is never materialised), and the backward pass routes `dy * [y > 0]` to both
 //! inputs.
 
+use crate::cnn::generic;
 use crate::cpu::storage::with_pair;
 use crate::float::Float;
-use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor, bail};
+use candle_core::{CpuStorage, CustomOp2, DType, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 16;
@@ -106,13 +107,13 @@ impl CustomOp2 for AddReluGrad {
 /// `relu(a + b)` for tensors of one shape; differentiable in both. CPU f32/f64 run the
 /// fused op, other devices the two candle ops.
 pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if a.dims() != b.dims() {
-        bail!("add_relu: shapes {:?} and {:?} differ", a.dims(), b.dims());
-    }
-    if a.device().is_cpu() && matches!(a.dtype(), DType::F32 | DType::F64) && a.dtype() == b.dtype()
+    if a.device().is_cpu()
+        && matches!(a.dtype(), DType::F32 | DType::F64)
+        && a.dtype() == b.dtype()
+        && a.dims() == b.dims()
     {
         a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
     } else {
-        (a + b)?.relu()
+        generic::add_relu(a, b)
     }
 }

@@ -14,8 +14,8 @@
 //! the composition.
 
 use crate::cnn::batch_norm::{self, BackwardSpec, BatchNormMode, ChannelStats};
-use crate::cnn::conv_block::{BlockSpec, conv_block};
 use crate::cnn::conv2d::{self, ConvGeometry};
+use crate::cnn::generic;
 use crate::cnn::residual;
 use crate::cpu::storage::{contiguous, with_pair, with_triple};
 use crate::float::Float;
@@ -393,24 +393,16 @@ impl CustomOp3 for ResidualBlockGradOp {
     }
 }
 
-/// The basic block `relu(bn_b(conv_b(relu(bn_a(conv_a(x))))) + shortcut(x))` for `x`
-/// `[B, H, W, Cin]`: `first` a 3x3 convolution with stride `stride` to `Cout`,
-/// `second` a 3x3 stride-1 convolution, `shortcut` a 1x1 projection with stride
-/// `stride` (needed when the stride or width changes; otherwise the shortcut is `x`).
-/// With `recompute` no convolution output is kept between the passes (activation
-/// checkpointing: three more forward convolutions in the backward pass); without it
-/// they are kept and only the elementwise `h` is recomputed. Differentiable in `x`
-/// and every parameter. CPU f32/f64 tensors run the fused op; others the
-/// composition of two [`conv_block`]s.
-pub fn residual_block(
+/// Checks the shapes of a [`residual_block`] call and returns `(Cin, C)`: weights
+/// `[9*Cin, C]`, `[9*C, C]` and `[Cin, C]`, a projection unless the block keeps stride
+/// and width, gamma and beta of width `C`, and fixed statistics that cover `C`.
+pub(crate) fn check_residual(
     x: &Tensor,
     first: &ConvBn<'_>,
     second: &ConvBn<'_>,
     shortcut: Option<&ConvBn<'_>>,
     stride: usize,
-    eps: f64,
-    recompute: bool,
-) -> Result<ResidualBlockOutput> {
+) -> Result<(usize, usize)> {
     let (_, _, _, cin) = x.dims4()?;
     let c = first.w.dim(1)?;
     let shapes_ok = first.w.dims() == [9 * cin, c]
@@ -425,16 +417,38 @@ pub fn residual_block(
             shortcut.map(|s| s.w.dims().to_vec())
         );
     }
-    let layers: Vec<&ConvBn<'_>> = [Some(first), Some(second), shortcut]
-        .into_iter()
-        .flatten()
-        .collect();
-    for l in &layers {
+    for l in [Some(first), Some(second), shortcut].into_iter().flatten() {
         if l.gamma.elem_count() != c || l.beta.elem_count() != c {
             bail!("residual_block: gamma and beta must have {c} entries (the output channels)");
         }
         l.mode.check_channels(c, "residual_block")?;
     }
+    Ok((cin, c))
+}
+
+/// The basic block `relu(bn_b(conv_b(relu(bn_a(conv_a(x))))) + shortcut(x))` for `x`
+/// `[B, H, W, Cin]`: `first` a 3x3 convolution with stride `stride` to `Cout`,
+/// `second` a 3x3 stride-1 convolution, `shortcut` a 1x1 projection with stride
+/// `stride` (needed when the stride or width changes; otherwise the shortcut is `x`).
+/// With `recompute` no convolution output is kept between the passes (activation
+/// checkpointing: three more forward convolutions in the backward pass); without it
+/// they are kept and only the elementwise `h` is recomputed. Differentiable in `x`
+/// and every parameter. CPU f32/f64 tensors run the fused op; others
+/// [`generic::residual_block`].
+pub fn residual_block(
+    x: &Tensor,
+    first: &ConvBn<'_>,
+    second: &ConvBn<'_>,
+    shortcut: Option<&ConvBn<'_>>,
+    stride: usize,
+    eps: f64,
+    recompute: bool,
+) -> Result<ResidualBlockOutput> {
+    let (cin, c) = check_residual(x, first, second, shortcut, stride)?;
+    let layers: Vec<&ConvBn<'_>> = [Some(first), Some(second), shortcut]
+        .into_iter()
+        .flatten()
+        .collect();
     let fused = x.device().is_cpu()
         && matches!(x.dtype(), DType::F32 | DType::F64)
         && layers.iter().all(|l| {
@@ -443,7 +457,7 @@ pub fn residual_block(
                 .all(|t| t.dtype() == x.dtype())
         });
     if !fused {
-        return composed(x, first, second, shortcut, stride, eps);
+        return generic::residual_block(x, first, second, shortcut, stride, eps);
     }
     let geometry = Layers::new(x.dims(), c, stride, cin, shortcut.is_some())?;
     let saved = Arc::new(Mutex::new(None));
@@ -471,38 +485,4 @@ pub fn residual_block(
         None => bail!("residual_block: the forward pass saved nothing"),
     };
     Ok(ResidualBlockOutput { y, stats })
-}
-
-/// The same block as two (or three) [`conv_block`] ops: the reference for tests and
-/// the path on other devices and dtypes.
-pub fn composed(
-    x: &Tensor,
-    first: &ConvBn<'_>,
-    second: &ConvBn<'_>,
-    shortcut: Option<&ConvBn<'_>>,
-    stride: usize,
-    eps: f64,
-) -> Result<ResidualBlockOutput> {
-    let spec = |kernel: usize, stride: usize, relu: bool| BlockSpec {
-        kernel,
-        stride,
-        padding: kernel / 2,
-        eps,
-        relu,
-        pool: false,
-        recompute: false,
-    };
-    let run = |input: &Tensor, l: &ConvBn<'_>, s: BlockSpec, r: Option<&Tensor>| {
-        conv_block(input, l.w, l.gamma, l.beta, r, s, l.mode.clone())
-    };
-    let h = run(x, first, spec(3, stride, true), None)?;
-    let mut stats = vec![h.stats];
-    let short = shortcut
-        .map(|l| run(x, l, spec(1, stride, false), None))
-        .transpose()?;
-    let identity = short.as_ref().map_or(x, |s| &s.y);
-    let out = run(&h.y, second, spec(3, 1, true), Some(identity))?;
-    stats.push(out.stats);
-    stats.extend(short.map(|s| s.stats));
-    Ok(ResidualBlockOutput { y: out.y, stats })
 }

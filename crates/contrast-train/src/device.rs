@@ -1,0 +1,238 @@
+//! Where a run computes: the `train.device` and `model.ops` settings, opening the
+//! candle device they name, and how a run describes it.
+//!
+//! `"cpu"`, `"cuda"` (GPU 0), `"cuda:N"`, `"metal"` or `"auto"` (the first GPU the
+//! build supports, else the CPU). A GPU that the build was compiled without is one
+//! error line that names the feature and the command to build with it.
+
+use anyhow::{Result, bail};
+use candle_core::Device;
+use contrast_kernels::OpSet;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// The device a run asks for (`train.device`, `--device`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceChoice {
+    /// The first GPU this build supports (CUDA, then Metal), else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// An NVIDIA GPU by ordinal (`"cuda"` is `"cuda:0"`).
+    Cuda(usize),
+    /// The default Apple GPU.
+    Metal,
+}
+
+impl FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            "metal" => Ok(DeviceChoice::Metal),
+            _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
+                _ => Err(format!(
+                    "unknown device {s:?}: expected \"cpu\", \"cuda\", \"cuda:N\" (N a GPU ordinal), \"metal\" or \"auto\""
+                )),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceChoice {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceChoice::Metal => f.write_str("metal"),
+        }
+    }
+}
+
+impl From<DeviceChoice> for String {
+    fn from(d: DeviceChoice) -> String {
+        d.to_string()
+    }
+}
+
+/// The line that tells a user how to get a build with `feature`.
+fn rebuild_hint(what: &str, feature: &str) -> String {
+    format!(
+        "{what} needs a build with the `{feature}` feature: run `cargo xtask-{feature} <command>` \
+         (or `cargo run --release -p xtask --features {feature} -- <command>`); docs/gpu.md lists what the build needs"
+    )
+}
+
+impl DeviceChoice {
+    /// Opens the device. `auto` never fails: without a usable GPU it is the CPU.
+    pub fn open(self) -> Result<Device> {
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda(n) => {
+                if !cfg!(feature = "cuda") {
+                    bail!("{}", rebuild_hint(&format!("device \"cuda:{n}\""), "cuda"));
+                }
+                Device::new_cuda(n).map_err(|e| {
+                    anyhow::anyhow!("opening CUDA device {n} (train.device = \"cuda:{n}\"): {e}")
+                })
+            }
+            DeviceChoice::Metal => {
+                if !cfg!(feature = "metal") {
+                    bail!("{}", rebuild_hint("device \"metal\"", "metal"));
+                }
+                Device::new_metal(0).map_err(|e| {
+                    anyhow::anyhow!("opening the Metal device (train.device = \"metal\"): {e}")
+                })
+            }
+            DeviceChoice::Auto => {
+                if cfg!(feature = "cuda")
+                    && let Ok(d) = Device::new_cuda(0)
+                {
+                    return Ok(d);
+                }
+                if cfg!(feature = "metal")
+                    && let Ok(d) = Device::new_metal(0)
+                {
+                    return Ok(d);
+                }
+                Ok(Device::Cpu)
+            }
+        }
+    }
+}
+
+/// Which op set the encoders run (`model.ops`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OpsChoice {
+    /// Fused on the CPU, candle elsewhere.
+    #[default]
+    Auto,
+    /// The fused CPU kernels (CPU only).
+    Fused,
+    /// The candle tensor-op bodies, on any device (on the CPU: the path a GPU runs).
+    Candle,
+}
+
+impl OpsChoice {
+    /// The op set for `device`; `fused` off the CPU is an error.
+    pub fn resolve(self, device: &Device) -> Result<OpSet> {
+        match self {
+            OpsChoice::Auto => Ok(OpSet::for_device(device)),
+            OpsChoice::Candle => Ok(OpSet::Candle),
+            OpsChoice::Fused if device.is_cpu() => Ok(OpSet::Fused),
+            OpsChoice::Fused => bail!(
+                "model.ops = \"fused\" runs on the CPU only, and the device is {}; use \"auto\" or \"candle\"",
+                describe(device)
+            ),
+        }
+    }
+}
+
+/// A short name for `device`, as `summary.json` and the first line of a run show it:
+/// `cpu (<model name>, <threads> threads)`, `cuda:N (<GPU name>)` or `metal`.
+pub fn describe(device: &Device) -> String {
+    match device {
+        Device::Cpu => {
+            let threads = rayon_threads();
+            match cpu_model() {
+                Some(model) => format!("cpu ({model}, {threads} threads)"),
+                None => format!("cpu ({threads} threads)"),
+            }
+        }
+        Device::Cuda(d) => {
+            let id = match device.location() {
+                candle_core::DeviceLocation::Cuda { gpu_id } => gpu_id,
+                _ => 0,
+            };
+            match cuda_name(d) {
+                Some(name) => format!("cuda:{id} ({name})"),
+                None => format!("cuda:{id}"),
+            }
+        }
+        Device::Metal(_) => "metal".to_string(),
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_name(d: &candle_core::CudaDevice) -> Option<String> {
+    d.cuda_stream().context().name().ok()
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_name(_: &candle_core::CudaDevice) -> Option<String> {
+    None
+}
+
+/// Threads the CPU kernels use (`RAYON_NUM_THREADS`, else the cores).
+fn rayon_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The CPU's model name from `/proc/cpuinfo` (Linux), if readable.
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
+        .map(|(_, name)| name.split_whitespace().collect::<Vec<_>>().join(" "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn devices_parse_and_print_back() {
+        for s in ["auto", "cpu", "cuda:0", "cuda:3", "metal"] {
+            let d: DeviceChoice = s.parse().unwrap();
+            assert_eq!(d.to_string(), s);
+        }
+        assert_eq!("cuda".parse::<DeviceChoice>(), Ok(DeviceChoice::Cuda(0)));
+        for bad in ["gpu", "cuda:", "cuda:x", "cuda:-1", ""] {
+            let e = bad.parse::<DeviceChoice>().unwrap_err();
+            assert!(e.contains("cuda:N"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_gpu_missing_from_the_build_names_the_feature_and_command() {
+        if cfg!(feature = "cuda") {
+            return;
+        }
+        let e = DeviceChoice::Cuda(1).open().unwrap_err().to_string();
+        assert!(e.contains("`cuda` feature"), "{e}");
+        assert!(e.contains("cargo xtask-cuda"), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        assert!(DeviceChoice::Auto.open().is_ok());
+    }
+
+    #[test]
+    fn fused_ops_need_the_cpu_and_auto_picks_them_there() {
+        assert_eq!(OpsChoice::Auto.resolve(&Device::Cpu).unwrap(), OpSet::Fused);
+        assert_eq!(
+            OpsChoice::Candle.resolve(&Device::Cpu).unwrap(),
+            OpSet::Candle
+        );
+        assert!(describe(&Device::Cpu).starts_with("cpu ("));
+    }
+}

@@ -1,0 +1,66 @@
+//! The candle op set trains like the fused one: one epoch of the default preset on
+//! 2,000 Fashion-MNIST images with `model.ops = "candle"` (the path a GPU runs) and
+//! with `"fused"`, step by step on the same batches.
+//!
+//! The two sets compute the same function in a different order of f32 sums, so their
+//! losses drift apart slowly through the weights; the check is that every step's
+//! loss stays within 1e-3 relative.
+//!
+//! Needs Fashion-MNIST (`apt-get install dataset-fashion-mnist`, or
+//! `cargo xtask data fetch fashion-mnist`); `.ci/run` installs it.
+
+use contrast_data::DatasetId;
+use contrast_train::{Config, RunOptions, Trainer};
+use std::path::PathBuf;
+
+fn trainer(ops: &str, data: &std::path::Path, out: &std::path::Path) -> Trainer {
+    let preset = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/simclr-fmnist.toml");
+    let overrides: Vec<String> = [
+        "data.train_subset=2000".to_string(),
+        "data.test_subset=500".to_string(),
+        "train.epochs=1".to_string(),
+        "eval.baselines=false".to_string(),
+        "train.device=\"cpu\"".to_string(),
+        format!("model.ops=\"{ops}\""),
+    ]
+    .to_vec();
+    let cfg = Config::load(&preset, &overrides).unwrap();
+    Trainer::new(
+        &cfg,
+        &RunOptions {
+            out_dir: out.to_path_buf(),
+            data_dir: Some(data.to_path_buf()),
+            resume: false,
+            progress: false,
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn candle_ops_track_the_fused_ops_at_every_step() {
+    let data = DatasetId::FashionMnist.resolve(None).unwrap_or_else(|e| {
+        panic!("{e}: install the Debian package dataset-fashion-mnist or run `cargo xtask data fetch fashion-mnist`")
+    });
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut fused = trainer("fused", &data, a.path());
+    let mut candle = trainer("candle", &data, b.path());
+    assert_eq!(fused.model().ops().name(), "fused");
+    assert_eq!(candle.model().ops().name(), "candle");
+    let mut worst = 0f64;
+    let mut steps = 0;
+    for batch in fused.batches(0) {
+        let (lf, _) = fused.step(&batch).unwrap();
+        let (lc, _) = candle.step(&batch).unwrap();
+        let rel = (lf - lc).abs() / lf.abs();
+        println!("step {steps}: fused {lf:.6} candle {lc:.6} rel {rel:.2e}");
+        assert!(
+            rel < 1e-3,
+            "step {steps}: fused loss {lf}, candle loss {lc}"
+        );
+        worst = worst.max(rel);
+        steps += 1;
+    }
+    assert_eq!(steps, 2000 / 256);
+    println!("worst relative difference over {steps} steps: {worst:.2e}");
+}
