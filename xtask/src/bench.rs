@@ -41,13 +41,13 @@ pub fn device() -> &'static Device {
 type CaseFn = Box<dyn FnMut() -> Result<()>>;
 
 /// One row of a benchmark table.
-struct Row {
-    case: String,
-    path: String,
-    median_ms: f64,
+pub(crate) struct Row {
+    pub(crate) case: String,
+    pub(crate) path: String,
+    pub(crate) median_ms: f64,
     /// GFLOP/s, or images/s for training steps.
-    rate: f64,
-    peak_rss_mb: Option<f64>,
+    pub(crate) rate: f64,
+    pub(crate) peak_rss_mb: Option<f64>,
 }
 
 fn status_kib(key: &str) -> f64 {
@@ -319,7 +319,7 @@ fn build_case(case: &str, path: &str) -> Result<(f64, CaseFn)> {
 
 /// Times `case`/`path` (`reps` runs after a warm-up); with `peak`, also its transient
 /// peak memory in a child process.
-fn measure(case: &str, path: &str, reps: usize, peak: bool) -> Result<Row> {
+pub(crate) fn measure(case: &str, path: &str, reps: usize, peak: bool) -> Result<Row> {
     let (work, mut f) = build_case(case, path)?;
     f()?;
     device().synchronize()?;

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use contrast_data::DatasetId;
 use contrast_data::fetch::{Provisioned, fetch};
-use contrast_train::device::describe;
+use contrast_train::device::{MissingBackend, describe};
 use contrast_train::trainer::Interrupted;
 use contrast_train::{Config, DeviceChoice, RunOptions, Trainer};
 use std::path::{Path, PathBuf};
@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 mod bench;
 mod fuzz;
+mod gpu_check;
 mod mining_bench;
 mod reliability;
 
@@ -112,6 +113,20 @@ enum Command {
         /// Seed of the kill times.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Verify a GPU: its kernel paths against the CPU, one short epoch of the default
+    /// preset against the CPU, and a throughput table beside PyTorch CUDA and sgemm;
+    /// writes target/bench/gpu.json. Needs a GPU build (`cargo xtask-cuda gpu-check`).
+    GpuCheck {
+        /// The GPU to check: cuda, cuda:N, metal or auto.
+        #[arg(long, default_value = "auto")]
+        device: DeviceChoice,
+        /// Training images in the short epoch.
+        #[arg(long, default_value_t = 2000)]
+        images: usize,
+        /// Directory holding Fashion-MNIST.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Dataset management.
     Data {
@@ -317,6 +332,11 @@ fn main() {
         }
         Command::Bench { device, command } => bench_command(device, command),
         Command::Reliability { kills, seed } => reliability::reliability(kills, seed),
+        Command::GpuCheck {
+            device,
+            images,
+            data_dir,
+        } => gpu_check::gpu_check(device, images, data_dir),
         Command::Fuzz { runs, seed, target } => {
             fuzz::fuzz(Path::new("."), runs, seed, target.as_deref())
         }
@@ -333,6 +353,17 @@ fn main() {
             // Asked to stop: not a failure of the run, which continues with --resume.
             eprintln!("{e}");
             std::process::exit(130);
+        }
+        if let Some(missing) = e.chain().find_map(|c| c.downcast_ref::<MissingBackend>()) {
+            // The exact command to run instead: these arguments through the GPU alias.
+            let args: Vec<String> = std::env::args().skip(1).collect();
+            eprintln!(
+                "error: device \"{}\" needs a build with the `{}` feature; run `{}` (docs/gpu.md lists what the build needs)",
+                missing.device,
+                missing.feature,
+                missing.command(&args)
+            );
+            std::process::exit(1);
         }
         eprintln!("error: {e:#}");
         std::process::exit(1);

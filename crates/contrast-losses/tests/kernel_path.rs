@@ -8,6 +8,9 @@ use contrast_losses::{
     generalized_info_nce, moco_info_nce, moco_info_nce_keyed, moco_info_nce_reference, nt_xent,
     nt_xent_reference, one_hot,
 };
+#[cfg(any(feature = "cuda", feature = "metal"))]
+use contrast_testing::device::streaming_against_cpu;
+use contrast_testing::device::{every_rule, streaming_inputs, streaming_on};
 use contrast_testing::{max_rel_with_floor, uniform_tensor};
 
 /// An `[r, c]` tensor of `dtype`, uniform over `[-0.5, 0.5)` from `seed`.
@@ -298,94 +301,17 @@ fn tiled_path_matches_dense_weights_and_the_kernel() {
     }
 }
 
-/// A spec that uses every rule: a column positive, the anchor itself, label keys, a
-/// dot-product band per anchor, removed columns and always-kept columns.
-fn every_rule(b: usize, n: usize) -> contrast_kernels::Candidates {
-    use contrast_kernels::{Candidates, Positive};
-    let lists = |mul: usize, add: usize, len: usize| -> Vec<Vec<u32>> {
-        (0..b)
-            .map(|i| {
-                let mut l: Vec<u32> = (0..len)
-                    .map(|k| ((i * mul + k * 101 + add) % n) as u32)
-                    .collect();
-                l.sort_unstable();
-                l.dedup();
-                l
-            })
-            .collect()
-    };
-    Candidates {
-        positive: Positive::Column((0..b as u32).map(|i| 40 + 7 * i).collect()),
-        exclude_self: true,
-        keys: Some((
-            (0..b as i64)
-                .map(|i| if i % 6 == 0 { -1 } else { i % 4 })
-                .collect(),
-            (0..n as i64)
-                .map(|j| if j % 13 == 0 { -1 } else { j % 5 })
-                .collect(),
-        )),
-        window: Some(
-            (0..b)
-                .map(|i| (-0.6 + 0.02 * i as f32, 0.8 - 0.01 * i as f32))
-                .collect(),
-        ),
-        excluded: Some(lists(37, 3, 40)),
-        always_kept: Some(lists(53, 11, 25)),
-    }
-}
-
-/// The loss and the gradients to anchors, candidates and extra logits of the
-/// streaming InfoNCE on `device`, returned on the CPU.
-fn streaming_on(
-    device: &Device,
-    tensors: [&Tensor; 3],
-    spec: &contrast_kernels::Candidates,
-    t: f64,
-    tiled: bool,
-) -> Vec<Tensor> {
-    use contrast_kernels::{streaming_info_nce, tiled_info_nce};
-    let vars: Vec<Var> = tensors
-        .iter()
-        .map(|x| Var::from_tensor(&x.to_device(device).unwrap()).unwrap())
-        .collect();
-    let (a, c, e) = (
-        vars[0].as_tensor(),
-        vars[1].as_tensor(),
-        vars[2].as_tensor(),
-    );
-    let loss = if tiled {
-        tiled_info_nce(a, c, e, spec, t).unwrap()
-    } else {
-        streaming_info_nce(a, c, e, spec.clone(), t).unwrap()
-    };
-    let grads = loss.backward().unwrap();
-    let mut out = vec![loss.to_device(&Device::Cpu).unwrap()];
-    for v in [a, c] {
-        out.push(grads.get(v).unwrap().to_device(&Device::Cpu).unwrap());
-    }
-    out
-}
-
-fn inputs(b: usize, n: usize, d: usize, dtype: DType) -> [Tensor; 3] {
-    [
-        l2_normalize(&rand(61, b, d, dtype)).unwrap(),
-        l2_normalize(&rand(62, n, d, dtype)).unwrap(),
-        (rand(63, b, 1, dtype).squeeze(1).unwrap() * 4.0).unwrap(),
-    ]
-}
-
 /// Windows and column lists reach the tensor-op path through the mask-tile op: it
 /// equals the CPU kernel with every rule on, across several candidate tiles.
 #[test]
 fn tiled_path_with_windows_and_lists_matches_the_kernel() {
     for dtype in [DType::F64, DType::F32] {
         let (b, n, d, t) = (30usize, 9000usize, 5usize, 0.25);
-        let x = inputs(b, n, d, dtype);
+        let x = streaming_inputs(b, n, d, dtype).unwrap();
         let spec = every_rule(b, n);
         let x = [&x[0], &x[1], &x[2]];
-        let tiled = streaming_on(&Device::Cpu, x, &spec, t, true);
-        let kernel = streaming_on(&Device::Cpu, x, &spec, t, false);
+        let tiled = streaming_on(&Device::Cpu, x, &spec, t, true).unwrap();
+        let kernel = streaming_on(&Device::Cpu, x, &spec, t, false).unwrap();
         for (k, (p, q)) in tiled.iter().zip(&kernel).enumerate() {
             let err = rel(p, q);
             assert!(err < tol(dtype), "{dtype:?} output {k}: error {err}");
@@ -395,36 +321,21 @@ fn tiled_path_with_windows_and_lists_matches_the_kernel() {
 
 /// On a GPU (features `cuda` or `metal`, with a device present) the device path
 /// equals the CPU kernel on the same vectors: plain, keyed and every-rule specs,
-/// odd sizes, several tiles. Without a device the test says so and checks nothing.
+/// odd sizes, several tiles (`contrast_testing::device`, which `cargo xtask
+/// gpu-check` also runs). Without a device the test says so and checks nothing.
 #[cfg(any(feature = "cuda", feature = "metal"))]
 #[test]
 fn gpu_path_matches_the_cpu_kernel() {
-    use contrast_kernels::Candidates;
-    let (device, dtypes) = if cfg!(feature = "cuda") {
-        (Device::new_cuda(0), vec![DType::F32, DType::F64])
+    let device = if cfg!(feature = "cuda") {
+        Device::new_cuda(0)
     } else {
-        (Device::new_metal(0), vec![DType::F32])
+        Device::new_metal(0)
     };
     let Ok(device) = device else {
         eprintln!("gpu_path_matches_the_cpu_kernel: no GPU device, nothing checked");
         return;
     };
-    for dtype in dtypes {
-        for (b, n, d) in [(7usize, 333usize, 3usize), (130, 70_001, 128)] {
-            let x = inputs(b, n, d, dtype);
-            let x = [&x[0], &x[1], &x[2]];
-            let keyed = Candidates {
-                keys: every_rule(b, n).keys,
-                ..Default::default()
-            };
-            for spec in [Candidates::default(), keyed, every_rule(b, n)] {
-                let cpu = streaming_on(&Device::Cpu, x, &spec, 0.1, false);
-                let gpu = streaming_on(&device, x, &spec, 0.1, false);
-                for (k, (p, q)) in gpu.iter().zip(&cpu).enumerate() {
-                    let err = rel(p, q);
-                    assert!(err < tol(dtype), "{dtype:?} b={b} n={n} output {k}: {err}");
-                }
-            }
-        }
+    for check in streaming_against_cpu(&device).unwrap() {
+        assert!(check.passed(), "{check:?}");
     }
 }

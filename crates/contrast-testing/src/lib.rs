@@ -1,4 +1,5 @@
-//! Test helpers shared by the Contrast crates' tests (a dev-dependency only).
+//! Test helpers shared by the Contrast crates' tests (a dev-dependency of the
+//! published crates, never published itself).
 //!
 //! The tests compare kernels with reference compositions and need inputs that are
 //! the same on every run. These helpers were copied into each test file; here is one
@@ -11,10 +12,15 @@
 //!   are equal element for element.
 //! - [`XorShift`], [`uniform_tensor`]: a seeded generator of uniform and normal draws
 //!   (candle's CPU `randn` cannot be seeded).
+//! - [`device`]: a GPU against the CPU on the similarity hot path and the encoders'
+//!   ops, shared by the GPU tests and `cargo xtask gpu-check` (which is why this crate
+//!   is also a dependency of xtask).
 //!
 //! The helpers only measure; each test asserts its own bound, so the tolerances stay
 //! beside the comparisons they belong to. They panic on tensors they cannot read,
 //! which fails the test that called them.
+
+pub mod device;
 
 use candle_core::{DType, Device, Shape, Tensor};
 

@@ -71,13 +71,51 @@ impl From<DeviceChoice> for String {
     }
 }
 
-/// The line that tells a user how to get a build with `feature`.
-fn rebuild_hint(what: &str, feature: &str) -> String {
-    format!(
-        "{what} needs a build with the `{feature}` feature: run `cargo xtask-{feature} <command>` \
-         (or `cargo run --release -p xtask --features {feature} -- <command>`); docs/gpu.md lists what the build needs"
-    )
+/// A device that this build has no backend for: one line that names the feature to
+/// build with and the command. Front ends that know the exact command line (xtask)
+/// print it in full from [`MissingBackend::command`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingBackend {
+    /// The device asked for, as configured (`"cuda:1"`).
+    pub device: String,
+    /// The cargo feature that adds its backend (`"cuda"`, `"metal"`).
+    pub feature: &'static str,
 }
+
+impl MissingBackend {
+    /// `args` (an xtask command line without the program) run through the alias that
+    /// builds with the feature, quoted for a POSIX shell where needed:
+    /// `cargo xtask-cuda train --device cuda:1`.
+    pub fn command(&self, args: &[String]) -> String {
+        let plain = |a: &str| {
+            !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-./:=,+@%".contains(c))
+        };
+        let mut line = format!("cargo xtask-{}", self.feature);
+        for a in args {
+            line.push(' ');
+            if plain(a) {
+                line.push_str(a);
+            } else {
+                line.push_str(&format!("'{}'", a.replace('\'', "'\\''")));
+            }
+        }
+        line
+    }
+}
+
+impl fmt::Display for MissingBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "device \"{}\" needs a build with the `{}` feature: run the command through `cargo xtask-{}` instead of `cargo xtask` (or `cargo run --release -p xtask --features {} -- ...`); docs/gpu.md lists what the build needs",
+            self.device, self.feature, self.feature, self.feature
+        )
+    }
+}
+
+impl std::error::Error for MissingBackend {}
 
 impl DeviceChoice {
     /// Opens the device. `auto` never fails: without a usable GPU it is the CPU.
@@ -86,7 +124,11 @@ impl DeviceChoice {
             DeviceChoice::Cpu => Ok(Device::Cpu),
             DeviceChoice::Cuda(n) => {
                 if !cfg!(feature = "cuda") {
-                    bail!("{}", rebuild_hint(&format!("device \"cuda:{n}\""), "cuda"));
+                    return Err(MissingBackend {
+                        device: self.to_string(),
+                        feature: "cuda",
+                    }
+                    .into());
                 }
                 Device::new_cuda(n).map_err(|e| {
                     anyhow::anyhow!("opening CUDA device {n} (train.device = \"cuda:{n}\"): {e}")
@@ -94,7 +136,11 @@ impl DeviceChoice {
             }
             DeviceChoice::Metal => {
                 if !cfg!(feature = "metal") {
-                    bail!("{}", rebuild_hint("device \"metal\"", "metal"));
+                    return Err(MissingBackend {
+                        device: self.to_string(),
+                        feature: "metal",
+                    }
+                    .into());
                 }
                 Device::new_metal(0).map_err(|e| {
                     anyhow::anyhow!("opening the Metal device (train.device = \"metal\"): {e}")
@@ -219,10 +265,22 @@ mod tests {
         if cfg!(feature = "cuda") {
             return;
         }
-        let e = DeviceChoice::Cuda(1).open().unwrap_err().to_string();
-        assert!(e.contains("`cuda` feature"), "{e}");
-        assert!(e.contains("cargo xtask-cuda"), "{e}");
-        assert_eq!(e.lines().count(), 1, "{e}");
+        let e = DeviceChoice::Cuda(1).open().unwrap_err();
+        let line = e.to_string();
+        assert!(line.contains("`cuda` feature"), "{line}");
+        assert!(line.contains("cargo xtask-cuda"), "{line}");
+        assert_eq!(line.lines().count(), 1, "{line}");
+        let missing = e.downcast_ref::<MissingBackend>().unwrap();
+        let args = ["train".to_string(), "--device".into(), "cuda:1".into()];
+        assert_eq!(
+            missing.command(&args),
+            "cargo xtask-cuda train --device cuda:1"
+        );
+        let quoted = ["--set".to_string(), "name=\"it's\"".into()];
+        assert_eq!(
+            missing.command(&quoted),
+            "cargo xtask-cuda --set 'name=\"it'\\''s\"'"
+        );
         assert!(DeviceChoice::Auto.open().is_ok());
     }
 
