@@ -97,7 +97,7 @@ impl Conv2d {
 }
 
 /// `conv -> BatchNorm -> [+ residual] -> [ReLU] -> [2x2 max pool]`, one fused
-/// operation in the fused op set ([`contrast_kernels::conv_block`]). The convolution has no bias: BatchNorm's shift
+/// operation in the fused op set ([`contrast_kernels::conv_block()`]). The convolution has no bias: BatchNorm's shift
 /// replaces it.
 #[derive(Debug, Clone)]
 pub struct ConvBnAct {
@@ -124,7 +124,7 @@ impl ConvBnAct {
     }
 
     /// The layer's parameters and normalisation mode, for a fused op that runs it
-    /// ([`contrast_kernels::residual_block`]).
+    /// ([`contrast_kernels::residual_block()`]).
     pub fn layer(&self, train: bool) -> Result<ConvBn<'_>> {
         Ok(ConvBn {
             w: &self.conv.weight,

@@ -48,7 +48,7 @@ impl BasicBlock {
     }
 
     /// `relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))`; in the fused op set one
-    /// op ([`contrast_kernels::residual_block`]) whose graph keeps the block's input
+    /// op ([`contrast_kernels::residual_block()`]) whose graph keeps the block's input
     /// and output only, the inner activation recomputed in the backward pass.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let shortcut = self.shortcut.as_ref().map(|s| s.layer(train)).transpose()?;

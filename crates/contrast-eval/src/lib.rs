@@ -2,7 +2,7 @@
 //! pixels):
 //!
 //! - [`knn`]: weighted kNN classification (InstDisc weights `exp(s / t)`);
-//! - [`linear_probe`]: logistic regression on frozen, standardised features;
+//! - [`linear_probe()`]: logistic regression on frozen, standardised features;
 //! - [`plot`]: SVG line plots of training curves.
 //!
 //! # Example

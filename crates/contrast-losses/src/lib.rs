@@ -8,17 +8,17 @@
 //!
 //! | loss | module | positives | candidate weights |
 //! |---|---|---|---|
-//! | NT-Xent (SimCLR) | [`nt_xent`] | other view | all but self |
+//! | NT-Xent (SimCLR) | [`nt_xent()`] | other view | all but self |
 //! | MoCo InfoNCE | [`moco`] | key | key + queue |
-//! | SupCon | [`supcon`] | same label | all but self |
-//! | DCL / DCLW | [`decoupled`] | other view (weighted) | all but self and positive |
-//! | debiased, HCL | [`debiased`] | other view | corrected, importance-weighted |
-//! | Ring | [`ring`] | key | key + queue rank band |
-//! | FNC | [`fnc`] | other views + false negatives | all but self (or FNs removed) |
-//! | InvP | [`invariance_propagation`] | propagated kNN | background set |
-//! | ASCL | [`ascl`] | soft targets over the queue | key + queue |
-//! | SimLAP | [`simlap`] | partner class, gated subspace | outside the class pair |
-//! | LooC | [`looc`] | per-space key | negatives (+ other keys) |
+//! | SupCon | [`supcon()`] | same label | all but self |
+//! | DCL / DCLW | [`decoupled()`] | other view (weighted) | all but self and positive |
+//! | debiased, HCL | [`debiased()`] | other view | corrected, importance-weighted |
+//! | Ring | [`ring()`] | key | key + queue rank band |
+//! | FNC | [`fnc()`] | other views + false negatives | all but self (or FNs removed) |
+//! | InvP | [`invariance_propagation()`] | propagated kNN | background set |
+//! | ASCL | [`ascl()`] | soft targets over the queue | key + queue |
+//! | SimLAP | [`simlap()`] | partner class, gated subspace | outside the class pair |
+//! | LooC | [`looc()`] | per-space key | negatives (+ other keys) |
 //! | alignment / uniformity | [`align_uniform`] | metrics | |
 //!
 //! # Example

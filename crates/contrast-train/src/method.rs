@@ -210,7 +210,7 @@ impl Method {
     }
 
     /// One optimisation step on `batch`: the loss, its gradients, the optimiser's
-    /// update at learning rate `lr`, then the method's own update ([`Method::after_step`]);
+    /// update at learning rate `lr`, then the method's own update (`after_step`: enqueue, bank or momentum update);
     /// `progress` is `(step, total)` over the whole run. Returns the loss. A
     /// non-finite loss or gradient returns a [`NonFinite`] error before the optimiser
     /// step and the method's update (queue, bank, momentum encoder). The forward pass

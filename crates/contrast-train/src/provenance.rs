@@ -5,7 +5,7 @@
 //! A config is a merge of files (`extends`) and `--set` overrides, so serde's own
 //! errors point at the wrong place: they know neither the file nor, inside tagged
 //! tables such as `[loss]` (whose content serde buffers), the key. [`Origins`] records
-//! a source per key path while the tables are read and merged; [`explain`] turns a
+//! a source per key path while the tables are read and merged; [`deserialize`] turns a
 //! deserialisation error into the key path at fault, with a suggestion for a
 //! misspelled key.
 

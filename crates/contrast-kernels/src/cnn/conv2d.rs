@@ -467,7 +467,7 @@ impl CustomOp2 for WeightGradOp {
 /// Convolves `x` `[B, H, W, Cin]` with `w` `[k*k*Cin, Cout]` into `[B, Ho, Wo, Cout]`.
 ///
 /// On the CPU (f32 or f64) this runs the GEMM kernels above; elsewhere it runs
-/// [`conv2d_nhwc_reference`]. Both are differentiable in `x` and `w`.
+/// [`generic::conv2d`]. Both are differentiable in `x` and `w`.
 pub fn conv2d_nhwc(
     x: &Tensor,
     w: &Tensor,

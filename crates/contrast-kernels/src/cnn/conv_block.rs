@@ -10,7 +10,7 @@
 //! output is never a graph node either: the graph keeps only `relu(bn(conv(x)) + r)`,
 //! one full-size tensor less per residual block. The saved convolution output is
 //! released as soon as the backward pass has used it. The arithmetic is the kernels of
-//! [`super::conv2d`], [`super::batch_norm`], [`super::pool`] and [`super::residual`],
+//! [`super::conv2d`], [`super::batch_norm()`], [`super::pool`] and [`super::residual`],
 //! so results equal the unfused composition.
 
 use crate::cnn::batch_norm::{self, BackwardSpec, BatchNormMode, BatchNormOutput, ChannelStats};

@@ -152,7 +152,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 }
 
 /// `conv -> BatchNorm -> [+ residual] -> [ReLU] -> [2x2 max pool]`, the composition of
-/// this module's ops (shapes and arguments as [`super::conv_block`]; `recompute` has
+/// this module's ops (shapes and arguments as [`super::conv_block()`]; `recompute` has
 /// no meaning here: autograd keeps what it keeps).
 pub fn conv_block(
     x: &Tensor,
@@ -185,7 +185,7 @@ pub fn conv_block(
     })
 }
 
-/// The ResNet basic block (arguments as [`super::residual_block`]) as two (or three)
+/// The ResNet basic block (arguments as [`super::residual_block()`]) as two (or three)
 /// of this module's [`conv_block`]s.
 pub fn residual_block(
     x: &Tensor,

@@ -2,7 +2,7 @@
 //! `relu(bn_b(conv_b(relu(bn_a(conv_a(x))))) + shortcut(x))`, with the shortcut either
 //! `x` itself or `bn_s(conv_s(x))` (a 1x1 projection).
 //!
-//! Written as two [`super::conv_block`] ops, the block's inner activation
+//! Written as two [`super::conv_block()`] ops, the block's inner activation
 //! `h = relu(bn_a(conv_a(x)))` (and the projected shortcut) are graph nodes: candle
 //! keeps them until the whole backward pass is over, because the loss holds the
 //! graph. As one op the graph keeps only the block's input and output; the backward
@@ -10,7 +10,7 @@
 //! the convolution outputs are kept). In a CIFAR ResNet-18 at 256 pairs that is
 //! 134 MB per block of the first stage, held through the part of the backward pass
 //! where the step's memory peaks. The arithmetic is the kernels of
-//! [`super::conv2d`], [`super::batch_norm`] and [`super::residual`], so results equal
+//! [`super::conv2d`], [`super::batch_norm()`] and [`super::residual`], so results equal
 //! the composition.
 
 use crate::cnn::batch_norm::{self, BackwardSpec, BatchNormMode, ChannelStats};

@@ -590,7 +590,7 @@ impl CustomOp3 for InfoNceOp {
 /// the positive is [`Positive::Extra`]. Gradients reach the anchors and the extra
 /// logits, and the candidates when they track gradients (SimCLR's in-batch
 /// candidates do; a detached queue does not, and its pass is skipped). f32 or f64
-/// tensors on the CPU, and on CUDA with the `cuda` feature ([`super::cuda`]), run the
+/// tensors on the CPU, and on CUDA with the `cuda` feature (`similarity::cuda`), run the
 /// custom kernels with every mask rule; other devices and dtypes run the same streaming
 /// algorithm from tensor ops ([`super::tiled::tiled_info_nce`]), which supports the
 /// positive, `exclude_self` and `keys` masks.

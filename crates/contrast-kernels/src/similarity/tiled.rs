@@ -11,7 +11,7 @@
 //!
 //! Masks: the positive (extra logit or one column), `exclude_self` and label `keys`
 //! come from tensor comparisons; when a spec has windows or column lists, each tile goes
-//! through [`MaskTile`] instead, which applies every rule (CPU and Metal).
+//! through `MaskTile` instead, which applies every rule (CPU and Metal).
 
 use crate::similarity::info_nce::{Candidates, Positive};
 use crate::similarity::mask_tile::{MaskCache, MaskTile};
