@@ -76,6 +76,7 @@ fn build_model(cfg: &Config, data: &Dataset) -> Result<ContrastiveModel> {
         filter_classes,
         &Device::Cpu,
         cfg.seed,
+        cfg.train.precision,
     )
 }
 

@@ -236,12 +236,18 @@ fn conv_case(case: &str, path: &str) -> Result<(f64, CaseFn)> {
 }
 
 /// A full SimCLR training step (forward, NT-Xent, backward, SGD) on random images;
-/// the rate is images (both views) per second.
+/// the rate is images (both views) per second. A ` bf16` suffix runs the encoders in
+/// bf16 (`train.precision`).
 fn step_case(case: &str) -> Result<(f64, CaseFn)> {
     use contrast_encoders::{ConvPool, EncoderConfig, HeadConfig, InputShape};
+    use contrast_train::Precision;
     use contrast_train::config::{ModelConfig, OptimConfig};
     use contrast_train::model::ContrastiveModel;
     use contrast_train::optim::Optimizer;
+    let (case, precision) = match case.strip_suffix(" bf16") {
+        Some(base) => (base, Precision::Bf16),
+        None => (case, Precision::F32),
+    };
     // The default config's network: two stages in the encoder, two in the head.
     let (encoder, head_conv, (h, w, c), t) = match case {
         "step convnet default b256" => (
@@ -287,6 +293,7 @@ fn step_case(case: &str) -> Result<(f64, CaseFn)> {
         None,
         device(),
         0,
+        precision,
     )?;
     let optim = OptimConfig::Sgd {
         lr: 0.1,
@@ -487,7 +494,7 @@ epochs = 1
         width: 8,
         channels: 1,
     };
-    let model = ContrastiveModel::new(&cfg.model, input, None, &device, 0)?;
+    let model = ContrastiveModel::new(&cfg.model, input, None, &device, 0, cfg.train.precision)?;
     let mut opt = Optimizer::new(cfg.optim.clone(), model.params());
     let mut method = Method::new(&cfg, &model, input, 1, &device)?;
     let b = cfg.data.batch_size;

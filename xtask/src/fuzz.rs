@@ -132,7 +132,14 @@ epochs = 1
         channels: 1,
     };
     let build = move || -> Result<(ContrastiveModel, Optimizer)> {
-        let model = ContrastiveModel::new(&cfg.model, input, None, &Device::Cpu, 0)?;
+        let model = ContrastiveModel::new(
+            &cfg.model,
+            input,
+            None,
+            &Device::Cpu,
+            0,
+            cfg.train.precision,
+        )?;
         let opt = Optimizer::new(cfg.optim.clone(), model.params());
         Ok((model, opt))
     };

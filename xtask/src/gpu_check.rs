@@ -8,7 +8,7 @@
 //!    same batches: the loss curves must agree (1e-3 relative at every step, the bound
 //!    the CPU's two op sets meet).
 //! 3. A throughput table on the GPU: the ConvNet and ResNet-18 SimCLR steps
-//!    (images/s), the MoCo loss step (256 x 65,536 x 128) and NT-Xent at B = 1024 and
+//!    (images/s; ResNet-18 also with `train.precision = "bf16"`), the MoCo loss step (256 x 65,536 x 128) and NT-Xent at B = 1024 and
 //!    4096 (GFLOP/s), each beside PyTorch CUDA eager (`benches/torch/gpu_steps.py`,
 //!    when `python3` with a CUDA torch is there) and beside the sgemm of the same
 //!    product shape on the same device.
@@ -164,6 +164,7 @@ pub fn gpu_check(device: DeviceChoice, images: usize, data_dir: Option<PathBuf>)
     for (case, paths, reps) in [
         ("step convnet default b256", &["step"][..], 10),
         ("step resnet18 cifar b256", &["step"][..], 5),
+        ("step resnet18 cifar b256 bf16", &["step"][..], 5),
         ("moco_256x65536x128", &["kernel", "sgemm"][..], 10),
         ("simclr_b1024", &["kernel", "sgemm"][..], 10),
         ("simclr_b4096", &["kernel", "sgemm"][..], 5),

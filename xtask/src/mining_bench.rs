@@ -68,7 +68,7 @@ impl Runner {
             channels: 1,
         };
         let device = crate::bench::device();
-        let model = ContrastiveModel::new(&cfg.model, input, None, device, 0)?;
+        let model = ContrastiveModel::new(&cfg.model, input, None, device, 0, cfg.train.precision)?;
         let opt = Optimizer::new(cfg.optim.clone(), model.params());
         let method = Method::new(&cfg, &model, input, 1, device)?;
         Ok(Self {

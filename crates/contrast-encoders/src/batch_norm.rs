@@ -73,8 +73,8 @@ impl BatchNorm {
         }
         let out = self.ops.batch_norm(
             x,
-            &self.weight,
-            &self.bias,
+            &self.weight.to_dtype(x.dtype())?,
+            &self.bias.to_dtype(x.dtype())?,
             self.mode(train)?,
             self.eps,
             relu,

@@ -8,7 +8,7 @@
 
 use crate::batch_norm::BatchNorm;
 use crate::params::{ParamBuilder, ParamInit};
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 use contrast_kernels::{BlockSpec, ChannelStats, ConvBn, OpSet};
 /// Geometry of a square convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,11 +86,10 @@ impl Conv2d {
     /// Convolves `x` `[B, H, W, Cin]` into `[B, Ho, Wo, Cout]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let s = self.spec;
-        let out = self
-            .ops
-            .conv2d(x, &self.weight, s.kernel, s.stride, s.padding)?;
+        let w = self.weight.to_dtype(x.dtype())?;
+        let out = self.ops.conv2d(x, &w, s.kernel, s.stride, s.padding)?;
         match &self.bias {
-            Some(bias) => out.broadcast_add(bias),
+            Some(bias) => out.broadcast_add(&bias.to_dtype(x.dtype())?),
             None => Ok(out),
         }
     }
@@ -123,13 +122,24 @@ impl ConvBnAct {
         self.conv.spec
     }
 
-    /// The layer's parameters and normalisation mode, for a fused op that runs it
+    /// The weight, BatchNorm scale and shift in `dtype` (the activations' type, so
+    /// that a bf16 forward pass multiplies in bf16; the stored parameters stay f32).
+    pub fn params(&self, dtype: DType) -> Result<[Tensor; 3]> {
+        Ok([
+            self.conv.weight.to_dtype(dtype)?,
+            self.bn.weight().to_dtype(dtype)?,
+            self.bn.bias().to_dtype(dtype)?,
+        ])
+    }
+
+    /// The layer with `params` (from [`ConvBnAct::params`]) and its normalisation
+    /// mode, for an op that runs whole blocks
     /// ([`contrast_kernels::residual_block()`]).
-    pub fn layer(&self, train: bool) -> Result<ConvBn<'_>> {
+    pub fn layer<'a>(&self, params: &'a [Tensor; 3], train: bool) -> Result<ConvBn<'a>> {
         Ok(ConvBn {
-            w: &self.conv.weight,
-            gamma: self.bn.weight(),
-            beta: self.bn.bias(),
+            w: &params[0],
+            gamma: &params[1],
+            beta: &params[2],
             mode: self.bn.mode(train)?,
         })
     }
@@ -186,15 +196,11 @@ impl ConvBnAct {
             pool,
             recompute: self.recompute,
         };
-        let out = self.conv.ops.conv_block(
-            x,
-            &self.conv.weight,
-            self.bn.weight(),
-            self.bn.bias(),
-            residual,
-            spec,
-            self.bn.mode(train)?,
-        )?;
+        let [w, gamma, beta] = self.params(x.dtype())?;
+        let out =
+            self.conv
+                .ops
+                .conv_block(x, &w, &gamma, &beta, residual, spec, self.bn.mode(train)?)?;
         if train {
             self.record(&out.stats, x.dims())?;
         }

@@ -25,11 +25,12 @@ impl Linear {
         Ok(Self { weight, bias })
     }
 
-    /// Maps `[N, in]` to `[N, out]`.
+    /// Maps `[N, in]` to `[N, out]`, in the dtype of `x` (the stored parameters are
+    /// cast to it, so a bf16 input multiplies in bf16).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = x.matmul(&self.weight)?;
+        let y = x.matmul(&self.weight.to_dtype(x.dtype())?)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(b),
+            Some(b) => y.broadcast_add(&b.to_dtype(x.dtype())?),
             None => Ok(y),
         }
     }

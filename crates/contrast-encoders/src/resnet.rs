@@ -51,11 +51,21 @@ impl BasicBlock {
     /// op ([`contrast_kernels::residual_block()`]) whose graph keeps the block's input
     /// and output only, the inner activation recomputed in the backward pass.
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let shortcut = self.shortcut.as_ref().map(|s| s.layer(train)).transpose()?;
+        let dtype = x.dtype();
+        let (first, second) = (self.first.params(dtype)?, self.second.params(dtype)?);
+        let short = self
+            .shortcut
+            .as_ref()
+            .map(|s| s.params(dtype))
+            .transpose()?;
+        let shortcut = match (&self.shortcut, &short) {
+            (Some(layer), Some(p)) => Some(layer.layer(p, train)?),
+            _ => None,
+        };
         let out = self.first.ops().residual_block(
             x,
-            &self.first.layer(train)?,
-            &self.second.layer(train)?,
+            &self.first.layer(&first, train)?,
+            &self.second.layer(&second, train)?,
             shortcut.as_ref(),
             self.first.spec().stride,
             self.first.eps(),

@@ -104,13 +104,25 @@ fn every_trainable_parameter_receives_a_gradient() {
         width: 8,
         channels: 3,
     };
-    for ops in [OpSet::Fused, OpSet::Candle] {
+    // f32 parameters throughout; in bf16 the layers cast them to the activations'
+    // type, and the gradients must still reach every one of them.
+    let sets = [
+        (OpSet::Fused, DType::F32),
+        (OpSet::Candle, DType::F32),
+        (OpSet::Candle, DType::BF16),
+    ];
+    for (ops, dtype) in sets {
         for cfg in configs() {
             let vm = VarMap::new();
             let (enc, head) = network(&cfg, input, &vm, DType::F32, ops);
-            let x = Tensor::randn(0f32, 1.0, (6, 8, 8, 3), &Device::Cpu).unwrap();
+            let x = Tensor::randn(0f32, 1.0, (6, 8, 8, 3), &Device::Cpu)
+                .unwrap()
+                .to_dtype(dtype)
+                .unwrap();
             let z = head
                 .forward_t(&enc.forward_t(&x, true).unwrap(), true)
+                .unwrap()
+                .to_dtype(DType::F32)
                 .unwrap();
             assert_eq!(z.dims(), &[6, 4]);
             let w = Tensor::randn(0f32, 1.0, (6, 4), &Device::Cpu).unwrap();
@@ -128,9 +140,12 @@ fn every_trainable_parameter_receives_a_gradient() {
             for (name, var) in data.iter().filter(|(n, _)| !n.contains(RUNNING_STAT)) {
                 let g = grads
                     .get(var.as_tensor())
-                    .unwrap_or_else(|| panic!("{ops:?} {cfg:?}: no gradient for {name}"));
+                    .unwrap_or_else(|| panic!("{ops:?} {dtype:?} {cfg:?}: no gradient for {name}"));
                 let norm: f64 = values(g).iter().map(|v| v * v).sum();
-                assert!(norm > 0.0, "{ops:?} {cfg:?}: zero gradient for {name}");
+                assert!(
+                    norm > 0.0,
+                    "{ops:?} {dtype:?} {cfg:?}: zero gradient for {name}"
+                );
                 checked += 1;
             }
             assert!(checked > 4, "{cfg:?}: only {checked} parameters");

@@ -3,7 +3,7 @@
 //! Unknown keys are errors (every table denies them), so a typo never silently falls
 //! back to a default.
 
-use crate::device::{DeviceChoice, OpsChoice};
+use crate::device::{DeviceChoice, OpsChoice, Precision};
 use crate::provenance::{self, Origins};
 use anyhow::{Context, Result, bail};
 use contrast_data::{DatasetId, ViewRecipe};
@@ -221,6 +221,10 @@ pub struct TrainConfig {
     /// GPU the build supports, else the CPU).
     #[serde(default)]
     pub device: DeviceChoice,
+    /// `"f32"`, or `"bf16"`: the encoders' activations and matrix products in bf16,
+    /// with f32 parameters, optimiser state and loss.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// The answer to a non-finite loss or gradient.

@@ -6,7 +6,7 @@
 //! error line that names the feature and the command to build with it.
 
 use anyhow::{Result, bail};
-use candle_core::Device;
+use candle_core::{DType, Device};
 use contrast_kernels::OpSet;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -163,6 +163,38 @@ impl DeviceChoice {
     }
 }
 
+/// The encoders' arithmetic (`train.precision`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// The encoders' activations and matrix products in bf16 (the candle op set);
+    /// parameters, optimiser state, BatchNorm statistics, the loss and its
+    /// log-sum-exp stay f32 (f64 for the statistics).
+    Bf16,
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+impl Precision {
+    /// The dtype of the encoders' activations.
+    pub fn dtype(self) -> DType {
+        match self {
+            Precision::F32 => DType::F32,
+            Precision::Bf16 => DType::BF16,
+        }
+    }
+}
+
 /// Which op set the encoders run (`model.ops`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -177,12 +209,18 @@ pub enum OpsChoice {
 }
 
 impl OpsChoice {
-    /// The op set for `device`; `fused` off the CPU is an error.
-    pub fn resolve(self, device: &Device) -> Result<OpSet> {
+    /// The op set for `device` at `precision`: the fused ops are CPU and f32 only, so
+    /// `auto` takes them there and candle otherwise, and asking for them elsewhere is
+    /// an error.
+    pub fn resolve(self, device: &Device, precision: Precision) -> Result<OpSet> {
+        let fused_fits = device.is_cpu() && precision == Precision::F32;
         match self {
-            OpsChoice::Auto => Ok(OpSet::for_device(device)),
-            OpsChoice::Candle => Ok(OpSet::Candle),
-            OpsChoice::Fused if device.is_cpu() => Ok(OpSet::Fused),
+            OpsChoice::Auto if fused_fits => Ok(OpSet::Fused),
+            OpsChoice::Auto | OpsChoice::Candle => Ok(OpSet::Candle),
+            OpsChoice::Fused if fused_fits => Ok(OpSet::Fused),
+            OpsChoice::Fused if precision != Precision::F32 => bail!(
+                "model.ops = \"fused\" computes in f32 only, and train.precision is \"{precision}\"; use \"auto\" or \"candle\""
+            ),
             OpsChoice::Fused => bail!(
                 "model.ops = \"fused\" runs on the CPU only, and the device is {}; use \"auto\" or \"candle\"",
                 describe(device)
@@ -285,12 +323,13 @@ mod tests {
     }
 
     #[test]
-    fn fused_ops_need_the_cpu_and_auto_picks_them_there() {
-        assert_eq!(OpsChoice::Auto.resolve(&Device::Cpu).unwrap(), OpSet::Fused);
-        assert_eq!(
-            OpsChoice::Candle.resolve(&Device::Cpu).unwrap(),
-            OpSet::Candle
-        );
+    fn fused_ops_need_the_cpu_in_f32_and_auto_picks_them_there() {
+        let (cpu, f32, bf16) = (&Device::Cpu, Precision::F32, Precision::Bf16);
+        assert_eq!(OpsChoice::Auto.resolve(cpu, f32).unwrap(), OpSet::Fused);
+        assert_eq!(OpsChoice::Candle.resolve(cpu, f32).unwrap(), OpSet::Candle);
+        assert_eq!(OpsChoice::Auto.resolve(cpu, bf16).unwrap(), OpSet::Candle);
+        let e = OpsChoice::Fused.resolve(cpu, bf16).unwrap_err().to_string();
+        assert!(e.contains("train.precision"), "{e}");
         assert!(describe(&Device::Cpu).starts_with("cpu ("));
     }
 }

@@ -83,6 +83,6 @@ pub mod schedule;
 pub mod trainer;
 
 pub use config::Config;
-pub use device::{DeviceChoice, OpsChoice};
+pub use device::{DeviceChoice, OpsChoice, Precision};
 pub use metrics::{EpochRecord, Summary};
 pub use trainer::{RunOptions, Trainer, run};

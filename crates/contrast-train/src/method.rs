@@ -145,7 +145,14 @@ impl Method {
             MethodConfig::Moco { queue_size, .. } => {
                 // The key encoder starts as a copy of the online one.
                 let init = stream_seed(cfg.seed, Stream::ModelInit, &[]);
-                let key = ContrastiveModel::new(&cfg.model, input, None, device, init)?;
+                let key = ContrastiveModel::new(
+                    &cfg.model,
+                    input,
+                    None,
+                    device,
+                    init,
+                    cfg.train.precision,
+                )?;
                 copy_vars(&key.varmap, &model.varmap)?;
                 let queue = KeyQueue::new(
                     *queue_size,

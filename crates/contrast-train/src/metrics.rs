@@ -64,6 +64,8 @@ pub struct Summary {
     pub device: String,
     /// The encoders' op set (`fused` or `candle`).
     pub ops: String,
+    /// The encoders' arithmetic (`f32` or `bf16`).
+    pub precision: String,
 }
 
 /// Rewrites `metrics.jsonl` from the records (used after every epoch, so a resumed

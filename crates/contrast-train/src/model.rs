@@ -1,6 +1,7 @@
 //! The trained network: backbone plus projection head, with its variables.
 
 use crate::config::ModelConfig;
+use crate::device::Precision;
 use crate::optim::Param;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -20,6 +21,8 @@ pub struct ContrastiveModel {
     pub filter: Option<FeatureFilter>,
     device: Device,
     ops: OpSet,
+    /// The encoders' activation dtype.
+    compute: DType,
 }
 
 impl std::fmt::Debug for ContrastiveModel {
@@ -36,18 +39,19 @@ impl std::fmt::Debug for ContrastiveModel {
 }
 
 impl ContrastiveModel {
-    /// Builds the model on `device` with seeded initial values, its encoders running
-    /// the op set `cfg.ops` picks for the device; `filter_classes` asks for a SimLAP
-    /// feature filter over that many classes.
+    /// Builds the model on `device` with seeded initial values (f32), its encoders
+    /// computing at `precision` with the op set `cfg.ops` picks for the device;
+    /// `filter_classes` asks for a SimLAP feature filter over that many classes.
     pub fn new(
         cfg: &ModelConfig,
         input: InputShape,
         filter_classes: Option<usize>,
         device: &Device,
         seed: u64,
+        precision: Precision,
     ) -> Result<Self> {
         let varmap = VarMap::new();
-        let ops = cfg.ops.resolve(device)?;
+        let ops = cfg.ops.resolve(device, precision)?;
         let pb = ParamBuilder::new(&varmap, DType::F32, device, seed).with_ops(ops);
         let backbone = cfg
             .encoder
@@ -79,6 +83,7 @@ impl ContrastiveModel {
             filter,
             device: device.clone(),
             ops,
+            compute: precision.dtype(),
         })
     }
 
@@ -92,11 +97,12 @@ impl ContrastiveModel {
         self.ops
     }
 
-    /// Representation `[B, D]` and projection `[B, out]` of images `[B, H, W, C]`.
+    /// Representation `[B, D]` and projection `[B, out]` of images `[B, H, W, C]`,
+    /// both f32 (the encoders run in the model's precision in between).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<(Tensor, Tensor)> {
-        let h = self.backbone.forward_t(x, train)?;
+        let h = self.backbone.forward_t(&x.to_dtype(self.compute)?, train)?;
         let z = self.head.forward_t(&h, train)?;
-        Ok((h, z))
+        Ok((h.to_dtype(DType::F32)?, z.to_dtype(DType::F32)?))
     }
 
     /// Trainable parameters (running statistics excluded), sorted by name.

@@ -150,10 +150,11 @@ impl Trainer {
         let started = Instant::now();
         let device = cfg.train.device.open()?;
         println!(
-            "device: {} (train.device = \"{}\"), model.ops = {}",
+            "device: {} (train.device = \"{}\"), model.ops = {}, precision {}",
             describe(&device),
             cfg.train.device,
-            cfg.model.ops.resolve(&device)?.name()
+            cfg.model.ops.resolve(&device, cfg.train.precision)?.name(),
+            cfg.train.precision
         );
         let ckpt_dir = opts.out_dir.join("checkpoints");
         std::fs::create_dir_all(&ckpt_dir)
@@ -591,6 +592,7 @@ impl Trainer {
             wall_seconds: self.started.elapsed().as_secs_f64(),
             device: describe(&self.device),
             ops: self.model.ops().name().to_string(),
+            precision: self.cfg.train.precision.to_string(),
         };
         write_json(&self.out.join("summary.json"), &summary)?;
         Ok(summary)
@@ -610,6 +612,7 @@ fn fresh(
         filter_classes,
         device,
         stream_seed(cfg.seed, Stream::ModelInit, &[]),
+        cfg.train.precision,
     )?;
     let opt = Optimizer::new(cfg.optim.clone(), model.params());
     let method = Method::new(cfg, &model, input_shape(train), train.len(), device)?;

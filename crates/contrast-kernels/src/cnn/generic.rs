@@ -16,10 +16,11 @@
 //! - [`batch_norm`] computes the batch mean and biased variance with reductions, so
 //!   the gradient flows through the statistics as in training-mode BatchNorm
 //!   (candle-nn's fused normalisations drop gradients; this uses none of them). The
-//!   reductions run in f64 (except on Metal, which has none), as the fused kernel's
-//!   do. On 2,000 Fashion-MNIST images with the default preset, f32 statistics put
-//!   the loss 1.3e-3 (relative) from the fused run's by the 5th step; in f64 the
-//!   first step agrees to the last bit and the 7th is 8e-4 away.
+//!   reductions and the per-channel scale and shift run in f64 (f32 on Metal, which
+//!   has no f64), as the fused kernel's do, whatever the activations' dtype. On 2,000
+//!   Fashion-MNIST images with the default preset, f32 statistics put the loss 1.3e-3
+//!   (relative) from the fused run's by the 5th step; in f64 the first step agrees to
+//!   the last bit and the 7th is 1.7e-4 away.
 //! - [`max_pool2`] lays each window's four values on a last axis and gathers the
 //!   first maximum (`argmax` + `gather`, whose backward pass is a scatter-add): the
 //!   gradient goes to one element per window, as in the fused kernel and PyTorch.
@@ -82,20 +83,20 @@ pub fn batch_norm(
     let dims = x.dims().to_vec();
     let c = gamma.elem_count();
     let flat = x.reshape(((), c))?;
+    // The statistics are sums over `B*H*W` values per channel (400k in a ConvNet's
+    // first layer); in f32 their rounding alone moves a training run measurably, so
+    // they and the per-channel scale and shift are computed in f64 wherever the device
+    // has it, and in f32 on Metal (and for half-precision inputs there).
+    let wide = if x.device().is_metal() {
+        DType::F32
+    } else {
+        DType::F64
+    };
     let (mean, var, stats) = match mode {
         BatchNormMode::Batch => {
-            // The statistics are sums over `B*H*W` values per channel (400k in a
-            // ConvNet's first layer); in f32 their rounding alone moves a training run
-            // measurably, so they are taken in f64 wherever the device has it.
-            let wide = if x.device().is_metal() {
-                x.dtype()
-            } else {
-                DType::F64
-            };
             let f = flat.to_dtype(wide)?;
             let mean = f.mean(0)?;
             let var = f.broadcast_sub(&mean)?.sqr()?.mean(0)?;
-            let (mean, var) = (mean.to_dtype(x.dtype())?, var.to_dtype(x.dtype())?);
             let stats = ChannelStats {
                 mean: mean.to_dtype(DType::F64)?.to_vec1()?,
                 var: var.to_dtype(DType::F64)?.to_vec1()?,
@@ -103,12 +104,13 @@ pub fn batch_norm(
             (mean, var, stats)
         }
         BatchNormMode::Fixed(s) => {
-            let t = |v: &[f64]| Tensor::from_slice(v, c, x.device())?.to_dtype(x.dtype());
+            let t = |v: &[f64]| Tensor::from_slice(v, c, x.device())?.to_dtype(wide);
             (t(&s.mean)?, t(&s.var)?, s)
         }
     };
-    let scale = ((var + eps)?.sqrt()?.recip()? * gamma)?;
-    let shift = (beta - (mean * &scale)?)?;
+    let scale = ((var + eps)?.sqrt()?.recip()? * gamma.to_dtype(wide)?)?;
+    let shift = (beta.to_dtype(wide)? - (mean * &scale)?)?;
+    let (scale, shift) = (scale.to_dtype(x.dtype())?, shift.to_dtype(x.dtype())?);
     let y = flat.broadcast_mul(&scale)?.broadcast_add(&shift)?;
     let y = if relu { y.relu()? } else { y };
     Ok(BatchNormOutput {
