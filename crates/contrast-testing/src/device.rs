@@ -16,10 +16,9 @@
 
 use crate::{max_rel_with_floor, uniform_tensor};
 use candle_core::{DType, Device, Result, Tensor, Var};
-use contrast_kernels::cnn::generic;
 use contrast_kernels::{
-    BatchNormMode, BlockSpec, Candidates, ConvBn, Positive, conv_block, l2_normalize,
-    residual_block, streaming_info_nce, tiled_info_nce,
+    BatchNormMode, BlockSpec, Candidates, ConvBn, OpSet, Positive, l2_normalize,
+    streaming_info_nce, tiled_info_nce,
 };
 
 /// One compared tensor: its name, the relative error of the device's result against
@@ -243,79 +242,40 @@ pub fn cnn_against_cpu(device: &Device) -> Result<Vec<Check>> {
         for (seed, rows) in [(40, 9 * cin), (50, 9 * c), (60, cin)] {
             basic.extend(layer(seed, rows)?);
         }
+        // A conv block pools without a residual input and adds one when given.
+        let conv = move |t: &[Tensor], ops: OpSet| -> Result<Tensor> {
+            let spec = block(true, t.len() == 4);
+            let r = t.get(4);
+            Ok(ops
+                .conv_block(&t[0], &t[1], &t[2], &t[3], r, spec, BatchNormMode::Batch)?
+                .y)
+        };
+        let basic_block = |t: &[Tensor], ops: OpSet| -> Result<Tensor> {
+            let l = |i: usize| ConvBn {
+                w: &t[i],
+                gamma: &t[i + 1],
+                beta: &t[i + 2],
+                mode: BatchNormMode::Batch,
+            };
+            let (first, second, short) = (l(1), l(4), l(7));
+            let out = ops.residual_block(&t[0], &first, &second, Some(&short), 2, 1e-5, false)?;
+            Ok(out.y)
+        };
         type Case<'a> = (
             &'a str,
             &'a [Tensor],
-            Box<dyn Fn(&[Tensor], bool) -> Result<Tensor>>,
+            &'a dyn Fn(&[Tensor], OpSet) -> Result<Tensor>,
         );
-        let cases: Vec<Case> = vec![
-            (
-                "conv block + pool",
-                &pooled,
-                Box::new(move |t: &[Tensor], fused: bool| {
-                    let run = if fused {
-                        conv_block
-                    } else {
-                        generic::conv_block
-                    };
-                    Ok(run(
-                        &t[0],
-                        &t[1],
-                        &t[2],
-                        &t[3],
-                        None,
-                        block(true, true),
-                        BatchNormMode::Batch,
-                    )?
-                    .y)
-                }),
-            ),
-            (
-                "conv block + residual",
-                &with_residual,
-                Box::new(move |t: &[Tensor], fused: bool| {
-                    let run = if fused {
-                        conv_block
-                    } else {
-                        generic::conv_block
-                    };
-                    Ok(run(
-                        &t[0],
-                        &t[1],
-                        &t[2],
-                        &t[3],
-                        Some(&t[4]),
-                        block(true, false),
-                        BatchNormMode::Batch,
-                    )?
-                    .y)
-                }),
-            ),
-            (
-                "residual block, projection",
-                &basic,
-                Box::new(|t: &[Tensor], fused: bool| {
-                    let l = |i: usize| ConvBn {
-                        w: &t[i],
-                        gamma: &t[i + 1],
-                        beta: &t[i + 2],
-                        mode: BatchNormMode::Batch,
-                    };
-                    let (first, second, short) = (l(1), l(4), l(7));
-                    let out = if fused {
-                        residual_block(&t[0], &first, &second, Some(&short), 2, 1e-5, false)?
-                    } else {
-                        generic::residual_block(&t[0], &first, &second, Some(&short), 2, 1e-5)?
-                    };
-                    Ok(out.y)
-                }),
-            ),
+        let cases: [Case; 3] = [
+            ("conv block + pool", &pooled, &conv),
+            ("conv block + residual", &with_residual, &conv),
+            ("residual block, projection", &basic, &basic_block),
         ];
-        for (name, inputs, f) in &cases {
-            let shape = f(inputs, true)?.dims().to_vec();
+        for (name, inputs, f) in cases {
+            let shape = f(inputs, OpSet::Fused)?.dims().to_vec();
             let up = param(99, &shape, 0.0, 1.0, dtype)?;
-            let cpu = run_with_grads(&Device::Cpu, inputs, &up, &|t| f(t, true))?;
-            let dev = run_with_grads(device, inputs, &up, &|t| f(t, false))?;
+            let cpu = run_with_grads(&Device::Cpu, inputs, &up, &|t| f(t, OpSet::Fused))?;
+            let dev = run_with_grads(device, inputs, &up, &|t| f(t, OpSet::Candle))?;
             for (k, (p, q)) in dev.iter().zip(&cpu).enumerate() {
                 let what = if k == 0 {
                     "output".to_string()
