@@ -441,6 +441,12 @@ impl Config {
                 if *queue_size == 0 || *shuffle_splits == 0 {
                     bail!("method.queue_size and method.shuffle_splits must be >= 1");
                 }
+                if *queue_size < self.data.batch_size {
+                    bail!(
+                        "method.queue_size = {queue_size} is smaller than data.batch_size = {}: every step enqueues a whole batch of keys, so the queue must hold at least one batch",
+                        self.data.batch_size
+                    );
+                }
                 momentum
                     .validate()
                     .map_err(|e| anyhow::anyhow!("method.momentum: {e}"))?;
@@ -457,6 +463,17 @@ impl Config {
         if self.data.batch_size < 2 {
             bail!(
                 "data.batch_size = {} must be at least 2",
+                self.data.batch_size
+            );
+        }
+        if self.data.test_subset == Some(0) {
+            bail!("data.test_subset = 0 must be at least 1 (or absent: every test image)");
+        }
+        if let Some(n) = self.data.train_subset
+            && n < self.data.batch_size
+        {
+            bail!(
+                "data.train_subset = {n} is smaller than data.batch_size = {}: an epoch would have no full batch (the last partial batch is dropped)",
                 self.data.batch_size
             );
         }
@@ -492,6 +509,14 @@ impl Config {
         }
         if self.train.epochs == 0 {
             bail!("train.epochs must be at least 1");
+        }
+        if self.train.keep_checkpoints == 0 {
+            bail!(
+                "train.keep_checkpoints = 0 must be at least 1 (the newest checkpoint is what --resume continues)"
+            );
+        }
+        if self.train.checkpoint_every == Some(0) {
+            bail!("train.checkpoint_every = 0 must be at least 1 (or absent: end of epoch only)");
         }
         let lr = self.optim.lr();
         if !(lr > 0.0 && lr.is_finite()) {
@@ -544,6 +569,31 @@ impl Config {
                 "eval.knn.temperature = {} must be > 0",
                 self.eval.knn.temperature
             );
+        }
+        // Checked now, not when the probe runs after the whole training.
+        let probe = &self.eval.probe;
+        if probe.epochs == 0 {
+            bail!("eval.probe.epochs = 0 must be at least 1");
+        }
+        if probe.batch_size == 0 {
+            bail!("eval.probe.batch_size = 0 must be at least 1");
+        }
+        if !(probe.lr > 0.0 && probe.lr.is_finite()) {
+            bail!("eval.probe.lr = {} must be a finite number > 0", probe.lr);
+        }
+        if !(probe.weight_decay >= 0.0) {
+            bail!(
+                "eval.probe.weight_decay = {} must be >= 0",
+                probe.weight_decay
+            );
+        }
+        if self.eval.monitor_bank == 0 {
+            bail!(
+                "eval.monitor_bank = 0 must be at least 1 (training images in the per-epoch kNN bank)"
+            );
+        }
+        if self.eval.batch_size == 0 {
+            bail!("eval.batch_size = 0 must be at least 1");
         }
         Ok(())
     }

@@ -99,6 +99,62 @@ fn bad_values_are_named() {
     assert!(e.contains("key=value"), "{e}");
 }
 
+/// Values out of range name the key, the value and the allowed range; conflicting
+/// options name both keys. All before any data is read, including the settings only
+/// the final evaluation uses.
+#[test]
+fn ranges_and_conflicts_are_named_before_training() {
+    for (set, wanted) in [
+        (
+            &["train.keep_checkpoints=0"][..],
+            &["train.keep_checkpoints", "at least 1"][..],
+        ),
+        (
+            &["train.checkpoint_every=0"],
+            &["train.checkpoint_every", "at least 1"],
+        ),
+        (
+            &["eval.probe.epochs=0"],
+            &["eval.probe.epochs", "at least 1"],
+        ),
+        (&["eval.probe.lr=-1"], &["eval.probe.lr", "> 0"]),
+        (
+            &["eval.probe.weight_decay=-0.1"],
+            &["eval.probe.weight_decay", ">= 0"],
+        ),
+        (&["eval.monitor_bank=0"], &["eval.monitor_bank"]),
+        (&["eval.batch_size=0"], &["eval.batch_size"]),
+        (&["data.test_subset=0"], &["data.test_subset"]),
+        (
+            &["data.train_subset=100"],
+            &["data.train_subset = 100", "data.batch_size = 256"],
+        ),
+        (&["loss.temperature=0"], &["temperature"]),
+        (&["optim.momentum=1.5"], &["optim.momentum", "[0, 1)"]),
+        (&["data.augment.hflip=-0.5"], &["hflip"]),
+    ] {
+        let e = error_of(&default_text(), set);
+        for w in wanted {
+            assert!(e.contains(w), "{set:?}: {e}");
+        }
+    }
+    let e = format!(
+        "{:#}",
+        Config::load(
+            &preset("moco-fmnist.toml"),
+            &[
+                "method.queue_size=64".to_string(),
+                "data.batch_size=128".to_string()
+            ]
+        )
+        .unwrap_err()
+    );
+    assert!(
+        e.contains("method.queue_size = 64") && e.contains("data.batch_size = 128"),
+        "{e}"
+    );
+}
+
 #[test]
 fn config_round_trips_through_toml() {
     let cfg = Config::from_toml(&default_text(), "x", &[]).unwrap();
