@@ -581,7 +581,7 @@ impl Config {
         if !(probe.lr > 0.0 && probe.lr.is_finite()) {
             bail!("eval.probe.lr = {} must be a finite number > 0", probe.lr);
         }
-        if !(probe.weight_decay >= 0.0) {
+        if probe.weight_decay.is_nan() || probe.weight_decay < 0.0 {
             bail!(
                 "eval.probe.weight_decay = {} must be >= 0",
                 probe.weight_decay
