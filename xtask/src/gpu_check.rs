@@ -130,9 +130,17 @@ fn torch_rows(out: &Path) -> std::result::Result<Vec<Value>, String> {
 pub fn gpu_check(device: DeviceChoice, images: usize, data_dir: Option<PathBuf>) -> Result<()> {
     let dev = device.open()?;
     if dev.is_cpu() {
-        bail!(
-            "gpu-check needs a GPU, and --device {device} opened the CPU: build with the GPU's feature (`cargo xtask-cuda gpu-check`) on a machine that has one"
-        );
+        let gpu = if cfg!(feature = "cuda") {
+            DeviceChoice::Cuda(0)
+        } else if cfg!(feature = "metal") {
+            DeviceChoice::Metal
+        } else {
+            bail!(
+                "gpu-check needs a GPU, and this build has no GPU backend: run `cargo xtask-cuda gpu-check` (docs/gpu.md)"
+            );
+        };
+        let why = gpu.open().err().map_or(String::new(), |e| format!(": {e:#}"));
+        bail!("gpu-check needs a GPU, and --device {device} found none{why}");
     }
     let name = describe(&dev);
     println!("gpu-check on {name}");
