@@ -139,7 +139,10 @@ pub fn gpu_check(device: DeviceChoice, images: usize, data_dir: Option<PathBuf>)
                 "gpu-check needs a GPU, and this build has no GPU backend: run `cargo xtask-cuda gpu-check` (docs/gpu.md)"
             );
         };
-        let why = gpu.open().err().map_or(String::new(), |e| format!(": {e:#}"));
+        let why = gpu
+            .open()
+            .err()
+            .map_or(String::new(), |e| format!(": {e:#}"));
         bail!("gpu-check needs a GPU, and --device {device} found none{why}");
     }
     let name = describe(&dev);
