@@ -75,12 +75,20 @@ pub struct FalseNegativeRule {
 }
 
 impl FalseNegativeRule {
-    /// A rule; at least one of `topk` and `threshold` must be set.
+    /// A rule; at least one of `topk` (>= 1) and `threshold` (finite; above 1 it
+    /// passes nothing, which the official code uses to rank by `topk` alone) must be
+    /// set.
     pub fn new(topk: Option<usize>, threshold: Option<f64>) -> Result<Self> {
         if topk.is_none() && threshold.is_none() {
             return Err(invalid(
                 "topk",
                 "set topk, threshold or both to identify false negatives",
+            ));
+        }
+        if topk == Some(0) {
+            return Err(invalid(
+                "topk",
+                "0 identifies no false negative: set topk >= 1, or leave it out and use threshold",
             ));
         }
         if let Some(t) = threshold
@@ -99,9 +107,7 @@ impl FalseNegativeRule {
         if let Some(k) = self.topk
             && k < scored.len()
         {
-            if k == 0 {
-                return Vec::new();
-            }
+            // `new` guarantees k >= 1.
             scored.select_nth_unstable_by(k - 1, hardest_first);
             scored.truncate(k);
         }
@@ -181,8 +187,9 @@ mod tests {
         assert_eq!(rule.identify(scored.clone()), vec![9]);
         let rule = FalseNegativeRule::new(None, Some(0.4)).unwrap();
         assert_eq!(rule.identify(scored.clone()), vec![2, 4, 7, 9]);
-        let rule = FalseNegativeRule::new(Some(0), None).unwrap();
+        let rule = FalseNegativeRule::new(Some(1), Some(1.0)).unwrap();
         assert!(rule.identify(scored).is_empty());
+        assert!(FalseNegativeRule::new(Some(0), None).is_err());
         assert!(FalseNegativeRule::new(None, None).is_err());
         assert!(FalseNegativeRule::new(None, Some(f64::NAN)).is_err());
     }

@@ -132,6 +132,11 @@ fn ranges_and_conflicts_are_named_before_training() {
         (&["loss.temperature=0"], &["temperature"]),
         (&["optim.momentum=1.5"], &["optim.momentum", "[0, 1)"]),
         (&["data.augment.hflip=-0.5"], &["hflip"]),
+        (&["mining=[{name=\"fnc\", topk=0}]"], &["topk", ">= 1"]),
+        (
+            &["mining=[{name=\"fnc\", threshold=nan}]"],
+            &["threshold", "finite"],
+        ),
     ] {
         let e = error_of(&default_text(), set);
         for w in wanted {
