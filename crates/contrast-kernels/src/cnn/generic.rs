@@ -10,9 +10,10 @@
 //!   padded input, concatenated on the channel axis, times the weight `[k*k*Cin,
 //!   Cout]`. Both passes are one matrix product (cuBLAS on CUDA) plus copies. candle's
 //!   own `conv2d` is NCHW (two transposes per layer here) and takes its input gradient
-//!   through `conv_transpose2d`, a naive loop on the CPU and a naive kernel on CUDA
-//!   (`../shared/CANDLE.md`); with the `cudnn` feature its forward pass would use
-//!   cuDNN but the input gradient still would not.
+//!   through `conv_transpose2d`, a naive loop on the CPU (one 64->64 3x3 layer at
+//!   32x32, batch 64: 596 ms forward and backward against PyTorch's 86 ms, measured
+//!   while planning) and a naive kernel on CUDA; with the `cudnn` feature its forward
+//!   pass would use cuDNN but the input gradient still would not.
 //! - [`batch_norm`] computes the batch mean and biased variance with reductions, so
 //!   the gradient flows through the statistics as in training-mode BatchNorm
 //!   (candle-nn's fused normalisations drop gradients; this uses none of them). The
