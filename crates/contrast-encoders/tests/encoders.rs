@@ -13,6 +13,19 @@ fn builder(vm: &VarMap, dtype: DType, seed: u64) -> ParamBuilder<'static> {
     ParamBuilder::new(vm, dtype, &Device::Cpu, seed)
 }
 
+/// Gradients of `sum((z * w)^2)`: a non-linear loss, so that BatchNorm'd outputs do
+/// not give exact zeros.
+fn square_loss_grads(z: &Tensor, w: &Tensor) -> candle_core::backprop::GradStore {
+    (z * w)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap()
+}
+
 /// Encoder and head of `cfg` on `input`, their parameters seeded by `seed` in `vm`,
 /// running `ops`: a flattened map feeds a convolutional head, vectors an MLP head.
 fn network(
@@ -126,15 +139,7 @@ fn every_trainable_parameter_receives_a_gradient() {
                 .unwrap();
             assert_eq!(z.dims(), &[6, 4]);
             let w = Tensor::randn(0f32, 1.0, (6, 4), &Device::Cpu).unwrap();
-            // A non-linear loss, so that BatchNorm'd outputs do not give exact zeros.
-            let grads = (z * w)
-                .unwrap()
-                .sqr()
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let grads = square_loss_grads(&z, &w);
             let data = vm.data().lock().unwrap();
             let mut checked = 0;
             for (name, var) in data.iter().filter(|(n, _)| !n.contains(RUNNING_STAT)) {
@@ -178,14 +183,7 @@ fn the_op_sets_compute_the_same_network_in_f64() {
                     let z = head
                         .forward_t(&enc.forward_t(&x, train).unwrap(), train)
                         .unwrap();
-                    let grads = (&z * &w)
-                        .unwrap()
-                        .sqr()
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .backward()
-                        .unwrap();
+                    let grads = square_loss_grads(&z, &w);
                     let data = vm.data().lock().unwrap();
                     let mut named: Vec<(String, Tensor)> = data
                         .iter()

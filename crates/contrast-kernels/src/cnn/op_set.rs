@@ -1,15 +1,16 @@
 //! Which implementation of the CNN ops a model runs: the fused CPU kernels or the
 //! device-generic candle compositions ([`super::generic`]).
 //!
-//! A model holds one [`OpSet`] and calls every op through it, so the model definition
-//! is written once. Both sets compute the same function with the same gradients (the
+//! A model holds one [`OpSet`] and calls its convolutions, normalisations and blocks
+//! through it (pooling and the residual join run inside the blocks), so the model
+//! definition is written once. Both sets compute the same function with the same gradients (the
 //! tests compare them in f64 to 1e-9); they differ in speed, memory and where they
 //! run.
 
 use crate::cnn::batch_norm::{self, BatchNormMode, BatchNormOutput};
 use crate::cnn::conv_block::{self, BlockSpec};
 use crate::cnn::residual_block::{self, ConvBn, ResidualBlockOutput};
-use crate::cnn::{conv2d, generic, pool, residual};
+use crate::cnn::{conv2d, generic};
 use candle_core::{Device, Result, Tensor};
 
 /// The implementation behind every CNN op of a model.
@@ -70,22 +71,6 @@ impl OpSet {
         match self {
             OpSet::Fused => batch_norm::batch_norm(x, gamma, beta, mode, eps, relu),
             OpSet::Candle => generic::batch_norm(x, gamma, beta, mode, eps, relu),
-        }
-    }
-
-    /// 2x2, stride-2 max pooling of `[B, H, W, C]` ([`pool::max_pool2`]).
-    pub fn max_pool2(self, x: &Tensor) -> Result<Tensor> {
-        match self {
-            OpSet::Fused => pool::max_pool2(x),
-            OpSet::Candle => generic::max_pool2(x),
-        }
-    }
-
-    /// The residual join `relu(a + b)` ([`residual::add_relu`]).
-    pub fn add_relu(self, a: &Tensor, b: &Tensor) -> Result<Tensor> {
-        match self {
-            OpSet::Fused => residual::add_relu(a, b),
-            OpSet::Candle => generic::add_relu(a, b),
         }
     }
 
