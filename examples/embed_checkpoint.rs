@@ -194,7 +194,10 @@ fn run(args: &Args) -> Result<()> {
     let (run_dir, images, norm, saved) = match &args.run_dir {
         Some(dir) => {
             let cfg = Config::load(&dir.join("config.toml"), &[])?;
-            let split = cfg.data.dataset.load(args.data_dir.as_deref())?;
+            let contrast_data::DatasetChoice::Named(id) = cfg.data.dataset else {
+                anyhow::bail!("this example embeds a named dataset's test images");
+            };
+            let split = id.load(args.data_dir.as_deref())?;
             // The trainer normalises with the statistics of the training images it
             // used; the checkpoint does not store them, so they are recomputed.
             let train = match cfg.data.train_subset {
@@ -242,7 +245,10 @@ fn run(args: &Args) -> Result<()> {
         Some(dir) => dir.join("embeddings.safetensors"),
         None => std::env::temp_dir().join("contrast-embeddings.safetensors"),
     });
-    let labels = Tensor::new(images.labels.as_slice(), &Device::Cpu)?;
+    let labels = Tensor::new(
+        images.labels().context("the images have no labels")?,
+        &Device::Cpu,
+    )?;
     let tensors = HashMap::from([
         ("embeddings".to_string(), embeddings.clone()),
         ("labels".to_string(), labels),

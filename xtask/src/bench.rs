@@ -514,7 +514,7 @@ epochs = 1
             epoch: 0,
             step,
             indices: (0..b as u32).map(|i| (step * b) as u32 + i).collect(),
-            labels: (0..b as u32).map(|i| i % 10).collect(),
+            labels: Some((0..b as u32).map(|i| i % 10).collect()),
             views,
             shape,
         };

@@ -69,11 +69,11 @@ fn short_run(
         format!("train.device=\"{device}\""),
     ];
     let cfg = Config::load(Path::new(crate::DEFAULT_CONFIG), &overrides)?;
-    let data_dir = cfg.data.dataset.resolve(data_dir).with_context(|| {
-        format!(
-            "gpu-check needs `{}` (`cargo xtask data fetch {}`, or --data-dir)",
-            cfg.data.dataset, cfg.data.dataset
-        )
+    let contrast_data::DatasetChoice::Named(id) = cfg.data.dataset else {
+        anyhow::bail!("gpu-check runs the default preset on its named dataset");
+    };
+    let data_dir = id.resolve(data_dir).with_context(|| {
+        format!("gpu-check needs `{id}` (`cargo xtask data fetch {id}`, or --data-dir)")
     })?;
     Trainer::new(
         &cfg,
@@ -82,6 +82,7 @@ fn short_run(
             data_dir: Some(data_dir),
             resume: false,
             progress: false,
+            ..Default::default()
         },
     )
 }

@@ -11,7 +11,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use contrast_data::DatasetId;
+use contrast_data::{DatasetChoice, DatasetId};
 use contrast_data::fetch::{Provisioned, fetch};
 use contrast_train::device::{MissingBackend, describe};
 use contrast_train::trainer::Interrupted;
@@ -222,6 +222,37 @@ fn provision(id: DatasetId, data_dir: Option<&Path>) -> Result<PathBuf> {
     Ok(got.dir().to_path_buf())
 }
 
+/// The directory holding `id`: an explicit one (`--data-dir` or `data.path`) must
+/// hold it, since silently training on a copy found elsewhere would hide the
+/// mistake; without one, the dataset is found or provisioned.
+fn resolve(id: DatasetId, explicit: Option<PathBuf>) -> Result<PathBuf> {
+    match explicit {
+        Some(dir) => id.resolve(Some(&dir)).with_context(|| {
+            format!(
+                "{}: `{id}` is not there (`cargo xtask data fetch {id}` provisions it)",
+                dir.display()
+            )
+        }),
+        None => provision(id, None),
+    }
+}
+
+/// This process's command line, as `cargo xtask` shows it.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.contains([' ', '"', '\'']) {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            } else {
+                a.clone()
+            }
+        })
+        .collect();
+    format!("cargo xtask {}", quoted.join(" "))
+}
+
 fn train(
     config: &Path,
     set: &[String],
@@ -230,19 +261,13 @@ fn train(
     resume: bool,
 ) -> Result<()> {
     let cfg = Config::load(config, set)?;
-    // An explicit --data-dir must hold the dataset: silently training on a copy found
-    // elsewhere would hide the mistake.
-    let data_dir = Some(match data_dir {
-        Some(dir) => cfg.data.dataset.resolve(Some(&dir)).with_context(|| {
-            format!(
-                "--data-dir {}: `{}` is not there (`cargo xtask data fetch {}` provisions it)",
-                dir.display(),
-                cfg.data.dataset,
-                cfg.data.dataset
-            )
-        })?,
-        None => provision(cfg.data.dataset, None)?,
-    });
+    let data_dir = match cfg.data.dataset {
+        DatasetChoice::Named(id) => Some(resolve(id, data_dir.or(cfg.data.path.clone()))?),
+        DatasetChoice::Folder if data_dir.is_some() => anyhow::bail!(
+            "--data-dir names where a named dataset is; a folder dataset is read from data.path"
+        ),
+        DatasetChoice::Folder => None,
+    };
     let out_dir = match out {
         Some(o) => o,
         None if resume => newest_run(&cfg.name).with_context(|| {
@@ -262,6 +287,8 @@ fn train(
             data_dir,
             resume,
             progress: true,
+            command: Some(command_line()),
+            commit: option_env!("CONTRAST_COMMIT").map(str::to_string),
         },
     )?
     .with_interrupt(&INTERRUPT);

@@ -40,7 +40,7 @@ fn batch(b: usize, v: usize, step: usize) -> Batch {
         epoch: 0,
         step,
         indices: (0..b as u32).collect(),
-        labels: (0..b as u32).map(|i| i % 10).collect(),
+        labels: Some((0..b as u32).map(|i| i % 10).collect()),
         views,
         shape: ImageShape {
             height: 28,

@@ -157,3 +157,62 @@ impl std::fmt::Display for DatasetId {
         f.write_str(self.name())
     }
 }
+
+/// What `data.dataset` names: a dataset known by name, or an image folder (or
+/// manifest) given by `data.path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatasetChoice {
+    Named(DatasetId),
+    Folder,
+}
+
+impl DatasetChoice {
+    /// The name written in configs: a dataset's name, or `folder`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DatasetChoice::Named(id) => id.name(),
+            DatasetChoice::Folder => "folder",
+        }
+    }
+}
+
+impl std::str::FromStr for DatasetChoice {
+    type Err = DataError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        if s.eq_ignore_ascii_case("folder") {
+            return Ok(DatasetChoice::Folder);
+        }
+        s.parse().map(DatasetChoice::Named).map_err(|_| {
+            DataError::config(
+                "dataset",
+                format!(
+                    "unknown dataset `{s}`: expected one of {}, or folder (with data.path)",
+                    DatasetId::ALL.map(|d| d.name()).join(", ")
+                ),
+            )
+        })
+    }
+}
+
+impl std::fmt::Display for DatasetChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl serde::Serialize for DatasetChoice {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(self.name())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for DatasetChoice {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(|e: DataError| match e {
+            DataError::Config { message, .. } => serde::de::Error::custom(message),
+            other => serde::de::Error::custom(other),
+        })
+    }
+}

@@ -1,7 +1,10 @@
 //! Datasets, augmentation and loading for Contrast.
 //!
 //! - Readers for MNIST-layout IDX files (raw or gzip) and CIFAR-10/100 binaries, with
-//!   errors that name the file and what was wrong ([`idx`], [`cifar`]).
+//!   errors that name the file and what was wrong ([`idx`], [`cifar`]); image folders
+//!   of PNG and JPEG files, labelled by sub-folder or manifest or unlabeled, decoded
+//!   once into a memory-mapped cache ([`folder`]).
+//! - Held-out validation and test splits by count, fraction or folder ([`holdout`]).
 //! - Dataset names, directory resolution and provisioning ([`catalog`], [`fetch`]).
 //! - Augmentation ops on grayscale and RGB images ([`augment`]) and configurable view
 //!   recipes ([`recipe`]).
@@ -51,14 +54,18 @@ pub mod cifar;
 pub mod dataset;
 pub mod error;
 pub mod fetch;
+pub mod folder;
+pub mod holdout;
 pub mod idx;
 pub mod loader;
 mod read;
 pub mod recipe;
 pub mod seeds;
 
-pub use catalog::DatasetId;
-pub use dataset::{Dataset, ImageShape, Split};
+pub use catalog::{DatasetChoice, DatasetId};
+pub use dataset::{Dataset, ImageShape, Pixels, Split};
+pub use folder::{FolderOptions, OnError};
+pub use holdout::{Holdout, HoldoutPart, carve};
 pub use error::{DataError, Result};
 pub use loader::{Batch, EpochStream, LoaderConfig, Normalization, ViewLoader};
 pub use recipe::ViewRecipe;

@@ -46,14 +46,14 @@ impl Normalization {
     }
 }
 
-/// One batch: the dataset indices (instance ids), labels, and one `[B, H, W, C]` buffer
-/// per view.
+/// One batch: the dataset indices (instance ids), labels (`None` for unlabeled data),
+/// and one `[B, H, W, C]` buffer per view.
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub epoch: usize,
     pub step: usize,
     pub indices: Vec<u32>,
-    pub labels: Vec<u32>,
+    pub labels: Option<Vec<u32>>,
     pub views: Vec<Vec<f32>>,
     pub shape: ImageShape,
 }
@@ -67,6 +67,14 @@ impl Batch {
     /// True for an empty batch.
     pub fn is_empty(&self) -> bool {
         self.indices.is_empty()
+    }
+
+    /// The labels as `i64` class ids (what the losses and the memory take), or
+    /// `None` for unlabeled data.
+    pub fn class_ids(&self) -> Option<Vec<i64>> {
+        self.labels
+            .as_ref()
+            .map(|l| l.iter().map(|&c| c as i64).collect())
     }
 }
 
@@ -186,10 +194,10 @@ impl ViewLoader {
         Batch {
             epoch,
             step,
-            labels: indices
-                .iter()
-                .map(|&i| self.dataset.labels[i as usize])
-                .collect(),
+            labels: self
+                .dataset
+                .labels()
+                .map(|l| indices.iter().map(|&i| l[i as usize]).collect()),
             indices,
             views,
             shape,

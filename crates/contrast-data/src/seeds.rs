@@ -46,11 +46,13 @@ pub enum Stream {
     BankInit,
     /// The mining policies' own state (NNCLR's initial support keys), `[]`.
     PolicyState,
+    /// Which images a carved split holds: `[split]` (0 test, 1 validation).
+    Holdout,
 }
 
 impl Stream {
     /// Every stream.
-    pub const ALL: [Stream; 10] = [
+    pub const ALL: [Stream; 11] = [
         Stream::EpochOrder,
         Stream::Augmentation,
         Stream::ModelInit,
@@ -61,6 +63,7 @@ impl Stream {
         Stream::QueueInit,
         Stream::BankInit,
         Stream::PolicyState,
+        Stream::Holdout,
     ];
 
     /// The stream's name, which is also its domain tag.
@@ -76,13 +79,14 @@ impl Stream {
             Stream::QueueInit => "queue-init",
             Stream::BankInit => "bank-init",
             Stream::PolicyState => "policy-state",
+            Stream::Holdout => "holdout",
         }
     }
 
     /// How many coordinates the stream takes.
     pub const fn arity(self) -> usize {
         match self {
-            Stream::EpochOrder => 1,
+            Stream::EpochOrder | Stream::Holdout => 1,
             Stream::Augmentation => 3,
             Stream::Mining | Stream::Diagnostics | Stream::Partners | Stream::KeyShuffle => 2,
             Stream::ModelInit | Stream::QueueInit | Stream::BankInit | Stream::PolicyState => 0,

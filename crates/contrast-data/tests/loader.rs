@@ -68,7 +68,7 @@ fn an_epoch_visits_distinct_images_and_views_differ() {
     assert_ne!(b.views[0], b.views[1]);
     assert_eq!(
         b.labels,
-        b.indices.iter().map(|i| i % 10).collect::<Vec<_>>()
+        Some(b.indices.iter().map(|i| i % 10).collect::<Vec<_>>())
     );
 }
 

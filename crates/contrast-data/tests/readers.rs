@@ -60,7 +60,7 @@ fn idx_round_trips_raw_and_gzip() {
         );
         // Image 1 starts at byte 12, whose value is 12 * 7.
         assert_eq!(split.train.image(1)[0], 84);
-        assert_eq!(split.train.labels[3], 3);
+        assert_eq!(split.train.labels().unwrap()[3], 3);
     }
 }
 

@@ -3,6 +3,7 @@
 //!
 //! - [`knn`]: weighted kNN classification (InstDisc weights `exp(s / t)`);
 //! - [`linear_probe()`]: logistic regression on frozen, standardised features;
+//! - [`embedding`]: label-free diagnostics (uniformity, effective rank);
 //! - [`plot`]: SVG line plots of training curves.
 //!
 //! # Example
@@ -33,11 +34,13 @@
 //! # Ok::<(), contrast_eval::EvalError>(())
 //! ```
 
+pub mod embedding;
 pub mod error;
 pub mod knn;
 pub mod linear_probe;
 pub mod plot;
 
+pub use embedding::{effective_rank, uniformity};
 pub use error::{EvalError, Result};
 pub use knn::{KnnConfig, KnnPrediction, accuracy, knn_accuracy, knn_predict};
 pub use linear_probe::{ProbeConfig, ProbeReport, linear_probe};

@@ -6,7 +6,7 @@
 use crate::device::{DeviceChoice, OpsChoice, Precision};
 use crate::provenance::{self, Origins};
 use anyhow::{Context, Result, bail};
-use contrast_data::{DatasetId, ViewRecipe};
+use contrast_data::{DatasetChoice, Holdout, OnError, ViewRecipe};
 use contrast_encoders::{EncoderConfig, FeatureFilterConfig, HeadConfig, MomentumSchedule};
 use contrast_eval::{KnnConfig, ProbeConfig};
 use contrast_losses::LossConfig;
@@ -44,7 +44,40 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    pub dataset: DatasetId,
+    /// A dataset by name (`fashion-mnist`, `mnist`, `cifar-10`, `cifar-100`) or
+    /// `folder`: the images at `data.path`.
+    pub dataset: DatasetChoice,
+    /// For `folder`: a folder of PNG/JPEG images (one sub-folder per class, or flat
+    /// and unlabeled; `train/`, `val/` and `test/` sub-folders are taken as splits)
+    /// or a `.csv`/`.jsonl` manifest of `path[,label]`. For a named dataset: the
+    /// directory holding its files (as `--data-dir`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<std::path::PathBuf>,
+    /// For `folder`: side in pixels of the square images (shorter side resized, the
+    /// centre cropped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<usize>,
+    /// For `folder`: 1 or 3 channels (default: 1 when every image is grayscale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<usize>,
+    /// For `folder`: a file that can't be decoded is skipped with a warning
+    /// (`"skip"`) or fails the run (`"fail"`).
+    #[serde(default)]
+    pub on_error: OnError,
+    /// For `folder`: directory of the decoded-image caches (default
+    /// `~/.cache/contrast`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<std::path::PathBuf>,
+    /// The validation split, carved from the training images (a count or a
+    /// fraction, seeded) or a folder. When set, the per-epoch kNN monitor reads it
+    /// instead of the test set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<Holdout>,
+    /// For `folder`: the test split (a count or a fraction carved from the images, or
+    /// a folder). Default: the source's `test/` sub-folder, else a tenth of the
+    /// images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<Holdout>,
     /// Images per batch (each contributes one sample per view).
     pub batch_size: usize,
     /// Use only the first `n` training images (all when absent).
@@ -67,8 +100,61 @@ fn default_views() -> usize {
     2
 }
 
+/// Side of a folder dataset's images when `data.size` is absent (CIFAR's).
+pub const DEFAULT_FOLDER_SIZE: usize = 32;
+
+/// The test share carved from a folder dataset without `data.test` or a `test/`
+/// sub-folder.
+pub const DEFAULT_FOLDER_TEST: Holdout = Holdout::Fraction(0.1);
+
 fn default_prefetch() -> usize {
     3
+}
+
+impl DataConfig {
+    /// Checks the source keys against `data.dataset`.
+    fn validate(&self) -> Result<()> {
+        match self.dataset {
+            DatasetChoice::Folder => {
+                if self.path.is_none() {
+                    bail!(
+                        "data.dataset = \"folder\" needs data.path: a folder of PNG/JPEG images (a sub-folder per class, or flat) or a .csv/.jsonl manifest"
+                    );
+                }
+                if let Some(s) = self.size
+                    && !(1..=4096).contains(&s)
+                {
+                    bail!("data.size = {s} must be in 1..=4096 pixels");
+                }
+                if let Some(c) = self.channels
+                    && c != 1
+                    && c != 3
+                {
+                    bail!("data.channels = {c} must be 1 (grayscale) or 3 (RGB)");
+                }
+            }
+            DatasetChoice::Named(id) => {
+                let folder_only = [
+                    ("data.size", self.size.is_some()),
+                    ("data.channels", self.channels.is_some()),
+                    ("data.cache", self.cache.is_some()),
+                    ("data.on_error", self.on_error != OnError::default()),
+                ];
+                if let Some((key, _)) = folder_only.iter().find(|(_, set)| *set) {
+                    bail!(
+                        "{key} applies to data.dataset = \"folder\", not \"{id}\" (its images have a fixed size and format)"
+                    );
+                }
+                if matches!(self.test, Some(Holdout::Count(_) | Holdout::Fraction(_))) {
+                    bail!(
+                        "data.test = {} carves a test split from a folder dataset; \"{id}\" has its own test split (data.test_subset evaluates on fewer of its images)",
+                        self.test.as_ref().expect("matched")
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The training method, tagged by `name`.
@@ -261,6 +347,32 @@ pub struct EvalConfig {
     /// Images per forward pass when extracting features.
     #[serde(default = "default_eval_batch")]
     pub batch_size: usize,
+    /// Splits whose representations the run writes to `embeddings/<split>.safetensors`
+    /// at the end (`"train"`, `"validation"`, `"test"`). Default: every split of a
+    /// folder dataset (your images), none of a named one (the default Fashion-MNIST
+    /// run would write about 1 GB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embed: Option<Vec<SplitName>>,
+}
+
+/// A split of a run's data, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitName {
+    Train,
+    Validation,
+    Test,
+}
+
+impl SplitName {
+    /// The name, as in configs and file names.
+    pub fn name(self) -> &'static str {
+        match self {
+            SplitName::Train => "train",
+            SplitName::Validation => "validation",
+            SplitName::Test => "test",
+        }
+    }
 }
 
 fn default_monitor_bank() -> usize {
@@ -283,6 +395,7 @@ impl Default for EvalConfig {
             monitor_bank: default_monitor_bank(),
             baselines: true,
             batch_size: default_eval_batch(),
+            embed: None,
         }
     }
 }
@@ -460,6 +573,7 @@ impl Config {
             MethodConfig::Simclr => {}
         }
         self.data.augment.validate()?;
+        self.data.validate()?;
         if self.data.batch_size < 2 {
             bail!(
                 "data.batch_size = {} must be at least 2",
@@ -594,6 +708,15 @@ impl Config {
         }
         if self.eval.batch_size == 0 {
             bail!("eval.batch_size = 0 must be at least 1");
+        }
+        if let Some(embed) = &self.eval.embed
+            && embed.contains(&SplitName::Validation)
+            && self.data.validation.is_none()
+            && self.data.dataset != DatasetChoice::Folder
+        {
+            bail!(
+                "eval.embed names \"validation\" but data.validation is not set (a count, a fraction or a folder)"
+            );
         }
         Ok(())
     }

@@ -16,6 +16,17 @@ pub fn input_shape(d: &Dataset) -> InputShape {
     }
 }
 
+/// The labels of a reference and a query set, or an error naming the one without.
+fn labels_of<'a>(reference: &'a Dataset, query: &'a Dataset) -> Result<(&'a [u32], &'a [u32])> {
+    match (reference.labels(), query.labels()) {
+        (Some(r), Some(q)) => Ok((r, q)),
+        _ => anyhow::bail!(
+            "`{}` has no class labels: kNN and the linear probe need them",
+            reference.name
+        ),
+    }
+}
+
 /// Evaluation settings shared by every measurement of a run.
 #[derive(Debug, Clone)]
 pub struct Evaluator {
@@ -57,11 +68,12 @@ impl Evaluator {
             k: self.knn.k.min(bank_data.len()),
             ..self.knn.clone()
         };
+        let (bank_labels, test_labels) = labels_of(bank_data, test_data)?;
         knn_accuracy(
             bank,
-            &bank_data.labels,
+            bank_labels,
             test,
-            &test_data.labels,
+            test_labels,
             bank_data.num_classes,
             &knn,
         )
@@ -84,12 +96,25 @@ impl Evaluator {
     ) -> Result<(f64, ProbeReport)> {
         let ftr = self.features(encoder, train)?;
         let fte = self.features(encoder, test)?;
-        let top1 = self.knn_on(&ftr, train, &fte, test)?;
+        self.scores(&ftr, train, &fte, test)
+    }
+
+    /// kNN top-1 and linear probe on features already extracted (`[N, D]` for
+    /// `train`, `[M, D]` for `test`).
+    pub fn scores(
+        &self,
+        ftr: &Tensor,
+        train: &Dataset,
+        fte: &Tensor,
+        test: &Dataset,
+    ) -> Result<(f64, ProbeReport)> {
+        let top1 = self.knn_on(ftr, train, fte, test)?;
+        let (train_labels, test_labels) = labels_of(train, test)?;
         let report = linear_probe(
-            &ftr,
-            &train.labels,
-            &fte,
-            &test.labels,
+            ftr,
+            train_labels,
+            fte,
+            test_labels,
             train.num_classes,
             &self.probe,
         )

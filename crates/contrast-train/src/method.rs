@@ -266,8 +266,8 @@ impl Method {
         total: usize,
     ) -> Result<()> {
         if let (Method::Bank(m), Some((z, nearest))) = (&mut *self, &extras.bank) {
-            let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
-            m.bank.update(&batch.indices, z, Some(&labels))?;
+            m.bank
+                .update(&batch.indices, z, batch.class_ids().as_deref())?;
             for (&i, near) in batch.indices.iter().zip(nearest) {
                 m.neighbours[i as usize] = refreshed_neighbours(i, near);
             }
@@ -276,7 +276,8 @@ impl Method {
             ema_update(&m.key.varmap, &model.varmap, momentum.at(step, total))?;
             if let Some(k) = extras.keys {
                 let ids: Vec<i64> = batch.indices.iter().map(|&i| i as i64).collect();
-                let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+                // Unlabeled keys enter with class -1, as empty slots hold.
+                let labels = batch.class_ids().unwrap_or_else(|| vec![-1; ids.len()]);
                 m.queue.enqueue(&k, &ids, &labels, None)?;
             }
         }
@@ -419,8 +420,18 @@ impl StepInputs<'_> {
         self.batch.indices.iter().map(|&i| i as i64).collect()
     }
 
-    fn classes(&self) -> Vec<i64> {
-        self.batch.labels.iter().map(|&l| l as i64).collect()
+    /// The batch's class ids, `None` for unlabeled data.
+    fn classes(&self) -> Option<Vec<i64>> {
+        self.batch.class_ids()
+    }
+
+    /// The labels as a tensor `[B]`, `None` for unlabeled data.
+    fn label_tensor(&self) -> candle_core::Result<Option<Tensor>> {
+        self.batch
+            .labels
+            .as_ref()
+            .map(|l| Tensor::from_slice(l, l.len(), self.device))
+            .transpose()
     }
 }
 
@@ -442,17 +453,20 @@ impl InBatch {
         let views = (0..batch.views.len())
             .map(|v| z.narrow(0, v * b, b))
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let labels = Tensor::from_slice(&batch.labels, b, step.device)?;
+        let labels = step.label_tensor()?;
         let (partners, gates) = match (&cfg.loss, &model.filter) {
             (LossConfig::Simlap(c), Some(filter)) => {
+                let (Some(classes), Some(labels)) = (&batch.labels, &labels) else {
+                    bail!("SimLAP pairs classes: the images need labels");
+                };
                 let p = partner_classes(
-                    &batch.labels,
+                    classes,
                     step.num_classes,
                     c.pairs,
                     &mut step.rng(Stream::Partners),
                 )?;
                 let p = Tensor::from_vec(p, b, step.device)?;
-                let g = filter.forward_t(&labels, &p, true)?;
+                let g = filter.forward_t(labels, &p, true)?;
                 (Some(p), Some(g))
             }
             _ => (None, None),
@@ -461,7 +475,8 @@ impl InBatch {
             // Instance discrimination: plan with the policies (none: SimCLR), and judge
             // the plan's negatives against the labels.
             LossConfig::NtXent(c) => {
-                let mining = MiningBatch::in_batch(&views, &step.ids(), Some(&step.classes()))?;
+                let mining =
+                    MiningBatch::in_batch(&views, &step.ids(), step.classes().as_deref())?;
                 let plan = self.pipeline.plan(&mining, &mut step.rng(Stream::Mining))?;
                 self.diagnostics
                     .add(&mining, &plan, &mut step.rng(Stream::Diagnostics));
@@ -473,7 +488,7 @@ impl InBatch {
             }
             _ => cfg.loss.compute(LossInputs {
                 views: &views,
-                labels: Some(&labels),
+                labels: labels.as_ref(),
                 queue: None,
                 partners: partners.as_ref(),
                 gates: gates.as_ref(),
@@ -504,7 +519,7 @@ impl Moco {
             &k,
             queue,
             step.ids(),
-            Some(step.classes()),
+            step.classes(),
             self.queue.ids().to_vec(),
             self.queue.labels().to_vec(),
         )?;
@@ -516,14 +531,14 @@ impl Moco {
         };
         self.diagnostics
             .add_queue(&mining, &plan, &mut step.rng(Stream::Diagnostics))?;
-        let labels = Tensor::from_slice(&step.batch.labels, step.batch.len(), step.device)?;
+        let labels = step.label_tensor()?;
         let loss = match &cfg.loss {
             LossConfig::MocoInfoNce(c) if !self.pipeline.is_empty() => {
                 mined_moco_info_nce(&q, &k, queue, &plan, c.temperature)?
             }
             _ => cfg.loss.compute(LossInputs {
                 views: &[q, k.clone()],
-                labels: Some(&labels),
+                labels: labels.as_ref(),
                 queue: Some(queue),
                 partners: None,
                 gates: None,

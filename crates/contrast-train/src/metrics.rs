@@ -22,36 +22,66 @@ pub struct EpochRecord {
     pub data_wait_fraction: f64,
     /// Seconds the epoch's training took (evaluation excluded).
     pub epoch_seconds: f64,
-    /// Weighted-kNN top-1 on the test set against `knn_bank` training images.
-    pub knn_top1: f64,
+    /// Weighted-kNN top-1 on the monitored split against `knn_bank` training images
+    /// (`None` for unlabeled data).
+    pub knn_top1: Option<f64>,
     pub knn_bank: usize,
+    /// The split the monitor read: `validation` when configured, else `test`.
+    #[serde(default = "test_split")]
+    pub knn_split: String,
     /// What the negatives were, judged against labels (in-batch methods).
     #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
     pub mining: Option<contrast_mining::DiagnosticsSummary>,
+}
+
+fn test_split() -> String {
+    "test".into()
 }
 
 /// The whole run's result, `summary.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
     pub name: String,
+    /// The command line that started the run, when known.
+    pub command: Option<String>,
+    /// The source revision of the build (`git` commit), when known.
+    pub commit: Option<String>,
+    /// The version of `contrast-train`.
+    pub version: String,
+    pub seed: u64,
     pub dataset: String,
-    pub encoder: String,
+    /// `model.encoder` as configured.
+    pub encoder: serde_json::Value,
     pub params: usize,
     pub epochs: usize,
+    /// True when the training and test images have class labels (else kNN and the
+    /// probe are `null`).
+    pub labelled: bool,
     /// Final weighted kNN (all training images as the bank) on the test set.
-    pub knn_top1: f64,
+    pub knn_top1: Option<f64>,
     /// Linear probe on frozen backbone features: test and train accuracy.
-    pub linear_top1: f64,
-    pub linear_train_top1: f64,
-    /// The same kNN on the randomly initialised encoder.
+    pub linear_top1: Option<f64>,
+    pub linear_train_top1: Option<f64>,
+    /// Uniformity (Wang & Isola, t = 2) of the test representations.
+    pub uniformity: Option<f64>,
+    /// Effective rank (RankMe) of the test representations.
+    pub effective_rank: Option<f64>,
+    /// The kNN of the randomly initialised encoder, on the monitored split.
     pub untrained_knn_top1: Option<f64>,
+    /// The split the per-epoch monitor read (`validation` or `test`).
+    pub monitor_split: String,
     /// The same kNN and probe on raw (normalised) pixels.
     pub baseline_knn_top1: Option<f64>,
     pub baseline_linear_top1: Option<f64>,
     pub knn_k: usize,
     pub knn_temperature: f64,
     pub train_images: usize,
+    pub validation_images: Option<usize>,
     pub test_images: usize,
+    /// Image files that could not be decoded and were left out.
+    pub skipped_files: usize,
+    /// Files of `embeddings/` written at the end, relative to the run directory.
+    pub embeddings: Vec<String>,
     /// Augmented images per second over all training steps.
     pub train_images_per_sec: f64,
     /// Share of training time spent waiting for data.
@@ -68,8 +98,6 @@ pub struct Summary {
     pub precision: String,
 }
 
-/// Rewrites `metrics.jsonl` from the records (used after every epoch, so a resumed
-/// run never duplicates lines).
 /// The keys of a `metrics.jsonl` line that a run determines (everything but
 /// wall-clock measurements): a resumed or interrupted run must reproduce them exactly.
 pub const DETERMINISTIC_KEYS: [&str; 10] = [
@@ -102,25 +130,70 @@ pub fn deterministic_metrics(path: &Path) -> Result<Vec<Vec<String>>> {
         .collect()
 }
 
-pub fn write_metrics(path: &Path, records: &[EpochRecord]) -> Result<()> {
-    let tmp = path.with_extension("jsonl.tmp");
-    {
-        let mut f = std::io::BufWriter::new(
-            std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?,
-        );
-        for r in records {
-            serde_json::to_writer(&mut f, r)?;
-            f.write_all(b"\n")?;
-        }
-        f.flush()?;
+/// Rewrites `dir/metrics.jsonl` and `dir/metrics.csv` from the records (after every
+/// epoch, so a resumed run never duplicates lines). The CSV has a column for every key
+/// any record has (mining diagnostics appear with the method that has them), in
+/// first-seen order, and an empty cell where a record lacks one.
+pub fn write_metrics(dir: &Path, records: &[EpochRecord]) -> Result<()> {
+    let rows: Vec<serde_json::Map<String, serde_json::Value>> = records
+        .iter()
+        .map(|r| match serde_json::to_value(r) {
+            Ok(serde_json::Value::Object(m)) => Ok(m),
+            Ok(_) => unreachable!("a record serialises to an object"),
+            Err(e) => Err(e),
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let mut jsonl = Vec::new();
+    for r in &rows {
+        serde_json::to_writer(&mut jsonl, r)?;
+        jsonl.push(b'\n');
     }
+    replace(&dir.join("metrics.jsonl"), &jsonl)?;
+    let mut columns: Vec<&str> = Vec::new();
+    for r in &rows {
+        for k in r.keys() {
+            if !columns.contains(&k.as_str()) {
+                columns.push(k);
+            }
+        }
+    }
+    let mut csv = columns.join(",");
+    csv.push('\n');
+    for r in &rows {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|c| match r.get(*c) {
+                None | Some(serde_json::Value::Null) => String::new(),
+                Some(serde_json::Value::String(s)) => csv_cell(s),
+                Some(v) => csv_cell(&v.to_string()),
+            })
+            .collect();
+        csv.push_str(&cells.join(","));
+        csv.push('\n');
+    }
+    replace(&dir.join("metrics.csv"), csv.as_bytes())
+}
+
+/// A CSV cell: quoted when it holds a comma, a quote or a line break.
+fn csv_cell(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(bytes)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Writes `value` as pretty JSON through a temporary file and a rename.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(value)?)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    replace(path, serde_json::to_string_pretty(value)?.as_bytes())
 }

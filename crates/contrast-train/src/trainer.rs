@@ -2,7 +2,10 @@
 
 use crate::checkpoint::{self, PartialEpoch, TrainState};
 use crate::config::{Config, OnNonFinite};
+use crate::data::{RunData, load_data};
 use crate::device::describe;
+use crate::log::RunLog;
+use crate::report;
 use crate::evaluate::{Evaluator, input_shape};
 use crate::method::{Method, NonFinite};
 use crate::metrics::{EpochRecord, Summary, write_json, write_metrics};
@@ -10,10 +13,10 @@ use crate::model::ContrastiveModel;
 use crate::optim::Optimizer;
 use crate::schedule::warmup_cosine;
 use anyhow::{Context, Result, bail};
-use candle_core::Device;
+use crate::config::SplitName;
+use candle_core::{Device, Tensor};
 use contrast_data::{
-    Batch, Dataset, EpochStream, LoaderConfig, Normalization, Split, Stream, ViewLoader,
-    stream_seed,
+    Batch, Dataset, DatasetChoice, EpochStream, LoaderConfig, Normalization, Stream, ViewLoader, stream_seed,
 };
 use contrast_eval::{Series, line_plot};
 use contrast_losses::LossConfig;
@@ -24,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 /// Where a run reads and writes, and whether it continues an earlier one.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     /// The run directory (`config.toml`, `metrics.jsonl`, `summary.json`,
     /// `checkpoints/`, `plots/`).
@@ -35,23 +38,10 @@ pub struct RunOptions {
     pub resume: bool,
     /// Show a progress bar (it is hidden anyway when stderr is not a terminal).
     pub progress: bool,
-}
-
-/// Loads the configured dataset and applies the subsets.
-pub fn load_data(cfg: &Config, data_dir: Option<&Path>) -> Result<Split> {
-    let split = cfg
-        .data
-        .dataset
-        .load(data_dir)
-        .with_context(|| format!("loading dataset `{}`", cfg.data.dataset))?;
-    let cut = |d: Dataset, n: Option<usize>| match n {
-        Some(n) => d.head(n),
-        None => d,
-    };
-    Ok(Split {
-        train: cut(split.train, cfg.data.train_subset),
-        test: cut(split.test, cfg.data.test_subset),
-    })
+    /// The command line that started the run, for `summary.json`.
+    pub command: Option<String>,
+    /// The source revision of the build (`git` commit), for `summary.json`.
+    pub commit: Option<String>,
 }
 
 fn progress_bar(steps: usize, epoch: usize, epochs: usize, show: bool) -> ProgressBar {
@@ -84,7 +74,10 @@ fn plot_history(dir: &Path, history: &[EpochRecord], untrained: Option<f64>) -> 
         "loss",
         &[series("loss", &|r| r.loss)],
     )?;
-    let mut knn = series("kNN top-1 (monitor bank)", &|r| r.knn_top1);
+    if history.iter().any(|r| r.knn_top1.is_none()) {
+        return Ok(()); // unlabeled: no kNN to plot
+    }
+    let mut knn = series("kNN top-1 (monitor bank)", &|r| r.knn_top1.unwrap_or(0.0));
     if let Some(u) = untrained {
         knn.points.insert(0, (0.0, u));
     }
@@ -111,7 +104,13 @@ pub struct Trainer {
     device: Device,
     train: Arc<Dataset>,
     test: Dataset,
+    validation: Option<Dataset>,
     monitor_bank: Dataset,
+    /// Image-folder files left out.
+    skipped_files: usize,
+    log: RunLog,
+    command: Option<String>,
+    commit: Option<String>,
     loader: ViewLoader,
     model: ContrastiveModel,
     opt: Optimizer,
@@ -149,20 +148,29 @@ impl Trainer {
     pub fn new(cfg: &Config, opts: &RunOptions) -> Result<Self> {
         let started = Instant::now();
         let device = cfg.train.device.open()?;
-        println!(
+        let ckpt_dir = opts.out_dir.join("checkpoints");
+        std::fs::create_dir_all(&ckpt_dir)
+            .with_context(|| format!("creating {}", ckpt_dir.display()))?;
+        let log = RunLog::open(&opts.out_dir);
+        if let Some(c) = &opts.command {
+            log.say(format!("command: {c}"));
+        }
+        log.say(format!(
             "device: {} (train.device = \"{}\"), model.ops = {}, precision {}",
             describe(&device),
             cfg.train.device,
             cfg.model.ops.resolve(&device, cfg.train.precision)?.name(),
             cfg.train.precision
-        );
-        let ckpt_dir = opts.out_dir.join("checkpoints");
-        std::fs::create_dir_all(&ckpt_dir)
-            .with_context(|| format!("creating {}", ckpt_dir.display()))?;
+        ));
         let config_toml = cfg.to_toml()?;
 
-        let data = load_data(cfg, opts.data_dir.as_deref())?;
-        let (train, test) = (Arc::new(data.train), data.test);
+        let RunData {
+            train,
+            validation,
+            test,
+            skipped,
+        } = load_data(cfg, opts.data_dir.as_deref(), opts.progress, &log)?;
+        let train = Arc::new(train);
         let norm = Normalization::from_dataset(&train);
         let loader = ViewLoader::new(
             train.clone(),
@@ -194,7 +202,12 @@ impl Trainer {
             device,
             train,
             test,
+            validation,
             monitor_bank,
+            skipped_files: skipped.len(),
+            log,
+            command: opts.command.clone(),
+            commit: opts.commit.clone(),
             loader,
             model,
             opt,
@@ -254,25 +267,26 @@ impl Trainer {
             Some(dir) if resume => {
                 self.load(&dir)?;
                 if self.state.config_toml != self.config_toml {
-                    eprintln!(
-                        "note: the configuration differs from the checkpoint's; continuing with the new one"
+                    self.log.warn(
+                        "note: the configuration differs from the checkpoint's; continuing with the new one",
                     );
                 }
                 let at = match &self.state.partial {
                     Some(p) => format!("epoch {} at step {}", p.epoch + 1, p.steps),
                     None => format!("epoch {} done", self.state.epoch),
                 };
-                println!("resuming from {} ({at})", dir.display());
+                self.log
+                    .say(format!("resuming from {} ({at})", dir.display()));
             }
             Some(dir) => bail!(
                 "{} already holds a checkpoint ({}); pass --resume to continue it or choose another --out",
                 self.out.display(),
                 dir.display()
             ),
-            None if resume => println!(
+            None if resume => self.log.say(format!(
                 "no checkpoint in {}; starting from scratch",
                 ckpt_dir.display()
-            ),
+            )),
             None => {}
         }
         Ok(())
@@ -281,17 +295,31 @@ impl Trainer {
     /// The run's first lines: what trains on what, and which policies read labels.
     fn announce(&self) {
         let cfg = &self.cfg;
-        println!(
-            "{}: {} on {} ({} train / {} test images), {} parameters, {} epochs of {} steps",
+        let validation = self
+            .validation
+            .as_ref()
+            .map_or(String::new(), |v| format!(" / {} validation", v.len()));
+        self.log.say(format!(
+            "{}: {} on {} ({} train{validation} / {} test images{}), {} parameters, {} epochs of {} steps",
             cfg.name,
             cfg.loss.name(),
-            cfg.data.dataset,
+            self.train.name,
             self.train.len(),
             self.test.len(),
+            if self.train.is_labelled() {
+                ""
+            } else {
+                ", unlabeled"
+            },
             self.model.num_params(),
             cfg.train.epochs,
             self.loader.steps_per_epoch()
-        );
+        ));
+        if !self.monitors() {
+            self.log.say(
+                "no class labels: the kNN monitor, the linear probe and the kNN baselines are skipped; the embedding diagnostics (uniformity, effective rank) still run",
+            );
+        }
         if !cfg.mining.is_empty() {
             let names: Vec<&str> = cfg.mining.iter().map(|p| p.name()).collect();
             let labelled: Vec<&str> = cfg
@@ -305,23 +333,43 @@ impl Trainer {
             } else {
                 format!(" (reading class labels: {})", labelled.join(", "))
             };
-            println!("mining: {}{supervision}", names.join(", "));
+            self.log
+                .say(format!("mining: {}{supervision}", names.join(", ")));
         }
     }
 
-    /// kNN of the untrained encoder, once per run (baselines on).
+    /// The split the per-epoch monitor reads: validation when configured, else
+    /// test.
+    fn monitor_split(&self) -> (&Dataset, &'static str) {
+        match &self.validation {
+            Some(v) => (v, "validation"),
+            None => (&self.test, "test"),
+        }
+    }
+
+    /// True when the kNN monitor can run (the bank and the monitored split have
+    /// labels).
+    fn monitors(&self) -> bool {
+        self.train.is_labelled() && self.monitor_split().0.is_labelled()
+    }
+
+    /// kNN of the untrained encoder on the monitored split, once per run
+    /// (baselines on, labelled data).
     fn untrained_baseline(&mut self) -> Result<()> {
         if self.cfg.eval.baselines
+            && self.monitors()
             && self.state.epoch == 0
             && self.state.untrained_knn_top1.is_none()
         {
             let t = Instant::now();
+            let (split, name) = self.monitor_split();
             let top1 = self
                 .eval
-                .knn(self.model.backbone.as_ref(), &self.train, &self.test)?;
+                .knn(self.model.backbone.as_ref(), &self.train, split)?;
             self.state.untrained_knn_top1 = Some(top1);
             self.state.eval_seconds += t.elapsed().as_secs_f64();
-            println!("untrained encoder: kNN top-1 {top1:.4}");
+            self.log
+                .say(format!("untrained encoder: kNN top-1 {top1:.4} ({name})"));
         }
         Ok(())
     }
@@ -433,7 +481,9 @@ impl Trainer {
         self.method.take_diagnostics();
         self.state.lr_scale = lr_scale;
         self.state.rollbacks = rollbacks;
-        println!("{fault}: rolled back to {from}, learning rate scaled by {lr_scale}");
+        self.log.say(format!(
+            "{fault}: rolled back to {from}, learning rate scaled by {lr_scale}"
+        ));
         Ok(())
     }
 
@@ -497,9 +547,15 @@ impl Trainer {
         self.state.optimizer_steps = self.opt.steps();
 
         let te = Instant::now();
-        let knn = self
-            .eval
-            .knn(self.model.backbone.as_ref(), &self.monitor_bank, &self.test)?;
+        let (split, split_name) = self.monitor_split();
+        let knn = if self.monitors() {
+            Some(
+                self.eval
+                    .knn(self.model.backbone.as_ref(), &self.monitor_bank, split)?,
+            )
+        } else {
+            None
+        };
         self.state.eval_seconds += te.elapsed().as_secs_f64();
         let record = EpochRecord {
             epoch: epoch + 1,
@@ -511,13 +567,17 @@ impl Trainer {
             epoch_seconds: secs,
             knn_top1: knn,
             knn_bank: self.monitor_bank.len(),
+            knn_split: split_name.to_string(),
             mining: self.method.take_diagnostics(),
         };
-        print_epoch(&record, epochs);
+        // Every epoch so far, trained before a resume or not, with its monitor.
+        let per_epoch = (self.state.train_seconds + self.state.eval_seconds) / (epoch + 1) as f64;
+        let remaining = per_epoch * (epochs - epoch - 1) as f64;
+        self.log.say(epoch_line(&record, epochs, remaining));
         self.state.history.push(record.clone());
         self.state.epoch = epoch + 1;
         self.save_checkpoint()?;
-        write_metrics(&self.out.join("metrics.jsonl"), &self.state.history)?;
+        write_metrics(&self.out, &self.state.history)?;
         plot_history(
             &self.out.join("plots"),
             &self.state.history,
@@ -550,41 +610,82 @@ impl Trainer {
         self.interrupt.is_some_and(|f| f.load(Ordering::Relaxed))
     }
 
-    /// The final evaluation (kNN and linear probe on the full sets, raw-pixel
-    /// baselines when on) into `summary.json`.
+    /// The final evaluation into `summary.json` and `report.md`: kNN and the linear
+    /// probe on the full sets with raw-pixel baselines (labelled data), uniformity and
+    /// effective rank of the test representations (always), and the representations
+    /// of the splits `eval.embed` names under `embeddings/`.
     pub fn finish(self) -> Result<Summary> {
         let (cfg, train, test) = (&self.cfg, &self.train, &self.test);
         let te = Instant::now();
-        println!(
-            "final evaluation: kNN and linear probe on {} train / {} test images",
+        let labelled = train.is_labelled() && test.is_labelled();
+        let encoder = self.model.backbone.as_ref();
+        self.log.say(format!(
+            "final evaluation on {} train / {} test images: {}",
             train.len(),
-            test.len()
-        );
-        let (knn_top1, probe) = self.eval.full(self.model.backbone.as_ref(), train, test)?;
-        let (baseline_knn, baseline_probe) = if cfg.eval.baselines {
+            test.len(),
+            if labelled {
+                "kNN, linear probe, uniformity, effective rank"
+            } else {
+                "uniformity and effective rank (no labels: no kNN or probe)"
+            }
+        ));
+        let ftr = self.eval.features(encoder, train)?;
+        let fte = self.eval.features(encoder, test)?;
+        let (knn_top1, probe) = if labelled {
+            let (k, p) = self.eval.scores(&ftr, train, &fte, test)?;
+            (Some(k), Some(p))
+        } else {
+            (None, None)
+        };
+        let (baseline_knn, baseline_probe) = if cfg.eval.baselines && labelled {
             let (k, p) = self.eval.pixels(train, test)?;
             (Some(k), Some(p.test_top1))
         } else {
             (None, None)
         };
+        let (uniformity, effective_rank) = if test.len() >= 2 {
+            (
+                Some(contrast_eval::uniformity(&fte)?),
+                Some(contrast_eval::effective_rank(&fte)?),
+            )
+        } else {
+            (None, None)
+        };
+        let embeddings = self.write_embeddings(&ftr, &fte)?;
         let state = &self.state;
         let eval_seconds = state.eval_seconds + te.elapsed().as_secs_f64();
         let summary = Summary {
             name: cfg.name.clone(),
-            dataset: cfg.data.dataset.to_string(),
-            encoder: serde_json::to_string(&cfg.model.encoder)?,
+            command: self.command.clone(),
+            commit: self.commit.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            seed: cfg.seed,
+            dataset: match &cfg.data.path {
+                Some(p) if cfg.data.dataset == DatasetChoice::Folder => {
+                    format!("folder {}", p.display())
+                }
+                _ => cfg.data.dataset.to_string(),
+            },
+            encoder: serde_json::to_value(&cfg.model.encoder)?,
             params: self.model.num_params(),
             epochs: state.epoch,
+            labelled,
             knn_top1,
-            linear_top1: probe.test_top1,
-            linear_train_top1: probe.train_top1,
+            linear_top1: probe.as_ref().map(|p| p.test_top1),
+            linear_train_top1: probe.as_ref().map(|p| p.train_top1),
+            uniformity,
+            effective_rank,
             untrained_knn_top1: state.untrained_knn_top1,
+            monitor_split: self.monitor_split().1.to_string(),
             baseline_knn_top1: baseline_knn,
             baseline_linear_top1: baseline_probe,
             knn_k: cfg.eval.knn.k,
             knn_temperature: cfg.eval.knn.temperature,
             train_images: train.len(),
+            validation_images: self.validation.as_ref().map(Dataset::len),
             test_images: test.len(),
+            skipped_files: self.skipped_files,
+            embeddings,
             train_images_per_sec: state.images_seen as f64 / state.train_seconds.max(1e-9),
             data_wait_fraction: state.data_wait_seconds / state.train_seconds.max(1e-9),
             train_seconds: state.train_seconds,
@@ -595,8 +696,57 @@ impl Trainer {
             precision: self.cfg.train.precision.to_string(),
         };
         write_json(&self.out.join("summary.json"), &summary)?;
+        let report = report::write_report(&self.out, &summary, &train.class_names)?;
+        self.log.say(format!(
+            "kNN top-1 {}, linear top-1 {}, uniformity {}, effective rank {}; report: {}",
+            fmt_opt(summary.knn_top1),
+            fmt_opt(summary.linear_top1),
+            fmt_opt(summary.uniformity),
+            fmt_opt(summary.effective_rank),
+            report.display()
+        ));
         Ok(summary)
     }
+
+    /// Writes the representations of the splits `eval.embed` names (default: all of
+    /// a folder dataset's, none of a named one's); returns the files, relative to the
+    /// run directory. `ftr` and `fte` are the train and test features already
+    /// extracted.
+    fn write_embeddings(&self, ftr: &Tensor, fte: &Tensor) -> Result<Vec<String>> {
+        let splits = match &self.cfg.eval.embed {
+            Some(s) => s.clone(),
+            None if self.cfg.data.dataset == DatasetChoice::Folder => {
+                vec![SplitName::Train, SplitName::Validation, SplitName::Test]
+            }
+            None => Vec::new(),
+        };
+        let dir = self.out.join("embeddings");
+        let mut files = Vec::new();
+        for split in splits {
+            let written = match split {
+                SplitName::Train => report::write_embeddings(&dir, "train", ftr, &self.train)?,
+                SplitName::Test => report::write_embeddings(&dir, "test", fte, &self.test)?,
+                SplitName::Validation => match &self.validation {
+                    Some(v) => {
+                        let f = self.eval.features(self.model.backbone.as_ref(), v)?;
+                        report::write_embeddings(&dir, "validation", &f, v)?
+                    }
+                    None => continue,
+                },
+            };
+            files.extend(written.into_iter().map(|p| {
+                p.strip_prefix(&self.out)
+                    .unwrap_or(&p)
+                    .display()
+                    .to_string()
+            }));
+        }
+        Ok(files)
+    }
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{v:.4}"))
 }
 
 /// A seeded model, its optimiser and the method's state, as at the start of a run.
@@ -619,8 +769,10 @@ fn fresh(
     Ok((model, opt, method))
 }
 
-/// The epoch's line: loss, rate, data wait, monitor kNN and what the negatives were.
-fn print_epoch(record: &EpochRecord, epochs: usize) {
+/// The epoch's line: loss, rate, data wait, monitor kNN, what the negatives were,
+/// and the time the remaining epochs should take (`remaining`, seconds), so that a
+/// run followed through its log alone shows when it will end.
+fn epoch_line(record: &EpochRecord, epochs: usize, remaining: f64) -> String {
     let negatives = record.mining.as_ref().map_or(String::new(), |m| {
         let fnc = match (m.fn_identified_precision, m.fn_identified_recall) {
             (Some(p), Some(r)) => format!(", FN found p {p:.2} r {r:.2}"),
@@ -632,18 +784,34 @@ fn print_epoch(record: &EpochRecord, epochs: usize) {
             m.neg_sim_mean
         )
     });
-    println!(
-        "epoch {:>3}/{}  loss {:.4}  lr {:.4}  {:.0} img/s  data wait {:.1}%  kNN@{} {:.4}{negatives}  ({:.0} s)",
+    let knn = record.knn_top1.map_or(String::new(), |k| {
+        format!("  kNN@{} {k:.4} ({})", record.knn_bank, record.knn_split)
+    });
+    let eta = if record.epoch < epochs {
+        format!(", eta {}", clock(remaining))
+    } else {
+        String::new()
+    };
+    format!(
+        "epoch {:>3}/{}  loss {:.4}  lr {:.4}  {:.0} img/s  data wait {:.1}%{knn}{negatives}  ({:.0} s{eta})",
         record.epoch,
         epochs,
         record.loss,
         record.lr,
         record.images_per_sec,
         100.0 * record.data_wait_fraction,
-        record.knn_bank,
-        record.knn_top1,
         record.epoch_seconds
-    );
+    )
+}
+
+/// Seconds as `1h02m`, `4m05s` or `12s`.
+fn clock(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    match (s / 3600, (s / 60) % 60, s % 60) {
+        (0, 0, sec) => format!("{sec}s"),
+        (0, m, sec) => format!("{m}m{sec:02}s"),
+        (h, m, _) => format!("{h}h{m:02}m"),
+    }
 }
 
 /// Runs (or resumes) training as configured and returns the summary.

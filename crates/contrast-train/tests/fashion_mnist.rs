@@ -42,18 +42,16 @@ fn training_on_a_real_subset_beats_the_untrained_encoder() {
             data_dir: Some(dir),
             resume: false,
             progress: false,
+            ..Default::default()
         },
     )
     .unwrap();
     let untrained = summary.untrained_knn_top1.unwrap();
-    println!(
-        "untrained kNN {untrained:.4} -> trained {:.4}",
-        summary.knn_top1
-    );
+    let knn = summary.knn_top1.unwrap();
+    println!("untrained kNN {untrained:.4} -> trained {knn:.4}");
     assert!(
-        summary.knn_top1 > untrained + 0.02,
-        "kNN {} did not rise clearly above the untrained encoder's {untrained}",
-        summary.knn_top1
+        knn > untrained + 0.02,
+        "kNN {knn} did not rise clearly above the untrained encoder's {untrained}"
     );
     assert!(
         summary.data_wait_fraction < 0.2,

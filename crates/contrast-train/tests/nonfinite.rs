@@ -36,6 +36,7 @@ fn trainer(policy: OnNonFinite, data: &std::path::Path, out: &std::path::Path) -
         data_dir: Some(data.to_path_buf()),
         resume: false,
         progress: false,
+        ..Default::default()
     };
     Trainer::new(&cfg, &opts).unwrap()
 }
@@ -65,6 +66,7 @@ fn a_nan_stops_the_run_and_leaves_the_checkpoint_intact() {
             data_dir: Some(data.path().to_path_buf()),
             resume: true,
             progress: false,
+            ..Default::default()
         },
     )
     .unwrap();

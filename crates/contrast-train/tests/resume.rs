@@ -15,6 +15,7 @@ fn opts(out: &Path, data: &Path, resume: bool) -> RunOptions {
         data_dir: Some(data.to_path_buf()),
         resume,
         progress: false,
+        ..Default::default()
     }
 }
 
