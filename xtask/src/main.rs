@@ -11,8 +11,8 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use contrast_data::{DatasetChoice, DatasetId};
 use contrast_data::fetch::{Provisioned, fetch};
+use contrast_data::{DatasetChoice, DatasetId};
 use contrast_train::device::{MissingBackend, describe};
 use contrast_train::trainer::Interrupted;
 use contrast_train::{Config, DeviceChoice, RunOptions, Trainer};

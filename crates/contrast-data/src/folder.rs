@@ -281,7 +281,11 @@ fn manifest_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
                 rows[i].0.display(),
                 if rows[i].1.is_some() { "has" } else { "lacks" },
                 first.0.display(),
-                if first.1.is_some() { "has one" } else { "has none" },
+                if first.1.is_some() {
+                    "has one"
+                } else {
+                    "has none"
+                },
             ),
         ));
     }
@@ -296,9 +300,10 @@ impl Listing {
     pub fn scan(path: &Path, classes: Option<&[String]>) -> Result<Listing> {
         let meta = std::fs::metadata(path).map_err(io_err(path))?;
         let (layout, rows): (Layout, Vec<Row>) = if meta.is_file() {
-            let is_manifest = path.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                e.eq_ignore_ascii_case("csv") || e.eq_ignore_ascii_case("jsonl")
-            });
+            let is_manifest = path
+                .extension()
+                .and_then(|e| e.to_str())
+                .is_some_and(|e| e.eq_ignore_ascii_case("csv") || e.eq_ignore_ascii_case("jsonl"));
             if !is_manifest {
                 return Err(DataError::format(
                     path,
@@ -454,7 +459,10 @@ fn hex(bytes: &[u8]) -> String {
 /// modification time.
 fn fingerprint(listing: &Listing, opts: &FolderOptions) -> Result<String> {
     let mut h = Sha256::new();
-    h.update(format!("v1 size={} channels={:?}\n", opts.size, opts.channels));
+    h.update(format!(
+        "v1 size={} channels={:?}\n",
+        opts.size, opts.channels
+    ));
     h.update(listing.class_names.join("\n"));
     for e in &listing.entries {
         let meta = std::fs::metadata(&e.path).ok();
@@ -487,7 +495,10 @@ pub fn cache_path(listing: &Listing, opts: &FolderOptions) -> PathBuf {
         .unwrap_or_else(|| "root".into());
     opts.cache_dir.join(format!(
         "{}-{}px-{}.bin",
-        stem.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_', "_"),
+        stem.replace(
+            |c: char| !c.is_ascii_alphanumeric() && c != '-' && c != '_',
+            "_"
+        ),
         opts.size,
         &hex(&key)[..16]
     ))
@@ -530,7 +541,8 @@ fn read_cache(path: &Path, fingerprint: &str) -> Option<(CacheHeader, memmap2::M
         return None;
     }
     let hlen = u64::from_le_bytes(map[8..16].try_into().ok()?) as usize;
-    let header: CacheHeader = serde_json::from_slice(map.get(16..16usize.checked_add(hlen)?)?).ok()?;
+    let header: CacheHeader =
+        serde_json::from_slice(map.get(16..16usize.checked_add(hlen)?)?).ok()?;
     if header.fingerprint != fingerprint {
         return None;
     }

@@ -64,9 +64,9 @@ pub mod seeds;
 
 pub use catalog::{DatasetChoice, DatasetId};
 pub use dataset::{Dataset, ImageShape, Pixels, Split};
+pub use error::{DataError, Result};
 pub use folder::{FolderOptions, OnError};
 pub use holdout::{Holdout, HoldoutPart, carve};
-pub use error::{DataError, Result};
 pub use loader::{Batch, EpochStream, LoaderConfig, Normalization, ViewLoader};
 pub use recipe::ViewRecipe;
 pub use seeds::{Stream, stream_rng, stream_seed};

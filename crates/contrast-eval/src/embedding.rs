@@ -11,9 +11,12 @@ pub const UNIFORMITY_ROWS: usize = 4096;
 pub const RANK_ROWS: usize = 512;
 
 fn check(features: &Tensor) -> Result<(usize, usize)> {
-    let (n, d) = features
-        .dims2()
-        .map_err(|_| invalid("features", format!("expected [N, D], got {:?}", features.dims())))?;
+    let (n, d) = features.dims2().map_err(|_| {
+        invalid(
+            "features",
+            format!("expected [N, D], got {:?}", features.dims()),
+        )
+    })?;
     if n < 2 || d == 0 {
         return Err(invalid(
             "features",
@@ -30,7 +33,12 @@ pub fn uniformity(features: &Tensor) -> Result<f64> {
     let (n, _) = check(features)?;
     let m = n.min(UNIFORMITY_ROWS);
     let z = features.narrow(0, 0, m)?.to_dtype(DType::F32)?;
-    let z = z.broadcast_div(&z.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?.clamp(1e-12, f64::MAX)?)?;
+    let z = z.broadcast_div(
+        &z.sqr()?
+            .sum_keepdim(D::Minus1)?
+            .sqrt()?
+            .clamp(1e-12, f64::MAX)?,
+    )?;
     let gram: Vec<Vec<f32>> = z.matmul(&z.t()?)?.to_vec2()?;
     // |z_i - z_j|^2 = 2 - 2 cos; the pairs' mean of exp(-2 * that), in f64.
     let (mut sum, mut count) = (0f64, 0f64);
@@ -166,7 +174,10 @@ mod tests {
         // Signed axes: pairs at squared distance 0, 2 or 4, most of them apart.
         assert!(uniformity(&spread)? < -1.0);
         // The wide path (D > RANK_ROWS) agrees with the covariance path.
-        let wide = Tensor::cat(&[&spread, &Tensor::zeros((64, RANK_ROWS), DType::F32, &dev)?], 1)?;
+        let wide = Tensor::cat(
+            &[&spread, &Tensor::zeros((64, RANK_ROWS), DType::F32, &dev)?],
+            1,
+        )?;
         let r = effective_rank(&wide)?;
         assert!((r - 4.0).abs() < 1e-6, "{r}");
         Ok(())

@@ -15,12 +15,15 @@
 //! - [`device`]: a GPU against the CPU on the similarity hot path and the encoders'
 //!   ops, shared by the GPU tests and `cargo xtask gpu-check` (which is why this crate
 //!   is also a dependency of xtask).
+//! - [`images`]: image folders of real PNG and JPEG files (mixed sizes and modes,
+//!   a pattern per class, corrupt files beside them).
 //!
 //! The helpers only measure; each test asserts its own bound, so the tolerances stay
 //! beside the comparisons they belong to. They panic on tensors they cannot read,
 //! which fails the test that called them.
 
 pub mod device;
+pub mod images;
 
 use candle_core::{DType, Device, Shape, Tensor};
 

@@ -109,7 +109,11 @@ fn load_listing(
         loaded.cache.display()
     ));
     for s in &loaded.skipped {
-        log.warn(format!("warning: skipped {}: {}", s.path.display(), s.reason));
+        log.warn(format!(
+            "warning: skipped {}: {}",
+            s.path.display(),
+            s.reason
+        ));
     }
     Ok(loaded)
 }
@@ -199,8 +203,15 @@ pub fn load_data(
             let all = loaded.dataset;
             match (&d.test, &parts.test) {
                 (Some(Holdout::Folder(p)), _) | (None, Some(p)) => {
-                    let test =
-                        holdout_folder(p, &all, &opts, HoldoutPart::Test, progress, log, &mut skipped)?;
+                    let test = holdout_folder(
+                        p,
+                        &all,
+                        &opts,
+                        HoldoutPart::Test,
+                        progress,
+                        log,
+                        &mut skipped,
+                    )?;
                     (all, test)
                 }
                 (spec, _) => {

@@ -475,8 +475,7 @@ impl InBatch {
             // Instance discrimination: plan with the policies (none: SimCLR), and judge
             // the plan's negatives against the labels.
             LossConfig::NtXent(c) => {
-                let mining =
-                    MiningBatch::in_batch(&views, &step.ids(), step.classes().as_deref())?;
+                let mining = MiningBatch::in_batch(&views, &step.ids(), step.classes().as_deref())?;
                 let plan = self.pipeline.plan(&mining, &mut step.rng(Stream::Mining))?;
                 self.diagnostics
                     .add(&mining, &plan, &mut step.rng(Stream::Diagnostics));

@@ -149,14 +149,16 @@ pub fn write_metrics(dir: &Path, records: &[EpochRecord]) -> Result<()> {
         jsonl.push(b'\n');
     }
     replace(&dir.join("metrics.jsonl"), &jsonl)?;
-    let mut columns: Vec<&str> = Vec::new();
-    for r in &rows {
-        for k in r.keys() {
-            if !columns.contains(&k.as_str()) {
-                columns.push(k);
-            }
-        }
-    }
+    // The record's own fields first, in their order; then any diagnostics, by name.
+    let mut columns: Vec<&str> = CSV_LEADING.to_vec();
+    let mut rest: Vec<&str> = rows
+        .iter()
+        .flat_map(|r| r.keys().map(String::as_str))
+        .filter(|k| !CSV_LEADING.contains(k))
+        .collect();
+    rest.sort_unstable();
+    rest.dedup();
+    columns.extend(rest);
     let mut csv = columns.join(",");
     csv.push('\n');
     for r in &rows {
@@ -174,6 +176,20 @@ pub fn write_metrics(dir: &Path, records: &[EpochRecord]) -> Result<()> {
     replace(&dir.join("metrics.csv"), csv.as_bytes())
 }
 
+/// The first columns of `metrics.csv`: [`EpochRecord`]'s own fields.
+pub const CSV_LEADING: [&str; 10] = [
+    "epoch",
+    "step",
+    "loss",
+    "lr",
+    "images_per_sec",
+    "data_wait_fraction",
+    "epoch_seconds",
+    "knn_top1",
+    "knn_bank",
+    "knn_split",
+];
+
 /// A CSV cell: quoted when it holds a comma, a quote or a line break.
 fn csv_cell(s: &str) -> String {
     if s.contains([',', '"', '\n']) {
@@ -186,7 +202,8 @@ fn csv_cell(s: &str) -> String {
 /// Writes `bytes` to `path` through a temporary file and a rename.
 fn replace(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(bytes)
         .with_context(|| format!("writing {}", tmp.display()))?;
     drop(f);

@@ -47,7 +47,10 @@ pub fn write_embeddings(
     if data.path(0).is_some() {
         let mut list = String::new();
         for i in 0..n {
-            let p = data.path(i).map(|p| p.display().to_string()).unwrap_or_default();
+            let p = data
+                .path(i)
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
             writeln!(list, "{p}").expect("writing to a String");
         }
         let paths = dir.join(format!("{split}.paths.txt"));

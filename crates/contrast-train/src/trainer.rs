@@ -1,22 +1,23 @@
 //! The training loop: data, model, loss, optimiser, evaluation, checkpoints, reports.
 
 use crate::checkpoint::{self, PartialEpoch, TrainState};
+use crate::config::SplitName;
 use crate::config::{Config, OnNonFinite};
 use crate::data::{RunData, load_data};
 use crate::device::describe;
-use crate::log::RunLog;
-use crate::report;
 use crate::evaluate::{Evaluator, input_shape};
+use crate::log::RunLog;
 use crate::method::{Method, NonFinite};
 use crate::metrics::{EpochRecord, Summary, write_json, write_metrics};
 use crate::model::ContrastiveModel;
 use crate::optim::Optimizer;
+use crate::report;
 use crate::schedule::warmup_cosine;
 use anyhow::{Context, Result, bail};
-use crate::config::SplitName;
 use candle_core::{Device, Tensor};
 use contrast_data::{
-    Batch, Dataset, DatasetChoice, EpochStream, LoaderConfig, Normalization, Stream, ViewLoader, stream_seed,
+    Batch, Dataset, DatasetChoice, EpochStream, LoaderConfig, Normalization, Stream, ViewLoader,
+    stream_seed,
 };
 use contrast_eval::{Series, line_plot};
 use contrast_losses::LossConfig;

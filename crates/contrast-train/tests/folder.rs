@@ -1,0 +1,195 @@
+//! Training on a folder of one's own images, labelled and unlabeled: one epoch on
+//! generated PNG and JPEG files of mixed sizes and modes with two corrupt files, the
+//! cache reused by the next run, and the files a run leaves (embeddings, report,
+//! metrics.csv, run.log).
+
+use candle_core::Device;
+use contrast_testing::images::{flat_folder, labelled_folder};
+use contrast_train::{Config, RunOptions, run};
+use std::path::Path;
+
+const BASE: &str = r#"
+name = "folder-test"
+[data]
+dataset = "folder"
+batch_size = 16
+size = 16
+augment = { hflip = 0.5, crop = { scale = [0.5, 1.0], ratio = [0.75, 1.3333333] } }
+[model]
+encoder = { kind = "convnet", channels = [8, 16], pool = "avg" }
+head = { hidden = 32, out = 16 }
+[loss]
+name = "nt_xent"
+temperature = 0.2
+[optim]
+name = "sgd"
+lr = 0.1
+[train]
+epochs = 1
+[eval]
+knn = { k = 5, temperature = 0.1 }
+probe = { epochs = 2, batch_size = 16, lr = 0.01, weight_decay = 0.0, seed = 0 }
+"#;
+
+fn config(data: &Path, cache: &Path, extra: &[&str]) -> anyhow::Result<Config> {
+    let mut set = vec![
+        format!("data.path=\"{}\"", data.display()),
+        format!("data.cache=\"{}\"", cache.display()),
+    ];
+    set.extend(extra.iter().map(|s| s.to_string()));
+    Config::from_toml(BASE, "folder-test.toml", &set)
+}
+
+fn opts(out: &Path) -> RunOptions {
+    RunOptions {
+        out_dir: out.to_path_buf(),
+        command: Some("test".into()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_labelled_folder_trains_and_leaves_embeddings_and_a_report() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    labelled_folder(data.path(), 3, 24, true, 11);
+    let cfg = config(data.path(), cache.path(), &["data.validation=12"]).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let s = run(&cfg, &opts(out.path())).unwrap();
+    // 72 good images: a tenth (7) is the test split, 12 validate, 53 train.
+    assert_eq!(s.skipped_files, 2);
+    assert_eq!(
+        (s.train_images, s.validation_images, s.test_images),
+        (53, Some(12), 7)
+    );
+    assert!(s.labelled && s.knn_top1.is_some() && s.linear_top1.is_some());
+    assert_eq!(s.monitor_split, "validation");
+    assert!(s.effective_rank.unwrap() >= 1.0);
+    assert_eq!(s.encoder["kind"], "convnet");
+    assert_eq!(s.command.as_deref(), Some("test"));
+    let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    assert!(
+        metrics.contains("\"knn_split\":\"validation\""),
+        "{metrics}"
+    );
+    let csv = std::fs::read_to_string(out.path().join("metrics.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert!(lines.next().unwrap().starts_with("epoch,step,loss,lr,"));
+    assert_eq!(lines.count(), 1);
+
+    // Embeddings of every split, with labels and the image files.
+    for (split, n) in [("train", 53), ("validation", 12), ("test", 7)] {
+        let file = out.path().join(format!("embeddings/{split}.safetensors"));
+        let t = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+        assert_eq!(t["embeddings"].dims(), [n, 16]);
+        assert_eq!(t["labels"].dims(), [n]);
+        assert_eq!(t["indices"].dims(), [n]);
+        let paths =
+            std::fs::read_to_string(out.path().join(format!("embeddings/{split}.paths.txt")))
+                .unwrap();
+        assert_eq!(paths.lines().count(), n);
+        assert!(paths.lines().all(|p| Path::new(p).is_file()));
+    }
+    let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
+    assert!(
+        report.contains("linear probe top-1") && report.contains("class0"),
+        "{report}"
+    );
+    let log = std::fs::read_to_string(out.path().join("run.log")).unwrap();
+    assert!(log.contains("decoded, cache written"), "{log}");
+    assert!(
+        log.contains("warning: skipped") && log.contains("notes.jpg"),
+        "{log}"
+    );
+
+    // The next run maps the cache instead of decoding.
+    let out2 = tempfile::tempdir().unwrap();
+    let s2 = run(&cfg, &opts(out2.path())).unwrap();
+    let log = std::fs::read_to_string(out2.path().join("run.log")).unwrap();
+    assert!(log.contains("cache reused"), "{log}");
+    assert_eq!(s2.skipped_files, 2);
+    assert_eq!(s2.knn_top1, s.knn_top1);
+
+    // data.on_error = "fail" stops before training, naming a corrupt file.
+    let strict = config(data.path(), cache.path(), &["data.on_error=\"fail\""]).unwrap();
+    let err = format!(
+        "{:#}",
+        run(&strict, &opts(tempfile::tempdir().unwrap().path())).unwrap_err()
+    );
+    assert!(
+        err.contains("notes.jpg") || err.contains("truncated.png"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unlabeled_folder_trains_without_label_evaluations() {
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    flat_folder(data.path(), 3, 60, true, 12);
+    let cfg = config(data.path(), cache.path(), &[]).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let s = run(&cfg, &opts(out.path())).unwrap();
+    assert!(!s.labelled);
+    assert_eq!(
+        (s.knn_top1, s.linear_top1, s.untrained_knn_top1),
+        (None, None, None)
+    );
+    assert!(s.uniformity.unwrap() < 0.0 && s.effective_rank.unwrap() >= 1.0);
+    assert_eq!((s.train_images, s.test_images, s.skipped_files), (54, 6, 2));
+    let t = candle_core::safetensors::load(
+        out.path().join("embeddings/train.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    assert!(!t.contains_key("labels"));
+    let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"knn_top1\":null"), "{metrics}");
+
+    // What reads labels is refused, before any image is decoded, naming both sides.
+    let supcon = config(
+        data.path(),
+        cache.path(),
+        &["loss={name=\"supcon\", temperature=0.1}"],
+    )
+    .unwrap();
+    let err = format!(
+        "{:#}",
+        run(&supcon, &opts(tempfile::tempdir().unwrap().path())).unwrap_err()
+    );
+    assert!(
+        err.contains("loss.name = \"supcon\"") && err.contains("has none"),
+        "{err}"
+    );
+}
+
+#[test]
+fn folder_keys_are_checked_before_any_data_is_read() {
+    let err = Config::from_toml(BASE, "folder-test.toml", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("needs data.path"), "{err}");
+    let fmnist = BASE.replace("dataset = \"folder\"", "dataset = \"fashion-mnist\"");
+    let err = Config::from_toml(&fmnist, "f.toml", &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("data.size applies to data.dataset = \"folder\""),
+        "{err}"
+    );
+    let err = Config::from_toml(BASE, "f.toml", &["data.dataset=\"folders\"".into()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("or folder (with data.path)"), "{err}");
+    let err = Config::from_toml(
+        BASE,
+        "f.toml",
+        &["data.path=\"x\"".into(), "data.test=1.5".into()],
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("data.test") && err.contains("a fraction in (0, 1)"),
+        "{err}"
+    );
+}
