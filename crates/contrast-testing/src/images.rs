@@ -114,3 +114,32 @@ pub fn flat_folder(dir: &Path, classes: usize, n: usize, corrupt: bool, seed: u6
         Vec::new()
     }
 }
+
+/// Writes CIFAR-10 binary files (`data_batch_1.bin` .. `data_batch_5.bin` with
+/// `per_batch` records each, `test_batch.bin` with `test` records) into
+/// `dir/cifar-10-batches-bin`: 32x32 stripes whose angle says the class (label =
+/// record index mod 10), in the format's planar layout. Returns the directory to
+/// pass as the data directory.
+pub fn cifar10_files(dir: &Path, per_batch: usize, test: usize, seed: u64) -> PathBuf {
+    let root = dir.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&root).expect("creating the CIFAR folder");
+    let mut rng = XorShift::new(seed);
+    let mut records = |n: usize| -> Vec<u8> {
+        let mut out = Vec::with_capacity(n * 3073);
+        for k in 0..n {
+            let class = k % 10;
+            let img = pattern(class, 10, 32, 32, &mut rng);
+            out.push(class as u8);
+            for ch in 0..3 {
+                out.extend(img.pixels().map(|p| p[ch]));
+            }
+        }
+        out
+    };
+    for b in 1..=5 {
+        std::fs::write(root.join(format!("data_batch_{b}.bin")), records(per_batch))
+            .expect("writing a CIFAR batch");
+    }
+    std::fs::write(root.join("test_batch.bin"), records(test)).expect("writing the CIFAR test batch");
+    dir.to_path_buf()
+}

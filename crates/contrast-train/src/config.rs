@@ -209,6 +209,10 @@ fn default_splits() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub encoder: EncoderConfig,
+    /// The projection head (default: an MLP of width 512 to 128 on the
+    /// representation). When `--set` changes the encoder's kind without setting the
+    /// head, the default head replaces the file's.
+    #[serde(default)]
     pub head: HeadConfig,
     /// SimLAP's feature filter (used only with `loss.name = "simlap"`).
     #[serde(default)]
@@ -491,12 +495,30 @@ impl Config {
         origin: &str,
         overrides: &[String],
     ) -> Result<Self> {
+        let kind = |t: &toml::Table| {
+            t.get("model")
+                .and_then(|m| m.get("encoder"))
+                .and_then(|e| e.get("kind"))
+                .cloned()
+        };
+        let kind_before = kind(&table);
+        let mut head_set = false;
         for o in overrides {
             let (k, v) = o
                 .split_once('=')
                 .with_context(|| format!("--set `{o}`: expected key=value"))?;
             set_path(&mut table, k.trim(), v.trim())?;
             origins.set(k.trim(), o);
+            head_set |= k.trim().starts_with("model.head");
+        }
+        // A different encoder kind from the command line takes the default head
+        // (an MLP on its representation), unless the head is set there too: the
+        // file's head was sized for the file's encoder.
+        if kind(&table) != kind_before
+            && !head_set
+            && let Some(toml::Value::Table(model)) = table.get_mut("model")
+        {
+            model.remove("head");
         }
         let cfg: Config = provenance::deserialize(&table, &origins)?;
         cfg.validate().map_err(|e| {

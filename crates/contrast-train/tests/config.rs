@@ -307,3 +307,32 @@ fn every_key_path_of_every_preset_names_itself_and_its_source() {
     }
     assert!(checked > 1000, "only {checked} cases");
 }
+
+#[test]
+fn a_new_encoder_kind_from_the_command_line_takes_the_default_head() {
+    let set = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let file = Config::load(&preset("simclr-fmnist.toml"), &[]).unwrap();
+    assert!(!file.model.head.conv.is_empty(), "the preset's head has conv stages");
+    // The preset's conv head needs a flattened map; a ResNet-18 gets an MLP head.
+    let resnet = Config::load(
+        &preset("simclr-fmnist.toml"),
+        &set(&["model.encoder={kind=\"resnet18\"}"]),
+    )
+    .unwrap();
+    assert_eq!(resnet.model.head, contrast_encoders::HeadConfig::default());
+    // Set together, the head is the user's.
+    let both = Config::load(
+        &preset("simclr-fmnist.toml"),
+        &set(&["model.encoder={kind=\"resnet18\"}", "model.head.hidden=64"]),
+    )
+    .unwrap();
+    assert_eq!(both.model.head.hidden, 64);
+    assert_eq!(both.model.head.conv, file.model.head.conv);
+    // The same kind with other widths keeps the file's head.
+    let wider = Config::load(
+        &preset("simclr-fmnist.toml"),
+        &set(&["model.encoder.channels=[32, 128]"]),
+    )
+    .unwrap();
+    assert_eq!(wider.model.head, file.model.head);
+}
