@@ -160,9 +160,11 @@ enum BenchCommand {
 #[derive(Subcommand)]
 enum DataCommand {
     /// Make a dataset available: Debian's package where there is one, otherwise a
-    /// verified download into `./data/<name>`.
+    /// verified, resumable download into `./data/<name>`. For a dataset without a
+    /// verified source it says where to put the files and in which layout.
     Fetch {
-        /// fashion-mnist, mnist, cifar-10 or cifar-100.
+        /// fashion-mnist (Debian package or download); mnist, cifar-10 and cifar-100
+        /// are found where they are placed.
         dataset: String,
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -210,8 +212,24 @@ fn newest_run(name: &str) -> Option<PathBuf> {
 }
 
 fn provision(id: DatasetId, data_dir: Option<&Path>) -> Result<PathBuf> {
-    let got =
-        fetch(id, data_dir, Path::new("data")).with_context(|| format!("provisioning `{id}`"))?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:28} [{elapsed_precise}] {bar:28} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template"),
+    );
+    let show = |name: &str, done: u64, total: Option<u64>| {
+        if bar.message() != name {
+            bar.set_message(name.to_string());
+            bar.reset();
+        }
+        bar.set_length(total.unwrap_or(done));
+        bar.set_position(done);
+    };
+    let got = fetch(id, data_dir, Path::new("data"), &show);
+    bar.finish_and_clear();
+    let got = got.with_context(|| format!("provisioning `{id}`"))?;
     match &got {
         Provisioned::Present(_) => {}
         Provisioned::Apt(d) => println!("installed Debian package for `{id}` into {}", d.display()),

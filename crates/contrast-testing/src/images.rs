@@ -140,6 +140,7 @@ pub fn cifar10_files(dir: &Path, per_batch: usize, test: usize, seed: u64) -> Pa
         std::fs::write(root.join(format!("data_batch_{b}.bin")), records(per_batch))
             .expect("writing a CIFAR batch");
     }
-    std::fs::write(root.join("test_batch.bin"), records(test)).expect("writing the CIFAR test batch");
+    std::fs::write(root.join("test_batch.bin"), records(test))
+        .expect("writing the CIFAR test batch");
     dir.to_path_buf()
 }

@@ -312,7 +312,10 @@ fn every_key_path_of_every_preset_names_itself_and_its_source() {
 fn a_new_encoder_kind_from_the_command_line_takes_the_default_head() {
     let set = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let file = Config::load(&preset("simclr-fmnist.toml"), &[]).unwrap();
-    assert!(!file.model.head.conv.is_empty(), "the preset's head has conv stages");
+    assert!(
+        !file.model.head.conv.is_empty(),
+        "the preset's head has conv stages"
+    );
     // The preset's conv head needs a flattened map; a ResNet-18 gets an MLP head.
     let resnet = Config::load(
         &preset("simclr-fmnist.toml"),
