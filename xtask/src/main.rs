@@ -240,16 +240,14 @@ fn provision(id: DatasetId, data_dir: Option<&Path>) -> Result<PathBuf> {
     Ok(got.dir().to_path_buf())
 }
 
-/// The directory holding `id`: an explicit one (`--data-dir` or `data.path`) must
+/// The directory holding `id`: an explicit one (`--data-dir` or `data.path`, named
+/// by the first element for the message) must
 /// hold it, since silently training on a copy found elsewhere would hide the
 /// mistake; without one, the dataset is found or provisioned.
-fn resolve(id: DatasetId, explicit: Option<PathBuf>) -> Result<PathBuf> {
+fn resolve(id: DatasetId, explicit: Option<(String, PathBuf)>) -> Result<PathBuf> {
     match explicit {
-        Some(dir) => id.resolve(Some(&dir)).with_context(|| {
-            format!(
-                "{}: `{id}` is not there (`cargo xtask data fetch {id}` provisions it)",
-                dir.display()
-            )
+        Some((what, dir)) => id.resolve(Some(&dir)).with_context(|| {
+            format!("{what}: `{id}` is not there (`cargo xtask data fetch {id}` provisions it)")
         }),
         None => provision(id, None),
     }
@@ -280,7 +278,14 @@ fn train(
 ) -> Result<()> {
     let cfg = Config::load(config, set)?;
     let data_dir = match cfg.data.dataset {
-        DatasetChoice::Named(id) => Some(resolve(id, data_dir.or(cfg.data.path.clone()))?),
+        DatasetChoice::Named(id) => {
+            let explicit = match (data_dir, &cfg.data.path) {
+                (Some(d), _) => Some((format!("--data-dir {}", d.display()), d)),
+                (None, Some(p)) => Some((format!("data.path = \"{}\"", p.display()), p.clone())),
+                (None, None) => None,
+            };
+            Some(resolve(id, explicit)?)
+        }
         DatasetChoice::Folder if data_dir.is_some() => anyhow::bail!(
             "--data-dir names where a named dataset is; a folder dataset is read from data.path"
         ),

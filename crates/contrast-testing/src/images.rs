@@ -38,7 +38,7 @@ fn write_one(
     let w = 20 + (k * 7 % 40) as u32;
     let h = 20 + (k * 13 % 40) as u32;
     let rgb = pattern(class, classes, w, h, rng);
-    let png = k % 2 == 0;
+    let png = k.is_multiple_of(2);
     let img = match (k % 3, k % 5) {
         (0, _) => DynamicImage::ImageLuma8(DynamicImage::ImageRgb8(rgb).to_luma8()),
         (_, 0) if png => DynamicImage::ImageRgba8(DynamicImage::ImageRgb8(rgb).to_rgba8()),
