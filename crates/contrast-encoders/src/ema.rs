@@ -41,7 +41,7 @@ impl MomentumSchedule {
     /// Checks `base` lies in `[0, 1]`.
     pub fn validate(&self) -> Result<()> {
         if !(0.0..=1.0).contains(&self.base) {
-            bail!("momentum base {} is outside [0, 1]", self.base);
+            bail!("base = {} is outside [0, 1]", self.base);
         }
         Ok(())
     }

@@ -538,6 +538,69 @@ impl Config {
         Ok(toml::to_string_pretty(self)?)
     }
 
+    /// Checks the encoder's and the head's sizes, which otherwise fail only when the
+    /// model is built, after the data are loaded.
+    fn validate_model(&self) -> Result<()> {
+        let zero = |key: &str, widths: &[usize]| -> Result<()> {
+            if let Some(i) = widths.iter().position(|w| *w == 0) {
+                bail!("{key} = {widths:?}: width {i} is 0, every width must be at least 1");
+            }
+            Ok(())
+        };
+        match &self.model.encoder {
+            EncoderConfig::Mlp { hidden } => zero("model.encoder.hidden", hidden)?,
+            EncoderConfig::Convnet { channels, .. } => {
+                if channels.is_empty() {
+                    bail!("model.encoder.channels is empty: a convnet needs at least one stage");
+                }
+                zero("model.encoder.channels", channels)?
+            }
+            EncoderConfig::Resnet18 {
+                width,
+                recompute_stages,
+            } => {
+                if *width == 0 {
+                    bail!("model.encoder.width = 0 must be at least 1 (64 is standard)");
+                }
+                if *recompute_stages > 4 {
+                    bail!(
+                        "model.encoder.recompute_stages = {recompute_stages} must be in 0..=4 (the stem and four stages)"
+                    );
+                }
+            }
+            EncoderConfig::Identity => {}
+        }
+        let head = &self.model.head;
+        if head.out == 0 || head.layers == 0 {
+            bail!(
+                "model.head.out = {} and model.head.layers = {} must both be at least 1",
+                head.out,
+                head.layers
+            );
+        }
+        if head.layers > 1 && head.hidden == 0 {
+            bail!(
+                "model.head.hidden = 0 must be at least 1 when model.head.layers = {} > 1",
+                head.layers
+            );
+        }
+        zero("model.head.conv", &head.conv)?;
+        let flattened = matches!(
+            self.model.encoder,
+            EncoderConfig::Convnet {
+                pool: contrast_encoders::ConvPool::Flatten,
+                ..
+            }
+        );
+        if !head.conv.is_empty() && !flattened {
+            bail!(
+                "model.head.conv = {:?} runs on a feature map: it needs model.encoder.kind = \"convnet\" with pool = \"flatten\" (or remove model.head.conv for an MLP head)",
+                head.conv
+            );
+        }
+        Ok(())
+    }
+
     /// Checks values that the types alone cannot.
     pub fn validate(&self) -> Result<()> {
         self.loss.validate()?;
@@ -584,7 +647,7 @@ impl Config {
                 }
                 momentum
                     .validate()
-                    .map_err(|e| anyhow::anyhow!("method.momentum: {e}"))?;
+                    .map_err(|e| anyhow::anyhow!("method.momentum.{e}"))?;
                 if self.data.views != 2 {
                     bail!(
                         "method.name = \"moco\" uses exactly 2 views (query and key), data.views = {}",
@@ -594,8 +657,15 @@ impl Config {
             }
             MethodConfig::Simclr => {}
         }
-        self.data.augment.validate()?;
+        // The recipe names its own fields (`hflip`, `crop.scale`): give their key path.
+        self.data.augment.validate().map_err(|e| match e {
+            contrast_data::DataError::Config { field, message } => {
+                anyhow::anyhow!("data.augment.{field}: {message}")
+            }
+            other => other.into(),
+        })?;
         self.data.validate()?;
+        self.validate_model()?;
         if self.data.batch_size < 2 {
             bail!(
                 "data.batch_size = {} must be at least 2",

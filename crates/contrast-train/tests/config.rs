@@ -131,7 +131,32 @@ fn ranges_and_conflicts_are_named_before_training() {
         ),
         (&["loss.temperature=0"], &["temperature"]),
         (&["optim.momentum=1.5"], &["optim.momentum", "[0, 1)"]),
-        (&["data.augment.hflip=-0.5"], &["hflip"]),
+        (
+            &["data.augment.hflip=-0.5"],
+            &[
+                "data.augment.hflip",
+                "(`data.augment.hflip` from --set data.augment.hflip=-0.5)",
+            ],
+        ),
+        (
+            &["data.augment.crop.scale=[0.5, 0.2]"],
+            &[
+                "data.augment.crop.scale",
+                "from --set data.augment.crop.scale",
+            ],
+        ),
+        (
+            &["model.head.out=0"],
+            &["model.head.out = 0", "from --set model.head.out=0"],
+        ),
+        (
+            &["model.encoder.channels=[32, 0]"],
+            &["model.encoder.channels", "width 1 is 0"],
+        ),
+        (
+            &["model.encoder.pool=\"avg\""],
+            &["model.head.conv", "pool = \"flatten\""],
+        ),
         (&["mining=[{name=\"fnc\", topk=0}]"], &["topk", ">= 1"]),
         (
             &["mining=[{name=\"fnc\", threshold=nan}]"],
@@ -143,6 +168,19 @@ fn ranges_and_conflicts_are_named_before_training() {
             assert!(e.contains(w), "{set:?}: {e}");
         }
     }
+    // A nested key named by its leaf, and its source.
+    let e = format!(
+        "{:#}",
+        Config::load(
+            &preset("moco-fmnist.toml"),
+            &["method.momentum.base=2".into()]
+        )
+        .unwrap_err()
+    );
+    assert!(
+        e.contains("method.momentum.base = 2") && e.contains("from --set method.momentum.base=2"),
+        "{e}"
+    );
     let e = format!(
         "{:#}",
         Config::load(
@@ -323,14 +361,24 @@ fn a_new_encoder_kind_from_the_command_line_takes_the_default_head() {
     )
     .unwrap();
     assert_eq!(resnet.model.head, contrast_encoders::HeadConfig::default());
-    // Set together, the head is the user's.
-    let both = Config::load(
+    // Set together, the head is the user's: the file's conv stages stay, and a
+    // ResNet-18 can't feed them, which is said before any data are read.
+    let e = Config::load(
         &preset("simclr-fmnist.toml"),
         &set(&["model.encoder={kind=\"resnet18\"}", "model.head.hidden=64"]),
     )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("model.head.conv = [128, 256]"), "{e}");
+    let both = Config::load(
+        &preset("simclr-fmnist.toml"),
+        &set(&[
+            "model.encoder={kind=\"resnet18\"}",
+            "model.head={hidden=64, out=32}",
+        ]),
+    )
     .unwrap();
-    assert_eq!(both.model.head.hidden, 64);
-    assert_eq!(both.model.head.conv, file.model.head.conv);
+    assert_eq!((both.model.head.hidden, both.model.head.out), (64, 32));
     // The same kind with other widths keeps the file's head.
     let wider = Config::load(
         &preset("simclr-fmnist.toml"),
