@@ -2,7 +2,8 @@
 //!
 //! A mutation fuzzer on stable Rust (cargo-fuzz needs a nightly sanitizer toolchain
 //! and libFuzzer). Each target starts from valid inputs built in code (IDX arrays,
-//! CIFAR records, every preset config, a real checkpoint's files) plus the
+//! CIFAR records, PNG and JPEG files as the image-folder reader decodes them, CSV and
+//! JSONL manifests, every preset config, a real checkpoint's files) plus the
 //! regression corpus in `xtask/fuzz/<target>/`, and feeds the parser mutated copies:
 //! bit flips, interesting bytes and big-endian words (0, 1, 2^31 - 1, 2^32 - 1, the
 //! input's length), inserted, deleted, duplicated and truncated ranges, splices of
@@ -38,6 +39,8 @@ fn targets(root: &Path, scratch: &Path) -> Result<Vec<Named>> {
         ("idx", Box::new(idx_target) as Target, idx_seeds()),
         ("cifar", Box::new(cifar_target), cifar_seeds()),
         ("config", Box::new(config_target), config_seeds(root)?),
+        ("image", Box::new(image_target), image_seeds()),
+        ("manifest", Box::new(manifest_target), manifest_seeds()),
         checkpoint_target("checkpoint-state", "state.json", scratch)?,
         checkpoint_target("checkpoint-model", "model.safetensors", scratch)?,
     ])
@@ -81,6 +84,43 @@ fn cifar_seeds() -> Vec<Vec<u8>> {
     let mut hundred = vec![1u8];
     hundred.extend(record(&[2, 77]));
     vec![ten, hundred]
+}
+
+/// An image file as the folder reader decodes it (to 8 x 8 pixels).
+fn image_target(bytes: &[u8]) -> bool {
+    contrast_data::folder::decode_image(bytes, 8).is_ok()
+}
+
+fn image_seeds() -> Vec<Vec<u8>> {
+    contrast_testing::images::encoded_samples()
+}
+
+/// The first byte picks the manifest format (even: CSV, odd: JSONL), the rest is
+/// the file's text.
+fn manifest_target(bytes: &[u8]) -> bool {
+    let Some((&kind, rest)) = bytes.split_first() else {
+        return false;
+    };
+    let path = Path::new(if kind % 2 == 0 {
+        "fuzz.csv"
+    } else {
+        "fuzz.jsonl"
+    });
+    contrast_data::folder::parse_manifest(path, &String::from_utf8_lossy(rest)).is_ok()
+}
+
+fn manifest_seeds() -> Vec<Vec<u8>> {
+    let csv = "path,label\n\"a, b.png\",cat\nimgs/c.jpg,dog\n# comment\nd.png,\"say \"\"hi\"\"\"\n";
+    let unlabeled = "x.png\ny/z.jpeg\n";
+    let jsonl = "{\"path\": \"a.png\", \"label\": 3}\n{\"path\": \"b.png\", \"label\": \"3\"}\n";
+    [(0u8, csv), (2, unlabeled), (1, jsonl)]
+        .into_iter()
+        .map(|(k, t)| {
+            let mut v = vec![k];
+            v.extend(t.as_bytes());
+            v
+        })
+        .collect()
 }
 
 fn config_target(bytes: &[u8]) -> bool {

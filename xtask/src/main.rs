@@ -91,7 +91,8 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
-    /// Fuzz the parsers of untrusted input (IDX, CIFAR, config, checkpoint files):
+    /// Fuzz the parsers of untrusted input (IDX, CIFAR, PNG/JPEG, manifests, config,
+    /// checkpoint files):
     /// mutated inputs must give errors, never panics.
     Fuzz {
         /// Mutated inputs per target.
@@ -100,7 +101,8 @@ enum Command {
         /// Seed of the mutations.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Only this target (idx, cifar, config, checkpoint-state, checkpoint-model).
+        /// Only this target (idx, cifar, image, manifest, config, checkpoint-state,
+        /// checkpoint-model).
         #[arg(long)]
         target: Option<String>,
     },

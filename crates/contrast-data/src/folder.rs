@@ -208,9 +208,12 @@ fn csv_fields(line: &str) -> std::result::Result<Vec<String>, String> {
 }
 
 /// One manifest row: a path and maybe a label.
-type Row = (PathBuf, Option<String>);
+pub type Row = (PathBuf, Option<String>);
 
-fn manifest_rows(path: &Path, text: &str) -> Result<Vec<Row>> {
+/// Parses a manifest's text: JSONL when `path` ends in `.jsonl`, CSV otherwise.
+/// Paths are made relative to the manifest's folder; errors name `path` and the
+/// line or row.
+pub fn parse_manifest(path: &Path, text: &str) -> Result<Vec<Row>> {
     let jsonl = path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("jsonl"));
@@ -311,7 +314,7 @@ impl Listing {
                 ));
             }
             let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-            (Layout::Manifest, manifest_rows(path, &text)?)
+            (Layout::Manifest, parse_manifest(path, &text)?)
         } else {
             let (files, dirs) = read_dir_sorted(path)?;
             if files.iter().any(|f| is_image(f)) || dirs.is_empty() {
@@ -508,6 +511,16 @@ pub fn cache_path(listing: &Listing, opts: &FolderOptions) -> PathBuf {
 /// grayscale).
 fn decode(path: &Path, size: u32) -> std::result::Result<(Vec<u8>, bool), String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    decode_image(&bytes, size)
+}
+
+/// Decodes PNG or JPEG bytes (the format read from the content) to `size x size`
+/// RGB pixels, as the folder reader does: (pixels `[size, size, 3]`, whether the
+/// source was grayscale). Any other input is an error message, never a panic.
+pub fn decode_image(bytes: &[u8], size: u32) -> std::result::Result<(Vec<u8>, bool), String> {
+    if size == 0 {
+        return Err("size 0".into());
+    }
     let img = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?

@@ -144,3 +144,27 @@ pub fn cifar10_files(dir: &Path, per_batch: usize, test: usize, seed: u64) -> Pa
         .expect("writing the CIFAR test batch");
     dir.to_path_buf()
 }
+
+/// A few small images encoded as files would hold them: PNG in gray, RGB, RGBA and
+/// 16-bit gray, and JPEG in RGB and gray (the fuzzer's seeds).
+pub fn encoded_samples() -> Vec<Vec<u8>> {
+    let mut rng = XorShift::new(9);
+    let rgb = DynamicImage::ImageRgb8(pattern(1, 3, 9, 6, &mut rng));
+    let cases = [
+        (DynamicImage::ImageLuma8(rgb.to_luma8()), ImageFormat::Png),
+        (rgb.clone(), ImageFormat::Png),
+        (DynamicImage::ImageRgba8(rgb.to_rgba8()), ImageFormat::Png),
+        (DynamicImage::ImageLuma16(rgb.to_luma16()), ImageFormat::Png),
+        (rgb.clone(), ImageFormat::Jpeg),
+        (DynamicImage::ImageLuma8(rgb.to_luma8()), ImageFormat::Jpeg),
+    ];
+    cases
+        .into_iter()
+        .map(|(img, format)| {
+            let mut out = Vec::new();
+            img.write_to(&mut std::io::Cursor::new(&mut out), format)
+                .expect("encoding a sample");
+            out
+        })
+        .collect()
+}
