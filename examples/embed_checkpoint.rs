@@ -26,10 +26,10 @@ use candle_core::{DType, Device, Tensor};
 use clap::Parser;
 use contrast_data::{Dataset, LoaderConfig, Normalization, ViewLoader};
 use contrast_encoders::{Encoder, InputShape};
-use contrast_losses::{LossConfig, LossInputs};
+use contrast_losses::LossInputs;
 use contrast_train::Config;
 use contrast_train::checkpoint::{self, TrainState};
-use contrast_train::model::ContrastiveModel;
+use contrast_train::model::{ContrastiveModel, simlap_params};
 use contrast_train::optim::Optimizer;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -69,11 +69,10 @@ fn input_shape(d: &Dataset) -> InputShape {
 /// run also trains a feature filter over the dataset's classes, which its checkpoint
 /// holds, so the model must have one to load it.
 fn build_model(cfg: &Config, data: &Dataset) -> Result<ContrastiveModel> {
-    let filter_classes = matches!(cfg.loss, LossConfig::Simlap(_)).then_some(data.num_classes);
     ContrastiveModel::new(
         &cfg.model,
         input_shape(data),
-        filter_classes,
+        simlap_params(&cfg.loss, data.num_classes),
         &Device::Cpu,
         cfg.seed,
         cfg.train.precision,

@@ -3,6 +3,9 @@
 //!
 //! `e = (E[y1] + E[y2]) / 2` from a learned label embedding `E`, then
 //! `ReLU -> BN -> Linear -> ReLU -> BN -> Linear -> sigmoid` (erow/FastSSL `Filter`).
+//!
+//! The filter also holds SimLAP's other parameter, the learnable logit scale: the
+//! reference multiplies the logits by `exp(s)` with `s` learned from `log(1 / T)`.
 
 use crate::batch_norm::BatchNorm;
 use crate::linear::Linear;
@@ -39,9 +42,19 @@ impl Default for FeatureFilterConfig {
     }
 }
 
-/// The gate network.
+/// What SimLAP adds to a model: a gate network over `classes` classes and, when
+/// `log_scale` is set, a learnable log logit scale starting there (`ln(1 / T)`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimLapParams {
+    pub classes: usize,
+    pub log_scale: Option<f64>,
+}
+
+/// The gate network, and SimLAP's learnable logit scale.
 #[derive(Debug, Clone)]
 pub struct FeatureFilter {
+    /// The log of the logit scale, `[1]`, when learnable.
+    log_scale: Option<Tensor>,
     embedding: Tensor,
     bn1: BatchNorm,
     fc1: Linear,
@@ -50,19 +63,25 @@ pub struct FeatureFilter {
 }
 
 impl FeatureFilter {
-    /// A filter for `num_classes` classes producing gates of width `out`.
+    /// A filter for `params.classes` classes producing gates of width `out`, with the
+    /// learnable log scale `params.log_scale` asks for.
     pub fn new(
-        num_classes: usize,
+        params: SimLapParams,
         out: usize,
         cfg: &FeatureFilterConfig,
         vb: ParamBuilder,
     ) -> Result<Self> {
+        let num_classes = params.classes;
         if num_classes == 0 || out == 0 || cfg.embed_dim == 0 || cfg.hidden == 0 {
             candle_core::bail!(
                 "feature filter: num_classes, out, embed_dim and hidden must be >= 1"
             );
         }
         Ok(Self {
+            log_scale: params
+                .log_scale
+                .map(|s| vb.get(1, "log_scale", ParamInit::Const(s)))
+                .transpose()?,
             embedding: vb.get(
                 (num_classes, cfg.embed_dim),
                 "embedding",
@@ -73,6 +92,11 @@ impl FeatureFilter {
             bn2: BatchNorm::new(cfg.hidden, vb.pp("bn2"))?,
             fc2: Linear::new(cfg.hidden, out, true, vb.pp("fc2"))?,
         })
+    }
+
+    /// The learnable log logit scale `[1]`, when the model has one.
+    pub fn log_scale(&self) -> Option<&Tensor> {
+        self.log_scale.as_ref()
     }
 
     /// Gates `[B, out]` for the class pairs `(y1_i, y2_i)` (`u32` `[B]` each).

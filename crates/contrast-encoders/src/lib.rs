@@ -69,7 +69,7 @@ pub use config::EncoderConfig;
 pub use conv::{Conv2d, ConvSpec};
 pub use convnet::{ConvNet, ConvPool};
 pub use ema::{MomentumSchedule, copy_vars, ema_update};
-pub use filter::{FeatureFilter, FeatureFilterConfig};
+pub use filter::{FeatureFilter, FeatureFilterConfig, SimLapParams};
 pub use head::{HeadConfig, ProjectionHead};
 pub use linear::Linear;
 pub use mlp::Mlp;

@@ -22,6 +22,8 @@ pub struct LossInputs<'a> {
     pub partners: Option<&'a Tensor>,
     /// SimLAP: the gates of each anchor's class pair `[B, D]`.
     pub gates: Option<&'a Tensor>,
+    /// SimLAP: the learnable log logit scale `[1]` (with `learnable_scale`).
+    pub log_scale: Option<&'a Tensor>,
 }
 
 impl<'a> LossInputs<'a> {
@@ -33,6 +35,7 @@ impl<'a> LossInputs<'a> {
             queue: None,
             partners: None,
             gates: None,
+            log_scale: None,
         }
     }
 }
@@ -245,14 +248,14 @@ impl LossConfig {
             LossConfig::Simlap(c) => {
                 let (a, b) = two(name, v)?;
                 let gates = need(name, "gates", inputs.gates)?;
-                let loss = crate::simlap(
-                    a,
-                    b,
-                    need(name, "labels", inputs.labels)?,
-                    need(name, "partners", inputs.partners)?,
-                    gates,
-                    c.temperature,
-                )?;
+                let labels = need(name, "labels", inputs.labels)?;
+                let partners = need(name, "partners", inputs.partners)?;
+                let loss = if c.learnable_scale {
+                    let s = need(name, "log_scale", inputs.log_scale)?;
+                    crate::simlap::simlap_learnable(a, b, labels, partners, gates, s)?
+                } else {
+                    crate::simlap(a, b, labels, partners, gates, c.temperature)?
+                };
                 if c.penalty_weight > 0.0 {
                     Ok((loss + (crate::gate_penalty(gates, c.penalty)? * c.penalty_weight))?)
                 } else {

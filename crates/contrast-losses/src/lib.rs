@@ -88,5 +88,7 @@ pub use sampling::{
     Aggregation, Cancellation, FalseNegativeRule, check_ring, hardest_first, hardness_weights,
     ring_band,
 };
-pub use simlap::{GatePenalty, PairMode, SimLapConfig, gate_penalty, partner_classes, simlap};
+pub use simlap::{
+    GatePenalty, PairMode, SimLapConfig, gate_penalty, partner_classes, simlap, simlap_learnable,
+};
 pub use supcon::{SupConConfig, supcon};

@@ -21,6 +21,7 @@ use crate::views::labels_vec;
 use candle_core::{D, DType, Tensor};
 use contrast_kernels::l2_normalize;
 use rand::Rng;
+use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
 /// How partner classes are drawn.
@@ -31,12 +32,16 @@ pub enum PairMode {
     Identical,
     /// A different class, uniformly.
     Distinct,
-    /// The class of a random other sample of the batch.
+    /// The class of the sample at the anchor's place in a random permutation of
+    /// the batch (the reference's `y1[randperm(B)]`: drawn without replacement, so
+    /// the batch's class counts are kept).
     Arbitrary,
 }
 
-/// The gate penalty. The paper's exact form is not recoverable from its public
-/// sources (no released code version contains it); both options push gates towards 0 or 1.
+/// The gate penalty: this project's guess. The paper names a gate penalty but its
+/// form is not recoverable from its public sources (no released code version contains
+/// it), so it is off by default (`penalty_weight = 0`); both options push gates
+/// towards 0 or 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GatePenalty {
@@ -50,13 +55,23 @@ pub enum GatePenalty {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimLapConfig {
+    /// The temperature; with `learnable_scale` the starting point of the learned
+    /// scale `exp(s)`, `s = ln(1 / temperature)`.
     pub temperature: f64,
+    /// Learn the logit scale, as the reference does (default); `false` keeps
+    /// `1 / temperature` fixed.
+    #[serde(default = "default_true")]
+    pub learnable_scale: bool,
     pub pairs: PairMode,
     /// Weight of the gate penalty (0 disables it).
     #[serde(default)]
     pub penalty_weight: f64,
     #[serde(default = "default_penalty")]
     pub penalty: GatePenalty,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_penalty() -> GatePenalty {
@@ -67,6 +82,7 @@ impl Default for SimLapConfig {
     fn default() -> Self {
         Self {
             temperature: 0.1,
+            learnable_scale: true,
             pairs: PairMode::Distinct,
             penalty_weight: 0.0,
             penalty: GatePenalty::Entropy,
@@ -93,10 +109,11 @@ pub fn partner_classes<R: Rng>(
             .iter()
             .map(|&y| ((y as usize + rng.random_range(1..num_classes)) % num_classes) as u32)
             .collect(),
-        PairMode::Arbitrary => labels
-            .iter()
-            .map(|_| labels[rng.random_range(0..labels.len())])
-            .collect(),
+        PairMode::Arbitrary => {
+            let mut permuted = labels.to_vec();
+            permuted.shuffle(rng);
+            permuted
+        }
     })
 }
 
@@ -126,15 +143,48 @@ pub fn simlap(
     gates: &Tensor,
     temperature: f64,
 ) -> Result<Tensor> {
-    let (b, _) = check_same_shape("z1", z1, "z2", z2)?;
-    check_same_shape("z1", z1, "gates", gates)?;
     check_temperature("temperature", temperature)?;
+    let raw = gated_similarities(z1, z2, gates)?;
+    multi_positive(&(raw / temperature)?, labels, partners)
+}
+
+/// [`simlap`] with the reference's learnable scale: the logits are the gated
+/// similarities times `exp(log_scale)` (`log_scale` `[1]` or a scalar, a parameter
+/// started at `ln(1 / T)`), so its gradient reaches the scale.
+pub fn simlap_learnable(
+    z1: &Tensor,
+    z2: &Tensor,
+    labels: &Tensor,
+    partners: &Tensor,
+    gates: &Tensor,
+    log_scale: &Tensor,
+) -> Result<Tensor> {
+    if log_scale.elem_count() != 1 {
+        return Err(invalid(
+            "log_scale",
+            format!("expected one value, got {:?}", log_scale.dims()),
+        ));
+    }
+    let raw = gated_similarities(z1, z2, gates)?;
+    let scale = log_scale.flatten_all()?.exp()?.to_dtype(raw.dtype())?;
+    multi_positive(&raw.broadcast_mul(&scale)?, labels, partners)
+}
+
+/// `<normalize(z1)_i * g_i * g_i, normalize(z2)_j>`, `[B, B]`.
+fn gated_similarities(z1: &Tensor, z2: &Tensor, gates: &Tensor) -> Result<Tensor> {
+    check_same_shape("z1", z1, "z2", z2)?;
+    check_same_shape("z1", z1, "gates", gates)?;
+    let (a, c) = (l2_normalize(z1)?, l2_normalize(z2)?);
+    let gated = ((&a * gates)? * gates)?;
+    Ok(gated.matmul(&c.t()?)?)
+}
+
+/// The multi-positive loss on scaled logits `l` `[B, B]`.
+fn multi_positive(l: &Tensor, labels: &Tensor, partners: &Tensor) -> Result<Tensor> {
+    let b = l.dim(0)?;
     let y = labels_vec(labels, b)?;
     let y2 = labels_vec(partners, b)
         .map_err(|_| invalid("partners", format!("expected [{b}] partner classes")))?;
-    let (a, c) = (l2_normalize(z1)?, l2_normalize(z2)?);
-    let gated = ((&a * gates)? * gates)?;
-    let l = (gated.matmul(&c.t()?)? / temperature)?;
     let l = l.broadcast_sub(&l.mean_keepdim(D::Minus1)?.detach())?;
     let mut pos = vec![0f32; b * b];
     let mut neg = vec![0f32; b * b];

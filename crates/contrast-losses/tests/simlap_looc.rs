@@ -205,3 +205,65 @@ fn looc_matches_its_formula() {
         .to_string();
     assert!(e.contains("queries"), "{e}");
 }
+
+/// The learnable scale: at `ln(1 / T)` it is the fixed-temperature loss, and its
+/// gradient matches a central finite difference of the loss in f64.
+#[test]
+fn simlap_learnable_scale_matches_the_temperature_and_its_finite_difference() {
+    use contrast_losses::simlap_learnable;
+    let (b, d) = (6, 5);
+    let dev = Device::Cpu;
+    let z1 = t(&mat(21, b, d));
+    let z2 = t(&mat(22, b, d));
+    let g = t(&mat(23, b, d)).affine(0.3, 0.5).unwrap();
+    let y = Tensor::new(&[0u32, 1, 2, 0, 1, 2], &dev).unwrap();
+    let y2 = Tensor::new(&[1u32, 2, 0, 2, 0, 1], &dev).unwrap();
+    let temperature = 0.2f64;
+    let at = |s: f64| {
+        let s = Tensor::new(&[s], &dev).unwrap();
+        simlap_learnable(&z1, &z2, &y, &y2, &g, &s)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let s0 = (1.0 / temperature).ln();
+    let fixed: f64 = simlap(&z1, &z2, &y, &y2, &g, temperature)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!((at(s0) - fixed).abs() < 1e-12, "{} vs {fixed}", at(s0));
+    let var = Var::new(&[s0], &dev).unwrap();
+    let loss = simlap_learnable(&z1, &z2, &y, &y2, &g, var.as_tensor()).unwrap();
+    let grad: Vec<f64> = loss
+        .backward()
+        .unwrap()
+        .get(var.as_tensor())
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let h = 1e-5;
+    let numeric = (at(s0 + h) - at(s0 - h)) / (2.0 * h);
+    assert!(
+        (grad[0] - numeric).abs() < 1e-7 * numeric.abs().max(1.0),
+        "analytic {} vs numeric {numeric}",
+        grad[0]
+    );
+    assert!(grad[0].abs() > 1e-6, "the scale must get a gradient");
+    let bad = Tensor::new(&[1.0f64, 2.0], &dev).unwrap();
+    let e = simlap_learnable(&z1, &z2, &y, &y2, &g, &bad).unwrap_err();
+    assert!(e.to_string().contains("log_scale"), "{e}");
+}
+
+/// Arbitrary partners are the batch's own labels permuted (the reference's
+/// `y1[randperm(B)]`): the class counts are kept, and the order changes.
+#[test]
+fn arbitrary_partners_permute_the_batch_labels() {
+    let labels: Vec<u32> = (0..64).map(|i| (i * 7 % 5) as u32).collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let p = partner_classes(&labels, 5, PairMode::Arbitrary, &mut rng).unwrap();
+    let (mut a, mut b) = (labels.clone(), p.clone());
+    a.sort_unstable();
+    b.sort_unstable();
+    assert_eq!(a, b);
+    assert_ne!(p, labels);
+}

@@ -491,6 +491,7 @@ impl InBatch {
                 queue: None,
                 partners: partners.as_ref(),
                 gates: gates.as_ref(),
+                log_scale: model.filter.as_ref().and_then(|f| f.log_scale()),
             })?,
         };
         Ok((loss, StepExtras::default()))
@@ -541,6 +542,7 @@ impl Moco {
                 queue: Some(queue),
                 partners: None,
                 gates: None,
+                log_scale: None,
             })?,
         };
         Ok((

@@ -7,9 +7,10 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
 use contrast_encoders::{
-    Encoder, FeatureFilter, InputShape, ParamBuilder, ProjectionHead, RUNNING_STAT,
+    Encoder, FeatureFilter, InputShape, ParamBuilder, ProjectionHead, RUNNING_STAT, SimLapParams,
 };
 use contrast_kernels::OpSet;
+use contrast_losses::LossConfig;
 
 /// Backbone, projection head and optional SimLAP feature filter sharing one
 /// [`VarMap`] (names `backbone.*`, `head.*`, `filter.*`), on one device and running
@@ -38,14 +39,28 @@ impl std::fmt::Debug for ContrastiveModel {
     }
 }
 
+/// What a run with `loss` adds to the model for a dataset of `num_classes` classes:
+/// SimLAP's feature filter, and its logit scale when learnable (started at
+/// `ln(1 / temperature)`); nothing for the other losses.
+pub fn simlap_params(loss: &LossConfig, num_classes: usize) -> Option<SimLapParams> {
+    match loss {
+        LossConfig::Simlap(c) => Some(SimLapParams {
+            classes: num_classes,
+            log_scale: c.learnable_scale.then(|| (1.0 / c.temperature).ln()),
+        }),
+        _ => None,
+    }
+}
+
 impl ContrastiveModel {
     /// Builds the model on `device` with seeded initial values (f32), its encoders
     /// computing at `precision` with the op set `cfg.ops` picks for the device;
-    /// `filter_classes` asks for a SimLAP feature filter over that many classes.
+    /// `simlap` asks for SimLAP's feature filter (and learnable scale), see
+    /// [`simlap_params`].
     pub fn new(
         cfg: &ModelConfig,
         input: InputShape,
-        filter_classes: Option<usize>,
+        simlap: Option<SimLapParams>,
         device: &Device,
         seed: u64,
         precision: Precision,
@@ -64,10 +79,10 @@ impl ContrastiveModel {
             pb.pp("head"),
         )
         .context("building the projection head (model.head)")?;
-        let filter = match filter_classes {
-            Some(classes) => Some(
+        let filter = match simlap {
+            Some(params) => Some(
                 FeatureFilter::new(
-                    classes,
+                    params,
                     cfg.head.out,
                     &cfg.filter.clone().unwrap_or_default(),
                     pb.pp("filter"),

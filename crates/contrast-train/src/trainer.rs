@@ -9,7 +9,7 @@ use crate::evaluate::{Evaluator, input_shape};
 use crate::log::RunLog;
 use crate::method::{Method, NonFinite};
 use crate::metrics::{EpochRecord, Summary, write_json, write_metrics};
-use crate::model::ContrastiveModel;
+use crate::model::{ContrastiveModel, simlap_params};
 use crate::optim::Optimizer;
 use crate::report;
 use crate::schedule::warmup_cosine;
@@ -20,7 +20,6 @@ use contrast_data::{
     stream_seed,
 };
 use contrast_eval::{Series, line_plot};
-use contrast_losses::LossConfig;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -756,11 +755,10 @@ fn fresh(
     train: &Dataset,
     device: &Device,
 ) -> Result<(ContrastiveModel, Optimizer, Method)> {
-    let filter_classes = matches!(cfg.loss, LossConfig::Simlap(_)).then_some(train.num_classes);
     let model = ContrastiveModel::new(
         &cfg.model,
         input_shape(train),
-        filter_classes,
+        simlap_params(&cfg.loss, train.num_classes),
         device,
         stream_seed(cfg.seed, Stream::ModelInit, &[]),
         cfg.train.precision,
