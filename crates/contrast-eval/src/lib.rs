@@ -4,6 +4,8 @@
 //! - [`knn`]: weighted kNN classification (InstDisc weights `exp(s / t)`);
 //! - [`linear_probe()`]: logistic regression on frozen, standardised features;
 //! - [`embedding`]: label-free diagnostics (uniformity, effective rank);
+//! - [`retrieval()`]: precision@1, R-precision and MAP@R;
+//! - [`clustering()`]: NMI and AMI of k-means clusters;
 //! - [`plot`]: SVG line plots of training curves.
 //!
 //! # Example
@@ -34,14 +36,18 @@
 //! # Ok::<(), contrast_eval::EvalError>(())
 //! ```
 
+pub mod clustering;
 pub mod embedding;
 pub mod error;
 pub mod knn;
 pub mod linear_probe;
 pub mod plot;
+pub mod retrieval;
 
+pub use clustering::{Clustering, clustering, kmeans, nmi_ami};
 pub use embedding::{effective_rank, uniformity};
 pub use error::{EvalError, Result};
 pub use knn::{KnnConfig, KnnPrediction, accuracy, knn_accuracy, knn_predict};
 pub use linear_probe::{ProbeConfig, ProbeReport, linear_probe};
 pub use plot::{Series, line_plot};
+pub use retrieval::{Retrieval, retrieval};
