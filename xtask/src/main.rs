@@ -1,6 +1,8 @@
 //! `cargo xtask`: project commands.
 //!
 //! - `cargo xtask train [--config FILE] [--set key=value ...] [--data-dir DIR] [--out DIR] [--resume]`
+//! - `cargo xtask eval --run DIR [--split S] [--checkpoint PATH] [--device D]`
+//! - `cargo xtask embed --run DIR [--split S | --images PATH] [--out FILE] [--format F]`
 //! - `cargo xtask data fetch <dataset> [--data-dir DIR]`
 //! - `cargo xtask fuzz [--runs N] [--seed S] [--target NAME]`
 //! - `cargo xtask reliability [--kills N] [--seed S]`
@@ -22,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 mod bench;
 mod fuzz;
 mod gpu_check;
+mod inference;
 mod mining_bench;
 mod reliability;
 
@@ -80,6 +83,45 @@ enum Command {
         resume: bool,
         /// Device to train on: cpu, cuda, cuda:N, metal or auto (sets
         /// `train.device`; a GPU needs a build with its feature, e.g. `cargo xtask-cuda`).
+        #[arg(long)]
+        device: Option<DeviceChoice>,
+    },
+    /// Evaluate a trained run on a split: kNN top-1/top-5, linear probe,
+    /// precision@1, R-precision, MAP@R, NMI, AMI, alignment, uniformity, effective
+    /// rank; writes RUN/eval.json and RUN/report.md.
+    Eval {
+        /// The run directory (`--out` of `cargo xtask train`).
+        #[arg(long)]
+        run: PathBuf,
+        /// A checkpoint directory [default: the run's newest].
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// train, validation or test.
+        #[arg(long, default_value = "test", value_parser = parse_split)]
+        split: contrast_train::config::SplitName,
+        #[arg(long)]
+        device: Option<DeviceChoice>,
+    },
+    /// Write a trained run's representations of a split (or of any images) as
+    /// safetensors (`embeddings` f32 [N, D], `indices` i64, `labels` i64 when known)
+    /// or .npy files, with the image files listed beside them.
+    Embed {
+        /// The run directory (`--out` of `cargo xtask train`).
+        #[arg(long)]
+        run: PathBuf,
+        #[arg(long, default_value = "test", value_parser = parse_split)]
+        split: contrast_train::config::SplitName,
+        /// Embed these images instead (a folder or manifest, read as the run's).
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Output file [default: RUN/embeddings/<split>.safetensors].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// safetensors, or npy (one `<stem>.<array>.npy` per array).
+        #[arg(long, default_value = "safetensors", value_parser = parse_format)]
+        format: contrast_train::report::EmbedFormat,
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
         #[arg(long)]
         device: Option<DeviceChoice>,
     },
@@ -171,6 +213,25 @@ enum DataCommand {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+}
+
+fn parse_split(s: &str) -> std::result::Result<contrast_train::config::SplitName, String> {
+    use contrast_train::config::SplitName;
+    match s {
+        "train" => Ok(SplitName::Train),
+        "validation" => Ok(SplitName::Validation),
+        "test" => Ok(SplitName::Test),
+        other => Err(format!("`{other}`: expected train, validation or test")),
+    }
+}
+
+fn parse_format(s: &str) -> std::result::Result<contrast_train::report::EmbedFormat, String> {
+    use contrast_train::report::EmbedFormat;
+    match s {
+        "safetensors" => Ok(EmbedFormat::Safetensors),
+        "npy" => Ok(EmbedFormat::Npy),
+        other => Err(format!("`{other}`: expected safetensors or npy")),
+    }
 }
 
 /// UTC `YYYYMMDD-HHMMSS` for run directory names.
@@ -389,6 +450,32 @@ fn main() {
             images,
             data_dir,
         } => gpu_check::gpu_check(device, images, data_dir),
+        Command::Eval {
+            run,
+            checkpoint,
+            split,
+            device,
+        } => inference::eval(&run, checkpoint.as_deref(), split, device),
+        Command::Embed {
+            run,
+            split,
+            images,
+            out,
+            format,
+            checkpoint,
+            device,
+        } => {
+            let out = out.unwrap_or_else(|| inference::default_out(&run, split, images.as_deref()));
+            inference::embed(
+                &run,
+                checkpoint.as_deref(),
+                split,
+                images.as_deref(),
+                &out,
+                format,
+                device,
+            )
+        }
         Command::Fuzz { runs, seed, target } => {
             fuzz::fuzz(Path::new("."), runs, seed, target.as_deref())
         }

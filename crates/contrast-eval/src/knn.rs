@@ -108,3 +108,26 @@ pub fn accuracy(predictions: &[u32], labels: &[u32]) -> f64 {
         .count();
     hits as f64 / labels.len() as f64
 }
+
+impl KnnPrediction {
+    /// The share of queries whose true class is among their `k` best-scored classes
+    /// (ties broken towards the lower class index, as the top-1 prediction is).
+    pub fn top_k_accuracy(&self, labels: &[u32], k: usize) -> f64 {
+        let c = self.num_classes;
+        if labels.is_empty() || c == 0 {
+            return 0.0;
+        }
+        let hits = labels
+            .iter()
+            .enumerate()
+            .filter(|&(q, &y)| {
+                let s = &self.scores[q * c..(q + 1) * c];
+                let better = (0..c)
+                    .filter(|&j| s[j] > s[y as usize] || (s[j] == s[y as usize] && j < y as usize))
+                    .count();
+                better < k
+            })
+            .count();
+        hits as f64 / labels.len() as f64
+    }
+}

@@ -118,8 +118,34 @@ fn load_listing(
     Ok(loaded)
 }
 
-/// A held-out part given as a folder, read with the training images' size, channels
-/// and classes.
+/// Images from a folder or manifest read the way `like` was (its size, channels
+/// and classes), for a held-out split or for embedding new images with a trained
+/// model. `what` names the source in errors (`data.test = "DIR"`, `--images DIR`).
+pub fn read_like(
+    path: &Path,
+    like: &Dataset,
+    opts: &FolderOptions,
+    what: &str,
+    progress: bool,
+    log: &RunLog,
+) -> Result<folder::Loaded> {
+    let classes: Vec<String> = if like.class_names.is_empty() {
+        (0..like.num_classes).map(|c| c.to_string()).collect()
+    } else {
+        like.class_names.clone()
+    };
+    let listing = Listing::scan(path, like.is_labelled().then_some(&classes[..]))
+        .with_context(|| format!("{what} = \"{}\"", path.display()))?;
+    let opts = FolderOptions {
+        size: like.shape.height,
+        channels: Some(like.shape.channels),
+        ..opts.clone()
+    };
+    load_listing(&listing, &like.name, &opts, progress, log)
+}
+
+/// A held-out part given as a folder (see [`read_like`]); its skipped files join
+/// `skipped`.
 fn holdout_folder(
     path: &Path,
     train: &Dataset,
@@ -129,21 +155,23 @@ fn holdout_folder(
     log: &RunLog,
     skipped: &mut Vec<Skipped>,
 ) -> Result<Dataset> {
-    let classes: Vec<String> = if train.class_names.is_empty() {
-        (0..train.num_classes).map(|c| c.to_string()).collect()
-    } else {
-        train.class_names.clone()
-    };
-    let listing = Listing::scan(path, train.is_labelled().then_some(&classes[..]))
-        .with_context(|| format!("{} = \"{}\"", part.key(), path.display()))?;
-    let opts = FolderOptions {
-        size: train.shape.height,
-        channels: Some(train.shape.channels),
-        ..opts.clone()
-    };
-    let loaded = load_listing(&listing, &train.name, &opts, progress, log)?;
+    let loaded = read_like(path, train, opts, part.key(), progress, log)?;
     skipped.extend(loaded.skipped);
     Ok(loaded.dataset)
+}
+
+/// The folder options `cfg` gives (size, channels, error policy, cache).
+pub fn folder_options(cfg: &Config) -> FolderOptions {
+    let d = &cfg.data;
+    FolderOptions {
+        size: d.size.unwrap_or(DEFAULT_FOLDER_SIZE),
+        channels: d.channels,
+        on_error: d.on_error,
+        cache_dir: d
+            .cache
+            .clone()
+            .unwrap_or_else(FolderOptions::default_cache_dir),
+    }
 }
 
 /// Loads the configured source and splits it: the test part (the dataset's own,
@@ -157,15 +185,7 @@ pub fn load_data(
     log: &RunLog,
 ) -> Result<RunData> {
     let d = &cfg.data;
-    let opts = FolderOptions {
-        size: d.size.unwrap_or(DEFAULT_FOLDER_SIZE),
-        channels: d.channels,
-        on_error: d.on_error,
-        cache_dir: d
-            .cache
-            .clone()
-            .unwrap_or_else(FolderOptions::default_cache_dir),
-    };
+    let opts = folder_options(cfg);
     let mut skipped = Vec::new();
     let (mut train, test) = match d.dataset {
         DatasetChoice::Named(id) => {

@@ -2,10 +2,11 @@
 //! probe, raw-pixel baselines).
 
 use anyhow::{Context, Result};
-use candle_core::{Device, Tensor};
-use contrast_data::{Dataset, Normalization};
+use candle_core::{DType, Device, Tensor};
+use contrast_data::{Dataset, LoaderConfig, Normalization, ViewLoader, ViewRecipe};
 use contrast_encoders::{Encoder, Identity, InputShape};
 use contrast_eval::{KnnConfig, ProbeConfig, ProbeReport, knn_accuracy, linear_probe};
+use contrast_kernels::l2_normalize;
 
 /// The input shape of a dataset's images.
 pub fn input_shape(d: &Dataset) -> InputShape {
@@ -125,5 +126,176 @@ impl Evaluator {
     /// The raw-pixel baseline: the same kNN and probe on normalised pixels.
     pub fn pixels(&self, train: &Dataset, test: &Dataset) -> Result<(f64, ProbeReport)> {
         self.full(&Identity::new(input_shape(train)), train, test)
+    }
+}
+
+/// Everything `cargo xtask eval` measures on one split (`eval.json`): a number per
+/// metric (`null` where the images have no labels), with the settings beside them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EvalReport {
+    /// Weighted kNN against the training images, top-1 and top-5.
+    pub knn_top1: Option<f64>,
+    pub knn_top5: Option<f64>,
+    /// Linear probe trained on the training images' features.
+    pub linear_top1: Option<f64>,
+    /// Retrieval within the split, each query excluding itself (cosine).
+    pub precision_at_1: Option<f64>,
+    pub r_precision: Option<f64>,
+    pub map_at_r: Option<f64>,
+    /// k-means with one cluster per class against the classes.
+    pub nmi: Option<f64>,
+    pub ami: Option<f64>,
+    /// Mean squared distance between two augmented views' normalised
+    /// representations (Wang & Isola, alpha = 2).
+    pub alignment: f64,
+    pub uniformity: f64,
+    pub effective_rank: f64,
+    /// Mean over dimensions of the standard deviation of the L2-normalised
+    /// representation: about `1 / sqrt(D)` when spread, 0 when collapsed.
+    pub embedding_std: f64,
+    pub settings: EvalSettings,
+}
+
+/// The settings an [`EvalReport`] was measured with.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EvalSettings {
+    pub split: String,
+    pub images: usize,
+    pub train_images: usize,
+    pub checkpoint: String,
+    pub knn_k: usize,
+    pub knn_temperature: f64,
+    pub probe: ProbeConfig,
+    pub kmeans_seed: u64,
+    pub alignment_seed: u64,
+    pub representation_dim: usize,
+}
+
+impl Evaluator {
+    /// Alignment of `data` under `recipe`: two augmented views of every image (seeded
+    /// by `seed`, in order), `mean |f(x1)/|f(x1)| - f(x2)/|f(x2)||^2`.
+    pub fn alignment(
+        &self,
+        encoder: &dyn Encoder,
+        data: &Dataset,
+        recipe: &ViewRecipe,
+        seed: u64,
+    ) -> Result<f64> {
+        let loader = ViewLoader::new(
+            std::sync::Arc::new(data.clone()),
+            vec![recipe.clone(); 2],
+            self.norm.clone(),
+            LoaderConfig {
+                batch_size: self.batch.max(1),
+                drop_last: false,
+                shuffle: false,
+                seed,
+                prefetch: 2,
+            },
+        )?;
+        let s = data.shape;
+        let (mut sum, mut count) = (0f64, 0usize);
+        for batch in loader.stream(0, 0) {
+            let b = batch.len();
+            let view = |v: usize| -> Result<Tensor> {
+                let x = Tensor::from_slice(
+                    &batch.views[v],
+                    (b, s.height, s.width, s.channels),
+                    &self.device,
+                )?;
+                Ok(l2_normalize(
+                    &encoder.forward_t(&x, false)?.to_dtype(DType::F32)?,
+                )?)
+            };
+            let d: f64 = (view(0)? - view(1)?)?
+                .sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar()?;
+            sum += d;
+            count += b;
+        }
+        Ok(sum / count.max(1) as f64)
+    }
+
+    /// Every metric of [`EvalReport`] for `split` (named `split_name`), with
+    /// `train` as the kNN bank and the probe's training set; label metrics only
+    /// when both have labels.
+    #[allow(clippy::too_many_arguments)]
+    pub fn report(
+        &self,
+        encoder: &dyn Encoder,
+        train: &Dataset,
+        split: &Dataset,
+        split_name: &str,
+        recipe: &ViewRecipe,
+        seed: u64,
+        checkpoint: &str,
+    ) -> Result<EvalReport> {
+        let fte = self.features(encoder, split)?;
+        let labelled = train.is_labelled() && split.is_labelled();
+        let (mut knn1, mut knn5, mut linear) = (None, None, None);
+        let (mut retrieval, mut clusters) = (None, None);
+        if let (true, Some(split_labels)) = (labelled, split.labels()) {
+            let ftr = self.features(encoder, train)?;
+            let (bank_labels, _) = labels_of(train, split)?;
+            let knn = KnnConfig {
+                k: self.knn.k.min(train.len()),
+                ..self.knn.clone()
+            };
+            let pred =
+                contrast_eval::knn_predict(&fte, &ftr, bank_labels, train.num_classes, &knn)?;
+            knn1 = Some(contrast_eval::accuracy(&pred.predictions, split_labels));
+            knn5 = Some(pred.top_k_accuracy(split_labels, 5));
+            let (_, probe) = self.scores(&ftr, train, &fte, split)?;
+            linear = Some(probe.test_top1);
+            retrieval = Some(contrast_eval::retrieval(
+                &fte,
+                split_labels,
+                train.num_classes,
+            )?);
+            clusters = Some(contrast_eval::clustering(
+                &fte,
+                split_labels,
+                train.num_classes,
+                seed,
+            )?);
+        }
+        let z = l2_normalize(&fte.to_dtype(DType::F32)?)?;
+        let mean = z.mean_keepdim(0)?;
+        let embedding_std: f64 = z
+            .broadcast_sub(&mean)?
+            .sqr()?
+            .mean(0)?
+            .sqrt()?
+            .mean_all()?
+            .to_dtype(DType::F64)?
+            .to_scalar()?;
+        Ok(EvalReport {
+            knn_top1: knn1,
+            knn_top5: knn5,
+            linear_top1: linear,
+            precision_at_1: retrieval.map(|r| r.precision_at_1),
+            r_precision: retrieval.map(|r| r.r_precision),
+            map_at_r: retrieval.map(|r| r.map_at_r),
+            nmi: clusters.map(|c| c.nmi),
+            ami: clusters.map(|c| c.ami),
+            alignment: self.alignment(encoder, split, recipe, seed)?,
+            uniformity: contrast_eval::uniformity(&fte)?,
+            effective_rank: contrast_eval::effective_rank(&fte)?,
+            embedding_std,
+            settings: EvalSettings {
+                split: split_name.to_string(),
+                images: split.len(),
+                train_images: train.len(),
+                checkpoint: checkpoint.to_string(),
+                knn_k: self.knn.k.min(train.len()),
+                knn_temperature: self.knn.temperature,
+                probe: self.probe.clone(),
+                kmeans_seed: seed,
+                alignment_seed: seed,
+                representation_dim: fte.dim(1)?,
+            },
+        })
     }
 }

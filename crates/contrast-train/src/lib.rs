@@ -83,6 +83,7 @@ pub mod model;
 pub mod optim;
 pub mod provenance;
 pub mod report;
+pub mod run_dir;
 pub mod schedule;
 pub mod trainer;
 

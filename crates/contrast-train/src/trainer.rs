@@ -696,7 +696,7 @@ impl Trainer {
             precision: self.cfg.train.precision.to_string(),
         };
         write_json(&self.out.join("summary.json"), &summary)?;
-        let report = report::write_report(&self.out, &summary, &train.class_names)?;
+        let report = report::write_report(&self.out, Some(&summary), None, &train.class_names)?;
         self.log.say(format!(
             "kNN top-1 {}, linear top-1 {}, uniformity {}, effective rank {}; report: {}",
             fmt_opt(summary.knn_top1),

@@ -193,3 +193,71 @@ fn folder_keys_are_checked_before_any_data_is_read() {
         "{err}"
     );
 }
+
+#[test]
+fn a_trained_run_is_evaluated_and_embedded_from_its_checkpoint() {
+    use contrast_train::config::SplitName;
+    use contrast_train::log::RunLog;
+    use contrast_train::report::{EmbedFormat, write_embedding_file};
+    use contrast_train::run_dir::OpenedRun;
+    let data = tempfile::tempdir().unwrap();
+    let cache = tempfile::tempdir().unwrap();
+    labelled_folder(data.path(), 3, 20, false, 13);
+    let cfg = config(data.path(), cache.path(), &["data.validation=0.2"]).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let s = run(&cfg, &opts(out.path())).unwrap();
+
+    let log = RunLog::stdout_only();
+    let opened = OpenedRun::open(out.path(), None, None, None, &log).unwrap();
+    let test = opened.split(SplitName::Test).unwrap();
+    let e = opened
+        .eval
+        .report(
+            opened.model.backbone.as_ref(),
+            &opened.data.train,
+            test,
+            "test",
+            &opened.cfg.data.augment,
+            0,
+            "latest",
+        )
+        .unwrap();
+    // The checkpoint reproduces the run's own final evaluation.
+    assert_eq!(e.knn_top1, s.knn_top1);
+    assert_eq!(e.linear_top1, s.linear_top1);
+    assert!((e.uniformity - s.uniformity.unwrap()).abs() < 1e-9);
+    for v in [
+        e.precision_at_1,
+        e.r_precision,
+        e.map_at_r,
+        e.nmi,
+        e.knn_top5,
+    ] {
+        assert!(v.is_some_and(|v| (0.0..=1.0).contains(&v)), "{e:?}");
+    }
+    assert!(e.knn_top5 >= e.knn_top1);
+    assert!(e.alignment >= 0.0 && e.embedding_std > 0.0);
+    assert_eq!(e.settings.images, test.len());
+
+    // .npy files: a header NumPy reads, then N x D little-endian f32.
+    let file = out.path().join("emb/val");
+    let valid = opened.split(SplitName::Validation).unwrap();
+    let f = opened
+        .eval
+        .features(opened.model.backbone.as_ref(), valid)
+        .unwrap();
+    let written = write_embedding_file(&file, EmbedFormat::Npy, &f, valid).unwrap();
+    assert_eq!(written.len(), 4, "{written:?}");
+    let bytes = std::fs::read(out.path().join("emb/val.embeddings.npy")).unwrap();
+    assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
+    let hlen = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert_eq!((10 + hlen) % 64, 0);
+    let header = std::str::from_utf8(&bytes[10..10 + hlen]).unwrap();
+    let n = valid.len();
+    assert!(header.contains(&format!("'shape': ({n}, 16)")), "{header}");
+    assert_eq!(bytes.len() - 10 - hlen, n * 16 * 4);
+    let first = f32::from_le_bytes(bytes[10 + hlen..14 + hlen].try_into().unwrap());
+    let want: Vec<Vec<f32>> = f.to_vec2().unwrap();
+    assert_eq!(first, want[0][0]);
+    assert!(opened.split(SplitName::Validation).is_ok());
+}
