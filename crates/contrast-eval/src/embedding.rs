@@ -91,45 +91,115 @@ pub fn effective_rank(features: &Tensor) -> Result<f64> {
     Ok(entropy.exp())
 }
 
-/// Eigenvalues of a symmetric matrix by cyclic Jacobi rotations (to a relative
-/// off-diagonal norm of 1e-12, at most 50 sweeps).
+/// Eigenvalues of a symmetric matrix: Householder reduction to tridiagonal form,
+/// then the implicit QL iteration with Wilkinson shifts (eigenvalues only,
+/// `O(4/3 n^3)`; 512 x 512 in a fraction of a second).
 fn symmetric_eigenvalues(mut a: Vec<Vec<f64>>) -> Vec<f64> {
     let n = a.len();
-    let norm: f64 = a.iter().flatten().map(|v| v * v).sum::<f64>().sqrt();
-    for _ in 0..50 {
-        let off: f64 = (0..n)
-            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
-            .map(|(i, j)| a[i][j] * a[i][j])
-            .sum::<f64>()
-            .sqrt();
-        if off <= 1e-12 * norm.max(f64::MIN_POSITIVE) {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                let apq = a[p][q];
-                if apq.abs() <= f64::MIN_POSITIVE {
-                    continue;
+    if n == 0 {
+        return Vec::new();
+    }
+    let mut d = vec![0f64; n];
+    let mut e = vec![0f64; n];
+    // Householder: row i's part left of the subdiagonal is reflected away.
+    for i in (1..n).rev() {
+        let l = i - 1;
+        let mut h = 0f64;
+        if l > 0 {
+            let scale: f64 = a[i][..=l].iter().map(|v| v.abs()).sum();
+            if scale == 0.0 {
+                e[i] = a[i][l];
+            } else {
+                for k in 0..=l {
+                    a[i][k] /= scale;
+                    h += a[i][k] * a[i][k];
                 }
-                let theta = (a[q][q] - a[p][p]) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                for row in a.iter_mut() {
-                    let (akp, akq) = (row[p], row[q]);
-                    row[p] = c * akp - s * akq;
-                    row[q] = s * akp + c * akq;
+                let f = a[i][l];
+                let g = if f >= 0.0 { -h.sqrt() } else { h.sqrt() };
+                e[i] = scale * g;
+                h -= f * g;
+                a[i][l] = f - g;
+                let mut f = 0f64;
+                for j in 0..=l {
+                    let mut g = 0f64;
+                    for k in 0..=j {
+                        g += a[j][k] * a[i][k];
+                    }
+                    for k in j + 1..=l {
+                        g += a[k][j] * a[i][k];
+                    }
+                    e[j] = g / h;
+                    f += e[j] * a[i][j];
                 }
-                let (rp, rq) = (a[p].clone(), a[q].clone());
-                for k in 0..n {
-                    a[p][k] = c * rp[k] - s * rq[k];
-                    a[q][k] = s * rp[k] + c * rq[k];
+                let hh = f / (h + h);
+                for j in 0..=l {
+                    let f = a[i][j];
+                    let g = e[j] - hh * f;
+                    e[j] = g;
+                    for k in 0..=j {
+                        a[j][k] -= f * e[k] + g * a[i][k];
+                    }
                 }
             }
+        } else {
+            e[i] = a[i][l];
+        }
+        d[i] = h;
+    }
+    for i in 0..n {
+        d[i] = a[i][i];
+    }
+    // Implicit QL on the tridiagonal (diagonal d, subdiagonal e).
+    for i in 1..n {
+        e[i - 1] = e[i];
+    }
+    e[n - 1] = 0.0;
+    for l in 0..n {
+        for _ in 0..60 {
+            let mut m = l;
+            while m + 1 < n {
+                let dd = d[m].abs() + d[m + 1].abs();
+                if e[m].abs() <= f64::EPSILON * dd {
+                    break;
+                }
+                m += 1;
+            }
+            if m == l {
+                break;
+            }
+            let mut g = (d[l + 1] - d[l]) / (2.0 * e[l]);
+            let mut r = g.hypot(1.0);
+            g = d[m] - d[l] + e[l] / (g + if g >= 0.0 { r.abs() } else { -r.abs() });
+            let (mut s, mut c, mut p) = (1f64, 1f64, 0f64);
+            let mut underflow = false;
+            for i in (l..m).rev() {
+                let f = s * e[i];
+                let b = c * e[i];
+                r = f.hypot(g);
+                e[i + 1] = r;
+                if r == 0.0 {
+                    d[i + 1] -= p;
+                    e[m] = 0.0;
+                    underflow = true;
+                    break;
+                }
+                s = f / r;
+                c = g / r;
+                let g2 = d[i + 1] - p;
+                r = (d[i] - g2) * s + 2.0 * c * b;
+                p = s * r;
+                d[i + 1] = g2 + p;
+                g = c * r - b;
+            }
+            if underflow {
+                continue;
+            }
+            d[l] -= p;
+            e[l] = g;
+            e[m] = 0.0;
         }
     }
-    (0..n).map(|i| a[i][i]).collect()
+    d
 }
 
 #[cfg(test)]
@@ -137,8 +207,70 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
+    /// Eigenvalues by cyclic Jacobi rotations: slow, simple, and independent of the
+    /// Householder-QL path it checks.
+    fn jacobi(mut a: Vec<Vec<f64>>) -> Vec<f64> {
+        let n = a.len();
+        for _ in 0..100 {
+            for p in 0..n {
+                for q in p + 1..n {
+                    if a[p][q].abs() < 1e-300 {
+                        continue;
+                    }
+                    let theta = (a[q][q] - a[p][p]) / (2.0 * a[p][q]);
+                    let t = if theta == 0.0 {
+                        1.0
+                    } else {
+                        theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt())
+                    };
+                    let c = 1.0 / (t * t + 1.0).sqrt();
+                    let s = t * c;
+                    for row in a.iter_mut() {
+                        let (x, y) = (row[p], row[q]);
+                        row[p] = c * x - s * y;
+                        row[q] = s * x + c * y;
+                    }
+                    let (rp, rq) = (a[p].clone(), a[q].clone());
+                    for k in 0..n {
+                        a[p][k] = c * rp[k] - s * rq[k];
+                        a[q][k] = s * rp[k] + c * rq[k];
+                    }
+                }
+            }
+        }
+        (0..n).map(|i| a[i][i]).collect()
+    }
+
     #[test]
-    fn jacobi_finds_known_eigenvalues() {
+    fn householder_ql_agrees_with_jacobi_on_random_symmetric_matrices() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut draw = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        for n in [1, 2, 3, 7, 20, 33] {
+            let mut a = vec![vec![0f64; n]; n];
+            for i in 0..n {
+                for j in 0..=i {
+                    let v = draw();
+                    a[i][j] = v;
+                    a[j][i] = v;
+                }
+            }
+            let mut got = symmetric_eigenvalues(a.clone());
+            let mut want = jacobi(a);
+            got.sort_by(f64::total_cmp);
+            want.sort_by(f64::total_cmp);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-10, "n = {n}: {got:?} vs {want:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn finds_known_eigenvalues() {
         // diag(1, 2, 3) rotated: eigenvalues are invariant.
         let a = vec![
             vec![2.0, 1.0, 0.0],
