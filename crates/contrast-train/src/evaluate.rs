@@ -129,6 +129,21 @@ impl Evaluator {
     }
 }
 
+/// The per-epoch monitor's measurements of one split.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Monitor {
+    /// Weighted kNN against the monitor bank (labelled data only).
+    pub knn_top1: Option<f64>,
+    pub uniformity: f64,
+    pub effective_rank: f64,
+    /// Alignment of two augmented views of the split's first [`MONITOR_ALIGNMENT`]
+    /// images.
+    pub alignment: f64,
+}
+
+/// Images whose two views the per-epoch alignment compares.
+pub const MONITOR_ALIGNMENT: usize = 1000;
+
 /// Everything `cargo xtask eval` measures on one split (`eval.json`): a number per
 /// metric (`null` where the images have no labels), with the settings beside them.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -172,6 +187,33 @@ pub struct EvalSettings {
 }
 
 impl Evaluator {
+    /// The per-epoch monitor on `split`: kNN against `bank` when `labelled`, and the
+    /// label-free uniformity, effective rank and alignment (views drawn by `seed`),
+    /// all from one feature pass over `split`.
+    pub fn monitor(
+        &self,
+        encoder: &dyn Encoder,
+        bank: &Dataset,
+        split: &Dataset,
+        labelled: bool,
+        recipe: &ViewRecipe,
+        seed: u64,
+    ) -> Result<Monitor> {
+        let ft = self.features(encoder, split)?;
+        let knn_top1 = if labelled {
+            let fb = self.features(encoder, bank)?;
+            Some(self.knn_on(&fb, bank, &ft, split)?)
+        } else {
+            None
+        };
+        Ok(Monitor {
+            knn_top1,
+            uniformity: contrast_eval::uniformity(&ft)?,
+            effective_rank: contrast_eval::effective_rank(&ft)?,
+            alignment: self.alignment(encoder, &split.head(MONITOR_ALIGNMENT), recipe, seed)?,
+        })
+    }
+
     /// Alignment of `data` under `recipe`: two augmented views of every image (seeded
     /// by `seed`, in order), `mean |f(x1)/|f(x1)| - f(x2)/|f(x2)||^2`.
     pub fn alignment(

@@ -29,6 +29,14 @@ pub struct EpochRecord {
     /// The split the monitor read: `validation` when configured, else `test`.
     #[serde(default = "test_split")]
     pub knn_split: String,
+    /// Uniformity, effective rank and alignment (on its first 1,000 images) of the
+    /// monitored split's representations; they need no labels.
+    #[serde(default)]
+    pub uniformity: Option<f64>,
+    #[serde(default)]
+    pub effective_rank: Option<f64>,
+    #[serde(default)]
+    pub alignment: Option<f64>,
     /// What the negatives were, judged against labels (in-batch methods).
     #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
     pub mining: Option<contrast_mining::DiagnosticsSummary>,
@@ -100,12 +108,15 @@ pub struct Summary {
 
 /// The keys of a `metrics.jsonl` line that a run determines (everything but
 /// wall-clock measurements): a resumed or interrupted run must reproduce them exactly.
-pub const DETERMINISTIC_KEYS: [&str; 10] = [
+pub const DETERMINISTIC_KEYS: [&str; 13] = [
     "epoch",
     "step",
     "loss",
     "lr",
     "knn_top1",
+    "uniformity",
+    "effective_rank",
+    "alignment",
     "neg_false_fraction",
     "neg_sim_mean",
     "neg_sim_p90",
@@ -177,7 +188,7 @@ pub fn write_metrics(dir: &Path, records: &[EpochRecord]) -> Result<()> {
 }
 
 /// The first columns of `metrics.csv`: [`EpochRecord`]'s own fields.
-pub const CSV_LEADING: [&str; 10] = [
+pub const CSV_LEADING: [&str; 13] = [
     "epoch",
     "step",
     "loss",
@@ -188,6 +199,9 @@ pub const CSV_LEADING: [&str; 10] = [
     "knn_top1",
     "knn_bank",
     "knn_split",
+    "uniformity",
+    "effective_rank",
+    "alignment",
 ];
 
 /// A CSV cell: quoted when it holds a comma, a quote or a line break.

@@ -548,14 +548,14 @@ impl Trainer {
 
         let te = Instant::now();
         let (split, split_name) = self.monitor_split();
-        let knn = if self.monitors() {
-            Some(
-                self.eval
-                    .knn(self.model.backbone.as_ref(), &self.monitor_bank, split)?,
-            )
-        } else {
-            None
-        };
+        let monitor = self.eval.monitor(
+            self.model.backbone.as_ref(),
+            &self.monitor_bank,
+            split,
+            self.monitors(),
+            &self.cfg.data.augment,
+            self.cfg.seed,
+        )?;
         self.state.eval_seconds += te.elapsed().as_secs_f64();
         let record = EpochRecord {
             epoch: epoch + 1,
@@ -565,9 +565,12 @@ impl Trainer {
             images_per_sec: images as f64 / secs,
             data_wait_fraction: waited / secs,
             epoch_seconds: secs,
-            knn_top1: knn,
+            knn_top1: monitor.knn_top1,
             knn_bank: self.monitor_bank.len(),
             knn_split: split_name.to_string(),
+            uniformity: Some(monitor.uniformity),
+            effective_rank: Some(monitor.effective_rank),
+            alignment: Some(monitor.alignment),
             mining: self.method.take_diagnostics(),
         };
         // Every epoch so far, trained before a resume or not, with its monitor.
