@@ -6,7 +6,7 @@
 
 use crate::error::{Result, check_labelled, invalid};
 use candle_core::{DType, Tensor};
-use contrast_kernels::{l2_normalize, topk_similarity};
+use contrast_kernels::{TopK, l2_normalize, topk_similarity};
 use serde::{Deserialize, Serialize};
 
 /// Neighbourhood size and vote temperature.
@@ -62,24 +62,30 @@ pub fn knn_predict(
     let q = l2_normalize(&queries.to_dtype(DType::F32)?)?;
     let b = l2_normalize(&bank.to_dtype(DType::F32)?)?;
     let top = topk_similarity(&q, &b, cfg.k)?;
-    let rows = q.dim(0)?;
+    Ok(vote(&top, cfg.k, cfg.temperature, bank_labels, num_classes))
+}
+
+/// Class scores from the first `k` neighbours of each row of `top`, each weighted
+/// `exp(s / t)`; the prediction is the best class, ties to the lower index.
+fn vote(top: &TopK, k: usize, t: f64, bank_labels: &[u32], num_classes: usize) -> KnnPrediction {
+    let rows = top.values.len() / top.k.max(1);
     let mut scores = vec![0f64; rows * num_classes];
     let mut predictions = Vec::with_capacity(rows);
     for r in 0..rows {
         let s = &mut scores[r * num_classes..(r + 1) * num_classes];
-        for (sim, idx) in top.row(r) {
-            s[bank_labels[idx as usize] as usize] += (sim as f64 / cfg.temperature).exp();
+        for (sim, idx) in top.row(r).take(k) {
+            s[bank_labels[idx as usize] as usize] += (sim as f64 / t).exp();
         }
         let best = (0..num_classes)
             .max_by(|&a, &b| s[a].total_cmp(&s[b]).then(b.cmp(&a)))
             .unwrap_or(0);
         predictions.push(best as u32);
     }
-    Ok(KnnPrediction {
+    KnnPrediction {
         scores,
         predictions,
         num_classes,
-    })
+    }
 }
 
 /// Top-1 accuracy of weighted kNN on `test` against the `train` bank.
@@ -130,4 +136,52 @@ impl KnnPrediction {
             .count();
         hits as f64 / labels.len() as f64
     }
+}
+
+/// One point of a kNN sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct KnnPoint {
+    pub k: usize,
+    pub temperature: f64,
+    pub top1: f64,
+    pub top5: f64,
+}
+
+/// Weighted kNN top-1 and top-5 of `queries` against `bank` for every `k` in `ks`
+/// (those above the bank size are left out) and every temperature, from one
+/// similarity pass: the neighbours are found once for the largest `k`.
+pub fn knn_sweep(
+    queries: &Tensor,
+    query_labels: &[u32],
+    bank: &Tensor,
+    bank_labels: &[u32],
+    num_classes: usize,
+    ks: &[usize],
+    temperatures: &[f64],
+) -> Result<Vec<KnnPoint>> {
+    let n = check_labelled("bank", bank, bank_labels, num_classes)?;
+    check_labelled("queries", queries, query_labels, num_classes)?;
+    let ks: Vec<usize> = ks.iter().copied().filter(|&k| k >= 1 && k <= n).collect();
+    let Some(&kmax) = ks.iter().max() else {
+        return Err(invalid("ks", format!("no k in 1..={n} (the bank size)")));
+    };
+    if let Some(t) = temperatures.iter().find(|t| !(**t > 0.0 && t.is_finite())) {
+        return Err(invalid("temperatures", format!("{t} must be > 0")));
+    }
+    let q = l2_normalize(&queries.to_dtype(DType::F32)?)?;
+    let b = l2_normalize(&bank.to_dtype(DType::F32)?)?;
+    let top = topk_similarity(&q, &b, kmax)?;
+    let mut out = Vec::new();
+    for &t in temperatures {
+        for &k in &ks {
+            let pred = vote(&top, k, t, bank_labels, num_classes);
+            out.push(KnnPoint {
+                k,
+                temperature: t,
+                top1: accuracy(&pred.predictions, query_labels),
+                top5: pred.top_k_accuracy(query_labels, 5),
+            });
+        }
+    }
+    Ok(out)
 }

@@ -6,6 +6,7 @@
 //! - [`embedding`]: label-free diagnostics (uniformity, effective rank);
 //! - [`retrieval()`]: precision@1, R-precision and MAP@R;
 //! - [`clustering()`]: NMI and AMI of k-means clusters;
+//! - [`similarity_histogram()`]: same- and different-class cosine histograms;
 //! - [`plot`]: SVG line plots of training curves.
 //!
 //! # Example
@@ -39,6 +40,7 @@
 pub mod clustering;
 pub mod embedding;
 pub mod error;
+pub mod histogram;
 pub mod knn;
 pub mod linear_probe;
 pub mod plot;
@@ -47,7 +49,8 @@ pub mod retrieval;
 pub use clustering::{Clustering, clustering, kmeans, nmi_ami};
 pub use embedding::{effective_rank, uniformity};
 pub use error::{EvalError, Result};
-pub use knn::{KnnConfig, KnnPrediction, accuracy, knn_accuracy, knn_predict};
+pub use histogram::{SimilarityHistogram, similarity_histogram};
+pub use knn::{KnnConfig, KnnPoint, KnnPrediction, accuracy, knn_accuracy, knn_predict, knn_sweep};
 pub use linear_probe::{ProbeConfig, ProbeReport, linear_probe};
 pub use plot::{Series, line_plot};
 pub use retrieval::{Retrieval, retrieval};

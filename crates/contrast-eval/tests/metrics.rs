@@ -166,3 +166,64 @@ fn kmeans_recovers_separated_classes() {
         "{c:?}"
     );
 }
+
+#[test]
+fn the_sweep_agrees_with_single_knn_runs() {
+    use contrast_eval::{KnnConfig, knn_predict, knn_sweep};
+    let (n, q, d) = (80, 30, 5);
+    let v = draws(21, (n + q) * d);
+    let labels: Vec<u32> = (0..n + q).map(|i| (i % 3) as u32).collect();
+    let x: Vec<f32> = (0..(n + q) * d)
+        .map(|k| {
+            (v[k]
+                + if k % d == labels[k / d] as usize {
+                    0.7
+                } else {
+                    0.0
+                }) as f32
+        })
+        .collect();
+    let all = Tensor::from_vec(x, (n + q, d), &Device::Cpu).unwrap();
+    let (bank, queries) = (all.narrow(0, 0, n).unwrap(), all.narrow(0, n, q).unwrap());
+    let (bl, ql) = (&labels[..n], &labels[n..]);
+    let sweep = knn_sweep(&queries, ql, &bank, bl, 3, &[1, 5, 20, 500], &[0.07, 0.5]).unwrap();
+    assert_eq!(sweep.len(), 6, "k = 500 exceeds the bank and is left out");
+    for p in sweep {
+        let cfg = KnnConfig {
+            k: p.k,
+            temperature: p.temperature,
+        };
+        let single = knn_predict(&queries, &bank, bl, 3, &cfg).unwrap();
+        assert_eq!(p.top1, contrast_eval::accuracy(&single.predictions, ql));
+        assert_eq!(
+            p.top5, 1.0,
+            "3 classes: the true one is always in the top 5"
+        );
+    }
+}
+
+#[test]
+fn histograms_count_every_pair_and_measure_overlap() {
+    use contrast_eval::similarity_histogram;
+    // Two tight, orthogonal classes: positives near 1, negatives near 0.
+    let x = Tensor::new(
+        &[
+            [1f32, 0.0],
+            [0.99, 0.01],
+            [1.0, 0.02],
+            [0.0, 1.0],
+            [0.01, 1.0],
+        ],
+        &Device::Cpu,
+    )
+    .unwrap();
+    let y = [0u32, 0, 0, 1, 1];
+    let h = similarity_histogram(&x, &y, 2, 20).unwrap();
+    assert_eq!((h.positive_pairs, h.negative_pairs), (4, 6));
+    assert!((h.positive.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    assert_eq!(h.overlap, 0.0);
+    assert!(h.positive_mean > 0.99 && h.negative_mean < 0.03, "{h:?}");
+    // One class spread like the other: overlap 1.
+    let same = similarity_histogram(&x, &[0, 1, 0, 1, 0], 2, 1).unwrap();
+    assert_eq!(same.overlap, 1.0);
+}

@@ -5,7 +5,9 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 use contrast_data::{Dataset, LoaderConfig, Normalization, ViewLoader, ViewRecipe};
 use contrast_encoders::{Encoder, Identity, InputShape};
-use contrast_eval::{KnnConfig, ProbeConfig, ProbeReport, knn_accuracy, linear_probe};
+use contrast_eval::{
+    KnnConfig, KnnPoint, ProbeConfig, ProbeReport, SimilarityHistogram, knn_accuracy, linear_probe,
+};
 use contrast_kernels::l2_normalize;
 
 /// The input shape of a dataset's images.
@@ -168,8 +170,20 @@ pub struct EvalReport {
     /// Mean over dimensions of the standard deviation of the L2-normalised
     /// representation: about `1 / sqrt(D)` when spread, 0 when collapsed.
     pub embedding_std: f64,
+    /// Weighted kNN for k in [`SWEEP_KS`] and temperatures [`SWEEP_TEMPERATURES`],
+    /// from one pass over the bank.
+    pub knn_sweep: Vec<KnnPoint>,
+    /// Cosine histograms of same-class and different-class pairs, and their overlap.
+    pub similarity: Option<SimilarityHistogram>,
     pub settings: EvalSettings,
 }
+
+/// The kNN sweep's neighbour counts.
+pub const SWEEP_KS: [usize; 5] = [10, 20, 50, 100, 200];
+/// The kNN sweep's temperatures (InstDisc's 0.07 and 0.1).
+pub const SWEEP_TEMPERATURES: [f64; 2] = [0.07, 0.1];
+/// Bins of the similarity histograms over `[-1, 1]`.
+pub const HISTOGRAM_BINS: usize = 40;
 
 /// The settings an [`EvalReport`] was measured with.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -278,9 +292,25 @@ impl Evaluator {
         let labelled = train.is_labelled() && split.is_labelled();
         let (mut knn1, mut knn5, mut linear) = (None, None, None);
         let (mut retrieval, mut clusters) = (None, None);
+        let (mut knn_sweep, mut similarity) = (Vec::new(), None);
         if let (true, Some(split_labels)) = (labelled, split.labels()) {
             let ftr = self.features(encoder, train)?;
             let (bank_labels, _) = labels_of(train, split)?;
+            knn_sweep = contrast_eval::knn_sweep(
+                &fte,
+                split_labels,
+                &ftr,
+                bank_labels,
+                train.num_classes,
+                &SWEEP_KS,
+                &SWEEP_TEMPERATURES,
+            )?;
+            similarity = Some(contrast_eval::similarity_histogram(
+                &fte,
+                split_labels,
+                train.num_classes,
+                HISTOGRAM_BINS,
+            )?);
             let knn = KnnConfig {
                 k: self.knn.k.min(train.len()),
                 ..self.knn.clone()
@@ -326,6 +356,8 @@ impl Evaluator {
             uniformity: contrast_eval::uniformity(&fte)?,
             effective_rank: contrast_eval::effective_rank(&fte)?,
             embedding_std,
+            knn_sweep,
+            similarity,
             settings: EvalSettings {
                 split: split_name.to_string(),
                 images: split.len(),

@@ -333,6 +333,35 @@ fn eval_section(e: &EvalReport) -> String {
     for (name, value, how) in rows {
         let _ = writeln!(w, "| {name} | {value} | {how} |");
     }
+    if let Some(h) = &e.similarity {
+        let _ = writeln!(
+            w,
+            "\nCosine similarity of same-class pairs {:.3} on average, of different-class pairs {:.3}; the two histograms overlap by {:.3} ({} and {} pairs).",
+            h.positive_mean, h.negative_mean, h.overlap, h.positive_pairs, h.negative_pairs
+        );
+    }
+    if !e.knn_sweep.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n| kNN top-1 (top-5) | {} |",
+            e.knn_sweep
+                .iter()
+                .map(|p| format!("k {} t {}", p.k, p.temperature))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        let _ = writeln!(w, "|---|{}", "---:|".repeat(e.knn_sweep.len()));
+        let _ = writeln!(
+            w,
+            "| {} | {} |",
+            st.split,
+            e.knn_sweep
+                .iter()
+                .map(|p| format!("{:.4} ({:.4})", p.top1, p.top5))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
     r
 }
 
