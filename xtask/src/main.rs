@@ -3,6 +3,7 @@
 //! - `cargo xtask train [--config FILE] [--set key=value ...] [--data-dir DIR] [--out DIR] [--resume]`
 //! - `cargo xtask eval --run DIR [--split S] [--checkpoint PATH] [--device D]`
 //! - `cargo xtask embed --run DIR [--split S | --images PATH] [--out FILE] [--format F]`
+//! - `cargo xtask compare --suite FILE [--seeds N] [--jobs J] [--out DIR] [--quick]`
 //! - `cargo xtask data fetch <dataset> [--data-dir DIR]`
 //! - `cargo xtask fuzz [--runs N] [--seed S] [--target NAME]`
 //! - `cargo xtask reliability [--kills N] [--seed S]`
@@ -22,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 mod bench;
+mod compare;
 mod fuzz;
 mod gpu_check;
 mod inference;
@@ -124,6 +126,28 @@ enum Command {
         checkpoint: Option<PathBuf>,
         #[arg(long)]
         device: Option<DeviceChoice>,
+    },
+    /// Train a suite of configurations with several seeds under one budget, evaluate
+    /// each run, and compare them with the suite's baseline (paired differences per
+    /// seed, 95% intervals; an interval holding 0 is a tie). Writes results.json and
+    /// results.md; runs already done are reused.
+    Compare {
+        /// The suite file (configs/suites/*.toml).
+        #[arg(long)]
+        suite: PathBuf,
+        /// Seeds per entry [default: the suite's, 2 with --quick].
+        #[arg(long)]
+        seeds: Option<usize>,
+        /// Runs trained at once (each gets its share of the cores).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Output directory [default: runs/compare-<suite>].
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// A tiny budget (1,024 images, one epoch) that tests the machinery in
+        /// minutes; its numbers make no claims.
+        #[arg(long)]
+        quick: bool,
     },
     /// Benchmarks: `kernels` (similarity hot path against the plain candle path and sgemm).
     Bench {
@@ -476,6 +500,13 @@ fn main() {
                 device,
             )
         }
+        Command::Compare {
+            suite,
+            seeds,
+            jobs,
+            out,
+            quick,
+        } => compare::compare(&suite, seeds, jobs, out.as_deref(), quick),
         Command::Fuzz { runs, seed, target } => {
             fuzz::fuzz(Path::new("."), runs, seed, target.as_deref())
         }

@@ -1,0 +1,472 @@
+//! `cargo xtask compare`: a suite of configurations, each trained with several seeds
+//! under one budget, evaluated, and compared with the suite's baseline by paired
+//! differences per seed with 95% confidence intervals; a difference whose interval
+//! holds 0 is a tie.
+//!
+//! A suite file (TOML):
+//!
+//! ```toml
+//! name = "default"
+//! baseline = "simclr"                 # the entry the others are compared with
+//! seeds = 3                           # --seeds overrides
+//! set = ["data.validation=5000"]      # overrides for every run (the budget)
+//! [[run]]
+//! name = "simclr"
+//! config = "configs/simclr-fmnist.toml"
+//! [[run]]
+//! name = "dcl"
+//! config = "configs/dcl-fmnist.toml"
+//! set = []                            # overrides for this entry
+//! ```
+//!
+//! Each (entry, seed) trains in its own process into `OUT/<entry>/seed-<s>/` and is
+//! evaluated on the test split (`eval.json`); a run whose `summary.json` and
+//! `eval.json` exist is reused, so a suite can be split across invocations.
+
+use anyhow::{Context, Result, bail};
+use contrast_train::evaluate::EvalReport;
+use contrast_train::metrics::{EpochRecord, Summary, write_json};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A suite file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Suite {
+    pub name: String,
+    pub baseline: String,
+    #[serde(default = "default_seeds")]
+    pub seeds: usize,
+    #[serde(default)]
+    pub set: Vec<String>,
+    pub run: Vec<Entry>,
+}
+
+fn default_seeds() -> usize {
+    3
+}
+
+/// One configuration of a suite.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    pub name: String,
+    pub config: PathBuf,
+    #[serde(default)]
+    pub set: Vec<String>,
+}
+
+/// The overrides `--quick` adds: a run of seconds that tests the machinery.
+const QUICK: [&str; 8] = [
+    "data.train_subset=1024",
+    "data.test_subset=500",
+    "data.validation=256",
+    "data.batch_size=128",
+    "train.epochs=1",
+    "eval.baselines=false",
+    "eval.probe.epochs=2",
+    "eval.monitor_bank=512",
+];
+
+/// The measurements of one (entry, seed) run that the comparison reads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    pub entry: String,
+    pub seed: u64,
+    pub dir: String,
+    /// The monitor's kNN on the validation split after the last epoch.
+    pub validation_knn: Option<f64>,
+    pub test_knn: Option<f64>,
+    pub linear: Option<f64>,
+    pub map_at_r: Option<f64>,
+    pub alignment: f64,
+    pub uniformity: f64,
+    pub effective_rank: f64,
+    /// Share of same-class candidates among the negatives, last epoch.
+    pub false_negative_fraction: Option<f64>,
+    pub images_per_sec: f64,
+    pub wall_seconds: f64,
+}
+
+/// The metrics compared, by name, as read from a [`RunResult`].
+type Metric = (&'static str, fn(&RunResult) -> Option<f64>);
+
+const METRICS: [Metric; 10] = [
+    ("validation kNN", |r| r.validation_knn),
+    ("test kNN", |r| r.test_knn),
+    ("linear probe", |r| r.linear),
+    ("MAP@R", |r| r.map_at_r),
+    ("alignment", |r| Some(r.alignment)),
+    ("uniformity", |r| Some(r.uniformity)),
+    ("effective rank", |r| Some(r.effective_rank)),
+    ("false-negative share", |r| r.false_negative_fraction),
+    ("images/s", |r| Some(r.images_per_sec)),
+    ("wall s", |r| Some(r.wall_seconds)),
+];
+
+/// Mean and sample standard deviation (0 for one value).
+pub fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+/// Student's t quantile at 0.975 for `df` degrees of freedom (two-sided 95%).
+fn t975(df: usize) -> f64 {
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
+        2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
+        2.052, 2.048, 2.045, 2.042,
+    ];
+    match df {
+        0 => f64::INFINITY,
+        d if d <= 30 => T[d - 1],
+        _ => 1.96,
+    }
+}
+
+/// A paired difference (method minus baseline, per seed) with its 95% interval.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Paired {
+    pub mean: f64,
+    pub low: f64,
+    pub high: f64,
+    pub pairs: usize,
+}
+
+impl Paired {
+    /// Whether the interval holds 0 (a tie).
+    pub fn tie(&self) -> bool {
+        self.low <= 0.0 && self.high >= 0.0
+    }
+}
+
+/// The mean of `differences` with a t interval (infinite with one pair).
+pub fn paired(differences: &[f64]) -> Paired {
+    let (mean, sd) = mean_std(differences);
+    let n = differences.len();
+    let half = t975(n.saturating_sub(1)) * sd / (n as f64).sqrt();
+    let half = if n < 2 { f64::INFINITY } else { half };
+    Paired {
+        mean,
+        low: mean - half,
+        high: mean + half,
+        pairs: n,
+    }
+}
+
+/// One run's results, from its directory.
+fn read_result(entry: &str, seed: u64, dir: &Path) -> Result<RunResult> {
+    let summary: Summary = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("summary.json"))
+            .with_context(|| format!("{}: no summary.json", dir.display()))?,
+    )?;
+    let eval: EvalReport = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("eval.json"))
+            .with_context(|| format!("{}: no eval.json", dir.display()))?,
+    )?;
+    let last: Option<EpochRecord> = std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .ok()
+        .and_then(|t| t.lines().last().and_then(|l| serde_json::from_str(l).ok()));
+    Ok(RunResult {
+        entry: entry.to_string(),
+        seed,
+        dir: dir.display().to_string(),
+        validation_knn: last
+            .as_ref()
+            .filter(|r| r.knn_split == "validation")
+            .and_then(|r| r.knn_top1),
+        test_knn: eval.knn_top1,
+        linear: eval.linear_top1,
+        map_at_r: eval.map_at_r,
+        alignment: eval.alignment,
+        uniformity: eval.uniformity,
+        effective_rank: eval.effective_rank,
+        false_negative_fraction: last
+            .as_ref()
+            .and_then(|r| r.mining.as_ref())
+            .map(|m| m.neg_false_fraction),
+        images_per_sec: summary.train_images_per_sec,
+        wall_seconds: summary.wall_seconds,
+    })
+}
+
+/// Runs `xtask` with `args` in a child process (its output to `log`), `threads`
+/// rayon threads.
+fn child(args: &[String], log: &Path, threads: usize) -> Result<std::process::Child> {
+    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    Ok(Command::new(std::env::current_exe()?)
+        .args(args)
+        .env("RAYON_NUM_THREADS", threads.to_string())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()?)
+}
+
+/// Runs the suite in `file` (see the module docs) into `out`.
+pub fn compare(
+    file: &Path,
+    seeds: Option<usize>,
+    jobs: usize,
+    out: Option<&Path>,
+    quick: bool,
+) -> Result<()> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read suite {}", file.display()))?;
+    let suite: Suite = toml::from_str(&text).with_context(|| format!("{}", file.display()))?;
+    if !suite.run.iter().any(|r| r.name == suite.baseline) {
+        bail!(
+            "{}: baseline `{}` is not the name of a [[run]]",
+            file.display(),
+            suite.baseline
+        );
+    }
+    let seeds = seeds.unwrap_or(if quick { 2 } else { suite.seeds });
+    if seeds == 0 {
+        bail!("--seeds 0: at least one seed is needed (three to call anything beyond noise)");
+    }
+    let out = out.map(Path::to_path_buf).unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!(
+            "compare-{}{}",
+            suite.name,
+            if quick { "-quick" } else { "" }
+        ))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    if quick {
+        println!("--quick: a tiny budget that tests the machinery; its numbers make no claims");
+    }
+    let jobs = jobs.max(1);
+    let threads = (std::thread::available_parallelism().map_or(2, |n| n.get()) / jobs).max(1);
+    let mut pending = Vec::new();
+    for entry in &suite.run {
+        for seed in 0..seeds as u64 {
+            let dir = out.join(&entry.name).join(format!("seed-{seed}"));
+            if dir.join("summary.json").is_file() && dir.join("eval.json").is_file() {
+                println!("{} seed {seed}: reused {}", entry.name, dir.display());
+                continue;
+            }
+            pending.push((entry.clone(), seed, dir));
+        }
+    }
+    let total = pending.len();
+    let mut running: Vec<(Entry, u64, PathBuf, std::process::Child)> = Vec::new();
+    let mut done = 0;
+    let mut queue = pending.into_iter();
+    loop {
+        while running.len() < jobs {
+            let Some((entry, seed, dir)) = queue.next() else {
+                break;
+            };
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+            let mut args = vec![
+                "train".to_string(),
+                "--config".into(),
+                entry.config.display().to_string(),
+                "--out".into(),
+                dir.display().to_string(),
+                "--set".into(),
+                format!("seed={seed}"),
+            ];
+            let sets = suite
+                .set
+                .iter()
+                .chain(&entry.set)
+                .cloned()
+                .chain(quick.then(|| QUICK.map(String::from)).into_iter().flatten());
+            for s in sets {
+                args.push("--set".into());
+                args.push(s);
+            }
+            let c = child(&args, &dir.join("compare.log"), threads)?;
+            running.push((entry, seed, dir, c));
+        }
+        if running.is_empty() {
+            break;
+        }
+        let (entry, seed, dir, mut c) = running.remove(0);
+        let status = c.wait()?;
+        if !status.success() {
+            bail!(
+                "{} seed {seed} failed ({status}); its output is in {}",
+                entry.name,
+                dir.join("compare.log").display()
+            );
+        }
+        let eval_args: Vec<String> = ["eval", "--run"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([dir.display().to_string()])
+            .collect();
+        let status = child(&eval_args, &dir.join("eval.log"), threads * jobs)?.wait()?;
+        if !status.success() {
+            bail!(
+                "evaluating {} failed; see {}",
+                dir.display(),
+                dir.join("eval.log").display()
+            );
+        }
+        done += 1;
+        println!("[{done}/{total}] {} seed {seed} done", entry.name);
+    }
+    let mut results = Vec::new();
+    for entry in &suite.run {
+        for seed in 0..seeds as u64 {
+            let dir = out.join(&entry.name).join(format!("seed-{seed}"));
+            results.push(read_result(&entry.name, seed, &dir)?);
+        }
+    }
+    let table = summarise(&suite, &results);
+    write_json(
+        &out.join("results.json"),
+        &serde_json::json!({
+            "suite": suite.name,
+            "file": file.display().to_string(),
+            "baseline": suite.baseline,
+            "seeds": seeds,
+            "quick": quick,
+            "commit": option_env!("CONTRAST_COMMIT"),
+            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "runs": results,
+        }),
+    )?;
+    let md = out.join("results.md");
+    std::fs::write(&md, &table).with_context(|| format!("writing {}", md.display()))?;
+    println!("{table}");
+    println!(
+        "wrote {} and {}",
+        out.join("results.json").display(),
+        md.display()
+    );
+    Ok(())
+}
+
+/// The results as markdown: mean +- standard deviation per entry and metric, then
+/// each entry's paired difference from the baseline on the headline metrics.
+pub fn summarise(suite: &Suite, results: &[RunResult]) -> String {
+    let mut s = format!(
+        "# Suite `{}`: mean ± standard deviation over seeds\n\n| entry | seeds |",
+        suite.name
+    );
+    for (name, _) in METRICS {
+        s.push_str(&format!(" {name} |"));
+    }
+    s.push_str(&format!("\n|---|---:|{}\n", "---:|".repeat(METRICS.len())));
+    let of =
+        |entry: &str| -> Vec<&RunResult> { results.iter().filter(|r| r.entry == entry).collect() };
+    for entry in &suite.run {
+        let runs = of(&entry.name);
+        s.push_str(&format!("| {} | {} |", entry.name, runs.len()));
+        for (_, get) in METRICS {
+            let v: Vec<f64> = runs.iter().filter_map(|r| get(r)).collect();
+            if v.is_empty() {
+                s.push_str(" - |");
+            } else {
+                let (m, sd) = mean_std(&v);
+                s.push_str(&format!(" {m:.4} ± {sd:.4} |"));
+            }
+        }
+        s.push('\n');
+    }
+    s.push_str(&format!(
+        "\n## Paired differences from `{}` (same seed), 95% interval; an interval holding 0 is a tie\n\n| entry | validation kNN | test kNN | linear probe | MAP@R |\n|---|---|---|---|---|\n",
+        suite.baseline
+    ));
+    let base = of(&suite.baseline);
+    for entry in suite.run.iter().filter(|e| e.name != suite.baseline) {
+        let runs = of(&entry.name);
+        s.push_str(&format!("| {} |", entry.name));
+        for (_, get) in &METRICS[..4] {
+            let d: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| {
+                    let b = base.iter().find(|b| b.seed == r.seed)?;
+                    Some(get(r)? - get(b)?)
+                })
+                .collect();
+            if d.is_empty() {
+                s.push_str(" - |");
+                continue;
+            }
+            let p = paired(&d);
+            let verdict = if p.tie() {
+                "tie"
+            } else if p.mean > 0.0 {
+                "better"
+            } else {
+                "worse"
+            };
+            s.push_str(&format!(
+                " {:+.4} [{:+.4}, {:+.4}] {verdict} |",
+                p.mean, p.low, p.high
+            ));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paired_intervals_follow_the_t_distribution() {
+        // Differences 0.01, 0.02, 0.03: mean 0.02, sd 0.01, t(2) = 4.303, so the
+        // interval (half-width 0.0248) holds 0: three seeds this spread are a tie.
+        let p = paired(&[0.01, 0.02, 0.03]);
+        let half = 4.303 * 0.01 / 3f64.sqrt();
+        assert!((p.mean - 0.02).abs() < 1e-12);
+        assert!((p.low - (0.02 - half)).abs() < 1e-12 && (p.high - (0.02 + half)).abs() < 1e-12);
+        assert!(p.tie(), "{p:?}");
+        // Ten times tighter: beyond noise.
+        assert!(!paired(&[0.019, 0.020, 0.021]).tie());
+        // A spread that straddles 0 is a tie; one pair has no interval.
+        assert!(paired(&[0.03, -0.02, 0.01]).tie());
+        assert!(paired(&[0.05]).tie());
+        let (m, sd) = mean_std(&[1.0, 2.0, 3.0, 4.0]);
+        assert!((m - 2.5).abs() < 1e-12 && (sd - (5f64 / 3.0).sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn the_table_names_ties_and_differences() {
+        let suite: Suite = toml::from_str(
+            "name = \"t\"\nbaseline = \"a\"\n[[run]]\nname = \"a\"\nconfig = \"x\"\n[[run]]\nname = \"b\"\nconfig = \"y\"\n",
+        )
+        .unwrap();
+        let r = |entry: &str, seed: u64, knn: f64| RunResult {
+            entry: entry.into(),
+            seed,
+            dir: String::new(),
+            validation_knn: Some(knn),
+            test_knn: Some(knn),
+            linear: None,
+            map_at_r: None,
+            alignment: 0.5,
+            uniformity: -3.0,
+            effective_rank: 50.0,
+            false_negative_fraction: Some(0.1),
+            images_per_sec: 1000.0,
+            wall_seconds: 10.0,
+        };
+        let results = [
+            r("a", 0, 0.80),
+            r("a", 1, 0.81),
+            r("a", 2, 0.79),
+            r("b", 0, 0.85),
+            r("b", 1, 0.855),
+            r("b", 2, 0.84),
+        ];
+        let md = summarise(&suite, &results);
+        assert!(md.contains("| a | 3 | 0.8000 ± 0.0100 |"), "{md}");
+        assert!(md.contains("better"), "{md}");
+        assert!(md.contains("| b |") && md.contains(" - |"), "{md}");
+    }
+}
