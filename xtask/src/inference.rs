@@ -36,6 +36,7 @@ pub fn eval(
         &run.cfg.data.augment,
         run.cfg.seed,
         &run.checkpoint.display().to_string(),
+        Some((dir, &run.cfg.name)),
     )?;
     let json = dir.join("eval.json");
     contrast_train::metrics::write_json(&json, &report)?;

@@ -58,6 +58,24 @@ pub fn uniformity(features: &Tensor) -> Result<f64> {
 /// (`[D, D]`, all rows) when `D <= 512`, else of the Gram matrix of the first
 /// [`RANK_ROWS`] rows.
 pub fn effective_rank(features: &Tensor) -> Result<f64> {
+    let s = singular_values(features)?;
+    let total: f64 = s.iter().sum();
+    if total <= 0.0 {
+        return Ok(1.0);
+    }
+    let entropy: f64 = s
+        .iter()
+        .map(|v| v / total)
+        .filter(|p| *p > 0.0)
+        .map(|p| -p * p.ln())
+        .sum();
+    Ok(entropy.exp())
+}
+
+/// The singular values of the embedding matrix, largest first, as
+/// [`effective_rank`] computes them (all rows when `D <= 512`, else the first
+/// [`RANK_ROWS`]); values within the f32 rounding of zero are 0.
+pub fn singular_values(features: &Tensor) -> Result<Vec<f64>> {
     let (n, d) = check(features)?;
     let x = features.to_dtype(DType::F32)?;
     let x = if d <= RANK_ROWS {
@@ -74,21 +92,48 @@ pub fn effective_rank(features: &Tensor) -> Result<f64> {
     let eig = symmetric_eigenvalues(a);
     // Eigenvalues within the f32 Gram matrix's rounding of zero are zero.
     let floor = eig.iter().fold(0f64, |m, l| m.max(*l)) * eig.len() as f64 * f32::EPSILON as f64;
-    let s: Vec<f64> = eig
+    let mut s: Vec<f64> = eig
         .into_iter()
         .map(|l| if l > floor { l.sqrt() } else { 0.0 })
         .collect();
-    let total: f64 = s.iter().sum();
-    if total <= 0.0 {
-        return Ok(1.0);
+    s.sort_by(|a, b| b.total_cmp(a));
+    Ok(s)
+}
+
+/// Rows [`pca_2d`] projects (the first ones).
+pub const PCA_ROWS: usize = 2000;
+
+/// The first [`PCA_ROWS`] rows of `features`, centred and projected on their two
+/// leading principal directions (power iteration with deflation, 200 steps each),
+/// for a 2-D map of the embedding.
+pub fn pca_2d(features: &Tensor) -> Result<Vec<(f64, f64)>> {
+    let (n, d) = check(features)?;
+    let x = features
+        .narrow(0, 0, n.min(PCA_ROWS))?
+        .to_dtype(DType::F32)?;
+    let x = x.broadcast_sub(&x.mean_keepdim(0)?)?;
+    let mut directions: Vec<Tensor> = Vec::new();
+    for c in 0..2 {
+        // A fixed, non-degenerate start: 1, 2, ..., d, alternating in sign.
+        let start: Vec<f32> = (0..d)
+            .map(|k| (k as f32 + 1.0) * if (k + c) % 2 == 0 { 1.0 } else { -1.0 })
+            .collect();
+        let mut v = Tensor::from_vec(start, (d, 1), x.device())?;
+        for _ in 0..200 {
+            let mut w = x.t()?.matmul(&x.matmul(&v)?)?;
+            for u in &directions {
+                w = (&w - u.broadcast_mul(&u.t()?.matmul(&w)?)?)?;
+            }
+            let norm: f32 = w.sqr()?.sum_all()?.sqrt()?.to_scalar()?;
+            if norm <= 0.0 {
+                break;
+            }
+            v = (w / norm as f64)?;
+        }
+        directions.push(v);
     }
-    let entropy: f64 = s
-        .iter()
-        .map(|v| v / total)
-        .filter(|p| *p > 0.0)
-        .map(|p| -p * p.ln())
-        .sum();
-    Ok(entropy.exp())
+    let p: Vec<Vec<f32>> = x.matmul(&Tensor::cat(&directions, 1)?)?.to_vec2()?;
+    Ok(p.into_iter().map(|r| (r[0] as f64, r[1] as f64)).collect())
 }
 
 /// Eigenvalues of a symmetric matrix: Householder reduction to tridiagonal form,

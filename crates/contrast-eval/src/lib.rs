@@ -47,10 +47,10 @@ pub mod plot;
 pub mod retrieval;
 
 pub use clustering::{Clustering, clustering, kmeans, nmi_ami};
-pub use embedding::{effective_rank, uniformity};
+pub use embedding::{effective_rank, pca_2d, singular_values, uniformity};
 pub use error::{EvalError, Result};
 pub use histogram::{SimilarityHistogram, similarity_histogram};
 pub use knn::{KnnConfig, KnnPoint, KnnPrediction, accuracy, knn_accuracy, knn_predict, knn_sweep};
 pub use linear_probe::{ProbeConfig, ProbeReport, linear_probe};
-pub use plot::{Series, line_plot};
+pub use plot::{Series, line_plot, scatter_plot};
 pub use retrieval::{Retrieval, retrieval};

@@ -1,4 +1,5 @@
-//! Line plots of training curves, written as SVG.
+//! Plots written as SVG: line plots of training curves, spectra and histograms, and
+//! 2-D scatter maps of embeddings coloured by class.
 
 use crate::error::{EvalError, Result};
 use plotters::prelude::*;
@@ -81,4 +82,92 @@ pub fn line_plot(
         .map_err(|e| err(e.to_string()))?;
     root.present().map_err(|e| err(e.to_string()))?;
     Ok(())
+}
+
+/// Ten colours for classes (matplotlib's tab10).
+const CLASS_COLOURS: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+/// A 2-D scatter of `points` coloured by their class (`None`: one colour), with
+/// the class names in a legend, into an 800x640 SVG at `path`.
+pub fn scatter_plot(
+    path: &Path,
+    title: &str,
+    points: &[(f64, f64)],
+    classes: Option<&[u32]>,
+    class_names: &[String],
+) -> Result<()> {
+    let err = |e: String| EvalError::Plot {
+        path: path.display().to_string(),
+        message: e,
+    };
+    let finite: Vec<(f64, f64)> = points
+        .iter()
+        .copied()
+        .filter(|(x, y)| x.is_finite() && y.is_finite())
+        .collect();
+    if finite.is_empty() {
+        return Err(err("no finite points to plot".into()));
+    }
+    let range = |f: fn(&(f64, f64)) -> f64| {
+        let (lo, hi) = finite
+            .iter()
+            .map(f)
+            .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)));
+        let pad = ((hi - lo) * 0.05).max(1e-6);
+        (lo - pad)..(hi + pad)
+    };
+    let root = SVGBackend::new(path, (800, 640)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(e.to_string()))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(56)
+        .build_cartesian_2d(range(|p| p.0), range(|p| p.1))
+        .map_err(|e| err(e.to_string()))?;
+    chart
+        .configure_mesh()
+        .x_desc("component 1")
+        .y_desc("component 2")
+        .draw()
+        .map_err(|e| err(e.to_string()))?;
+    let groups = classes.map_or(1, |c| c.iter().max().map_or(1, |m| *m as usize + 1));
+    for g in 0..groups {
+        let colour = CLASS_COLOURS[g % CLASS_COLOURS.len()];
+        let members = points
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| classes.is_none_or(|c| c[*i] as usize == g))
+            .map(|(_, &p)| Circle::new(p, 2, colour.filled()));
+        let series = chart.draw_series(members).map_err(|e| err(e.to_string()))?;
+        if classes.is_some() {
+            let name = class_names
+                .get(g)
+                .cloned()
+                .unwrap_or_else(|| format!("class {g}"));
+            series
+                .label(name)
+                .legend(move |(x, y)| Circle::new((x + 8, y), 4, colour.filled()));
+        }
+    }
+    if classes.is_some() {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| err(e.to_string()))?;
+    }
+    root.present().map_err(|e| err(e.to_string()))
 }

@@ -175,6 +175,9 @@ pub struct EvalReport {
     pub knn_sweep: Vec<KnnPoint>,
     /// Cosine histograms of same-class and different-class pairs, and their overlap.
     pub similarity: Option<SimilarityHistogram>,
+    /// The plots drawn (SVG), relative to the run directory.
+    #[serde(default)]
+    pub plots: Vec<String>,
     pub settings: EvalSettings,
 }
 
@@ -277,6 +280,10 @@ impl Evaluator {
     /// Every metric of [`EvalReport`] for `split` (named `split_name`), with
     /// `train` as the kNN bank and the probe's training set; label metrics only
     /// when both have labels.
+    ///
+    /// With `plots = Some((run directory, method name))` it also draws, under
+    /// `plots/`, the singular-value spectrum, the similarity histograms and a PCA
+    /// map of the split coloured by class, each titled with the method.
     #[allow(clippy::too_many_arguments)]
     pub fn report(
         &self,
@@ -287,6 +294,7 @@ impl Evaluator {
         recipe: &ViewRecipe,
         seed: u64,
         checkpoint: &str,
+        plots: Option<(&std::path::Path, &str)>,
     ) -> Result<EvalReport> {
         let fte = self.features(encoder, split)?;
         let labelled = train.is_labelled() && split.is_labelled();
@@ -343,7 +351,14 @@ impl Evaluator {
             .mean_all()?
             .to_dtype(DType::F64)?
             .to_scalar()?;
+        let plots = match plots {
+            Some((dir, method)) => {
+                draw_eval_plots(dir, method, split_name, &fte, split, similarity.as_ref())?
+            }
+            None => Vec::new(),
+        };
         Ok(EvalReport {
+            plots,
             knn_top1: knn1,
             knn_top5: knn5,
             linear_top1: linear,
@@ -372,4 +387,80 @@ impl Evaluator {
             },
         })
     }
+}
+
+/// The eval plots of `split` (features `fte`) under `dir/plots/`; returns their paths
+/// relative to `dir`.
+fn draw_eval_plots(
+    dir: &std::path::Path,
+    method: &str,
+    split_name: &str,
+    fte: &Tensor,
+    split: &Dataset,
+    similarity: Option<&SimilarityHistogram>,
+) -> Result<Vec<String>> {
+    use contrast_eval::{Series, line_plot, scatter_plot};
+    let plots = dir.join("plots");
+    std::fs::create_dir_all(&plots)?;
+    let mut written = Vec::new();
+    let name = |what: &str| format!("plots/eval-{split_name}-{what}.svg");
+    let s = contrast_eval::singular_values(fte)?;
+    let top = s.first().copied().unwrap_or(0.0);
+    if top > 0.0 {
+        let points = s
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v > 0.0)
+            .map(|(k, v)| ((k + 1) as f64, (v / top).log10()))
+            .collect();
+        let file = name("spectrum");
+        line_plot(
+            &dir.join(&file),
+            &format!("{method}: singular values of the {split_name} representations"),
+            "index k",
+            "log10(s_k / s_1)",
+            &[Series {
+                name: "singular values".into(),
+                points,
+            }],
+        )?;
+        written.push(file);
+    }
+    if let Some(h) = similarity {
+        let centres: Vec<f64> = h.edges.windows(2).map(|e| 0.5 * (e[0] + e[1])).collect();
+        let series = |name: &str, v: &[f64]| Series {
+            name: name.into(),
+            points: centres.iter().copied().zip(v.iter().copied()).collect(),
+        };
+        let file = name("similarity");
+        line_plot(
+            &dir.join(&file),
+            &format!(
+                "{method}: cosine of same- and different-class pairs (overlap {:.3})",
+                h.overlap
+            ),
+            "cosine similarity",
+            "share of pairs",
+            &[
+                series("same class", &h.positive),
+                series("different class", &h.negative),
+            ],
+        )?;
+        written.push(file);
+    }
+    let points = contrast_eval::pca_2d(fte)?;
+    let classes = split.labels().map(|l| &l[..points.len()]);
+    let file = name("pca");
+    scatter_plot(
+        &dir.join(&file),
+        &format!(
+            "{method}: PCA of {} {split_name} representations",
+            points.len()
+        ),
+        &points,
+        classes,
+        &split.class_names,
+    )?;
+    written.push(file);
+    Ok(written)
 }

@@ -340,6 +340,9 @@ fn eval_section(e: &EvalReport) -> String {
             h.positive_mean, h.negative_mean, h.overlap, h.positive_pairs, h.negative_pairs
         );
     }
+    for plot in &e.plots {
+        let _ = writeln!(w, "\n![{plot}]({plot})");
+    }
     if !e.knn_sweep.is_empty() {
         let _ = writeln!(
             w,

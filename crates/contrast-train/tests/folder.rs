@@ -220,8 +220,17 @@ fn a_trained_run_is_evaluated_and_embedded_from_its_checkpoint() {
             &opened.cfg.data.augment,
             0,
             "latest",
+            Some((out.path(), "folder-test")),
         )
         .unwrap();
+    assert_eq!(e.plots.len(), 3, "{:?}", e.plots);
+    for p in &e.plots {
+        let svg = std::fs::read_to_string(out.path().join(p)).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("folder-test"),
+            "{p}"
+        );
+    }
     // The checkpoint reproduces the run's own final evaluation.
     assert_eq!(e.knn_top1, s.knn_top1);
     assert_eq!(e.linear_top1, s.linear_top1);
