@@ -109,7 +109,7 @@ proptest! {
         let (z1, z2) = views(seed, b, 6);
         let batch = MiningBatch::in_batch(&[z1, z2], &ids(b), None).unwrap();
         let (mixes, query_mixes, n_hardest) = (2usize, 2usize, 3usize);
-        let p = plan(&batch, vec![PolicyConfig::Mochi(Mochi { n_hardest, mixes, query_mixes })]);
+        let p = plan(&batch, vec![PolicyConfig::Mochi(Mochi::new(n_hardest, mixes, query_mixes))]);
         let syn: Vec<f64> = p.synthetic.as_ref().unwrap().to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
         let z: Vec<f64> = batch.candidates.flatten_all().unwrap().to_vec1().unwrap();
         let row = |c: usize| &z[c * 6..(c + 1) * 6];

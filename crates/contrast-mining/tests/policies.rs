@@ -108,7 +108,7 @@ proptest! {
         for i in 0..2 * b {
             prop_assert!(plan.kept_negatives(i).iter().all(|&c| l[c % b] != l[i % b]));
         }
-        let plan = Pipeline::new(vec![PolicyConfig::Ring(Ring { outer, inner })]).unwrap().plan(&batch, &mut rng).unwrap();
+        let plan = Pipeline::new(vec![PolicyConfig::Ring(Ring::new(outer, inner))]).unwrap().plan(&batch, &mut rng).unwrap();
         let outer_size = (outer * negatives as f64).floor() as usize;
         let inner_idx = (inner * outer_size as f64).floor() as usize;
         for i in 0..2 * b {
@@ -132,7 +132,7 @@ proptest! {
     fn mochi_points_are_unit_detached_and_counted(seed in any::<u64>(), b in 3usize..8, mixes in 0usize..4, q in 1usize..4) {
         let (z1, z2) = views(seed, b, 6);
         let batch = MiningBatch::in_batch(&[z1, z2], &ids(b), None).unwrap();
-        let plan = Pipeline::new(vec![PolicyConfig::Mochi(Mochi { n_hardest: 3, mixes, query_mixes: q })]).unwrap()
+        let plan = Pipeline::new(vec![PolicyConfig::Mochi(Mochi::new(3, mixes, q))]).unwrap()
             .plan(&batch, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
         let syn = plan.synthetic.unwrap();
         prop_assert_eq!(syn.dims(), &[2 * b, mixes + q, 6]);
@@ -146,12 +146,7 @@ proptest! {
 fn mochi_is_seeded_and_adds_candidates() {
     let (z1, z2) = views(3, 5, 6);
     let batch = MiningBatch::in_batch(&[z1.clone(), z2.clone()], &ids(5), None).unwrap();
-    let mut pipe = Pipeline::new(vec![PolicyConfig::Mochi(Mochi {
-        n_hardest: 4,
-        mixes: 2,
-        query_mixes: 2,
-    })])
-    .unwrap();
+    let mut pipe = Pipeline::new(vec![PolicyConfig::Mochi(Mochi::new(4, 2, 2))]).unwrap();
     let a = pipe
         .plan(&batch, &mut ChaCha8Rng::seed_from_u64(9))
         .unwrap();
@@ -175,11 +170,7 @@ fn mochi_is_seeded_and_adds_candidates() {
 #[test]
 fn policies_run_in_stage_order_and_labels_are_required_when_used() {
     let mut pipe = Pipeline::new(vec![
-        PolicyConfig::Mochi(Mochi {
-            n_hardest: 4,
-            mixes: 1,
-            query_mixes: 1,
-        }),
+        PolicyConfig::Mochi(Mochi::new(4, 1, 1)),
         PolicyConfig::Hcl(Hcl { beta: 1.0 }),
         PolicyConfig::TopK(TopK { k: 3 }),
         PolicyConfig::Fnc(Fnc {
@@ -250,4 +241,49 @@ fn diagnostics_count_false_negatives_and_identification() {
     assert!((0.0..=1.0).contains(&p) && (0.0..=1.0).contains(&r));
     // Two identified of two true per anchor: precision equals recall.
     assert!((p - r).abs() < 1e-12);
+}
+
+#[test]
+fn mochi_mixes_only_after_its_warm_up() {
+    let (z1, z2) = views(4, 6, 6);
+    let batch = MiningBatch::in_batch(&[z1, z2], &ids(6), None).unwrap();
+    let mochi = Mochi {
+        warmup_epochs: 2,
+        ..Mochi::new(4, 2, 1)
+    };
+    let mut pipe = Pipeline::new(vec![PolicyConfig::Mochi(mochi)]).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for epoch in 0..4 {
+        pipe.set_progress(epoch, 10);
+        let plan = pipe.plan(&batch, &mut rng).unwrap();
+        assert_eq!(plan.synthetic.is_some(), epoch >= 2, "epoch {epoch}");
+    }
+}
+
+#[test]
+fn ring_anneals_its_outer_band_from_every_negative() {
+    let ring = Ring {
+        anneal_epochs: 4,
+        ..Ring::new(0.25, 0.0)
+    };
+    let at = |epoch| {
+        let mut r = ring.clone();
+        contrast_mining::Policy::set_progress(&mut r, epoch, 10);
+        r.outer_now()
+    };
+    assert_eq!(at(0), 1.0);
+    assert!((at(2) - 0.625).abs() < 1e-12);
+    assert_eq!(at(4), 0.25);
+    assert_eq!(at(9), 0.25);
+    // The plan keeps every negative at the start and a quarter after the anneal.
+    let (z1, z2) = views(5, 9, 6);
+    let batch = MiningBatch::in_batch(&[z1, z2], &ids(9), None).unwrap();
+    let mut pipe = Pipeline::new(vec![PolicyConfig::Ring(ring)]).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let negatives = 2 * 9 - 2;
+    for (epoch, kept) in [(0, negatives), (4, negatives / 4)] {
+        pipe.set_progress(epoch, 10);
+        let plan = pipe.plan(&batch, &mut rng).unwrap();
+        assert_eq!(plan.kept_negatives(0).len(), kept, "epoch {epoch}");
+    }
 }

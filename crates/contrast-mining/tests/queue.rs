@@ -105,7 +105,7 @@ proptest! {
             want.sort();
             prop_assert_eq!(kept(&p, i, row), want);
         }
-        let p = plan(&s, vec![PolicyConfig::Ring(Ring { outer, inner })]);
+        let p = plan(&s, vec![PolicyConfig::Ring(Ring::new(outer, inner))]);
         for (i, row) in sq.iter().enumerate() {
             let o = (outer * 300.0).floor() as usize;
             let lo = ((inner * o as f64).floor() as usize).min(o);
@@ -174,15 +174,8 @@ fn mined_moco_loss_matches_the_dense_reference() {
                 cancellation: Cancellation::Elimination,
             }),
             PolicyConfig::LabelAware(LabelAware {}),
-            PolicyConfig::Ring(Ring {
-                outer: 0.6,
-                inner: 0.1,
-            }),
-            PolicyConfig::Mochi(Mochi {
-                n_hardest: 8,
-                mixes: 3,
-                query_mixes: 2,
-            }),
+            PolicyConfig::Ring(Ring::new(0.6, 0.1)),
+            PolicyConfig::Mochi(Mochi::new(8, 3, 2)),
         ],
     );
     assert!(p.attracted.iter().all(|a| !a.is_empty()) && p.window.is_some() && p.keys.is_some());
@@ -265,14 +258,7 @@ fn mined_moco_loss_matches_the_dense_reference() {
 #[test]
 fn mochi_refusals_and_diagnostics_on_the_queue() {
     let s = setup(5, 4, 120, 6);
-    let p = plan(
-        &s,
-        vec![PolicyConfig::Mochi(Mochi {
-            n_hardest: 6,
-            mixes: 4,
-            query_mixes: 2,
-        })],
-    );
+    let p = plan(&s, vec![PolicyConfig::Mochi(Mochi::new(6, 4, 2))]);
     let syn = p.synthetic.as_ref().unwrap();
     assert_eq!(syn.dims(), &[4, 6, 6]);
     assert!(!syn.track_op());

@@ -476,6 +476,7 @@ impl InBatch {
             // the plan's negatives against the labels.
             LossConfig::NtXent(c) => {
                 let mining = MiningBatch::in_batch(&views, &step.ids(), step.classes().as_deref())?;
+                self.pipeline.set_progress(batch.epoch, cfg.train.epochs);
                 let plan = self.pipeline.plan(&mining, &mut step.rng(Stream::Mining))?;
                 self.diagnostics
                     .add(&mining, &plan, &mut step.rng(Stream::Diagnostics));
@@ -523,6 +524,8 @@ impl Moco {
             self.queue.ids().to_vec(),
             self.queue.labels().to_vec(),
         )?;
+        self.pipeline
+            .set_progress(step.batch.epoch, cfg.train.epochs);
         let plan = if self.pipeline.is_empty() {
             QueuePlan::new(step.batch.len())
         } else {

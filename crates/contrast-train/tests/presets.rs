@@ -102,6 +102,7 @@ fn every_preset_runs_a_short_epoch() {
         "simclr-fmnist",
         "simclr-cifar10",
         "moco-cifar10",
+        "moco-ring-fmnist",
         "dcl-fmnist",
         "debiased-fmnist",
         "hcl-fmnist",

@@ -99,11 +99,7 @@ fn resumed_moco_mining_run_matches_uninterrupted_run() {
             aggregation: contrast_losses::Aggregation::Max,
             cancellation: contrast_losses::Cancellation::Attraction,
         }),
-        contrast_mining::PolicyConfig::Mochi(Mochi {
-            n_hardest: 8,
-            mixes: 4,
-            query_mixes: 2,
-        }),
+        contrast_mining::PolicyConfig::Mochi(Mochi::new(8, 4, 2)),
     ];
     cfg.validate().unwrap();
     check_resume(cfg);

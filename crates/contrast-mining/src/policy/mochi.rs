@@ -15,17 +15,48 @@ use serde::{Deserialize, Serialize};
 /// From each anchor's `n_hardest` negatives, `mixes` points mixing two of them and
 /// `query_mixes` points mixing one with the anchor (its weight below 0.5). The points
 /// are detached unit rows `[B, S, D]`, `S = mixes + query_mixes`; never enqueued.
+/// The first `warmup_epochs` epochs train without them, as the paper's short warm-up
+/// (its length is not given; reimplementations use 10 of 200 epochs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Mochi {
     pub n_hardest: usize,
     pub mixes: usize,
     pub query_mixes: usize,
+    #[serde(default)]
+    pub warmup_epochs: usize,
+    /// The training's current epoch (0-based), from [`Policy::set_progress`].
+    #[serde(skip)]
+    pub epoch: usize,
 }
 
 impl Mochi {
+    /// Mixing from `n_hardest` negatives, without a warm-up.
+    pub fn new(n_hardest: usize, mixes: usize, query_mixes: usize) -> Self {
+        Self {
+            n_hardest,
+            mixes,
+            query_mixes,
+            warmup_epochs: 0,
+            epoch: 0,
+        }
+    }
+
+    /// Synthetic points per anchor now: none during the warm-up.
     fn points(&self) -> usize {
+        if self.warming_up() {
+            0
+        } else {
+            self.configured_points()
+        }
+    }
+
+    fn configured_points(&self) -> usize {
         self.mixes + self.query_mixes
+    }
+
+    fn warming_up(&self) -> bool {
+        self.epoch < self.warmup_epochs
     }
 }
 
@@ -38,8 +69,12 @@ impl Policy for Mochi {
         Stage::Synthesis
     }
 
+    fn set_progress(&mut self, epoch: usize, _epochs: usize) {
+        self.epoch = epoch;
+    }
+
     fn validate(&self) -> Result<()> {
-        if self.n_hardest < 2 || self.points() == 0 {
+        if self.n_hardest < 2 || self.configured_points() == 0 {
             return Err(invalid(
                 "n_hardest",
                 "mochi needs n_hardest >= 2 and at least one mixed point",
@@ -54,6 +89,9 @@ impl Policy for Mochi {
         plan: &mut MiningPlan,
         step: &mut Step<'_>,
     ) -> Result<()> {
+        if self.warming_up() {
+            return Ok(());
+        }
         let d = batch.candidates.dim(1)?;
         let (cand, anch) = (flat_f32(&batch.candidates)?, flat_f32(&batch.anchors)?);
         let s = self.points();
@@ -90,6 +128,9 @@ impl Policy for Mochi {
     }
 
     fn plan_queue_row(&self, row: &mut QueueRow<'_>) -> Result<()> {
+        if self.warming_up() {
+            return Ok(());
+        }
         let (queue, query) = row.vectors.expect("mochi asks for the queue's rows");
         let d = query.len();
         let i = row.query;

@@ -144,6 +144,10 @@ pub trait Policy: Debug + Send {
     /// come from [`Step::rng`]).
     fn set_seed(&mut self, _seed: u64) {}
 
+    /// Told before each step which epoch (0-based) of how many the training is in,
+    /// for policies with a schedule (MoCHi's warm-up, Ring's annealed band).
+    fn set_progress(&mut self, _epoch: usize, _epochs: usize) {}
+
     /// Edits the in-batch plan. Stateful policies update their state.
     fn plan(
         &mut self,
@@ -302,6 +306,13 @@ impl Pipeline {
 
     /// The plan for `batch`: instance discrimination, then every policy in order.
     /// Stateful policies update their state.
+    /// Tells every policy the training's progress (see [`Policy::set_progress`]).
+    pub fn set_progress(&mut self, epoch: usize, epochs: usize) {
+        for p in &mut self.policies {
+            p.set_progress(epoch, epochs);
+        }
+    }
+
     pub fn plan(&mut self, batch: &MiningBatch, rng: &mut ChaCha8Rng) -> Result<MiningPlan> {
         let mut plan = batch.default_plan();
         let mut step = Step { rng };
