@@ -33,7 +33,7 @@
 //! let labels: [i64; 6] = [0, 0, 1, 1, 2, 2];
 //! let batch = MiningBatch::in_batch(&views, &ids, Some(&labels))?;
 //! let policies = vec![
-//!     PolicyConfig::Hcl(Hcl { beta: 1.0 }),
+//!     PolicyConfig::Hcl(Hcl::new(1.0)),
 //!     PolicyConfig::LabelAware(LabelAware {}),
 //! ];
 //! let mut pipeline = Pipeline::new(policies)?;

@@ -46,7 +46,7 @@ proptest! {
     #[test]
     fn hcl_and_debias_policies_are_the_hcl_loss(seed in any::<u64>(), b in 2usize..10, beta in 0.0f64..2.0, tp in 0.0f64..0.3) {
         let (z1, z2) = views(seed, b, 6);
-        let got = mined(&z1, &z2, vec![PolicyConfig::Debias(Debias { tau_plus: tp }), PolicyConfig::Hcl(Hcl { beta })], None, 0.5);
+        let got = mined(&z1, &z2, vec![PolicyConfig::Debias(Debias { tau_plus: tp }), PolicyConfig::Hcl(Hcl::new(beta))], None, 0.5);
         prop_assert!(close(got, scalar(&hcl(&z1, &z2, 0.5, tp, beta).unwrap())));
         let got = mined(&z1, &z2, vec![PolicyConfig::Debias(Debias { tau_plus: tp })], None, 0.5);
         prop_assert!(close(got, scalar(&debiased(&z1, &z2, 0.5, tp).unwrap())));
@@ -171,7 +171,7 @@ fn mochi_is_seeded_and_adds_candidates() {
 fn policies_run_in_stage_order_and_labels_are_required_when_used() {
     let mut pipe = Pipeline::new(vec![
         PolicyConfig::Mochi(Mochi::new(4, 1, 1)),
-        PolicyConfig::Hcl(Hcl { beta: 1.0 }),
+        PolicyConfig::Hcl(Hcl::new(1.0)),
         PolicyConfig::TopK(TopK { k: 3 }),
         PolicyConfig::Fnc(Fnc {
             topk: Some(1),
@@ -286,4 +286,35 @@ fn ring_anneals_its_outer_band_from_every_negative() {
         let plan = pipe.plan(&batch, &mut rng).unwrap();
         assert_eq!(plan.kept_negatives(0).len(), kept, "epoch {epoch}");
     }
+}
+
+#[test]
+fn hcl_anneals_beta_down_to_zero_in_nine_steps() {
+    let hcl = Hcl {
+        anneal_down: true,
+        ..Hcl::new(0.9)
+    };
+    let (z1, z2) = views(6, 5, 6);
+    let batch = MiningBatch::in_batch(&[z1, z2], &ids(5), None).unwrap();
+    let mut pipe = Pipeline::new(vec![PolicyConfig::Hcl(hcl)]).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let betas: Vec<f64> = (0..10)
+        .map(|epoch| {
+            pipe.set_progress(epoch, 10);
+            pipe.plan(&batch, &mut rng).unwrap().hardness_beta.unwrap()
+        })
+        .collect();
+    for (e, b) in betas.iter().enumerate() {
+        assert!(
+            (b - 0.9 * (1.0 - e as f64 / 9.0)).abs() < 1e-12,
+            "{betas:?}"
+        );
+    }
+    // Without annealing, beta stays.
+    let mut fixed = Pipeline::new(vec![PolicyConfig::Hcl(Hcl::new(0.9))]).unwrap();
+    fixed.set_progress(9, 10);
+    assert_eq!(
+        fixed.plan(&batch, &mut rng).unwrap().hardness_beta,
+        Some(0.9)
+    );
 }

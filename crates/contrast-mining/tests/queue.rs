@@ -274,7 +274,7 @@ fn mochi_refusals_and_diagnostics_on_the_queue() {
     assert!(norms.iter().all(|n| (n - 1.0).abs() < 1e-5));
     for policy in [
         PolicyConfig::Supervised(Supervised {}),
-        PolicyConfig::Hcl(Hcl { beta: 1.0 }),
+        PolicyConfig::Hcl(Hcl::new(1.0)),
         PolicyConfig::NearestNeighbour(NearestNeighbour { support_size: 8 }),
     ] {
         let name = policy.name();
