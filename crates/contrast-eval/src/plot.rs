@@ -12,12 +12,27 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-const PALETTE: [RGBColor; 4] = [
+/// Series and class colours (matplotlib's tab10).
+const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
+
+/// The error of drawing into `path`.
+fn plot_error(path: &Path) -> impl Fn(String) -> EvalError + '_ {
+    move |message| EvalError::Plot {
+        path: path.display().to_string(),
+        message,
+    }
+}
 
 /// Draws `series` against a shared x axis into an 800x480 SVG at `path`.
 pub fn line_plot(
@@ -27,10 +42,7 @@ pub fn line_plot(
     y_label: &str,
     series: &[Series],
 ) -> Result<()> {
-    let err = |e: String| EvalError::Plot {
-        path: path.display().to_string(),
-        message: e,
-    };
+    let err = plot_error(path);
     let pts = series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
     for &(x, y) in pts.filter(|(x, y)| x.is_finite() && y.is_finite()) {
@@ -84,20 +96,6 @@ pub fn line_plot(
     Ok(())
 }
 
-/// Ten colours for classes (matplotlib's tab10).
-const CLASS_COLOURS: [RGBColor; 10] = [
-    RGBColor(31, 119, 180),
-    RGBColor(255, 127, 14),
-    RGBColor(44, 160, 44),
-    RGBColor(214, 39, 40),
-    RGBColor(148, 103, 189),
-    RGBColor(140, 86, 75),
-    RGBColor(227, 119, 194),
-    RGBColor(127, 127, 127),
-    RGBColor(188, 189, 34),
-    RGBColor(23, 190, 207),
-];
-
 /// A 2-D scatter of `points` coloured by their class (`None`: one colour), with
 /// the class names in a legend, into an 800x640 SVG at `path`.
 pub fn scatter_plot(
@@ -107,10 +105,7 @@ pub fn scatter_plot(
     classes: Option<&[u32]>,
     class_names: &[String],
 ) -> Result<()> {
-    let err = |e: String| EvalError::Plot {
-        path: path.display().to_string(),
-        message: e,
-    };
+    let err = plot_error(path);
     let finite: Vec<(f64, f64)> = points
         .iter()
         .copied()
@@ -144,7 +139,7 @@ pub fn scatter_plot(
         .map_err(|e| err(e.to_string()))?;
     let groups = classes.map_or(1, |c| c.iter().max().map_or(1, |m| *m as usize + 1));
     for g in 0..groups {
-        let colour = CLASS_COLOURS[g % CLASS_COLOURS.len()];
+        let colour = PALETTE[g % PALETTE.len()];
         let members = points
             .iter()
             .enumerate()
