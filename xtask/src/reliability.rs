@@ -85,10 +85,12 @@ pub fn reliability(kills: usize, seed: u64) -> Result<()> {
     let status = train(&straight, false)?.wait()?;
     ensure!(status.success(), "the uninterrupted run failed ({status})");
     let reference = t.elapsed();
+    // Delays averaging half a run's length over all the kills, start-up included, so
+    // that every kill lands before the run can finish.
+    let longest = (reference.as_secs_f64() / kills.max(1) as f64).max(0.3);
     println!(
-        "uninterrupted run: {:.1} s; killing the other run {kills} times, each after a random delay in [0.2, {:.1}] s",
+        "uninterrupted run: {:.1} s; killing the other run {kills} times, each after a random delay in [0.2, {longest:.1}] s",
         reference.as_secs_f64(),
-        reference.as_secs_f64() / 10.0
     );
 
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -102,8 +104,7 @@ pub fn reliability(kills: usize, seed: u64) -> Result<()> {
             ensure!(status.success(), "the last resumed run failed ({status})");
             break;
         }
-        // Short enough that 20 kills fit in one run's length, start-up included.
-        let delay = Duration::from_secs_f64(rng.random_range(0.2..reference.as_secs_f64() / 10.0));
+        let delay = Duration::from_secs_f64(rng.random_range(0.2..longest));
         let started = Instant::now();
         let exited = loop {
             if let Some(status) = child.try_wait()? {
