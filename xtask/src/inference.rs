@@ -71,7 +71,7 @@ pub fn embed(
     let data = match images {
         Some(path) => {
             let opts = data::folder_options(&run.cfg);
-            loaded = data::read_like(path, &run.data.train, &opts, "--images", true, &log)?;
+            loaded = data::read_like(path, &run.data.train, false, &opts, "--images", true, &log)?;
             &loaded.dataset
         }
         None => run.split(split)?,

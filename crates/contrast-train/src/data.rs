@@ -118,12 +118,15 @@ fn load_listing(
     Ok(loaded)
 }
 
-/// Images from a folder or manifest read the way `like` was (its size, channels
-/// and classes), for a held-out split or for embedding new images with a trained
-/// model. `what` names the source in errors (`data.test = "DIR"`, `--images DIR`).
+/// Images from a folder or manifest read at `like`'s size and channels, for a
+/// held-out split or for embedding new images with a trained model. With
+/// `same_classes` (a split) its classes must be `like`'s and keep their indices;
+/// otherwise (new images) they are the source's own. `what` names the source in
+/// errors (`data.test = "DIR"`, `--images DIR`).
 pub fn read_like(
     path: &Path,
     like: &Dataset,
+    same_classes: bool,
     opts: &FolderOptions,
     what: &str,
     progress: bool,
@@ -134,8 +137,9 @@ pub fn read_like(
     } else {
         like.class_names.clone()
     };
-    let listing = Listing::scan(path, like.is_labelled().then_some(&classes[..]))
-        .with_context(|| format!("{what} = \"{}\"", path.display()))?;
+    let fixed = (same_classes && like.is_labelled()).then_some(&classes[..]);
+    let listing =
+        Listing::scan(path, fixed).with_context(|| format!("{what} = \"{}\"", path.display()))?;
     let opts = FolderOptions {
         size: like.shape.height,
         channels: Some(like.shape.channels),
@@ -155,7 +159,7 @@ fn holdout_folder(
     log: &RunLog,
     skipped: &mut Vec<Skipped>,
 ) -> Result<Dataset> {
-    let loaded = read_like(path, train, opts, part.key(), progress, log)?;
+    let loaded = read_like(path, train, true, opts, part.key(), progress, log)?;
     skipped.extend(loaded.skipped);
     Ok(loaded.dataset)
 }
