@@ -116,7 +116,7 @@ enum Command {
         /// Embed these images instead (a folder or manifest, read as the run's).
         #[arg(long)]
         images: Option<PathBuf>,
-        /// Output file [default: RUN/embeddings/<split>.safetensors].
+        /// Output file (default: `RUN/embeddings/<split>.safetensors`).
         #[arg(long)]
         out: Option<PathBuf>,
         /// safetensors, or npy (one `<stem>.<array>.npy` per array).
@@ -141,7 +141,7 @@ enum Command {
         /// Runs trained at once (each gets its share of the cores).
         #[arg(long, default_value_t = 1)]
         jobs: usize,
-        /// Output directory [default: runs/compare-<suite>].
+        /// Output directory (default: `runs/compare-<suite>`).
         #[arg(long)]
         out: Option<PathBuf>,
         /// A tiny budget (1,024 images, one epoch) that tests the machinery in
