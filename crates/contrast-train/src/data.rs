@@ -23,17 +23,6 @@ pub struct RunData {
     pub skipped: Vec<Skipped>,
 }
 
-impl RunData {
-    /// The split the per-epoch monitor evaluates: validation when configured, else
-    /// test; with its name.
-    pub fn monitor(&self) -> (&Dataset, &'static str) {
-        match &self.validation {
-            Some(v) => (v, "validation"),
-            None => (&self.test, "test"),
-        }
-    }
-}
-
 /// What in the configuration reads class labels (loss, mining policies), for the
 /// message when the data have none.
 pub fn label_readers(cfg: &Config) -> Vec<String> {

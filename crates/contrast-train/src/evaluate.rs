@@ -327,7 +327,16 @@ impl Evaluator {
                 contrast_eval::knn_predict(&fte, &ftr, bank_labels, train.num_classes, &knn)?;
             knn1 = Some(contrast_eval::accuracy(&pred.predictions, split_labels));
             knn5 = Some(pred.top_k_accuracy(split_labels, 5));
-            let (_, probe) = self.scores(&ftr, train, &fte, split)?;
+            // The probe alone: kNN was scored above, from the same neighbours.
+            let probe = linear_probe(
+                &ftr,
+                bank_labels,
+                &fte,
+                split_labels,
+                train.num_classes,
+                &self.probe,
+            )
+            .context("linear probe")?;
             linear = Some(probe.test_top1);
             retrieval = Some(contrast_eval::retrieval(
                 &fte,
