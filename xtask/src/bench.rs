@@ -282,6 +282,7 @@ fn step_case(case: &str) -> Result<(f64, CaseFn)> {
         },
         filter: None,
         ops: Default::default(),
+        sync_bn: false,
     };
     let model = ContrastiveModel::new(
         &cfg,
@@ -510,14 +511,14 @@ epochs = 1
                     .collect()
             })
             .collect();
-        let batch = Batch {
-            epoch: 0,
+        let batch = Batch::whole(
+            0,
             step,
-            indices: (0..b as u32).map(|i| (step * b) as u32 + i).collect(),
-            labels: Some((0..b as u32).map(|i| i % 10).collect()),
+            (0..b as u32).map(|i| (step * b) as u32 + i).collect(),
+            Some((0..b as u32).map(|i| i % 10).collect()),
             views,
             shape,
-        };
+        );
         method.step(
             &cfg,
             &model,
@@ -527,6 +528,7 @@ epochs = 1
             (step, steps),
             0.01,
             &device,
+            &contrast_train::World::single(),
         )?;
         if step % 500 == 0 || step + 1 == steps {
             let rss = status_kib("VmRSS:") / 1024.0;

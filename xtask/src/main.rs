@@ -17,6 +17,7 @@ use clap::{Parser, Subcommand};
 use contrast_data::fetch::{Provisioned, fetch};
 use contrast_data::{DatasetChoice, DatasetId};
 use contrast_train::device::{MissingBackend, describe};
+use contrast_train::distributed::{self, World};
 use contrast_train::trainer::Interrupted;
 use contrast_train::{Config, DeviceChoice, RunOptions, Trainer};
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ mod compare;
 mod fuzz;
 mod gpu_check;
 mod inference;
+mod launch;
 mod mining_bench;
 mod reliability;
 
@@ -87,6 +89,11 @@ enum Command {
         /// `train.device`; a GPU needs a build with its feature, e.g. `cargo xtask-cuda`).
         #[arg(long)]
         device: Option<DeviceChoice>,
+        /// Data-parallel ranks: N > 1 starts N local processes through `mpirun`
+        /// (building the MPI-enabled xtask first), each with batch_size / N images
+        /// of every batch; docs/distributed.md.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        world: u16,
     },
     /// Evaluate a trained run on a split: kNN top-1/top-5, linear probe,
     /// precision@1, R-precision, MAP@R, NMI, AMI, alignment, uniformity, effective
@@ -362,8 +369,9 @@ fn train(
     data_dir: Option<PathBuf>,
     out: Option<PathBuf>,
     resume: bool,
+    ranks: usize,
 ) -> Result<()> {
-    let cfg = Config::load(config, set)?;
+    let mut cfg = Config::load(config, set)?;
     let data_dir = match cfg.data.dataset {
         DatasetChoice::Named(id) => {
             let explicit = match (data_dir, &cfg.data.path) {
@@ -388,7 +396,21 @@ fn train(
         })?,
         None => PathBuf::from("runs").join(format!("{}-{}", cfg.name, timestamp())),
     };
-    println!("run directory: {}", out_dir.display());
+    if ranks > 1 && distributed::launched_size().is_none() {
+        return launch::train_world(ranks, &rank_args(), &out_dir);
+    }
+    // One GPU per rank: a plain `cuda` means the rank's own.
+    if distributed::launched_size().is_some_and(|n| n > 1)
+        && cfg.train.device == DeviceChoice::Cuda(0)
+    {
+        cfg.train.device = DeviceChoice::Cuda(distributed::local_rank().unwrap_or(0));
+    }
+    let world = World::from_env(&cfg.train.device.open()?)?;
+    // Every rank writes under rank 0's choice (its clock named the directory).
+    let out_dir = PathBuf::from(world.broadcast_text(&out_dir.to_string_lossy())?);
+    if world.is_root() {
+        println!("run directory: {}", out_dir.display());
+    }
     install_interrupt_handler();
     let mut trainer = Trainer::new(
         &cfg,
@@ -399,14 +421,34 @@ fn train(
             progress: true,
             command: Some(command_line()),
             commit: option_env!("CONTRAST_COMMIT").map(str::to_string),
+            world: world.clone(),
         },
     )?
     .with_interrupt(&INTERRUPT);
     trainer.train()?;
     let summary = trainer.finish()?;
-    println!("{}", serde_json::to_string_pretty(&summary)?);
-    println!("wrote {}", out_dir.join("summary.json").display());
+    if world.is_root() {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+        println!("wrote {}", out_dir.join("summary.json").display());
+    }
     Ok(())
+}
+
+/// This command's arguments after `train`, without `--world` and `--out` (the
+/// launcher passes the ranks their run directory).
+fn rank_args() -> Vec<String> {
+    let mut args = std::env::args().skip_while(|a| a != "train").skip(1);
+    let mut kept = Vec::new();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--world" | "--out" => {
+                args.next();
+            }
+            _ if a.starts_with("--world=") || a.starts_with("--out=") => {}
+            _ => kept.push(a),
+        }
+    }
+    kept
 }
 
 /// Set by SIGINT or SIGTERM: the trainer finishes its step, writes a checkpoint
@@ -463,9 +505,10 @@ fn main() {
             out,
             resume,
             device,
+            world,
         } => {
             set.extend(device.map(|d| format!("train.device=\"{d}\"")));
-            train(&config, &set, data_dir, out, resume)
+            train(&config, &set, data_dir, out, resume, world as usize)
         }
         Command::Bench { device, command } => bench_command(device, command),
         Command::Reliability { kills, seed } => reliability::reliability(kills, seed),

@@ -36,18 +36,18 @@ fn batch(b: usize, v: usize, step: usize) -> Batch {
                 .collect()
         })
         .collect();
-    Batch {
-        epoch: 0,
+    Batch::whole(
+        0,
         step,
-        indices: (0..b as u32).collect(),
-        labels: Some((0..b as u32).map(|i| i % 10).collect()),
+        (0..b as u32).collect(),
+        Some((0..b as u32).map(|i| i % 10).collect()),
         views,
-        shape: ImageShape {
+        ImageShape {
             height: 28,
             width: 28,
             channels: 1,
         },
-    }
+    )
 }
 
 /// One training setup stepped by the bench: the trainer's method path (mining,
@@ -103,6 +103,7 @@ impl Runner {
                 (step, REPS + WARMUP),
                 0.1,
                 device,
+                &contrast_train::World::single(),
             )?;
             // The epoch's diagnostics summary is part of the cost of a logged run
             // (taken every step here, which overstates it).

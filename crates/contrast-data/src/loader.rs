@@ -11,6 +11,7 @@ use crate::recipe::ViewRecipe;
 use crate::seeds::{Stream, stream_rng};
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
@@ -46,8 +47,10 @@ impl Normalization {
     }
 }
 
-/// One batch: the dataset indices (instance ids), labels (`None` for unlabeled data),
-/// and one `[B, H, W, C]` buffer per view.
+/// One batch: the dataset indices (instance ids) and labels (`None` for unlabeled
+/// data) of all `B` images, and one `[b, H, W, C]` buffer per view for the `b` images
+/// of `local`, the rows this process encodes (all of them, `0..B`, except in a
+/// data-parallel run, where each rank holds its own shard).
 #[derive(Debug, Clone)]
 pub struct Batch {
     pub epoch: usize,
@@ -56,12 +59,34 @@ pub struct Batch {
     pub labels: Option<Vec<u32>>,
     pub views: Vec<Vec<f32>>,
     pub shape: ImageShape,
+    pub local: Range<usize>,
 }
 
 impl Batch {
-    /// Number of images in the batch.
+    /// Number of images in the (global) batch.
     pub fn len(&self) -> usize {
         self.indices.len()
+    }
+
+    /// A single-process batch: every row's views are held.
+    pub fn whole(
+        epoch: usize,
+        step: usize,
+        indices: Vec<u32>,
+        labels: Option<Vec<u32>>,
+        views: Vec<Vec<f32>>,
+        shape: ImageShape,
+    ) -> Self {
+        let local = 0..indices.len();
+        Self {
+            epoch,
+            step,
+            indices,
+            labels,
+            views,
+            shape,
+            local,
+        }
     }
 
     /// True for an empty batch.
@@ -85,6 +110,9 @@ pub struct ViewLoader {
     recipes: Arc<Vec<ViewRecipe>>,
     norm: Arc<Normalization>,
     config: LoaderConfig,
+    /// `(rank, ranks)`: this process augments the `rank`-th of `ranks` equal
+    /// shares of every batch.
+    shard: (usize, usize),
 }
 
 impl ViewLoader {
@@ -133,7 +161,27 @@ impl ViewLoader {
                 prefetch: config.prefetch.max(1),
                 ..config
             },
+            shard: (0, 1),
         })
+    }
+
+    /// The loader of rank `rank` of `ranks` in a data-parallel run: batches keep
+    /// `batch_size` images in the same order as in one process (the global batch),
+    /// and this rank augments only its share, rows `rank * b..(rank + 1) * b` with
+    /// `b = batch_size / ranks`. Each image's augmentation depends on the image, not
+    /// on the rank, so the ranks' views together are the single process's views.
+    pub fn sharded(mut self, rank: usize, ranks: usize) -> Result<Self> {
+        if ranks == 0 || rank >= ranks || self.config.batch_size % ranks != 0 {
+            return Err(DataError::config(
+                "batch_size",
+                format!(
+                    "the global batch of {} images does not split evenly over {ranks} ranks; choose a multiple of {ranks}",
+                    self.config.batch_size
+                ),
+            ));
+        }
+        self.shard = (rank, ranks);
+        Ok(self)
     }
 
     /// The dataset being loaded.
@@ -166,6 +214,9 @@ impl ViewLoader {
     pub fn batch(&self, epoch: usize, step: usize, order: &[u32]) -> Batch {
         let b = self.config.batch_size;
         let indices: Vec<u32> = order[step * b..((step + 1) * b).min(order.len())].to_vec();
+        let (rank, ranks) = self.shard;
+        let share = indices.len() / ranks;
+        let local = rank * share..(rank + 1) * share;
         let shape = self.dataset.shape;
         let numel = shape.numel();
         let c = shape.channels;
@@ -174,9 +225,9 @@ impl ViewLoader {
             .iter()
             .enumerate()
             .map(|(v, recipe)| {
-                let mut buf = vec![0f32; indices.len() * numel];
+                let mut buf = vec![0f32; local.len() * numel];
                 buf.par_chunks_mut(numel)
-                    .zip(indices.par_iter())
+                    .zip(indices[local.clone()].par_iter())
                     .for_each(|(out, &idx)| {
                         let mut rng = stream_rng(
                             self.config.seed,
@@ -201,6 +252,7 @@ impl ViewLoader {
             indices,
             views,
             shape,
+            local,
         }
     }
 

@@ -8,7 +8,8 @@
 
 use crate::params::{ParamBuilder, ParamInit};
 use candle_core::{DType, Result, Tensor, Var};
-use contrast_kernels::{BatchNormMode, ChannelStats, OpSet};
+use contrast_kernels::{BatchNormMode, ChannelStats, CrossProcessSum, OpSet};
+use std::sync::Arc;
 
 /// Name fragment that marks a variable as a running statistic, not a parameter.
 pub const RUNNING_STAT: &str = "running_";
@@ -24,6 +25,8 @@ pub struct BatchNorm {
     eps: f64,
     momentum: f64,
     ops: OpSet,
+    /// Synchronised statistics across a data-parallel run's processes.
+    sync: Option<Arc<dyn CrossProcessSum>>,
 }
 
 impl BatchNorm {
@@ -42,6 +45,7 @@ impl BatchNorm {
             eps: 1e-5,
             momentum: 0.1,
             ops: vb.ops(),
+            sync: vb.sync_bn(),
         })
     }
 
@@ -85,11 +89,14 @@ impl BatchNorm {
         Ok(out.y)
     }
 
-    /// The statistics to normalise with: the batch's in training, the running ones
-    /// otherwise.
+    /// The statistics to normalise with: the batch's in training (the global
+    /// batch's with synchronised BatchNorm), the running ones otherwise.
     pub fn mode(&self, train: bool) -> Result<BatchNormMode> {
         Ok(if train {
-            BatchNormMode::Batch
+            match &self.sync {
+                Some(sum) => BatchNormMode::Synced(sum.clone()),
+                None => BatchNormMode::Batch,
+            }
         } else {
             BatchNormMode::Fixed(ChannelStats {
                 mean: self
@@ -107,10 +114,11 @@ impl BatchNorm {
     }
 
     /// Moves the running statistics towards batch statistics computed over `n`
-    /// values per channel (momentum 0.1; the variance made unbiased, as PyTorch).
+    /// values per channel on this process (momentum 0.1; the variance made unbiased,
+    /// as PyTorch, over every process's values when synchronised).
     pub fn update_running(&self, batch: &ChannelStats, n: usize) -> Result<()> {
         let m = self.momentum;
-        let n = n as f64;
+        let n = (n * self.sync.as_ref().map_or(1, |s| s.processes())) as f64;
         let update = |running: &Var, values: &[f64], correction: f64| -> Result<()> {
             let old: Vec<f64> = running.as_tensor().to_dtype(DType::F64)?.to_vec1()?;
             let new: Vec<f64> = old

@@ -10,10 +10,11 @@
 
 use candle_core::{DType, Device, Result, Shape, Tensor, Var};
 use candle_nn::{Init, VarBuilder, VarMap};
-use contrast_kernels::OpSet;
+use contrast_kernels::{CrossProcessSum, OpSet};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
+use std::sync::Arc;
 
 /// Initial distribution of a parameter.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -32,6 +33,8 @@ pub struct ParamBuilder<'a> {
     vb: VarBuilder<'a>,
     seed: u64,
     ops: OpSet,
+    /// Synchronised BatchNorm across the processes of a data-parallel run.
+    sync: Option<Arc<dyn CrossProcessSum>>,
 }
 
 impl std::fmt::Debug for ParamBuilder<'_> {
@@ -40,6 +43,7 @@ impl std::fmt::Debug for ParamBuilder<'_> {
             .field("prefix", &self.vb.prefix())
             .field("seed", &self.seed)
             .field("ops", &self.ops)
+            .field("sync_bn", &self.sync.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -62,7 +66,21 @@ impl<'a> ParamBuilder<'a> {
             vb: VarBuilder::from_varmap(varmap, dtype, device),
             seed,
             ops: OpSet::for_device(device),
+            sync: None,
         }
+    }
+
+    /// The same builder, its BatchNorm layers normalising with the statistics of
+    /// the global batch, summed over the processes by `sum` (synchronised
+    /// BatchNorm).
+    pub fn with_sync_bn(mut self, sum: Arc<dyn CrossProcessSum>) -> Self {
+        self.sync = Some(sum);
+        self
+    }
+
+    /// The cross-process sum of synchronised BatchNorm, if it is on.
+    pub fn sync_bn(&self) -> Option<Arc<dyn CrossProcessSum>> {
+        self.sync.clone()
     }
 
     /// The same builder, its layers running `ops`.
@@ -82,6 +100,7 @@ impl<'a> ParamBuilder<'a> {
             vb: self.vb.pp(name),
             seed: self.seed,
             ops: self.ops,
+            sync: self.sync.clone(),
         }
     }
 

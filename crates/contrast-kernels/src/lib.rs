@@ -71,8 +71,9 @@ mod float;
 pub mod similarity;
 
 pub use cnn::{
-    BatchNormMode, BatchNormOutput, BlockSpec, ChannelStats, ConvBn, ConvGeometry, OpSet,
-    ResidualBlockOutput, add_relu, batch_norm, conv_block, conv2d_nhwc, max_pool2, residual_block,
+    BatchNormMode, BatchNormOutput, BlockSpec, ChannelStats, ConvBn, ConvGeometry, CrossProcessSum,
+    OpSet, ResidualBlockOutput, add_relu, batch_norm, conv_block, conv2d_nhwc, max_pool2,
+    residual_block,
 };
 pub use similarity::{
     Candidates, NORM_EPS, Positive, QUERY_BLOCK, TopK, l2_normalize, streaming_info_nce,

@@ -222,6 +222,15 @@ pub struct ModelConfig {
     /// the path a GPU runs).
     #[serde(default)]
     pub ops: OpsChoice,
+    /// Synchronised BatchNorm in a data-parallel run: the online network's
+    /// BatchNorm layers normalise with the statistics of the global batch, every
+    /// rank's rows together, so that N ranks train as one process with the whole
+    /// batch (at the cost of two small all-reduces per layer and direction, and of
+    /// the candle composition for those layers). Off: each rank normalises its own
+    /// rows, as PyTorch's DDP does by default. No effect in one process. MoCo's key
+    /// encoder always normalises per rank (Shuffle-BN).
+    #[serde(default)]
+    pub sync_bn: bool,
 }
 
 /// Optimiser and its hyper-parameters, tagged by `name`.

@@ -75,6 +75,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod distributed;
 pub mod evaluate;
 pub mod log;
 pub mod method;
@@ -89,5 +90,6 @@ pub mod trainer;
 
 pub use config::Config;
 pub use device::{DeviceChoice, OpsChoice, Precision};
+pub use distributed::World;
 pub use metrics::{EpochRecord, Summary};
 pub use trainer::{RunOptions, Trainer, run};

@@ -12,6 +12,8 @@ use std::time::Instant;
 pub struct RunLog {
     file: Option<Mutex<std::fs::File>>,
     started: Instant,
+    /// Print nothing (the ranks other than 0 of a data-parallel run).
+    silent: bool,
 }
 
 impl RunLog {
@@ -29,6 +31,7 @@ impl RunLog {
         Self {
             file,
             started: Instant::now(),
+            silent: false,
         }
     }
 
@@ -37,6 +40,17 @@ impl RunLog {
         Self {
             file: None,
             started: Instant::now(),
+            silent: false,
+        }
+    }
+
+    /// A log that neither prints nor writes (a data-parallel run speaks through
+    /// rank 0 alone).
+    pub fn silent() -> Self {
+        Self {
+            file: None,
+            started: Instant::now(),
+            silent: true,
         }
     }
 
@@ -52,12 +66,18 @@ impl RunLog {
 
     /// Prints `line` to standard output and logs it.
     pub fn say(&self, line: impl AsRef<str>) {
+        if self.silent {
+            return;
+        }
         println!("{}", line.as_ref());
         self.append(line.as_ref());
     }
 
     /// Prints `line` to standard error and logs it.
     pub fn warn(&self, line: impl AsRef<str>) {
+        if self.silent {
+            return;
+        }
         eprintln!("{}", line.as_ref());
         self.append(line.as_ref());
     }

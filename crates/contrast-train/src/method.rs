@@ -15,6 +15,7 @@
 //! separate groups (each with its own BatchNorm statistics), then restoring the order.
 
 use crate::config::{Config, MethodConfig};
+use crate::distributed::World;
 use crate::model::ContrastiveModel;
 use crate::optim::Optimizer;
 use anyhow::{Context, Result, bail};
@@ -201,6 +202,7 @@ impl Method {
         batch: &Batch,
         num_classes: usize,
         device: &Device,
+        world: &World,
     ) -> Result<(Tensor, StepExtras)> {
         let step = StepInputs {
             cfg,
@@ -208,6 +210,7 @@ impl Method {
             batch,
             num_classes,
             device,
+            world,
         };
         match self {
             Method::InBatch(m) => m.loss(&step),
@@ -218,7 +221,10 @@ impl Method {
 
     /// One optimisation step on `batch`: the loss, its gradients, the optimiser's
     /// update at learning rate `lr`, then the method's own update (`after_step`: enqueue, bank or momentum update);
-    /// `progress` is `(step, total)` over the whole run. Returns the loss. A
+    /// `progress` is `(step, total)` over the whole run. In a data-parallel `world`
+    /// the loss is the global batch's, the same on every rank, and the parameter
+    /// gradients are summed over the ranks before the update (see
+    /// [`crate::distributed`]). Returns the loss. A
     /// non-finite loss or gradient returns a [`NonFinite`] error before the optimiser
     /// step and the method's update (queue, bank, momentum encoder). The forward pass
     /// has by then updated what it always updates (BatchNorm running statistics, the
@@ -235,8 +241,9 @@ impl Method {
         progress: (usize, usize),
         lr: f64,
         device: &Device,
+        world: &World,
     ) -> Result<f64> {
-        let (loss, extras) = self.loss(cfg, model, batch, num_classes, device)?;
+        let (loss, extras) = self.loss(cfg, model, batch, num_classes, device, world)?;
         let value = loss.to_scalar::<f32>()? as f64;
         let fault = |what: String| NonFinite {
             epoch: batch.epoch,
@@ -246,7 +253,8 @@ impl Method {
         if !value.is_finite() {
             return Err(fault(format!("loss ({value})")).into());
         }
-        let grads = loss.backward()?;
+        let mut grads = loss.backward()?;
+        world.sum_gradients(&mut grads, opt.params())?;
         if let Some(name) = opt.first_nonfinite(&grads)? {
             return Err(fault(format!("gradient of `{name}`")).into());
         }
@@ -397,15 +405,16 @@ struct StepInputs<'a> {
     batch: &'a Batch,
     num_classes: usize,
     device: &'a Device,
+    world: &'a World,
 }
 
 impl StepInputs<'_> {
-    /// View `v` of the batch as images `[B, H, W, C]`.
+    /// View `v` of this process's rows of the batch as images `[b, H, W, C]`.
     fn view(&self, v: usize) -> candle_core::Result<Tensor> {
         let s = self.batch.shape;
         Tensor::from_slice(
             &self.batch.views[v],
-            (self.batch.len(), s.height, s.width, s.channels),
+            (self.batch.local.len(), s.height, s.width, s.channels),
             self.device,
         )
     }
@@ -437,12 +446,16 @@ impl StepInputs<'_> {
 
 impl InBatch {
     /// Every view through the online network in one pass; the loss over the batch's
-    /// own views (mined when policies are configured).
+    /// own views (mined when policies are configured), over every rank's rows.
     fn loss(&mut self, step: &StepInputs<'_>) -> Result<(Tensor, StepExtras)> {
         let StepInputs {
-            cfg, model, batch, ..
+            cfg,
+            model,
+            batch,
+            world,
+            ..
         } = *step;
-        let b = batch.len();
+        let (b, local) = (batch.len(), batch.local.len());
         let x = Tensor::cat(
             &(0..batch.views.len())
                 .map(|v| step.view(v))
@@ -451,8 +464,14 @@ impl InBatch {
         )?;
         let (_, z) = model.forward_t(&x, true)?;
         let views = (0..batch.views.len())
-            .map(|v| z.narrow(0, v * b, b))
+            .map(|v| world.gather_rows(&z.narrow(0, v * local, local)?))
             .collect::<candle_core::Result<Vec<_>>>()?;
+        // The gathered views stacked `[V * B, D]`, as the mined loss takes them.
+        let z = if world.size() == 1 {
+            z
+        } else {
+            Tensor::cat(&views, 0)?
+        };
         let labels = step.label_tensor()?;
         let (partners, gates) = match (&cfg.loss, &model.filter) {
             (LossConfig::Simlap(c), Some(filter)) => {
@@ -466,7 +485,7 @@ impl InBatch {
                     &mut step.rng(Stream::Partners),
                 )?;
                 let p = Tensor::from_vec(p, b, step.device)?;
-                let g = filter.forward_t(labels, &p, true)?;
+                let g = world.after_gather(&filter.forward_t(labels, &p, true)?);
                 (Some(p), Some(g))
             }
             _ => (None, None),
@@ -492,7 +511,12 @@ impl InBatch {
                 queue: None,
                 partners: partners.as_ref(),
                 gates: gates.as_ref(),
-                log_scale: model.filter.as_ref().and_then(|f| f.log_scale()),
+                log_scale: model
+                    .filter
+                    .as_ref()
+                    .and_then(|f| f.log_scale())
+                    .map(|s| world.after_gather(s))
+                    .as_ref(),
             })?,
         };
         Ok((loss, StepExtras::default()))
@@ -508,11 +532,13 @@ impl Moco {
             bail!("method state and configuration disagree");
         };
         let (_, q) = step.model.forward_t(&step.view(0)?, true)?;
+        let q = step.world.gather_rows(&q)?;
         let k = shuffled_keys(
             &self.key,
             &step.view(1)?,
             shuffle_splits,
             &mut step.rng(Stream::KeyShuffle),
+            step.world,
         )?;
         let queue = self.queue.keys();
         let mining = QueueBatch::new(
@@ -574,6 +600,7 @@ impl Bank {
             bail!("method state and configuration disagree");
         };
         let (_, z) = step.model.forward_t(&step.view(0)?, true)?;
+        let z = step.world.gather_rows(&z)?;
         // The background is at most the whole bank (a training subset can be smaller
         // than the configured M).
         let capped = contrast_losses::InvPConfig {
@@ -599,14 +626,20 @@ impl Bank {
     }
 }
 
-/// Keys of `x` `[B, ...]` from the momentum encoder, without gradient: shuffled, run
-/// in `splits` groups with their own BatchNorm statistics, and put back in order.
+/// Keys `[B, D]` of the global batch from the momentum encoder, without gradient,
+/// given this rank's images `x_local` `[b, ...]`: the batch is gathered and shuffled
+/// (one permutation on every rank), each rank encodes its share of the shuffled batch
+/// in `splits / ranks` groups (at least one) with their own BatchNorm statistics,
+/// and the keys are gathered and put back in order. In one process that is `splits`
+/// groups of the shuffled batch; N ranks with `splits = N * g` compute the same keys.
 fn shuffled_keys(
     key: &ContrastiveModel,
-    x: &Tensor,
+    x_local: &Tensor,
     splits: usize,
     rng: &mut ChaCha8Rng,
+    world: &World,
 ) -> Result<Tensor> {
+    let x = world.collective().all_gather(&x_local.detach())?;
     let b = x.dim(0)?;
     let mut perm: Vec<u32> = (0..b as u32).collect();
     perm.shuffle(rng);
@@ -615,17 +648,17 @@ fn shuffled_keys(
         inverse[i as usize] = pos as u32;
     }
     let shuffled = x.index_select(&Tensor::from_slice(&perm, b, x.device())?, 0)?;
+    let share = b / world.size();
+    let mine = shuffled.narrow(0, world.rank() * share, share)?;
     // Groups of at least two keys: BatchNorm needs two values per channel.
-    let size = b.div_ceil(splits.max(1).min((b / 2).max(1)));
+    let groups = (splits / world.size()).max(1);
+    let size = share.div_ceil(groups.min((share / 2).max(1)));
     let mut parts = Vec::new();
-    for start in (0..b).step_by(size) {
-        let (_, z) = key.forward_t(
-            &shuffled.narrow(0, start, size.min(b - start))?.detach(),
-            true,
-        )?;
+    for start in (0..share).step_by(size) {
+        let (_, z) = key.forward_t(&mine.narrow(0, start, size.min(share - start))?, true)?;
         parts.push(z.detach());
     }
-    let keys = Tensor::cat(&parts, 0)?;
+    let keys = world.collective().all_gather(&Tensor::cat(&parts, 0)?)?;
     Ok(keys
         .index_select(&Tensor::from_slice(&inverse, b, x.device())?, 0)?
         .detach())

@@ -9,8 +9,9 @@ use candle_nn::VarMap;
 use contrast_encoders::{
     Encoder, FeatureFilter, InputShape, ParamBuilder, ProjectionHead, RUNNING_STAT, SimLapParams,
 };
-use contrast_kernels::OpSet;
+use contrast_kernels::{CrossProcessSum, OpSet};
 use contrast_losses::LossConfig;
+use std::sync::Arc;
 
 /// Backbone, projection head and optional SimLAP feature filter sharing one
 /// [`VarMap`] (names `backbone.*`, `head.*`, `filter.*`), on one device and running
@@ -65,9 +66,27 @@ impl ContrastiveModel {
         seed: u64,
         precision: Precision,
     ) -> Result<Self> {
+        Self::with_sync_bn(cfg, input, simlap, device, seed, precision, None)
+    }
+
+    /// [`ContrastiveModel::new`], with the BatchNorm layers synchronised across a
+    /// data-parallel run's processes through `sync` when given (`model.sync_bn`).
+    pub fn with_sync_bn(
+        cfg: &ModelConfig,
+        input: InputShape,
+        simlap: Option<SimLapParams>,
+        device: &Device,
+        seed: u64,
+        precision: Precision,
+        sync: Option<Arc<dyn CrossProcessSum>>,
+    ) -> Result<Self> {
         let varmap = VarMap::new();
         let ops = cfg.ops.resolve(device, precision)?;
         let pb = ParamBuilder::new(&varmap, DType::F32, device, seed).with_ops(ops);
+        let pb = match sync {
+            Some(sum) => pb.with_sync_bn(sum),
+            None => pb,
+        };
         let backbone = cfg
             .encoder
             .build(input, pb.pp("backbone"))

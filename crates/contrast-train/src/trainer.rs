@@ -5,6 +5,7 @@ use crate::config::SplitName;
 use crate::config::{Config, OnNonFinite};
 use crate::data::{RunData, load_data};
 use crate::device::describe;
+use crate::distributed::World;
 use crate::evaluate::{Evaluator, input_shape};
 use crate::log::RunLog;
 use crate::method::{Method, NonFinite};
@@ -42,6 +43,9 @@ pub struct RunOptions {
     pub command: Option<String>,
     /// The source revision of the build (`git` commit), for `summary.json`.
     pub commit: Option<String>,
+    /// The ranks of a data-parallel run (default: this process alone). Rank 0
+    /// writes the run directory and evaluates; every rank reads checkpoints.
+    pub world: World,
 }
 
 fn progress_bar(steps: usize, epoch: usize, epochs: usize, show: bool) -> ProgressBar {
@@ -120,6 +124,7 @@ pub struct Trainer {
     config_toml: String,
     started: Instant,
     interrupt: Option<&'static AtomicBool>,
+    world: World,
 }
 
 /// The run stopped on request after writing the checkpoint in `dir`.
@@ -148,10 +153,15 @@ impl Trainer {
     pub fn new(cfg: &Config, opts: &RunOptions) -> Result<Self> {
         let started = Instant::now();
         let device = cfg.train.device.open()?;
-        let ckpt_dir = opts.out_dir.join("checkpoints");
-        std::fs::create_dir_all(&ckpt_dir)
-            .with_context(|| format!("creating {}", ckpt_dir.display()))?;
-        let log = RunLog::open(&opts.out_dir);
+        let world = opts.world.clone();
+        let log = if world.is_root() {
+            let ckpt_dir = opts.out_dir.join("checkpoints");
+            std::fs::create_dir_all(&ckpt_dir)
+                .with_context(|| format!("creating {}", ckpt_dir.display()))?;
+            RunLog::open(&opts.out_dir)
+        } else {
+            RunLog::silent()
+        };
         if let Some(c) = &opts.command {
             log.say(format!("command: {c}"));
         }
@@ -162,14 +172,36 @@ impl Trainer {
             cfg.model.ops.resolve(&device, cfg.train.precision)?.name(),
             cfg.train.precision
         ));
+        if world.size() > 1 {
+            log.say(format!(
+                "data-parallel: {} ranks over {}, {} of the {} images of each batch per rank",
+                world.size(),
+                world.engine(),
+                cfg.data.batch_size / world.size(),
+                cfg.data.batch_size
+            ));
+        }
         let config_toml = cfg.to_toml()?;
 
+        // Rank 0 reads (and for an image folder, caches) the data first; the others
+        // then read what it left.
+        if !world.is_root() {
+            world.barrier()?;
+        }
         let RunData {
             train,
             validation,
             test,
             skipped,
-        } = load_data(cfg, opts.data_dir.as_deref(), opts.progress, &log)?;
+        } = load_data(
+            cfg,
+            opts.data_dir.as_deref(),
+            opts.progress && world.is_root(),
+            &log,
+        )?;
+        if world.is_root() {
+            world.barrier()?;
+        }
         let train = Arc::new(train);
         let norm = Normalization::from_dataset(&train);
         let loader = ViewLoader::new(
@@ -184,8 +216,9 @@ impl Trainer {
                 prefetch: cfg.data.prefetch,
             },
         )
+        .and_then(|l| l.sharded(world.rank(), world.size()))
         .context("configuring the data loader")?;
-        let (model, opt, method) = fresh(cfg, &train, &device)?;
+        let (model, opt, method) = fresh(cfg, &train, &device, &world)?;
         let eval = Evaluator {
             norm,
             knn: cfg.eval.knn.clone(),
@@ -217,9 +250,12 @@ impl Trainer {
             config_toml,
             started,
             interrupt: None,
+            world,
         };
         trainer.resume(opts.resume)?;
-        std::fs::write(trainer.out.join("config.toml"), &trainer.config_toml)?;
+        if trainer.world.is_root() {
+            std::fs::write(trainer.out.join("config.toml"), &trainer.config_toml)?;
+        }
         trainer.announce();
         trainer.untrained_baseline()?;
         Ok(trainer)
@@ -357,6 +393,7 @@ impl Trainer {
     /// (baselines on, labelled data).
     fn untrained_baseline(&mut self) -> Result<()> {
         if self.cfg.eval.baselines
+            && self.world.is_root()
             && self.monitors()
             && self.state.epoch == 0
             && self.state.untrained_knn_top1.is_none()
@@ -417,6 +454,7 @@ impl Trainer {
             (step, total),
             lr,
             &self.device,
+            &self.world,
         )?;
         Ok((loss, lr))
     }
@@ -465,7 +503,8 @@ impl Trainer {
                 dir.display().to_string()
             }
             None => {
-                (self.model, self.opt, self.method) = fresh(&self.cfg, &self.train, &self.device)?;
+                (self.model, self.opt, self.method) =
+                    fresh(&self.cfg, &self.train, &self.device, &self.world)?;
                 self.state = TrainState::new(self.config_toml.clone());
                 (self.state.untrained_knn_top1, self.state.eval_seconds) = kept;
                 "the initial weights".to_string()
@@ -503,7 +542,12 @@ impl Trainer {
         };
         let (t0, seconds_before, waited_before) =
             (Instant::now(), part.seconds, part.waited_seconds);
-        let pb = progress_bar(steps, epoch + 1, epochs, self.progress);
+        let pb = progress_bar(
+            steps,
+            epoch + 1,
+            epochs,
+            self.progress && self.world.is_root(),
+        );
         pb.set_position(part.steps as u64);
         let mut stream = self.loader.stream(epoch, part.steps);
         let views = self.cfg.data.views as u64;
@@ -521,7 +565,7 @@ impl Trainer {
                 .train
                 .checkpoint_every
                 .is_some_and(|n| n > 0 && part.steps % n == 0);
-            let interrupted = self.interrupted();
+            let interrupted = self.world.any(self.interrupted())?;
             if (scheduled || interrupted) && part.steps < steps {
                 part.seconds = seconds_before + t0.elapsed().as_secs_f64();
                 part.waited_seconds = waited_before + stream.waited().as_secs_f64();
@@ -545,17 +589,24 @@ impl Trainer {
         self.state.images_seen += images;
         self.state.data_wait_seconds += waited;
         self.state.optimizer_steps = self.opt.steps();
+        self.world.check_in_sync(&self.opt.params()[..])?;
 
+        // The monitor runs on rank 0 alone; the other ranks go on to the next
+        // epoch's first gather and wait for it there.
         let te = Instant::now();
         let (split, split_name) = self.monitor_split();
-        let monitor = self.eval.monitor(
-            self.model.backbone.as_ref(),
-            &self.monitor_bank,
-            split,
-            self.monitors(),
-            &self.cfg.data.augment,
-            self.cfg.seed,
-        )?;
+        let monitor = if self.world.is_root() {
+            Some(self.eval.monitor(
+                self.model.backbone.as_ref(),
+                &self.monitor_bank,
+                split,
+                self.monitors(),
+                &self.cfg.data.augment,
+                self.cfg.seed,
+            )?)
+        } else {
+            None
+        };
         self.state.eval_seconds += te.elapsed().as_secs_f64();
         let record = EpochRecord {
             epoch: epoch + 1,
@@ -565,12 +616,12 @@ impl Trainer {
             images_per_sec: images as f64 / secs,
             data_wait_fraction: waited / secs,
             epoch_seconds: secs,
-            knn_top1: monitor.knn_top1,
+            knn_top1: monitor.as_ref().and_then(|m| m.knn_top1),
             knn_bank: self.monitor_bank.len(),
             knn_split: split_name.to_string(),
-            uniformity: Some(monitor.uniformity),
-            effective_rank: Some(monitor.effective_rank),
-            alignment: Some(monitor.alignment),
+            uniformity: monitor.as_ref().map(|m| m.uniformity),
+            effective_rank: monitor.as_ref().map(|m| m.effective_rank),
+            alignment: monitor.as_ref().map(|m| m.alignment),
             mining: self.method.take_diagnostics(),
         };
         // Every epoch so far, trained before a resume or not, with its monitor.
@@ -580,26 +631,36 @@ impl Trainer {
         self.state.history.push(record.clone());
         self.state.epoch = epoch + 1;
         self.save_checkpoint()?;
-        write_metrics(&self.out, &self.state.history)?;
-        plot_history(
-            &self.out.join("plots"),
-            &self.state.history,
-            self.state.untrained_knn_top1,
-        )?;
+        if self.world.is_root() {
+            write_metrics(&self.out, &self.state.history)?;
+            plot_history(
+                &self.out.join("plots"),
+                &self.state.history,
+                self.state.untrained_knn_top1,
+            )?;
+        }
         Ok(record)
     }
 
-    /// Writes the current state as a checkpoint (mid-epoch when `state.partial`).
+    /// Writes the current state as a checkpoint (mid-epoch when `state.partial`):
+    /// rank 0 writes, and every rank returns once it has (so that no rank stops, or
+    /// reads the checkpoint, before it is whole). Returns its directory.
     fn save_checkpoint(&mut self) -> Result<PathBuf> {
         self.state.config_toml = self.config_toml.clone();
-        checkpoint::save(
-            &self.checkpoints(),
-            &self.model,
-            &self.opt,
-            &self.state,
-            &self.method.state()?,
-            self.cfg.train.keep_checkpoints,
-        )
+        let dir = if self.world.is_root() {
+            checkpoint::save(
+                &self.checkpoints(),
+                &self.model,
+                &self.opt,
+                &self.state,
+                &self.method.state()?,
+                self.cfg.train.keep_checkpoints,
+            )?
+        } else {
+            self.checkpoints()
+        };
+        self.world.barrier()?;
+        Ok(dir)
     }
 
     /// Asks the run to stop at the next step boundary when `flag` is set (a signal
@@ -618,6 +679,22 @@ impl Trainer {
     /// effective rank of the test representations (always), and the representations
     /// of the splits `eval.embed` names under `embeddings/`.
     pub fn finish(self) -> Result<Summary> {
+        // Rank 0 evaluates and writes; the others wait and read its summary.
+        if !self.world.is_root() {
+            self.world.barrier()?;
+            let path = self.out.join("summary.json");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading rank 0's {}", path.display()))?;
+            return serde_json::from_str(&text)
+                .with_context(|| format!("parsing rank 0's {}", path.display()));
+        }
+        let summary = self.evaluate_and_report()?;
+        self.world.barrier()?;
+        Ok(summary)
+    }
+
+    /// [`Trainer::finish`] on rank 0.
+    fn evaluate_and_report(&self) -> Result<Summary> {
         let (cfg, train, test) = (&self.cfg, &self.train, &self.test);
         let te = Instant::now();
         let labelled = train.is_labelled() && test.is_labelled();
@@ -752,19 +829,24 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map_or("-".to_string(), |v| format!("{v:.4}"))
 }
 
-/// A seeded model, its optimiser and the method's state, as at the start of a run.
+/// A seeded model, its optimiser and the method's state, as at the start of a run
+/// (the online network's BatchNorm synchronised over `world` with `model.sync_bn`).
 fn fresh(
     cfg: &Config,
     train: &Dataset,
     device: &Device,
+    world: &World,
 ) -> Result<(ContrastiveModel, Optimizer, Method)> {
-    let model = ContrastiveModel::new(
+    let sync: Option<Arc<dyn contrast_kernels::CrossProcessSum>> =
+        (cfg.model.sync_bn && world.size() > 1).then(|| Arc::new(world.clone()) as _);
+    let model = ContrastiveModel::with_sync_bn(
         &cfg.model,
         input_shape(train),
         simlap_params(&cfg.loss, train.num_classes),
         device,
         stream_seed(cfg.seed, Stream::ModelInit, &[]),
         cfg.train.precision,
+        sync,
     )?;
     let opt = Optimizer::new(cfg.optim.clone(), model.params());
     let method = Method::new(cfg, &model, input_shape(train), train.len(), device)?;

@@ -39,11 +39,28 @@ pub struct ChannelStats {
     pub var: Vec<f64>,
 }
 
+/// A sum over the processes of a data-parallel run whose gradient is summed the
+/// same way: what synchronised BatchNorm needs from the run (the trainer's world
+/// implements it; this crate knows no transport).
+pub trait CrossProcessSum: Send + Sync + std::fmt::Debug {
+    /// The sum over processes of `x` (the same shape on each), differentiable: the
+    /// gradient reaching each process's `x` is the sum over processes of the
+    /// gradients of the result.
+    fn sum(&self, x: &Tensor) -> Result<Tensor>;
+    /// Number of processes; each holds an equal share of the batch.
+    fn processes(&self) -> usize;
+}
+
 /// Where the normalisation statistics come from.
 #[derive(Debug, Clone)]
 pub enum BatchNormMode {
     /// Batch statistics (training); the gradient flows through them.
     Batch,
+    /// Statistics of the global batch of a data-parallel run, every process's rows
+    /// together (synchronised BatchNorm); the gradient flows through them across
+    /// processes. Always computed by the candle composition
+    /// ([`generic::batch_norm`]), whatever the op set.
+    Synced(Arc<dyn CrossProcessSum>),
     /// Given statistics (evaluation, or frozen BatchNorm).
     Fixed(ChannelStats),
 }
@@ -55,6 +72,7 @@ impl BatchNormMode {
         match self {
             BatchNormMode::Batch => channel_stats(x, c),
             BatchNormMode::Fixed(s) => s.clone(),
+            BatchNormMode::Synced(_) => unreachable!("synchronised statistics run in generic"),
         }
     }
 
@@ -518,7 +536,8 @@ pub fn batch_norm(
     let fused = x.device().is_cpu()
         && matches!(x.dtype(), DType::F32 | DType::F64)
         && gamma.dtype() == x.dtype()
-        && beta.dtype() == x.dtype();
+        && beta.dtype() == x.dtype()
+        && !matches!(mode, BatchNormMode::Synced(_));
     if !fused {
         return generic::batch_norm(x, gamma, beta, mode, eps, relu);
     }

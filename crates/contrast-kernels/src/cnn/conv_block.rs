@@ -220,6 +220,7 @@ impl ConvBlockOp {
                 })
             }
             BatchNormMode::Fixed(stats) => stats.clone(),
+            BatchNormMode::Synced(_) => unreachable!("synchronised statistics run in generic"),
         };
         let (scale, shift) = self.scale_shift(gamma, beta, &stats);
         let dims = (g.batch, g.out_h(), g.out_w(), c);
@@ -572,7 +573,10 @@ pub fn conv_block(
         .iter()
         .flatten()
         .all(|t| t.dtype() == x.dtype());
-    let fused = x.device().is_cpu() && matches!(x.dtype(), DType::F32 | DType::F64) && same;
+    let fused = x.device().is_cpu()
+        && matches!(x.dtype(), DType::F32 | DType::F64)
+        && same
+        && !matches!(mode, BatchNormMode::Synced(_));
     if !fused {
         return generic::conv_block(x, w, gamma, beta, residual, spec, mode);
     }

@@ -104,6 +104,19 @@ pub fn batch_norm(
             };
             (mean, var, stats)
         }
+        BatchNormMode::Synced(sum) => {
+            // Two passes over the global batch, as in one process: the mean, then
+            // the mean squared deviation from it.
+            let f = flat.to_dtype(wide)?;
+            let n = (f.dim(0)? * sum.processes()) as f64;
+            let mean = (sum.sum(&f.sum(0)?)? / n)?;
+            let var = (sum.sum(&f.broadcast_sub(&mean)?.sqr()?.sum(0)?)? / n)?;
+            let stats = ChannelStats {
+                mean: mean.to_dtype(DType::F64)?.to_vec1()?,
+                var: var.to_dtype(DType::F64)?.to_vec1()?,
+            };
+            (mean, var, stats)
+        }
         BatchNormMode::Fixed(s) => {
             let t = |v: &[f64]| Tensor::from_slice(v, c, x.device())?.to_dtype(wide);
             (t(&s.mean)?, t(&s.var)?, s)

@@ -28,7 +28,7 @@ pub mod pool;
 pub mod residual;
 pub mod residual_block;
 
-pub use batch_norm::{BatchNormMode, BatchNormOutput, ChannelStats, batch_norm};
+pub use batch_norm::{BatchNormMode, BatchNormOutput, ChannelStats, CrossProcessSum, batch_norm};
 pub use conv_block::{BlockSpec, conv_block};
 pub use conv2d::{ConvGeometry, conv2d_nhwc};
 pub use op_set::OpSet;

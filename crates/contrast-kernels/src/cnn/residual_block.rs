@@ -455,6 +455,7 @@ pub fn residual_block(
             [l.w, l.gamma, l.beta]
                 .iter()
                 .all(|t| t.dtype() == x.dtype())
+                && !matches!(l.mode, BatchNormMode::Synced(_))
         });
     if !fused {
         return generic::residual_block(x, first, second, shortcut, stride, eps);
