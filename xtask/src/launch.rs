@@ -88,9 +88,9 @@ fn mpi_build() -> Result<PathBuf> {
     // The binary is the last `executable` cargo reports.
     String::from_utf8_lossy(&out.stdout)
         .lines()
+        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|m| m.get("executable")?.as_str().map(PathBuf::from))
-        .last()
+        .find_map(|m| m.get("executable")?.as_str().map(PathBuf::from))
         .context("cargo built xtask but named no executable")
 }
 

@@ -171,7 +171,7 @@ impl ViewLoader {
     /// `b = batch_size / ranks`. Each image's augmentation depends on the image, not
     /// on the rank, so the ranks' views together are the single process's views.
     pub fn sharded(mut self, rank: usize, ranks: usize) -> Result<Self> {
-        if ranks == 0 || rank >= ranks || self.config.batch_size % ranks != 0 {
+        if ranks == 0 || rank >= ranks || !self.config.batch_size.is_multiple_of(ranks) {
             return Err(DataError::config(
                 "batch_size",
                 format!(

@@ -104,6 +104,13 @@ pub struct Summary {
     pub ops: String,
     /// The encoders' arithmetic (`f32` or `bf16`).
     pub precision: String,
+    /// Data-parallel ranks (1: one process), each on a `device` like this one.
+    #[serde(default = "one")]
+    pub ranks: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The keys of a `metrics.jsonl` line that a run determines (everything but

@@ -167,7 +167,11 @@ fn training_section(s: &Summary, class_names: &[String]) -> String {
             .map_or(String::new(), |v| format!(" / {v} validation")),
         if s.labelled { "" } else { ", unlabeled" },
         s.params,
-        s.device
+        if s.ranks > 1 {
+            format!("{} data-parallel ranks, each {}", s.ranks, s.device)
+        } else {
+            s.device.clone()
+        }
     );
     let _ = writeln!(
         w,

@@ -589,7 +589,7 @@ impl Trainer {
         self.state.images_seen += images;
         self.state.data_wait_seconds += waited;
         self.state.optimizer_steps = self.opt.steps();
-        self.world.check_in_sync(&self.opt.params()[..])?;
+        self.world.check_in_sync(self.opt.params())?;
 
         // The monitor runs on rank 0 alone; the other ranks go on to the next
         // epoch's first gather and wait for it there.
@@ -774,6 +774,7 @@ impl Trainer {
             device: describe(&self.device),
             ops: self.model.ops().name().to_string(),
             precision: self.cfg.train.precision.to_string(),
+            ranks: self.world.size(),
         };
         write_json(&self.out.join("summary.json"), &summary)?;
         let report = report::write_report(&self.out, Some(&summary), None, &train.class_names)?;

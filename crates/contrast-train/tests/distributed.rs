@@ -119,7 +119,10 @@ fn cases() -> Vec<(&'static str, &'static str, String, Option<&'static str>)> {
 }
 
 /// Parameters by name, as f64 vectors.
-fn params(t: &Trainer) -> Result<BTreeMap<String, Vec<f64>>> {
+type Weights = BTreeMap<String, Vec<f64>>;
+
+/// The parameters of `t`'s model.
+fn params(t: &Trainer) -> Result<Weights> {
     t.model()
         .params()
         .iter()
@@ -138,7 +141,7 @@ fn params(t: &Trainer) -> Result<BTreeMap<String, Vec<f64>>> {
 
 /// The largest relative difference between two parameter sets (relative to each
 /// tensor's largest magnitude).
-fn max_rel(a: &BTreeMap<String, Vec<f64>>, b: &BTreeMap<String, Vec<f64>>) -> Result<f64> {
+fn max_rel(a: &Weights, b: &Weights) -> Result<f64> {
     ensure!(
         a.keys().eq(b.keys()),
         "parameter names differ: {:?} / {:?}",
@@ -168,7 +171,7 @@ fn options(out: &Path, data: &Path, world: &World, resume: bool) -> RunOptions {
 }
 
 /// Three steps of epoch 0: the losses and the parameters after them.
-fn three_steps(cfg: &Config, opts: &RunOptions) -> Result<(Vec<f64>, BTreeMap<String, Vec<f64>>)> {
+fn three_steps(cfg: &Config, opts: &RunOptions) -> Result<(Vec<f64>, Weights)> {
     let mut t = Trainer::new(cfg, opts)?;
     let mut losses = Vec::new();
     for batch in t.batches(0).take(3) {
@@ -225,7 +228,7 @@ fn equivalence(world: &World, data: &Path, scratch: &Path) -> Result<Vec<String>
 static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Final weights of the newest checkpoint in `run`.
-fn final_weights(run: &Path) -> Result<BTreeMap<String, Vec<f64>>> {
+fn final_weights(run: &Path) -> Result<Weights> {
     let dir = checkpoint::latest(&run.join("checkpoints"))?.expect("a checkpoint");
     let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu)?;
     tensors
