@@ -93,3 +93,44 @@ fn bad_configuration_is_rejected() {
     .unwrap();
     assert!(err.to_string().contains("batch_size"), "{err}");
 }
+
+/// The shards of a data-parallel run: every rank's batch keeps the global indices
+/// and labels, its views are its own rows', and the ranks' views together are the
+/// single process's, whatever the world size.
+#[test]
+fn sharded_batches_split_the_single_process_views() {
+    let whole: Vec<_> = loader(2, 5).stream(1, 0).collect();
+    for ranks in [2usize, 4, 8] {
+        let shards: Vec<Vec<_>> = (0..ranks)
+            .map(|r| {
+                loader(2, 5)
+                    .sharded(r, ranks)
+                    .unwrap()
+                    .stream(1, 0)
+                    .collect()
+            })
+            .collect();
+        for (step, batch) in whole.iter().enumerate() {
+            for v in 0..2 {
+                let joined: Vec<f32> = shards
+                    .iter()
+                    .flat_map(|s| s[step].views[v].iter().copied())
+                    .collect();
+                assert_eq!(joined, batch.views[v], "{ranks} ranks, step {step}, view {v}");
+            }
+            for (r, s) in shards.iter().enumerate() {
+                let share = 8 / ranks;
+                assert_eq!(s[step].indices, batch.indices);
+                assert_eq!(s[step].labels, batch.labels);
+                assert_eq!(s[step].local, r * share..(r + 1) * share);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_batch_that_does_not_split_over_the_ranks_is_refused() {
+    let e = loader(1, 0).sharded(0, 3).unwrap_err().to_string();
+    assert!(e.contains("batch_size") && e.contains("3 ranks"), "{e}");
+    assert!(loader(1, 0).sharded(2, 2).is_err());
+}
