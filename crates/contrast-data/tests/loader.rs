@@ -116,7 +116,10 @@ fn sharded_batches_split_the_single_process_views() {
                     .iter()
                     .flat_map(|s| s[step].views[v].iter().copied())
                     .collect();
-                assert_eq!(joined, batch.views[v], "{ranks} ranks, step {step}, view {v}");
+                assert_eq!(
+                    joined, batch.views[v],
+                    "{ranks} ranks, step {step}, view {v}"
+                );
             }
             for (r, s) in shards.iter().enumerate() {
                 let share = 8 / ranks;

@@ -5,9 +5,9 @@
 
 use super::Collective;
 use super::mpi::MpiWorld;
+use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::cuda_backend::cudarc::nccl::safe::{Comm, Id, ReduceOp};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage};
-use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
