@@ -59,13 +59,31 @@ pub fn train_world(ranks: usize, args: &[String], out: &Path) -> Result<()> {
 
 /// This binary when it already has MPI, else the MPI build of xtask (built now if
 /// missing or stale; cargo decides).
-fn mpi_build() -> Result<PathBuf> {
+pub fn mpi_build() -> Result<PathBuf> {
     if cfg!(feature = "mpi") {
         return std::env::current_exe().context("locating this executable");
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     println!("building xtask with the `mpi` feature (the first time only)");
-    let out = Command::new(cargo)
+    let mut cmd = Command::new(cargo);
+    // The variables `cargo run` set for this process describe xtask's package; build
+    // scripts that watch them (ring's) would see them change and rebuild.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "OUT_DIR",
+            ]
+            .contains(&key.as_ref())
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    let out = cmd
         .args([
             "build",
             "--release",

@@ -188,6 +188,9 @@ enum Command {
         /// Seed of the kill times.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Data-parallel ranks of both runs (`train --world N`).
+        #[arg(long, default_value_t = 1)]
+        world: usize,
     },
     /// Verify a GPU: its kernel paths against the CPU, one short epoch of the default
     /// preset against the CPU, and a throughput table beside PyTorch CUDA and sgemm;
@@ -511,7 +514,7 @@ fn main() {
             train(&config, &set, data_dir, out, resume, world as usize)
         }
         Command::Bench { device, command } => bench_command(device, command),
-        Command::Reliability { kills, seed } => reliability::reliability(kills, seed),
+        Command::Reliability { kills, seed, world } => reliability::reliability(kills, seed, world),
         Command::GpuCheck {
             device,
             images,

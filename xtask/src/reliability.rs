@@ -8,11 +8,16 @@
 //! times; then it is left to finish. The comparison is bit for bit (same thread count
 //! on the same machine): every tensor of the final model, every deterministic field of
 //! `metrics.jsonl`, and the final kNN and linear-probe accuracy.
+//!
+//! With `--world N` both runs are data-parallel (`train --world N`, through
+//! `mpirun`), and each SIGKILL goes to the whole process group: the launcher,
+//! `mpirun` and every rank die at once, as when a job is cancelled.
 
 use anyhow::{Context, Result, bail, ensure};
 use contrast_train::metrics::deterministic_metrics;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,13 +40,19 @@ const ARGS: [&str; 15] = [
     "eval.baselines=false",
 ];
 
-fn train(out: &Path, resume: bool) -> Result<std::process::Child> {
-    let mut cmd = Command::new(std::env::current_exe()?);
+/// Starts `exe train` in a process group of its own (with `world > 1`, the
+/// launcher, `mpirun` and the ranks).
+fn train(exe: &Path, out: &Path, resume: bool, world: usize) -> Result<std::process::Child> {
+    let mut cmd = Command::new(exe);
     cmd.args(ARGS).arg("--out").arg(out);
     if resume {
         cmd.arg("--resume");
     }
-    cmd.stdout(Stdio::null())
+    if world > 1 {
+        cmd.arg("--world").arg(world.to_string());
+    }
+    cmd.process_group(0)
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .context("starting a training process")
@@ -75,14 +86,20 @@ fn final_model(run: &Path) -> Result<std::collections::HashMap<String, candle_co
 
 /// Kills a run `kills` times at random moments (seeded by `seed`), resumes it after
 /// each, and compares the result with an uninterrupted run.
-pub fn reliability(kills: usize, seed: u64) -> Result<()> {
+pub fn reliability(kills: usize, seed: u64, world: usize) -> Result<()> {
     let scratch = tempfile::tempdir()?;
     let (straight, killed) = (
         scratch.path().join("straight"),
         scratch.path().join("killed"),
     );
+    // This binary, named before the MPI build replaces the file it was run from.
+    let exe = std::env::current_exe()?;
+    if world > 1 {
+        // Built before the clock starts, so that the delays fit the runs.
+        crate::launch::mpi_build()?;
+    }
     let t = Instant::now();
-    let status = train(&straight, false)?.wait()?;
+    let status = train(&exe, &straight, false, world)?.wait()?;
     ensure!(status.success(), "the uninterrupted run failed ({status})");
     let reference = t.elapsed();
     // Delays averaging half a run's length over all the kills, start-up included, so
@@ -97,7 +114,7 @@ pub fn reliability(kills: usize, seed: u64) -> Result<()> {
     let (mut done_kills, mut torn_writes, mut finished_early) = (0, 0, 0);
     let mut resume = false;
     loop {
-        let mut child = train(&killed, resume)?;
+        let mut child = train(&exe, &killed, resume, world)?;
         resume = true;
         if done_kills == kills {
             let status = child.wait()?;
@@ -124,7 +141,9 @@ pub fn reliability(kills: usize, seed: u64) -> Result<()> {
             }
             Some(status) => bail!("a resumed run failed before it was killed ({status})"),
             None => {
-                child.kill()?; // SIGKILL
+                // SIGKILL to the child's process group (its id).
+                // SAFETY: kill has no memory-safety preconditions.
+                unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
                 child.wait()?;
                 done_kills += 1;
                 torn_writes += torn(&killed.join("checkpoints")) as usize;
