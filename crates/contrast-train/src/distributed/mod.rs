@@ -13,9 +13,9 @@
 //! `dL/d(own rows)` (every term of `L`, whichever rank's anchor it belongs to) and,
 //! through its own encoder pass, that rank's share of `dL/dθ`. The shares add up:
 //! [`World::sum_gradients`] all-reduces them with a plain sum, and no factor of the
-//! world size appears anywhere. (The anchors' recurring bugs are the two ways the
-//! usual design, a per-rank loss averaged by the framework, goes wrong: a gather
-//! without a backward, or gradients averaged when they should be summed.)
+//! world size appears anywhere. (Other libraries' recurring bugs are the two ways
+//! the usual design, a per-rank loss averaged by the framework, goes wrong: a
+//! gather without a backward, or gradients averaged when they should be summed.)
 //! Parameters used after the gather (SimLAP's gate network and logit scale) are
 //! counted once, on rank 0 ([`World::after_gather`]).
 //!
