@@ -324,6 +324,24 @@ pub struct TrainConfig {
     /// with f32 parameters, optimiser state and loss.
     #[serde(default)]
     pub precision: Precision,
+    /// How a data-parallel run evaluates the loss over the gathered batch:
+    /// `"replicated"` (every rank computes the whole loss; any loss and policy) or
+    /// `"ring"` (NT-Xent without mining policies: each rank streams its own anchors
+    /// against the other ranks' rows as they pass around a ring, holding one block
+    /// at a time; docs/distributed.md). No effect in one process.
+    #[serde(default)]
+    pub gathered_loss: GatheredLoss,
+}
+
+/// See [`TrainConfig::gathered_loss`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GatheredLoss {
+    /// The whole loss on every rank.
+    #[default]
+    Replicated,
+    /// NT-Xent streamed around the ranks.
+    Ring,
 }
 
 /// The answer to a non-finite loss or gradient.

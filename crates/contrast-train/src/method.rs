@@ -14,8 +14,8 @@
 //! effect comes from shuffling the keys and running the key encoder on `splits`
 //! separate groups (each with its own BatchNorm statistics), then restoring the order.
 
-use crate::config::{Config, MethodConfig};
-use crate::distributed::World;
+use crate::config::{Config, GatheredLoss, MethodConfig};
+use crate::distributed::{World, ring_nt_xent};
 use crate::model::ContrastiveModel;
 use crate::optim::Optimizer;
 use anyhow::{Context, Result, bail};
@@ -463,15 +463,27 @@ impl InBatch {
             0,
         )?;
         let (_, z) = model.forward_t(&x, true)?;
+        // The ring streams this rank's own views; every other loss reads the gathered
+        // ones. (`check_ring` has refused the ring for anything but plain NT-Xent.)
+        let ring = world.size() > 1 && cfg.train.gathered_loss == GatheredLoss::Ring;
         let views = (0..batch.views.len())
-            .map(|v| world.gather_rows(&z.narrow(0, v * local, local)?))
+            .map(|v| {
+                let own = z.narrow(0, v * local, local)?;
+                if ring {
+                    Ok(own)
+                } else {
+                    world.gather_rows(&own)
+                }
+            })
             .collect::<candle_core::Result<Vec<_>>>()?;
         // The gathered views stacked `[V * B, D]`, as the mined loss takes them.
-        let z = if world.size() == 1 {
+        let z = if world.size() == 1 || ring {
             z
         } else {
             Tensor::cat(&views, 0)?
         };
+        // The rows the views hold: the whole batch's, or this rank's with the ring.
+        let rows = if ring { batch.local.clone() } else { 0..b };
         let labels = step.label_tensor()?;
         let (partners, gates) = match (&cfg.loss, &model.filter) {
             (LossConfig::Simlap(c), Some(filter)) => {
@@ -494,12 +506,16 @@ impl InBatch {
             // Instance discrimination: plan with the policies (none: SimCLR), and judge
             // the plan's negatives against the labels.
             LossConfig::NtXent(c) => {
-                let mining = MiningBatch::in_batch(&views, &step.ids(), step.classes().as_deref())?;
+                let classes = step.classes().map(|c| c[rows.clone()].to_vec());
+                let mining =
+                    MiningBatch::in_batch(&views, &step.ids()[rows.clone()], classes.as_deref())?;
                 self.pipeline.set_progress(batch.epoch, cfg.train.epochs);
                 let plan = self.pipeline.plan(&mining, &mut step.rng(Stream::Mining))?;
                 self.diagnostics
                     .add(&mining, &plan, &mut step.rng(Stream::Diagnostics));
-                if self.pipeline.is_empty() {
+                if ring {
+                    ring_nt_xent(world, &views[0], &views[1], c.temperature)?
+                } else if self.pipeline.is_empty() {
                     cfg.loss.compute(LossInputs::views(&views))?
                 } else {
                     mined_info_nce(&z, &z, &plan, c.temperature)?

@@ -172,6 +172,9 @@ impl Trainer {
             cfg.model.ops.resolve(&device, cfg.train.precision)?.name(),
             cfg.train.precision
         ));
+        if world.size() > 1 && cfg.train.gathered_loss == crate::config::GatheredLoss::Ring {
+            crate::distributed::check_ring(cfg)?;
+        }
         if world.size() > 1 {
             log.say(format!(
                 "data-parallel: {} ranks over {}, {} of the {} images of each batch per rank",

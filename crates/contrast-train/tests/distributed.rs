@@ -5,8 +5,8 @@
 //! - Equivalence: 2 ranks with `B / 2` images each give, after 3 optimiser steps,
 //!   the parameters of one process with the global batch `B` on the same images
 //!   (NT-Xent, SupCon, HCL with FNC elimination, MoCo with a queue, Ring on the
-//!   queue, SimLAP with its gate network and learnable scale), and the same loss
-//!   at every step.
+//!   queue, SimLAP with its gate network and learnable scale, NT-Xent streamed
+//!   around the ring), and the same loss at every step.
 //! - Resume: a run that one rank asks to stop mid-epoch, resumed, ends with the
 //!   weights of the uninterrupted run.
 //!
@@ -18,6 +18,7 @@ use anyhow::{Result, bail, ensure};
 use candle_core::{DType, Device, Tensor};
 use common::write_synthetic_mnist;
 use contrast_train::checkpoint;
+use contrast_train::config::GatheredLoss;
 use contrast_train::{Config, RunOptions, Trainer, World};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,6 +72,10 @@ const MLP_SYNC_BN: &str = r#"encoder = { kind = "mlp", hidden = [32] }
 head = { hidden = 16, out = 8 }
 sync_bn = true"#;
 
+/// Cases run with `train.gathered_loss = "ring"` on the ranks.
+const RING: &str = "nt_xent streamed around the ring";
+const RING_SYNC_BN: &str = "nt_xent streamed around the ring, convnet with synchronised BatchNorm";
+
 /// The cases of the equivalence test: name, top-level keys, sections, model.
 fn cases() -> Vec<(&'static str, &'static str, String, Option<&'static str>)> {
     vec![
@@ -115,6 +120,8 @@ fn cases() -> Vec<(&'static str, &'static str, String, Option<&'static str>)> {
             MOCO.into(),
             Some(MLP_SYNC_BN),
         ),
+        (RING, "", NT_XENT.into(), None),
+        (RING_SYNC_BN, "", NT_XENT.into(), Some(CONVNET_SYNC_BN)),
     ]
 }
 
@@ -185,8 +192,12 @@ fn equivalence(world: &World, data: &Path, scratch: &Path) -> Result<Vec<String>
     let mut lines = Vec::new();
     for (i, (name, top, sections, model)) in cases().into_iter().enumerate() {
         let cfg = config(top, &sections, model);
+        let mut on_ranks = cfg.clone();
+        if [RING, RING_SYNC_BN].contains(&name) {
+            on_ranks.train.gathered_loss = GatheredLoss::Ring;
+        }
         let shared = scratch.join(format!("eq{i}"));
-        let (dist_losses, dist) = three_steps(&cfg, &options(&shared, data, world, false))?;
+        let (dist_losses, dist) = three_steps(&on_ranks, &options(&shared, data, world, false))?;
         // The reference on every rank, in a directory of its own.
         let own = scratch.join(format!("eq{i}-single-rank{}", world.rank()));
         let (ref_losses, reference) =

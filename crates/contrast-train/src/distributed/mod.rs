@@ -31,6 +31,9 @@
 mod mpi;
 #[cfg(feature = "nccl")]
 mod nccl;
+mod ring;
+
+pub use ring::{check_ring, ring_nt_xent};
 
 use crate::optim::Param;
 use candle_core::backprop::GradStore;
@@ -56,6 +59,9 @@ pub trait Collective: Send + Sync + std::fmt::Debug {
     fn broadcast(&self, x: &Tensor, root: usize) -> Result<Tensor>;
     /// Returns once every rank has called it.
     fn barrier(&self) -> Result<()>;
+    /// Sends `x` to the next rank (`rank + 1`, wrapping) and returns what the
+    /// previous rank sent: one step of a ring. The same shape on every rank.
+    fn shift(&self, x: &Tensor) -> Result<Tensor>;
 }
 
 /// One process alone: world size 1, every collective the identity.
@@ -83,6 +89,9 @@ impl Collective for SingleProcess {
     }
     fn barrier(&self) -> Result<()> {
         Ok(())
+    }
+    fn shift(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
     }
 }
 
@@ -460,6 +469,9 @@ mod tests {
         }
         fn barrier(&self) -> Result<()> {
             Ok(())
+        }
+        fn shift(&self, x: &Tensor) -> Result<Tensor> {
+            Ok(x.clone())
         }
     }
 

@@ -145,4 +145,24 @@ impl Collective for MpiWorld {
         self.with(|w| w.barrier());
         Ok(())
     }
+
+    fn shift(&self, x: &Tensor) -> Result<Tensor> {
+        let (next, prev) = (
+            ((self.rank + 1) % self.size) as i32,
+            ((self.rank + self.size - 1) % self.size) as i32,
+        );
+        let out = host_values!(x, |v: T| {
+            let mut out: Vec<T> = vec![T::default(); v.len()];
+            self.with(|w| {
+                mpi::point_to_point::send_receive_into(
+                    &v[..],
+                    &w.process_at_rank(next),
+                    &mut out[..],
+                    &w.process_at_rank(prev),
+                )
+            });
+            Tensor::from_vec(out, x.shape(), &Device::Cpu)?
+        });
+        out.to_device(x.device())
+    }
 }

@@ -195,4 +195,11 @@ impl Collective for NcclWorld {
         self.device.synchronize()?;
         self.mpi.barrier()
     }
+
+    /// Through the host (MPI): the ring loss is not yet a device path.
+    fn shift(&self, x: &Tensor) -> Result<Tensor> {
+        self.mpi
+            .shift(&x.to_device(&Device::Cpu)?)?
+            .to_device(x.device())
+    }
 }
