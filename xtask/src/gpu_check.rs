@@ -97,7 +97,7 @@ fn loss_curves(
     let mut on_gpu = short_run(gpu, images, data_dir, dirs.0.path())?;
     let mut on_cpu = short_run(DeviceChoice::Cpu, images, data_dir, dirs.1.path())?;
     let (mut g, mut c) = (Vec::new(), Vec::new());
-    for batch in on_cpu.batches(0) {
+    for batch in on_cpu.batches(0)? {
         c.push(on_cpu.step(&batch)?.0);
         g.push(on_gpu.step(&batch)?.0);
         let (lg, lc) = (g[g.len() - 1], c[c.len() - 1]);

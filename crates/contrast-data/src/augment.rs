@@ -61,7 +61,7 @@ pub struct CropBox {
 
 /// Samples a crop window as torchvision's `RandomResizedCrop.get_params`: an area
 /// fraction from `scale` and a log-uniform aspect ratio from `ratio`, ten tries, then
-/// a centre crop with the ratio clamped.
+/// a centre crop with the ratio clamped. The window's position is uniform.
 pub fn sample_crop_box<R: Rng>(
     height: usize,
     width: usize,
@@ -69,6 +69,27 @@ pub fn sample_crop_box<R: Rng>(
     ratio: [f32; 2],
     rng: &mut R,
 ) -> CropBox {
+    match sample_crop_size(height, width, scale, ratio, rng) {
+        Some((h, w)) => CropBox {
+            top: rng.random_range(0..=height - h),
+            left: rng.random_range(0..=width - w),
+            height: h,
+            width: w,
+        },
+        None => centre_crop(height, width, ratio),
+    }
+}
+
+/// The size `(h, w)` of a random resized crop: up to ten draws of an area fraction
+/// in `scale` and a log-uniform aspect ratio in `ratio`, the first that fits the
+/// image; `None` when none does (the caller then takes [`centre_crop`]).
+pub(crate) fn sample_crop_size<R: Rng>(
+    height: usize,
+    width: usize,
+    scale: [f32; 2],
+    ratio: [f32; 2],
+    rng: &mut R,
+) -> Option<(usize, usize)> {
     let area = (height * width) as f32;
     let (lr0, lr1) = (ratio[0].ln(), ratio[1].ln());
     for _ in 0..10 {
@@ -77,14 +98,15 @@ pub fn sample_crop_box<R: Rng>(
         let w = (target * aspect).sqrt().round() as usize;
         let h = (target / aspect).sqrt().round() as usize;
         if w > 0 && h > 0 && w <= width && h <= height {
-            return CropBox {
-                top: rng.random_range(0..=height - h),
-                left: rng.random_range(0..=width - w),
-                height: h,
-                width: w,
-            };
+            return Some((h, w));
         }
     }
+    None
+}
+
+/// The fallback of a random resized crop: the whole image, its aspect ratio clamped
+/// into `ratio`, centred.
+pub(crate) fn centre_crop(height: usize, width: usize, ratio: [f32; 2]) -> CropBox {
     let in_ratio = width as f32 / height as f32;
     let (w, h) = if in_ratio < ratio[0] {
         (width, ((width as f32 / ratio[0]).round() as usize).max(1))

@@ -51,6 +51,7 @@
 pub mod augment;
 pub mod catalog;
 pub mod cifar;
+pub mod contrastive_crop;
 pub mod dataset;
 pub mod error;
 pub mod fetch;
@@ -63,6 +64,7 @@ pub mod recipe;
 pub mod seeds;
 
 pub use catalog::{DatasetChoice, DatasetId};
+pub use contrastive_crop::{ContrastiveCropConfig, Region, Regions};
 pub use dataset::{Dataset, ImageShape, Pixels, Split};
 pub use error::{DataError, Result};
 pub use folder::{FolderOptions, OnError};

@@ -5,6 +5,7 @@
 //! augmentation from `(seed, epoch, view, dataset index)`, so results do not depend on
 //! thread scheduling, the prefetch depth or where a resumed run starts.
 
+use crate::contrastive_crop::Regions;
 use crate::dataset::{Dataset, ImageShape};
 use crate::error::{DataError, Result};
 use crate::recipe::ViewRecipe;
@@ -113,6 +114,9 @@ pub struct ViewLoader {
     /// `(rank, ranks)`: this process augments the `rank`-th of `ranks` equal
     /// shares of every batch.
     shard: (usize, usize),
+    /// ContrastiveCrop's object boxes, one per image: crops are placed inside them
+    /// while set.
+    regions: Option<Arc<Regions>>,
 }
 
 impl ViewLoader {
@@ -162,6 +166,7 @@ impl ViewLoader {
                 ..config
             },
             shard: (0, 1),
+            regions: None,
         })
     }
 
@@ -182,6 +187,27 @@ impl ViewLoader {
         }
         self.shard = (rank, ranks);
         Ok(self)
+    }
+
+    /// Places every crop inside its image's box with ContrastiveCrop from now on
+    /// (`Some`), or draws plain random resized crops (`None`). Streams already
+    /// started keep what they were started with.
+    pub fn set_regions(&mut self, regions: Option<Arc<Regions>>) -> Result<()> {
+        if let Some(r) = &regions
+            && r.len() != self.dataset.len()
+        {
+            return Err(DataError::config(
+                "contrastive_crop",
+                format!(
+                    "{} boxes for the {} images of `{}`",
+                    r.len(),
+                    self.dataset.len(),
+                    self.dataset.name
+                ),
+            ));
+        }
+        self.regions = regions;
+        Ok(())
     }
 
     /// The dataset being loaded.
@@ -234,7 +260,13 @@ impl ViewLoader {
                             Stream::Augmentation,
                             &[epoch as u64, v as u64, idx as u64],
                         );
-                        let img = recipe.apply(self.dataset.image(idx as usize), shape, &mut rng);
+                        let region = self.regions.as_ref().map(|r| r.of(idx as usize));
+                        let img = recipe.apply_in(
+                            self.dataset.image(idx as usize),
+                            shape,
+                            region,
+                            &mut rng,
+                        );
                         for (k, (o, x)) in out.iter_mut().zip(&img.data).enumerate() {
                             *o = (x - self.norm.mean[k % c]) / self.norm.std[k % c];
                         }

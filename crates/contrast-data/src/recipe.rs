@@ -4,10 +4,12 @@
 //! random grayscale, Gaussian blur, solarize, then per-channel normalisation.
 
 use crate::augment::{self, Image};
+use crate::contrastive_crop::{Region, sample_contrastive_crop};
 use crate::dataset::ImageShape;
 use crate::error::{DataError, Result};
 use rand::Rng;
 use rand::seq::SliceRandom;
+use rand_distr::Beta;
 use serde::{Deserialize, Serialize};
 
 /// Random resized crop: area fraction `scale` and aspect ratio `ratio` ranges.
@@ -195,10 +197,28 @@ impl ViewRecipe {
 
     /// Augments one image of `shape` and returns it at the same size, in `[0, 1]`.
     pub fn apply<R: Rng>(&self, pixels: &[u8], shape: ImageShape, rng: &mut R) -> Image {
+        self.apply_in(pixels, shape, None, rng)
+    }
+
+    /// [`ViewRecipe::apply`], with the crop placed by ContrastiveCrop inside `region`
+    /// (the image's object box and the centre distribution) when one is given.
+    pub fn apply_in<R: Rng>(
+        &self,
+        pixels: &[u8],
+        shape: ImageShape,
+        region: Option<(Region, &Beta<f32>)>,
+        rng: &mut R,
+    ) -> Image {
         let mut img = Image::from_u8(pixels, shape.height, shape.width, shape.channels);
         if let Some(c) = &self.crop {
-            let b = augment::sample_crop_box(shape.height, shape.width, c.scale, c.ratio, rng);
-            img = augment::resized_crop(&img, b, shape.height, shape.width);
+            let (h, w) = (shape.height, shape.width);
+            let b = match region {
+                Some((region, beta)) => {
+                    sample_contrastive_crop(h, w, c.scale, c.ratio, region, beta, rng)
+                }
+                None => augment::sample_crop_box(h, w, c.scale, c.ratio, rng),
+            };
+            img = augment::resized_crop(&img, b, h, w);
         }
         if self.hflip > 0.0 && rng.random::<f32>() < self.hflip {
             augment::hflip(&mut img);

@@ -115,6 +115,10 @@ impl Encoder for ConvNet {
         }
     }
 
+    fn feature_map(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        self.body.forward(x, false, false).map(Some)
+    }
+
     fn out_dim(&self) -> usize {
         match self.pool {
             ConvPool::Avg => self.map.channels,

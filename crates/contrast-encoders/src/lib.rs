@@ -107,6 +107,13 @@ pub trait Encoder: Send + Sync + std::fmt::Debug {
     fn out_map(&self) -> Option<InputShape> {
         None
     }
+
+    /// The last convolution stage's output `[B, Hf, Wf, C]` before any pooling, in
+    /// eval mode: what ContrastiveCrop sums over channels into heat maps. `None` for
+    /// encoders without a spatial map.
+    fn feature_map(&self, _x: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
 }
 
 /// The flattened input as the representation: the raw-pixel baseline.

@@ -144,13 +144,24 @@ impl ResNet18 {
     }
 }
 
-impl Encoder for ResNet18 {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+impl ResNet18 {
+    /// The last stage's output `[B, H/8, W/8, C]`, before pooling.
+    fn body(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut h = self.stem.forward(x, None, train, true, false)?;
         for block in &self.blocks {
             h = block.forward_t(&h, train)?;
         }
-        global_avg_pool(&h)
+        Ok(h)
+    }
+}
+
+impl Encoder for ResNet18 {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        global_avg_pool(&self.body(x, train)?)
+    }
+
+    fn feature_map(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        self.body(x, false).map(Some)
     }
 
     fn out_dim(&self) -> usize {

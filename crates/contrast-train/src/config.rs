@@ -6,7 +6,7 @@
 use crate::device::{DeviceChoice, OpsChoice, Precision};
 use crate::provenance::{self, Origins};
 use anyhow::{Context, Result, bail};
-use contrast_data::{DatasetChoice, Holdout, OnError, ViewRecipe};
+use contrast_data::{ContrastiveCropConfig, DatasetChoice, Holdout, OnError, ViewRecipe};
 use contrast_encoders::{EncoderConfig, FeatureFilterConfig, HeadConfig, MomentumSchedule};
 use contrast_eval::{KnnConfig, ProbeConfig};
 use contrast_losses::LossConfig;
@@ -94,6 +94,11 @@ pub struct DataConfig {
     pub prefetch: usize,
     /// The augmentation recipe applied to every view.
     pub augment: ViewRecipe,
+    /// ContrastiveCrop: after a warm-up, every view's crop is placed inside its
+    /// image's object box, located from the encoder's heat map every `loc_interval`
+    /// epochs. Needs `data.augment.crop` and a convolutional encoder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrastive_crop: Option<ContrastiveCropConfig>,
 }
 
 fn default_views() -> usize {
@@ -693,6 +698,27 @@ impl Config {
         })?;
         self.data.validate()?;
         self.validate_model()?;
+        if let Some(cc) = &self.data.contrastive_crop {
+            cc.validate().map_err(|e| match e {
+                contrast_data::DataError::Config { field, message } => {
+                    anyhow::anyhow!("data.{field}: {message}")
+                }
+                other => other.into(),
+            })?;
+            if self.data.augment.crop.is_none() {
+                bail!(
+                    "data.contrastive_crop places random resized crops: it needs data.augment.crop (e.g. crop = {{ scale = [0.2, 1.0] }})"
+                );
+            }
+            if !matches!(
+                self.model.encoder,
+                EncoderConfig::Convnet { .. } | EncoderConfig::Resnet18 { .. }
+            ) {
+                bail!(
+                    "data.contrastive_crop locates objects on the encoder's last feature map: it needs model.encoder.kind = \"convnet\" or \"resnet18\", not an encoder without one"
+                );
+            }
+        }
         if self.data.batch_size < 2 {
             bail!(
                 "data.batch_size = {} must be at least 2",

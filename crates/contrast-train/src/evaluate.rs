@@ -3,7 +3,8 @@
 
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
-use contrast_data::{Dataset, LoaderConfig, Normalization, ViewLoader, ViewRecipe};
+use contrast_data::contrastive_crop::region_from_heat_map;
+use contrast_data::{Dataset, LoaderConfig, Normalization, Region, ViewLoader, ViewRecipe};
 use contrast_encoders::{Encoder, Identity, InputShape};
 use contrast_eval::{
     KnnConfig, KnnPoint, ProbeConfig, ProbeReport, SimilarityHistogram, knn_accuracy, linear_probe,
@@ -43,21 +44,64 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
-    /// Representations `[N, D]` of every image of `data`, in eval mode (no
-    /// augmentation).
-    pub fn features(&self, encoder: &dyn Encoder, data: &Dataset) -> Result<Tensor> {
+    /// Runs `f` on every batch of `data` in order, as the encoder's eval-mode input
+    /// `[b, H, W, C]`: normalised, not augmented.
+    fn for_each_batch(
+        &self,
+        data: &Dataset,
+        mut f: impl FnMut(Tensor) -> Result<()>,
+    ) -> Result<()> {
         let s = data.shape;
-        let mut parts = Vec::new();
         for start in (0..data.len()).step_by(self.batch.max(1)) {
             let end = (start + self.batch).min(data.len());
-            let x = Tensor::from_vec(
+            f(Tensor::from_vec(
                 data.normalized_f32(start..end, &self.norm.mean, &self.norm.std),
                 (end - start, s.height, s.width, s.channels),
                 &self.device,
-            )?;
-            parts.push(encoder.forward_t(&x, false)?.detach());
+            )?)?;
         }
+        Ok(())
+    }
+
+    /// Representations `[N, D]` of every image of `data`, in eval mode (no
+    /// augmentation).
+    pub fn features(&self, encoder: &dyn Encoder, data: &Dataset) -> Result<Tensor> {
+        let mut parts = Vec::new();
+        self.for_each_batch(data, |x| {
+            parts.push(encoder.forward_t(&x, false)?.detach());
+            Ok(())
+        })?;
         Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// ContrastiveCrop's object box of every image of `data`: the encoder's last
+    /// feature map in eval mode, summed over channels into a heat map, thresholded
+    /// at `threshold` ([`region_from_heat_map`]).
+    pub fn object_boxes(
+        &self,
+        encoder: &dyn Encoder,
+        data: &Dataset,
+        threshold: f32,
+    ) -> Result<Vec<Region>> {
+        let (h, w) = (data.shape.height, data.shape.width);
+        let mut boxes = Vec::with_capacity(data.len());
+        self.for_each_batch(data, |x| {
+            let map = encoder.feature_map(&x)?.context(
+                "data.contrastive_crop: the encoder has no feature map to locate objects on",
+            )?;
+            let (_, mh, mw, _) = map.dims4()?;
+            let heat = map
+                .sum(candle_core::D::Minus1)?
+                .to_dtype(DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            boxes.extend(
+                heat.chunks_exact(mh * mw)
+                    .map(|m| region_from_heat_map(m, mh, mw, h, w, threshold)),
+            );
+            Ok(())
+        })?;
+        Ok(boxes)
     }
 
     fn knn_on(

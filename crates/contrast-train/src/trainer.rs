@@ -17,8 +17,8 @@ use crate::schedule::warmup_cosine;
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use contrast_data::{
-    Batch, Dataset, DatasetChoice, EpochStream, LoaderConfig, Normalization, Stream, ViewLoader,
-    stream_seed,
+    Batch, Dataset, DatasetChoice, EpochStream, LoaderConfig, Normalization, Region, Regions,
+    Stream, ViewLoader, stream_seed,
 };
 use contrast_eval::{Series, line_plot};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -125,6 +125,9 @@ pub struct Trainer {
     started: Instant,
     interrupt: Option<&'static AtomicBool>,
     world: World,
+    /// ContrastiveCrop's object boxes, one per training image, once located
+    /// (`None`: the whole images).
+    boxes: Option<Vec<Region>>,
 }
 
 /// The run stopped on request after writing the checkpoint in `dir`.
@@ -254,6 +257,7 @@ impl Trainer {
             started,
             interrupt: None,
             world,
+            boxes: None,
         };
         trainer.resume(opts.resume)?;
         if trainer.world.is_root() {
@@ -276,8 +280,55 @@ impl Trainer {
 
     /// The batches of epoch `epoch` (0-based) as the run draws them, prepared on a
     /// background thread: for driving [`Trainer::step`] by hand.
-    pub fn batches(&self, epoch: usize) -> EpochStream {
-        self.loader.stream(epoch, 0)
+    pub fn batches(&self, epoch: usize) -> Result<EpochStream> {
+        Ok(self.loader_for(epoch)?.stream(epoch, 0))
+    }
+
+    /// The loader of epoch `epoch`: with ContrastiveCrop past its warm-up, crops are
+    /// placed inside the current object boxes.
+    fn loader_for(&self, epoch: usize) -> Result<ViewLoader> {
+        let mut loader = self.loader.clone();
+        if let Some(cc) = &self.cfg.data.contrastive_crop
+            && cc.uses_boxes(epoch)
+        {
+            let boxes = self
+                .boxes
+                .clone()
+                .unwrap_or_else(|| vec![Region::WHOLE; self.train.len()]);
+            loader.set_regions(Some(Arc::new(Regions::new(cc.alpha, boxes)?)))?;
+        }
+        Ok(loader)
+    }
+
+    /// Locates the object box of every training image on the current encoder
+    /// (ContrastiveCrop): rank 0 computes them and every rank receives its copy.
+    fn locate_objects(&mut self, threshold: f32) -> Result<()> {
+        let t = Instant::now();
+        let n = self.train.len();
+        let flat: Vec<f32> = if self.world.is_root() {
+            self.eval
+                .object_boxes(self.model.backbone.as_ref(), &self.train, threshold)?
+                .into_iter()
+                .flat_map(Region::to_array)
+                .collect()
+        } else {
+            vec![0.0; n * 4]
+        };
+        let flat = self
+            .world
+            .broadcast(&Tensor::from_vec(flat, (n, 4), &self.device)?)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let boxes = boxes_from(&flat, n).context("ContrastiveCrop's boxes")?;
+        let area = boxes.iter().map(|b| b.area() as f64).sum::<f64>() / n.max(1) as f64;
+        self.boxes = Some(boxes);
+        let secs = t.elapsed().as_secs_f64();
+        self.state.train_seconds += secs;
+        self.log.say(format!(
+            "ContrastiveCrop: located the objects of {n} images in {secs:.1} s; boxes cover {:.1}% of an image on average",
+            100.0 * area
+        ));
+        Ok(())
     }
 
     /// The run's progress (epochs done, history, learning-rate scale, rollbacks).
@@ -291,7 +342,25 @@ impl Trainer {
 
     /// Loads the checkpoint in `dir` into the model, optimiser, method and state.
     fn load(&mut self, dir: &Path) -> Result<()> {
-        let (state, extras) = checkpoint::load(dir, &mut self.model, &mut self.opt)?;
+        let (state, mut extras) = checkpoint::load(dir, &mut self.model, &mut self.opt)?;
+        self.boxes = match extras.remove(BOXES_GROUP) {
+            Some(group) => {
+                let n = self.train.len();
+                let flat = group
+                    .get("boxes")
+                    .context("no `boxes` tensor")
+                    .and_then(|t| Ok(t.flatten_all()?.to_vec1::<f32>()?))
+                    .and_then(|flat| boxes_from(&flat, n))
+                    .with_context(|| {
+                        format!(
+                            "{}: ContrastiveCrop's boxes",
+                            dir.join(format!("{BOXES_GROUP}.safetensors")).display()
+                        )
+                    })?;
+                Some(flat)
+            }
+            None => None,
+        };
         self.method
             .load_state(extras)
             .with_context(|| format!("{}: method state", dir.display()))?;
@@ -510,6 +579,7 @@ impl Trainer {
                     fresh(&self.cfg, &self.train, &self.device, &self.world)?;
                 self.state = TrainState::new(self.config_toml.clone());
                 (self.state.untrained_knn_top1, self.state.eval_seconds) = kept;
+                self.boxes = None;
                 "the initial weights".to_string()
             }
         };
@@ -552,7 +622,7 @@ impl Trainer {
             self.progress && self.world.is_root(),
         );
         pb.set_position(part.steps as u64);
-        let mut stream = self.loader.stream(epoch, part.steps);
+        let mut stream = self.loader_for(epoch)?.stream(epoch, part.steps);
         let views = self.cfg.data.views as u64;
         while let Some(batch) = stream.next() {
             let (loss, lr) = self.step(&batch).inspect_err(|_| pb.abandon())?;
@@ -633,6 +703,11 @@ impl Trainer {
         self.log.say(epoch_line(&record, epochs, remaining));
         self.state.history.push(record.clone());
         self.state.epoch = epoch + 1;
+        if let Some(cc) = &self.cfg.data.contrastive_crop
+            && cc.refreshes_after(epoch, epochs)
+        {
+            self.locate_objects(cc.threshold)?;
+        }
         self.save_checkpoint()?;
         if self.world.is_root() {
             write_metrics(&self.out, &self.state.history)?;
@@ -651,12 +726,18 @@ impl Trainer {
     fn save_checkpoint(&mut self) -> Result<PathBuf> {
         self.state.config_toml = self.config_toml.clone();
         let dir = if self.world.is_root() {
+            let mut extras = self.method.state()?;
+            if let Some(boxes) = &self.boxes {
+                let flat: Vec<f32> = boxes.iter().flat_map(|b| b.to_array()).collect();
+                let t = Tensor::from_vec(flat, (boxes.len(), 4), &Device::Cpu)?;
+                extras.push((BOXES_GROUP.into(), [("boxes".to_string(), t)].into()));
+            }
             checkpoint::save(
                 &self.checkpoints(),
                 &self.model,
                 &self.opt,
                 &self.state,
-                &self.method.state()?,
+                &extras,
                 self.cfg.train.keep_checkpoints,
             )?
         } else {
@@ -835,6 +916,25 @@ fn fmt_opt(v: Option<f64>) -> String {
 
 /// A seeded model, its optimiser and the method's state, as at the start of a run
 /// (the online network's BatchNorm synchronised over `world` with `model.sync_bn`).
+/// The checkpoint group (`contrastive_crop.safetensors`) holding ContrastiveCrop's
+/// boxes as `boxes` `[N, 4]` f32: top, left, bottom, right as image fractions.
+const BOXES_GROUP: &str = "contrastive_crop";
+
+/// `n` boxes from `[n, 4]` values, each checked to lie inside the image.
+fn boxes_from(flat: &[f32], n: usize) -> Result<Vec<Region>> {
+    if flat.len() != n * 4 {
+        bail!(
+            "{} values for the {n} training images, expected {} (4 per box)",
+            flat.len(),
+            n * 4
+        );
+    }
+    Ok(flat
+        .chunks_exact(4)
+        .map(|c| Region::from_array([c[0], c[1], c[2], c[3]]))
+        .collect::<std::result::Result<_, _>>()?)
+}
+
 fn fresh(
     cfg: &Config,
     train: &Dataset,

@@ -181,7 +181,7 @@ fn options(out: &Path, data: &Path, world: &World, resume: bool) -> RunOptions {
 fn three_steps(cfg: &Config, opts: &RunOptions) -> Result<(Vec<f64>, Weights)> {
     let mut t = Trainer::new(cfg, opts)?;
     let mut losses = Vec::new();
-    for batch in t.batches(0).take(3) {
+    for batch in t.batches(0)?.take(3) {
         losses.push(t.step(&batch)?.0);
     }
     Ok((losses, params(&t)?))

@@ -52,7 +52,7 @@ fn candle_ops_track_the_fused_ops_at_every_step() {
     assert_eq!(candle.model().ops().name(), "candle");
     let mut worst = 0f64;
     let mut steps = 0;
-    for batch in fused.batches(0) {
+    for batch in fused.batches(0).unwrap() {
         let (lf, _) = fused.step(&batch).unwrap();
         let (lc, _) = candle.step(&batch).unwrap();
         let rel = (lf - lc).abs() / lf.abs();
@@ -95,7 +95,7 @@ fn bf16_training_follows_the_f32_run() {
     let mut half = run(Precision::Bf16, b.path());
     assert_eq!(half.model().ops().name(), "candle");
     let mut steps = 0;
-    for batch in full.batches(0) {
+    for batch in full.batches(0).unwrap() {
         let (lf, _) = full.step(&batch).unwrap();
         let (lh, _) = half.step(&batch).unwrap();
         let rel = (lf - lh).abs() / lf.abs();

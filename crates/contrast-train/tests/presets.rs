@@ -108,6 +108,7 @@ fn every_preset_runs_a_short_epoch() {
         "hcl-fmnist",
         "supcon-fmnist",
         "simlap-fmnist",
+        "ccrop-fmnist",
         "mine-fnc-elim-fmnist",
         "mine-fnc-attract-fmnist",
         "mine-hcl-fmnist",
