@@ -42,12 +42,12 @@ pub enum Aggregation {
 impl Aggregation {
     /// Combines one candidate's similarities to the anchor image's views (in view
     /// order; at least one).
-    pub fn combine(self, per_view: impl ExactSizeIterator<Item = f32>) -> f32 {
+    pub fn combine(self, per_view: impl Iterator<Item = f32>) -> f32 {
         match self {
             Aggregation::Max => per_view.fold(f32::NEG_INFINITY, f32::max),
             Aggregation::Mean => {
-                let n = per_view.len();
-                per_view.sum::<f32>() / n as f32
+                let (sum, n) = per_view.fold((0f32, 0usize), |(s, n), v| (s + v, n + 1));
+                sum / n as f32
             }
         }
     }

@@ -21,9 +21,13 @@ const ROW_BLOCK: usize = 32;
 pub struct QueueBatch {
     /// Queries `[B, D]`, unit rows, detached.
     pub queries: Tensor,
-    /// Each query's positive key `[B, D]`, unit rows, detached: with the query, the
-    /// image's support set.
+    /// Each query's positive key `[B, D]`, unit rows, detached: with the query and
+    /// the support views, the image's support set.
     pub keys: Tensor,
+    /// Support views `[B, D]` each (unit rows, detached): more views of each query's
+    /// image, embedded by the momentum encoder, that only help identify false
+    /// negatives (FNC's support set). Empty unless given by [`QueueBatch::with_support`].
+    pub support: Vec<Tensor>,
     /// Queue entries `[K, D]`, unit rows.
     pub queue: Tensor,
     pub query_ids: Vec<i64>,
@@ -71,12 +75,30 @@ impl QueueBatch {
         Ok(Self {
             queries: l2_normalize(&queries.detach())?.to_dtype(DType::F32)?,
             keys: l2_normalize(&keys.detach())?.to_dtype(DType::F32)?,
+            support: Vec::new(),
             queue: queue.detach().to_dtype(DType::F32)?,
             query_ids,
             query_labels,
             queue_ids,
             queue_labels,
         })
+    }
+
+    /// Adds support views (each `[B, D]`, rows aligned with the queries), normalised
+    /// and detached.
+    pub fn with_support(mut self, views: &[Tensor]) -> Result<Self> {
+        let dims = self.keys.dims().to_vec();
+        for (s, v) in views.iter().enumerate() {
+            if v.dims() != dims.as_slice() {
+                return Err(invalid(
+                    "support",
+                    format!("support view {s} is {:?}, the keys {dims:?}", v.dims()),
+                ));
+            }
+            self.support
+                .push(l2_normalize(&v.detach())?.to_dtype(DType::F32)?);
+        }
+        Ok(self)
     }
 
     /// Number of queries.
@@ -94,40 +116,37 @@ impl QueueBatch {
         self.queue_ids.len()
     }
 
-    /// Calls `f(i, sims_q, sims_k)` for every query `i` with its similarities to the
-    /// whole queue and its key's, computed one block of queries at a time.
+    /// Calls `f(i, sims_q, sims_support)` for every query `i` with its similarities
+    /// to the whole queue and, when `with_support`, those of its support set (its key,
+    /// then each support view), computed one block of queries at a time.
     pub fn for_each_row(
         &self,
-        with_keys: bool,
-        mut f: impl FnMut(usize, &[f32], Option<&[f32]>) -> Result<()>,
+        with_support: bool,
+        mut f: impl FnMut(usize, &[f32], &[&[f32]]) -> Result<()>,
     ) -> Result<()> {
         let (b, k) = (self.len(), self.entries());
         let qt = self.queue.t()?;
-        for i0 in (0..b).step_by(ROW_BLOCK) {
-            let rows = ROW_BLOCK.min(b - i0);
-            let sq: Vec<f32> = self
-                .queries
-                .narrow(0, i0, rows)?
+        let block = |x: &Tensor, i0: usize, rows: usize| -> Result<Vec<f32>> {
+            Ok(x.narrow(0, i0, rows)?
                 .matmul(&qt)?
                 .flatten_all()?
-                .to_vec1()?;
-            let sk: Option<Vec<f32>> = if with_keys {
-                Some(
-                    self.keys
-                        .narrow(0, i0, rows)?
-                        .matmul(&qt)?
-                        .flatten_all()?
-                        .to_vec1()?,
-                )
-            } else {
-                None
-            };
+                .to_vec1()?)
+        };
+        let support: Vec<&Tensor> = if with_support {
+            std::iter::once(&self.keys).chain(&self.support).collect()
+        } else {
+            Vec::new()
+        };
+        for i0 in (0..b).step_by(ROW_BLOCK) {
+            let rows = ROW_BLOCK.min(b - i0);
+            let sq = block(&self.queries, i0, rows)?;
+            let ss = support
+                .iter()
+                .map(|x| block(x, i0, rows))
+                .collect::<Result<Vec<_>>>()?;
             for r in 0..rows {
-                f(
-                    i0 + r,
-                    &sq[r * k..(r + 1) * k],
-                    sk.as_ref().map(|s| &s[r * k..(r + 1) * k]),
-                )?;
+                let row: Vec<&[f32]> = ss.iter().map(|s| &s[r * k..(r + 1) * k]).collect();
+                f(i0 + r, &sq[r * k..(r + 1) * k], &row)?;
             }
         }
         Ok(())

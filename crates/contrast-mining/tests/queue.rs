@@ -18,6 +18,7 @@ mod common;
 use common::views;
 use contrast_testing::values;
 
+#[derive(Clone)]
 struct Setup {
     q: Tensor,
     k: Tensor,
@@ -126,14 +127,23 @@ proptest! {
     /// mean of query and key similarity among written entries of other images; label-aware
     /// keeps no same-label negative.
     #[test]
-    fn fnc_and_label_aware_on_the_queue(seed in any::<u64>(), topk in 1usize..12, thr in -0.5f64..0.6, mean in any::<bool>()) {
-        let s = setup(seed, 5, 200, 6);
+    fn fnc_and_label_aware_on_the_queue(seed in any::<u64>(), topk in 1usize..12, thr in -0.5f64..0.6, mean in any::<bool>(), supports in 0usize..3) {
+        let mut s = setup(seed, 5, 200, 6);
         let (sq, sk) = rows(&s);
+        // Support views: more momentum embeddings of each query's image, which join
+        // the query and key in scoring entries.
+        let (sa, sb) = views(seed ^ 0x5EED, 5, 6);
+        let support = [sa, sb];
+        s.batch = s.batch.clone().with_support(&support[..supports]).unwrap();
+        let ss: Vec<Vec<Vec<f32>>> = support[..supports].iter().map(|x| rows(&Setup { q: x.clone(), ..s.clone() }).0).collect();
         let aggregation = if mean { Aggregation::Mean } else { Aggregation::Max };
         for cancellation in [Cancellation::Elimination, Cancellation::Attraction] {
             let p = plan(&s, vec![PolicyConfig::Fnc(Fnc { topk: Some(topk), threshold: Some(thr), aggregation, cancellation })]);
             for i in 0..5 {
-                let score = |j: usize| if mean { 0.5 * (sq[i][j] + sk[i][j]) } else { sq[i][j].max(sk[i][j]) };
+                let score = |j: usize| {
+                    let all: Vec<f32> = [sq[i][j], sk[i][j]].into_iter().chain(ss.iter().map(|r| r[i][j])).collect();
+                    if mean { all.iter().sum::<f32>() / all.len() as f32 } else { all.into_iter().fold(f32::NEG_INFINITY, f32::max) }
+                };
                 let pool: Vec<usize> = (0..200).filter(|&j| s.batch.queue_ids[j] >= 0 && s.batch.queue_ids[j] != i as i64).collect();
                 let scores: Vec<f32> = (0..200).map(score).collect();
                 let mut want: Vec<u32> = ranked(&pool, &scores).into_iter().take(topk).filter(|&j| scores[j] as f64 > thr).map(|j| j as u32).collect();

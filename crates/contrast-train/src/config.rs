@@ -680,9 +680,10 @@ impl Config {
                 momentum
                     .validate()
                     .map_err(|e| anyhow::anyhow!("method.momentum.{e}"))?;
-                if self.data.views != 2 {
+                let fnc = self.mining.iter().any(|p| p.name() == "fnc");
+                if self.data.views < 2 || (self.data.views > 2 && !fnc) {
                     bail!(
-                        "method.name = \"moco\" uses exactly 2 views (query and key), data.views = {}",
+                        "method.name = \"moco\" uses 2 views (query and key), data.views = {}; more are support views, which only an fnc mining policy reads",
                         self.data.views
                     );
                 }

@@ -549,13 +549,20 @@ impl Moco {
         };
         let (_, q) = step.model.forward_t(&step.view(0)?, true)?;
         let q = step.world.gather_rows(&q)?;
-        let k = shuffled_keys(
-            &self.key,
-            &step.view(1)?,
-            shuffle_splits,
-            &mut step.rng(Stream::KeyShuffle),
-            step.world,
-        )?;
+        // The key, then any support views (views 2 and up: FNC's support set), from
+        // the momentum encoder.
+        let mut shuffle = step.rng(Stream::KeyShuffle);
+        let mut momentum = (1..step.batch.views.len()).map(|v| {
+            shuffled_keys(
+                &self.key,
+                &step.view(v)?,
+                shuffle_splits,
+                &mut shuffle,
+                step.world,
+            )
+        });
+        let k = momentum.next().context("MoCo needs a key view")??;
+        let support = momentum.collect::<Result<Vec<_>>>()?;
         let queue = self.queue.keys();
         let mining = QueueBatch::new(
             &q,
@@ -565,7 +572,8 @@ impl Moco {
             step.classes(),
             self.queue.ids().to_vec(),
             self.queue.labels().to_vec(),
-        )?;
+        )?
+        .with_support(&support)?;
         self.pipeline
             .set_progress(step.batch.epoch, cfg.train.epochs);
         let plan = if self.pipeline.is_empty() {

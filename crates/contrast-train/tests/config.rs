@@ -196,6 +196,39 @@ fn ranges_and_conflicts_are_named_before_training() {
         e.contains("method.queue_size = 64") && e.contains("data.batch_size = 128"),
         "{e}"
     );
+    // Views past the key are FNC's support views: refused without an fnc policy.
+    let e = format!(
+        "{:#}",
+        Config::load(&preset("moco-fmnist.toml"), &["data.views=3".to_string()]).unwrap_err()
+    );
+    assert!(
+        e.contains("data.views = 3") && e.contains("support views"),
+        "{e}"
+    );
+    Config::load(
+        &preset("moco-fnc-fmnist.toml"),
+        &["data.views=3".to_string()],
+    )
+    .unwrap();
+}
+
+/// The fnc loss and the fnc policy cancel the same way unless told otherwise.
+#[test]
+fn fnc_loss_and_policy_default_to_the_same_cancellation() {
+    let policy = contrast_mining::PolicyConfig::Fnc(
+        toml::from_str(r#"topk = 5"#).expect("an fnc policy with defaults"),
+    );
+    let contrast_mining::PolicyConfig::Fnc(p) = policy else {
+        unreachable!()
+    };
+    let loss: contrast_losses::FncConfig =
+        toml::from_str("temperature = 0.1").expect("an fnc loss with defaults");
+    assert_eq!(p.cancellation, loss.cancellation);
+    assert_eq!(p.aggregation, loss.aggregation);
+    assert_eq!(
+        loss.cancellation,
+        contrast_losses::FncConfig::default().cancellation
+    );
 }
 
 #[test]

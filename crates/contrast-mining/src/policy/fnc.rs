@@ -1,7 +1,9 @@
 //! `fnc`: false negative cancellation (Huynh et al., 2022) as a policy. Identification
 //! and the cancellation modes are [`contrast_losses::sampling`]'s, shared with the
 //! `fnc` loss: in-batch, a candidate is scored against every view of the anchor's
-//! image; on a queue, against the query and its key (the image's support set).
+//! image; on a queue, against the query, its key and the support views (momentum
+//! embeddings of more views of the image, when the run makes them): the image's
+//! support set.
 
 use super::{Policy, QueueNeeds, QueueRow, Stage, Step};
 use crate::batch::MiningBatch;
@@ -84,26 +86,22 @@ impl Policy for Fnc {
 
     fn queue_needs(&self) -> QueueNeeds {
         QueueNeeds {
-            key_sims: true,
+            support_sims: true,
             ..QueueNeeds::default()
         }
     }
 
     fn plan_queue_row(&self, row: &mut QueueRow<'_>) -> Result<()> {
         let rule = self.rule()?;
-        let (sq, sk) = (
-            row.sims,
-            row.key_sims.expect("fnc asks for key similarities"),
-        );
         let (batch, i) = (row.batch, row.query);
-        // Written entries of other images, scored against the query and its key.
+        // Written entries of other images, scored against the query and its support
+        // set.
         let scored: Vec<(u32, f32)> = (0..batch.entries())
             .filter(|&j| batch.queue_ids[j] >= 0 && batch.queue_ids[j] != batch.query_ids[i])
             .map(|j| {
-                (
-                    j as u32,
-                    self.aggregation.combine([sq[j], sk[j]].into_iter()),
-                )
+                let views =
+                    std::iter::once(row.sims[j]).chain(row.support_sims.iter().map(|s| s[j]));
+                (j as u32, self.aggregation.combine(views))
             })
             .collect();
         let found = rule.identify(scored);

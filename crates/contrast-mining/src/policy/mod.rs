@@ -90,9 +90,9 @@ pub struct Step<'a> {
 /// What a policy's queue form needs the row pass to provide.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct QueueNeeds {
-    /// Each query's key's similarities to the queue (FNC's support set); also records
-    /// the identified entries for diagnostics.
-    pub key_sims: bool,
+    /// The similarities of each query's support set (its key and the support views)
+    /// to the queue (FNC); also records the identified entries for diagnostics.
+    pub support_sims: bool,
     /// Synthetic points per query (MoCHi), which needs the raw queue and query rows.
     pub synthetic: usize,
 }
@@ -106,8 +106,9 @@ pub struct QueueRow<'a> {
     pub queries: usize,
     /// Cosine of the query to every queue entry `[K]`.
     pub sims: &'a [f32],
-    /// Cosine of the query's key to every queue entry `[K]`, when a policy asked.
-    pub key_sims: Option<&'a [f32]>,
+    /// Cosines of the query's support set to every queue entry, `[K]` each: its key,
+    /// then each support view; empty unless a policy asked.
+    pub support_sims: &'a [&'a [f32]],
     /// Cosine of the query to its own key.
     pub positive_sim: f32,
     pub batch: &'a QueueBatch,

@@ -40,7 +40,7 @@ pub(crate) fn plan_queue(
         .iter()
         .map(|p| p.queue_needs())
         .fold(QueueNeeds::default(), |a, n| QueueNeeds {
-            key_sims: a.key_sims || n.key_sims,
+            support_sims: a.support_sims || n.support_sims,
             synthetic: a.synthetic + n.synthetic,
         });
     for p in policies {
@@ -59,12 +59,12 @@ pub(crate) fn plan_queue(
         (Vec::new(), Vec::new())
     };
     let mut synthetic = vec![0f32; b * s * d];
-    batch.for_each_row(needs.key_sims, |i, sims, key_sims| {
+    batch.for_each_row(needs.support_sims, |i, sims, support_sims| {
         let mut row = QueueRow {
             query: i,
             queries: b,
             sims,
-            key_sims,
+            support_sims,
             positive_sim: positive_sims[i],
             batch,
             plan: &mut plan,
@@ -85,7 +85,7 @@ pub(crate) fn plan_queue(
                 .detach(),
         );
     }
-    if needs.key_sims {
+    if needs.support_sims {
         plan.identified = Some(identified);
     }
     Ok(plan)
