@@ -242,7 +242,7 @@ fn step_case(case: &str) -> Result<(f64, CaseFn)> {
     use contrast_encoders::{ConvPool, EncoderConfig, HeadConfig, InputShape};
     use contrast_train::Precision;
     use contrast_train::config::{ModelConfig, OptimConfig};
-    use contrast_train::model::ContrastiveModel;
+    use contrast_train::model::{ContrastiveModel, ModelParts};
     use contrast_train::optim::Optimizer;
     let (case, precision) = match case.strip_suffix(" bf16") {
         Some(base) => (base, Precision::Bf16),
@@ -291,7 +291,7 @@ fn step_case(case: &str) -> Result<(f64, CaseFn)> {
             width: w,
             channels: c,
         },
-        None,
+        ModelParts::default(),
         device(),
         0,
         precision,
@@ -455,7 +455,7 @@ pub fn memory(steps: usize, out: &Path) -> Result<()> {
     use contrast_data::{Batch, ImageShape};
     use contrast_train::Config;
     use contrast_train::method::Method;
-    use contrast_train::model::ContrastiveModel;
+    use contrast_train::model::{ContrastiveModel, ModelParts};
     use contrast_train::optim::Optimizer;
     let cfg = Config::from_toml(
         r#"
@@ -495,7 +495,14 @@ epochs = 1
         width: 8,
         channels: 1,
     };
-    let model = ContrastiveModel::new(&cfg.model, input, None, &device, 0, cfg.train.precision)?;
+    let model = ContrastiveModel::new(
+        &cfg.model,
+        input,
+        ModelParts::default(),
+        &device,
+        0,
+        cfg.train.precision,
+    )?;
     let mut opt = Optimizer::new(cfg.optim.clone(), model.params());
     let mut method = Method::new(&cfg, &model, input, 1, &device)?;
     let b = cfg.data.batch_size;

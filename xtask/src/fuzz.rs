@@ -17,7 +17,7 @@ use candle_core::Device;
 use contrast_data::cifar::{CifarKind, parse_cifar};
 use contrast_data::idx::{encode_idx, parse_idx};
 use contrast_train::checkpoint::{self, TrainState};
-use contrast_train::model::ContrastiveModel;
+use contrast_train::model::{ContrastiveModel, ModelParts};
 use contrast_train::optim::Optimizer;
 use contrast_train::{Config, config};
 use rand::{Rng, SeedableRng};
@@ -175,7 +175,7 @@ epochs = 1
         let model = ContrastiveModel::new(
             &cfg.model,
             input,
-            None,
+            ModelParts::default(),
             &Device::Cpu,
             0,
             cfg.train.precision,

@@ -29,7 +29,7 @@ pub fn eval(
         run.checkpoint.display()
     );
     let report = run.eval.report(
-        run.model.backbone.as_ref(),
+        &run.model.representation(run.cfg.eval.representation),
         &run.data.train,
         images,
         split.name(),
@@ -76,7 +76,9 @@ pub fn embed(
         }
         None => run.split(split)?,
     };
-    let features = run.eval.features(run.model.backbone.as_ref(), data)?;
+    let features = run
+        .eval
+        .features(&run.model.representation(run.cfg.eval.representation), data)?;
     let written = report::write_embedding_file(out, format, &features, data)
         .with_context(|| format!("writing embeddings to {}", out.display()))?;
     println!(

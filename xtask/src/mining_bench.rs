@@ -16,7 +16,7 @@ use contrast_data::{Batch, ImageShape};
 use contrast_losses::nt_xent;
 use contrast_train::Config;
 use contrast_train::method::Method;
-use contrast_train::model::ContrastiveModel;
+use contrast_train::model::{ContrastiveModel, ModelParts};
 use contrast_train::optim::Optimizer;
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -68,7 +68,14 @@ impl Runner {
             channels: 1,
         };
         let device = crate::bench::device();
-        let model = ContrastiveModel::new(&cfg.model, input, None, device, 0, cfg.train.precision)?;
+        let model = ContrastiveModel::new(
+            &cfg.model,
+            input,
+            ModelParts::default(),
+            device,
+            0,
+            cfg.train.precision,
+        )?;
         let opt = Optimizer::new(cfg.optim.clone(), model.params());
         let method = Method::new(&cfg, &model, input, 1, device)?;
         Ok(Self {

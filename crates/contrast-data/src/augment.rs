@@ -158,6 +158,26 @@ pub fn resized_crop(img: &Image, b: CropBox, out_h: usize, out_w: usize) -> Imag
     }
 }
 
+/// Rotates a square image counter-clockwise by `turns` quarter turns (0 to 3).
+pub fn rotate_quarter_turns(img: &mut Image, turns: u8) {
+    assert_eq!(img.height, img.width, "quarter turns need a square image");
+    let (n, c) = (img.height, img.channels);
+    let src = img.data.clone();
+    for y in 0..n {
+        for x in 0..n {
+            // The source pixel that lands at (y, x).
+            let (sy, sx) = match turns % 4 {
+                0 => (y, x),
+                1 => (x, n - 1 - y),
+                2 => (n - 1 - y, n - 1 - x),
+                _ => (n - 1 - x, y),
+            };
+            let (to, from) = ((y * n + x) * c, (sy * n + sx) * c);
+            img.data[to..to + c].copy_from_slice(&src[from..from + c]);
+        }
+    }
+}
+
 /// Mirrors the image left to right.
 pub fn hflip(img: &mut Image) {
     let (w, c) = (img.width, img.channels);

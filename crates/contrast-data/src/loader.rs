@@ -8,7 +8,7 @@
 use crate::contrastive_crop::Regions;
 use crate::dataset::{Dataset, ImageShape};
 use crate::error::{DataError, Result};
-use crate::recipe::ViewRecipe;
+use crate::recipe::{Family, ViewRecipe};
 use crate::seeds::{Stream, stream_rng};
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
@@ -117,6 +117,9 @@ pub struct ViewLoader {
     /// ContrastiveCrop's object boxes, one per image: crops are placed inside them
     /// while set.
     regions: Option<Arc<Regions>>,
+    /// LooC's leave-one-out keys: view `2 + i` takes family `families[i]`'s random
+    /// choices from view 0 (the query) and draws the rest afresh.
+    leave_one_out: Arc<Vec<Family>>,
 }
 
 impl ViewLoader {
@@ -135,6 +138,15 @@ impl ViewLoader {
         }
         for r in &recipes {
             r.validate()?;
+            if r.rotation > 0.0 && dataset.shape.height != dataset.shape.width {
+                return Err(DataError::config(
+                    "rotation",
+                    format!(
+                        "quarter-turn rotation needs square images; `{}` has {}x{}",
+                        dataset.name, dataset.shape.height, dataset.shape.width
+                    ),
+                ));
+            }
         }
         if config.batch_size == 0 {
             return Err(DataError::config("batch_size", "must be at least 1"));
@@ -167,6 +179,7 @@ impl ViewLoader {
             },
             shard: (0, 1),
             regions: None,
+            leave_one_out: Arc::new(Vec::new()),
         })
     }
 
@@ -186,6 +199,36 @@ impl ViewLoader {
             ));
         }
         self.shard = (rank, ranks);
+        Ok(self)
+    }
+
+    /// LooC's views: view 0 is the query, view 1 the key that redraws every
+    /// augmentation, and view `2 + i` the key that shares family `families[i]` with the
+    /// query and redraws the others. Needs `2 + families.len()` views.
+    pub fn leave_one_out(mut self, families: Vec<Family>) -> Result<Self> {
+        if self.recipes.len() != 2 + families.len() {
+            return Err(DataError::config(
+                "views",
+                format!(
+                    "{} leave-one-out families need {} views (query, key, one key per family), not {}",
+                    families.len(),
+                    2 + families.len(),
+                    self.recipes.len()
+                ),
+            ));
+        }
+        for f in &families {
+            if !f.is_active(&self.recipes[0]) {
+                return Err(DataError::config(
+                    "families",
+                    format!(
+                        "family `{}` is never applied by the recipe, so leaving it out changes nothing",
+                        f.name()
+                    ),
+                ));
+            }
+        }
+        self.leave_one_out = Arc::new(families);
         Ok(self)
     }
 
@@ -261,12 +304,20 @@ impl ViewLoader {
                             &[epoch as u64, v as u64, idx as u64],
                         );
                         let region = self.regions.as_ref().map(|r| r.of(idx as usize));
-                        let img = recipe.apply_in(
-                            self.dataset.image(idx as usize),
-                            shape,
-                            region,
-                            &mut rng,
-                        );
+                        let mut params = recipe.sample(shape, region, &mut rng);
+                        if let Some(&family) =
+                            v.checked_sub(2).and_then(|i| self.leave_one_out.get(i))
+                        {
+                            // The query's choices, drawn again from its own stream.
+                            let mut query_rng = stream_rng(
+                                self.config.seed,
+                                Stream::Augmentation,
+                                &[epoch as u64, 0, idx as u64],
+                            );
+                            let query = self.recipes[0].sample(shape, region, &mut query_rng);
+                            params.share(family, &query);
+                        }
+                        let img = recipe.render(self.dataset.image(idx as usize), shape, &params);
                         for (k, (o, x)) in out.iter_mut().zip(&img.data).enumerate() {
                             *o = (x - self.norm.mean[k % c]) / self.norm.std[k % c];
                         }

@@ -1,7 +1,10 @@
 //! View recipes: a fixed pipeline of random augmentations, configured in TOML.
 //!
-//! The pipeline order follows SimCLR's: resized crop, horizontal flip, colour jitter,
-//! random grayscale, Gaussian blur, solarize, then per-channel normalisation.
+//! The pipeline order follows SimCLR's: resized crop, horizontal flip, (quarter-turn
+//! rotation,) colour jitter, random grayscale, Gaussian blur, solarize, then
+//! per-channel normalisation. A view's random choices can be drawn
+//! ([`ViewRecipe::sample`]) apart from rendering them ([`ViewRecipe::render`]), so
+//! that views can share some augmentation families and redraw others.
 
 use crate::augment::{self, Image};
 use crate::contrastive_crop::{Region, sample_contrastive_crop};
@@ -69,6 +72,11 @@ pub struct ViewRecipe {
     /// Probability of a horizontal flip.
     #[serde(default)]
     pub hflip: f32,
+    /// Probability of rotating by a random non-zero multiple of 90 degrees (square
+    /// images only): the augmentation LooC's experiments add to show what invariance
+    /// to it costs.
+    #[serde(default)]
+    pub rotation: f32,
     #[serde(default)]
     pub color_jitter: Option<ColorJitterConfig>,
     /// Probability of converting to grayscale (no effect on one channel).
@@ -115,6 +123,7 @@ impl ViewRecipe {
                 ratio: default_ratio(),
             }),
             hflip: 0.5,
+            rotation: 0.0,
             color_jitter: Some(ColorJitterConfig {
                 brightness: 0.4,
                 contrast: 0.4,
@@ -136,6 +145,7 @@ impl ViewRecipe {
                 ratio: default_ratio(),
             }),
             hflip: 0.5,
+            rotation: 0.0,
             color_jitter: Some(ColorJitterConfig {
                 brightness: 0.4,
                 contrast: 0.4,
@@ -156,6 +166,7 @@ impl ViewRecipe {
             check_range("crop.ratio", c.ratio, 0.0, f32::INFINITY)?;
         }
         check_prob("hflip", self.hflip)?;
+        check_prob("rotation", self.rotation)?;
         check_prob("grayscale", self.grayscale)?;
         if let Some(j) = &self.color_jitter {
             check_prob("color_jitter.p", j.p)?;
@@ -209,61 +220,203 @@ impl ViewRecipe {
         region: Option<(Region, &Beta<f32>)>,
         rng: &mut R,
     ) -> Image {
-        let mut img = Image::from_u8(pixels, shape.height, shape.width, shape.channels);
-        if let Some(c) = &self.crop {
-            let (h, w) = (shape.height, shape.width);
-            let b = match region {
-                Some((region, beta)) => {
-                    sample_contrastive_crop(h, w, c.scale, c.ratio, region, beta, rng)
+        self.render(pixels, shape, &self.sample(shape, region, rng))
+    }
+
+    /// Draws every random choice of one view of an image of `shape`, in pipeline
+    /// order, without touching pixels: what [`ViewRecipe::render`] applies. Drawing
+    /// and rendering separately gives the same image as [`ViewRecipe::apply_in`] with
+    /// the same generator.
+    pub fn sample<R: Rng>(
+        &self,
+        shape: ImageShape,
+        region: Option<(Region, &Beta<f32>)>,
+        rng: &mut R,
+    ) -> ViewParams {
+        let (h, w) = (shape.height, shape.width);
+        let crop = self.crop.as_ref().map(|c| match region {
+            Some((region, beta)) => {
+                sample_contrastive_crop(h, w, c.scale, c.ratio, region, beta, rng)
+            }
+            None => augment::sample_crop_box(h, w, c.scale, c.ratio, rng),
+        });
+        let flip = self.hflip > 0.0 && rng.random::<f32>() < self.hflip;
+        let quarter_turns = if self.rotation > 0.0 && rng.random::<f32>() < self.rotation {
+            rng.random_range(1..=3u8)
+        } else {
+            0
+        };
+        let jitter = match &self.color_jitter {
+            Some(j) if rng.random::<f32>() < j.p => {
+                let mut order = [0u8, 1, 2, 3];
+                order.shuffle(rng);
+                let factor = |s: f32, rng: &mut R| rng.random_range((1.0 - s).max(0.0)..=1.0 + s);
+                let mut steps = Vec::with_capacity(4);
+                for op in order {
+                    match op {
+                        0 if j.brightness > 0.0 => {
+                            steps.push(ColorStep::Brightness(factor(j.brightness, rng)))
+                        }
+                        1 if j.contrast > 0.0 => {
+                            steps.push(ColorStep::Contrast(factor(j.contrast, rng)))
+                        }
+                        2 if j.saturation > 0.0 => {
+                            steps.push(ColorStep::Saturation(factor(j.saturation, rng)))
+                        }
+                        3 if j.hue > 0.0 => {
+                            steps.push(ColorStep::Hue(rng.random_range(-j.hue..=j.hue)))
+                        }
+                        _ => {}
+                    }
                 }
-                None => augment::sample_crop_box(h, w, c.scale, c.ratio, rng),
-            };
-            img = augment::resized_crop(&img, b, h, w);
+                steps
+            }
+            _ => Vec::new(),
+        };
+        let grayscale = self.grayscale > 0.0 && rng.random::<f32>() < self.grayscale;
+        let blur = match &self.blur {
+            Some(b) if rng.random::<f32>() < b.p => {
+                Some((rng.random_range(b.sigma[0]..=b.sigma[1]), b.kernel_size))
+            }
+            _ => None,
+        };
+        let solarize = match &self.solarize {
+            Some(s) if rng.random::<f32>() < s.p => Some(s.threshold),
+            _ => None,
+        };
+        ViewParams {
+            crop,
+            flip,
+            quarter_turns,
+            jitter,
+            grayscale,
+            blur,
+            solarize,
         }
-        if self.hflip > 0.0 && rng.random::<f32>() < self.hflip {
+    }
+
+    /// Renders one view of the image `pixels` of `shape` with the choices `p`, at the
+    /// same size, in `[0, 1]`.
+    pub fn render(&self, pixels: &[u8], shape: ImageShape, p: &ViewParams) -> Image {
+        let mut img = Image::from_u8(pixels, shape.height, shape.width, shape.channels);
+        if let Some(b) = p.crop {
+            img = augment::resized_crop(&img, b, shape.height, shape.width);
+        }
+        if p.flip {
             augment::hflip(&mut img);
         }
-        if let Some(j) = &self.color_jitter
-            && rng.random::<f32>() < j.p
-        {
-            let mut order = [0u8, 1, 2, 3];
-            order.shuffle(rng);
-            let factor = |s: f32, rng: &mut R| rng.random_range((1.0 - s).max(0.0)..=1.0 + s);
-            for op in order {
-                match op {
-                    0 if j.brightness > 0.0 => {
-                        augment::adjust_brightness(&mut img, factor(j.brightness, rng))
-                    }
-                    1 if j.contrast > 0.0 => {
-                        augment::adjust_contrast(&mut img, factor(j.contrast, rng))
-                    }
-                    2 if j.saturation > 0.0 => {
-                        augment::adjust_saturation(&mut img, factor(j.saturation, rng))
-                    }
-                    3 if j.hue > 0.0 => {
-                        augment::adjust_hue(&mut img, rng.random_range(-j.hue..=j.hue))
-                    }
-                    _ => {}
-                }
+        if p.quarter_turns > 0 {
+            augment::rotate_quarter_turns(&mut img, p.quarter_turns);
+        }
+        for step in &p.jitter {
+            match *step {
+                ColorStep::Brightness(f) => augment::adjust_brightness(&mut img, f),
+                ColorStep::Contrast(f) => augment::adjust_contrast(&mut img, f),
+                ColorStep::Saturation(f) => augment::adjust_saturation(&mut img, f),
+                ColorStep::Hue(shift) => augment::adjust_hue(&mut img, shift),
             }
         }
-        if self.grayscale > 0.0 && rng.random::<f32>() < self.grayscale {
+        if p.grayscale {
             augment::to_grayscale(&mut img);
         }
-        if let Some(b) = &self.blur
-            && rng.random::<f32>() < b.p
-        {
-            augment::gaussian_blur(
-                &mut img,
-                rng.random_range(b.sigma[0]..=b.sigma[1]),
-                b.kernel_size,
-            );
+        if let Some((sigma, kernel_size)) = p.blur {
+            augment::gaussian_blur(&mut img, sigma, kernel_size);
         }
-        if let Some(s) = &self.solarize
-            && rng.random::<f32>() < s.p
-        {
-            augment::solarize(&mut img, s.threshold);
+        if let Some(threshold) = p.solarize {
+            augment::solarize(&mut img, threshold);
         }
         img
+    }
+}
+
+/// One colour-jitter adjustment with its drawn factor (hue: shift in turns).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ColorStep {
+    Brightness(f32),
+    Contrast(f32),
+    Saturation(f32),
+    Hue(f32),
+}
+
+/// Every random choice of one augmented view ([`ViewRecipe::sample`]), grouped by
+/// augmentation family so that views can share some families and redraw the others
+/// (LooC's leave-one-out keys, [`ViewParams::share`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewParams {
+    /// The crop window in source pixels (family `crop`).
+    pub crop: Option<augment::CropBox>,
+    /// Mirrored left to right (family `flip`).
+    pub flip: bool,
+    /// Counter-clockwise quarter turns, 0 to 3 (family `rotation`).
+    pub quarter_turns: u8,
+    /// The colour-jitter adjustments in the order applied (family `color`).
+    pub jitter: Vec<ColorStep>,
+    /// Converted to grayscale (family `color`).
+    pub grayscale: bool,
+    /// Gaussian blur `(sigma, kernel side)` (family `blur`).
+    pub blur: Option<(f32, usize)>,
+    /// Solarize threshold (family `solarize`).
+    pub solarize: Option<f32>,
+}
+
+/// A group of augmentations whose random choices a view can take over from another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// The crop window.
+    Crop,
+    /// The horizontal flip.
+    Flip,
+    /// Quarter-turn rotation (`rotation`).
+    Rotation,
+    /// Colour jitter and grayscale conversion.
+    Color,
+    /// Gaussian blur.
+    Blur,
+    /// Solarize.
+    Solarize,
+}
+
+impl Family {
+    /// The family's name in configs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Crop => "crop",
+            Family::Flip => "flip",
+            Family::Rotation => "rotation",
+            Family::Color => "color",
+            Family::Blur => "blur",
+            Family::Solarize => "solarize",
+        }
+    }
+
+    /// Whether `recipe` draws anything in this family (a family it never applies
+    /// cannot make views differ).
+    pub fn is_active(self, recipe: &ViewRecipe) -> bool {
+        match self {
+            Family::Crop => recipe.crop.is_some(),
+            Family::Flip => recipe.hflip > 0.0,
+            Family::Rotation => recipe.rotation > 0.0,
+            Family::Color => recipe.color_jitter.is_some() || recipe.grayscale > 0.0,
+            Family::Blur => recipe.blur.is_some(),
+            Family::Solarize => recipe.solarize.is_some(),
+        }
+    }
+}
+
+impl ViewParams {
+    /// Takes family `family`'s choices from `other`, keeping its own for the rest.
+    pub fn share(&mut self, family: Family, other: &ViewParams) {
+        match family {
+            Family::Crop => self.crop = other.crop,
+            Family::Flip => self.flip = other.flip,
+            Family::Rotation => self.quarter_turns = other.quarter_turns,
+            Family::Color => {
+                self.jitter = other.jitter.clone();
+                self.grayscale = other.grayscale;
+            }
+            Family::Blur => self.blur = other.blur,
+            Family::Solarize => self.solarize = other.solarize,
+        }
     }
 }

@@ -42,6 +42,8 @@ pub enum Stream {
     KeyShuffle,
     /// The initial keys of MoCo's queue, `[]`.
     QueueInit,
+    /// The initial keys of LooC's queue of embedding space `[space]` (1 and up).
+    SpaceQueueInit,
     /// The initial vectors of the memory bank, `[]`.
     BankInit,
     /// The mining policies' own state (NNCLR's initial support keys), `[]`.
@@ -52,7 +54,7 @@ pub enum Stream {
 
 impl Stream {
     /// Every stream.
-    pub const ALL: [Stream; 11] = [
+    pub const ALL: [Stream; 12] = [
         Stream::EpochOrder,
         Stream::Augmentation,
         Stream::ModelInit,
@@ -61,6 +63,7 @@ impl Stream {
         Stream::Partners,
         Stream::KeyShuffle,
         Stream::QueueInit,
+        Stream::SpaceQueueInit,
         Stream::BankInit,
         Stream::PolicyState,
         Stream::Holdout,
@@ -77,6 +80,7 @@ impl Stream {
             Stream::Partners => "partners",
             Stream::KeyShuffle => "key-shuffle",
             Stream::QueueInit => "queue-init",
+            Stream::SpaceQueueInit => "space-queue-init",
             Stream::BankInit => "bank-init",
             Stream::PolicyState => "policy-state",
             Stream::Holdout => "holdout",
@@ -86,7 +90,7 @@ impl Stream {
     /// How many coordinates the stream takes.
     pub const fn arity(self) -> usize {
         match self {
-            Stream::EpochOrder | Stream::Holdout => 1,
+            Stream::EpochOrder | Stream::Holdout | Stream::SpaceQueueInit => 1,
             Stream::Augmentation => 3,
             Stream::Mining | Stream::Diagnostics | Stream::Partners | Stream::KeyShuffle => 2,
             Stream::ModelInit | Stream::QueueInit | Stream::BankInit | Stream::PolicyState => 0,

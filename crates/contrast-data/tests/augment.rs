@@ -174,3 +174,84 @@ fn invalid_recipes_name_the_field() {
     r.crop.as_mut().unwrap().scale = [0.0, 1.0];
     assert!(r.validate().unwrap_err().to_string().contains("crop.scale"));
 }
+
+#[test]
+fn quarter_turns_rotate_counter_clockwise() {
+    let img = gray(3, 3, |y, x| (y * 3 + x) as f32 / 8.0);
+    let mut once = img.clone();
+    augment::rotate_quarter_turns(&mut once, 1);
+    // The top-right pixel moves to the top-left, the top-left to the bottom-left.
+    assert_eq!(once.data[0], img.data[2]);
+    assert_eq!(once.data[6], img.data[0]);
+    let mut four = img.clone();
+    for _ in 0..4 {
+        augment::rotate_quarter_turns(&mut four, 1);
+    }
+    assert_eq!(four, img);
+    let mut twice = img.clone();
+    augment::rotate_quarter_turns(&mut twice, 2);
+    let mut half = img.clone();
+    augment::rotate_quarter_turns(&mut half, 1);
+    augment::rotate_quarter_turns(&mut half, 1);
+    assert_eq!(twice, half);
+}
+
+proptest! {
+    /// Drawing the choices and rendering them is the same view as applying the
+    /// recipe with the same generator.
+    #[test]
+    fn sampling_then_rendering_is_applying(seed in any::<u64>(), rotation in 0f32..=1.0) {
+        let shape = ImageShape { height: 12, width: 12, channels: 3 };
+        let px = pixels(shape.numel(), seed);
+        let recipe = ViewRecipe { rotation, ..full_recipe() };
+        let applied = recipe.apply(&px, shape, &mut ChaCha8Rng::seed_from_u64(seed));
+        let params = recipe.sample(shape, None, &mut ChaCha8Rng::seed_from_u64(seed));
+        prop_assert_eq!(recipe.render(&px, shape, &params), applied);
+    }
+}
+
+/// Sharing a family takes exactly that family's choices from the other view.
+#[test]
+fn sharing_a_family_takes_only_its_choices() {
+    use contrast_data::recipe::Family;
+    let shape = ImageShape {
+        height: 16,
+        width: 16,
+        channels: 3,
+    };
+    let recipe = ViewRecipe {
+        rotation: 1.0,
+        ..full_recipe()
+    };
+    let draw = |seed| recipe.sample(shape, None, &mut ChaCha8Rng::seed_from_u64(seed));
+    // Two views that differ in every family (found by trying seeds).
+    let (q, other) = (0..200u64)
+        .map(|s| (draw(2 * s), draw(2 * s + 1)))
+        .find(|(a, b)| {
+            a.crop != b.crop
+                && a.flip != b.flip
+                && a.quarter_turns != b.quarter_turns
+                && a.jitter != b.jitter
+                && a.blur != b.blur
+        })
+        .expect("two views that differ everywhere");
+    for family in [
+        Family::Crop,
+        Family::Flip,
+        Family::Rotation,
+        Family::Color,
+        Family::Blur,
+    ] {
+        let mut k = other.clone();
+        k.share(family, &q);
+        assert_eq!(k.crop == q.crop, family == Family::Crop, "{family:?}");
+        assert_eq!(k.flip == q.flip, family == Family::Flip, "{family:?}");
+        assert_eq!(
+            k.quarter_turns == q.quarter_turns,
+            family == Family::Rotation,
+            "{family:?}"
+        );
+        assert_eq!(k.jitter == q.jitter, family == Family::Color, "{family:?}");
+        assert_eq!(k.blur == q.blur, family == Family::Blur, "{family:?}");
+    }
+}

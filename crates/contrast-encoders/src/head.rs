@@ -57,6 +57,8 @@ pub struct ProjectionHead {
     hidden: Vec<(Linear, BatchNorm)>,
     last: Linear,
     out_bn: Option<BatchNorm>,
+    /// Width of the projection.
+    out: usize,
 }
 
 impl ProjectionHead {
@@ -114,7 +116,13 @@ impl ProjectionHead {
             hidden,
             last,
             out_bn,
+            out: cfg.out,
         })
+    }
+
+    /// Width of the projection, `out`.
+    pub fn out_dim(&self) -> usize {
+        self.out
     }
 
     /// Projects `[B, in]` to `[B, out]`.

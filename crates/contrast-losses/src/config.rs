@@ -3,7 +3,7 @@
 use crate::error::{Result, check_temperature, invalid};
 use crate::{
     AsclConfig, DebiasedConfig, DecoupledConfig, DecoupledWeightedConfig, FncConfig, HclConfig,
-    InvPConfig, MocoConfig, NtXentConfig, RingConfig, SimLapConfig, SupConConfig,
+    InvPConfig, LoocConfig, MocoConfig, NtXentConfig, RingConfig, SimLapConfig, SupConConfig,
 };
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -55,6 +55,8 @@ pub enum LossConfig {
     Fnc(FncConfig),
     Ascl(AsclConfig),
     Simlap(SimLapConfig),
+    /// LooC; needs the MoCo method with leave-one-out families (`method.families`).
+    Looc(LoocConfig),
     /// Invariance Propagation; needs the memory-bank method (`[method] name = "bank"`).
     InvariancePropagation(InvPConfig),
 }
@@ -99,6 +101,7 @@ impl LossConfig {
             LossConfig::Fnc(_) => "fnc",
             LossConfig::Ascl(_) => "ascl",
             LossConfig::Simlap(_) => "simlap",
+            LossConfig::Looc(_) => "looc",
             LossConfig::InvariancePropagation(_) => "invariance_propagation",
         }
     }
@@ -107,7 +110,10 @@ impl LossConfig {
     pub fn needs_queue(&self) -> bool {
         matches!(
             self,
-            LossConfig::MocoInfoNce(_) | LossConfig::Ring(_) | LossConfig::Ascl(_)
+            LossConfig::MocoInfoNce(_)
+                | LossConfig::Ring(_)
+                | LossConfig::Ascl(_)
+                | LossConfig::Looc(_)
         )
     }
 
@@ -127,6 +133,7 @@ impl LossConfig {
         match self {
             LossConfig::NtXent(c) => t(c.temperature),
             LossConfig::MocoInfoNce(c) => t(c.temperature),
+            LossConfig::Looc(c) => t(c.temperature),
             LossConfig::Supcon(c) => {
                 t(c.temperature)?;
                 c.base_temperature
@@ -244,6 +251,10 @@ impl LossConfig {
             LossConfig::InvariancePropagation(_) => Err(invalid(
                 "method",
                 "invariance_propagation reads a memory bank: use it with [method] name = \"bank\"",
+            )),
+            LossConfig::Looc(_) => Err(invalid(
+                "method",
+                "looc compares a query with one key per augmentation family in n + 1 spaces: use it with [method] name = \"moco\" and method.families",
             )),
             LossConfig::Simlap(c) => {
                 let (a, b) = two(name, v)?;

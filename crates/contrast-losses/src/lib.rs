@@ -80,7 +80,7 @@ pub use generalized::{Debias, generalized_info_nce, one_hot, weighted_logsumexp}
 pub use invariance_propagation::{
     InvPConfig, InvPOutput, invariance_propagation, ramp, refreshed_neighbours,
 };
-pub use looc::looc;
+pub use looc::{LoocConfig, looc};
 pub use moco::{MocoConfig, moco_info_nce, moco_info_nce_keyed, moco_info_nce_reference};
 pub use nt_xent::{NtXentConfig, nt_xent, nt_xent_reference};
 pub use ring::{RingConfig, ring};

@@ -23,6 +23,15 @@ use crate::error::{Result, check_matrix, check_temperature, invalid};
 use crate::generalized::{generalized_info_nce, one_hot};
 use candle_core::{D, Tensor};
 use contrast_kernels::l2_normalize;
+use serde::{Deserialize, Serialize};
+
+/// `loss = { name = "looc", temperature }`: trained by the MoCo method with
+/// `method.families` (the augmentation families left out, one embedding space each).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoocConfig {
+    pub temperature: f64,
+}
 
 /// LooC loss. `queries[h]` `[B, D]` is the query in space `h` (`h = 0..=n`);
 /// `keys[h][j]` `[B, D]` is key `j` embedded in space `h`; `negatives[h]` `[K, D]`

@@ -6,6 +6,7 @@
 use crate::device::{DeviceChoice, OpsChoice, Precision};
 use crate::provenance::{self, Origins};
 use anyhow::{Context, Result, bail};
+use contrast_data::recipe::Family;
 use contrast_data::{ContrastiveCropConfig, DatasetChoice, Holdout, OnError, ViewRecipe};
 use contrast_encoders::{EncoderConfig, FeatureFilterConfig, HeadConfig, MomentumSchedule};
 use contrast_eval::{KnnConfig, ProbeConfig};
@@ -179,6 +180,11 @@ pub enum MethodConfig {
         /// Groups the shuffled keys are normalised in (Shuffle-BN on one device).
         #[serde(default = "default_splits")]
         shuffle_splits: usize,
+        /// LooC (with `loss.name = "looc"`): the augmentation families left out, each
+        /// with its own embedding space, head and queue, and its own key that shares
+        /// that family's random choices with the query. Empty for plain MoCo.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        families: Vec<Family>,
     },
     /// Instance discrimination against a memory bank of every training image (InstDisc,
     /// Invariance Propagation): one view per image, the bank updated with momentum.
@@ -207,6 +213,16 @@ fn default_neighbours() -> usize {
 
 fn default_splits() -> usize {
     4
+}
+
+impl MethodConfig {
+    /// LooC's leave-one-out families (empty for every other method).
+    pub fn families(&self) -> &[Family] {
+        match self {
+            MethodConfig::Moco { families, .. } => families,
+            _ => &[],
+        }
+    }
 }
 
 /// Backbone and projection head.
@@ -383,12 +399,30 @@ pub struct EvalConfig {
     /// Images per forward pass when extracting features.
     #[serde(default = "default_eval_batch")]
     pub batch_size: usize,
+    /// What evaluation embeds: the backbone's representation (`"backbone"`), or
+    /// every embedding space's L2-normalised projection concatenated (`"spaces"`:
+    /// LooC++ with LooC's heads; the head's projection otherwise).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub representation: RepresentationChoice,
     /// Splits whose representations the run writes to `embeddings/<split>.safetensors`
     /// at the end (`"train"`, `"validation"`, `"test"`). Default: every split of a
     /// folder dataset (your images), none of a named one (the default Fashion-MNIST
     /// run would write about 1 GB).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub embed: Option<Vec<SplitName>>,
+}
+
+/// What evaluation embeds with (`eval.representation`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RepresentationChoice {
+    #[default]
+    Backbone,
+    Spaces,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 /// A split of a run's data, by name.
@@ -431,6 +465,7 @@ impl Default for EvalConfig {
             monitor_bank: default_monitor_bank(),
             baselines: true,
             batch_size: default_eval_batch(),
+            representation: RepresentationChoice::default(),
             embed: None,
         }
     }
@@ -667,7 +702,29 @@ impl Config {
                 queue_size,
                 momentum,
                 shuffle_splits,
+                families,
             } => {
+                let looc = matches!(self.loss, LossConfig::Looc(_));
+                if looc == families.is_empty() {
+                    bail!(
+                        "loss.name = \"looc\" and method.families go together: LooC needs the augmentation families it leaves out (e.g. families = [\"color\", \"rotation\"]), and only LooC reads them"
+                    );
+                }
+                if let Some(f) = families
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, f)| families[..i].contains(f).then_some(f))
+                {
+                    bail!("method.families names `{}` twice", f.name());
+                }
+                if looc && self.data.views != 2 + families.len() {
+                    bail!(
+                        "method.families = {:?} needs data.views = {} (the query, a key that redraws every augmentation, and one key per family), not {}",
+                        families.iter().map(|f| f.name()).collect::<Vec<_>>(),
+                        2 + families.len(),
+                        self.data.views
+                    );
+                }
                 if *queue_size == 0 || *shuffle_splits == 0 {
                     bail!("method.queue_size and method.shuffle_splits must be >= 1");
                 }
@@ -681,7 +738,7 @@ impl Config {
                     .validate()
                     .map_err(|e| anyhow::anyhow!("method.momentum.{e}"))?;
                 let fnc = self.mining.iter().any(|p| p.name() == "fnc");
-                if self.data.views < 2 || (self.data.views > 2 && !fnc) {
+                if !looc && (self.data.views < 2 || (self.data.views > 2 && !fnc)) {
                     bail!(
                         "method.name = \"moco\" uses 2 views (query and key), data.views = {}; more are support views, which only an fnc mining policy reads",
                         self.data.views

@@ -16,14 +16,15 @@
 
 use crate::config::{Config, GatheredLoss, MethodConfig};
 use crate::distributed::{World, ring_nt_xent};
-use crate::model::ContrastiveModel;
+use crate::model::{ContrastiveModel, ModelParts};
 use crate::optim::Optimizer;
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use contrast_data::{Batch, Stream, stream_rng, stream_seed};
 use contrast_encoders::{InputShape, copy_vars, ema_update};
 use contrast_losses::{
-    LossConfig, LossInputs, invariance_propagation, partner_classes, ramp, refreshed_neighbours,
+    LossConfig, LossInputs, invariance_propagation, looc, partner_classes, ramp,
+    refreshed_neighbours,
 };
 use contrast_memory::{KeyQueue, MemoryBank};
 use contrast_mining::{
@@ -85,6 +86,8 @@ pub struct Moco {
     pub diagnostics: Diagnostics,
     pub key: ContrastiveModel,
     pub queue: KeyQueue,
+    /// LooC: one more queue per embedding space after the first (one per family).
+    pub space_queues: Vec<KeyQueue>,
 }
 
 /// The runtime state of the configured method.
@@ -97,10 +100,11 @@ pub enum Method {
 }
 
 /// What a step produced besides the loss, for the update afterwards: keys to enqueue
-/// (MoCo), or features and nearest entries for the bank (InvP).
+/// (MoCo: one set per embedding space), or features and nearest entries for the bank
+/// (InvP).
 #[derive(Debug, Default)]
 pub struct StepExtras {
-    keys: Option<Tensor>,
+    keys: Vec<Tensor>,
     bank: Option<(Tensor, Vec<Vec<u32>>)>,
 }
 
@@ -146,24 +150,34 @@ impl Method {
             MethodConfig::Moco { queue_size, .. } => {
                 // The key encoder starts as a copy of the online one.
                 let init = stream_seed(cfg.seed, Stream::ModelInit, &[]);
+                let families = cfg.method.families();
                 let key = ContrastiveModel::new(
                     &cfg.model,
                     input,
-                    None,
+                    ModelParts {
+                        simlap: None,
+                        spaces: families.to_vec(),
+                    },
                     device,
                     init,
                     cfg.train.precision,
                 )?;
                 copy_vars(&key.varmap, &model.varmap)?;
-                let queue = KeyQueue::new(
-                    *queue_size,
-                    cfg.model.head.out,
-                    stream_seed(cfg.seed, Stream::QueueInit, &[]),
-                    device,
-                )?;
+                // Each space's queue starts from its own random unit rows (space 0's
+                // are plain MoCo's).
+                let queue = |s: u64| {
+                    let seed = match s {
+                        0 => stream_seed(cfg.seed, Stream::QueueInit, &[]),
+                        s => stream_seed(cfg.seed, Stream::SpaceQueueInit, &[s]),
+                    };
+                    KeyQueue::new(*queue_size, cfg.model.head.out, seed, device)
+                };
                 Method::Moco(Box::new(Moco {
                     key,
-                    queue,
+                    queue: queue(0)?,
+                    space_queues: (1..=families.len() as u64)
+                        .map(queue)
+                        .collect::<contrast_memory::Result<_>>()?,
                     pipeline: Pipeline::new(cfg.mining.clone())?.with_seed(stream_seed(
                         cfg.seed,
                         Stream::PolicyState,
@@ -282,11 +296,14 @@ impl Method {
         }
         if let (Method::Moco(m), MethodConfig::Moco { momentum, .. }) = (self, &cfg.method) {
             ema_update(&m.key.varmap, &model.varmap, momentum.at(step, total))?;
-            if let Some(k) = extras.keys {
+            if !extras.keys.is_empty() {
                 let ids: Vec<i64> = batch.indices.iter().map(|&i| i as i64).collect();
                 // Unlabeled keys enter with class -1, as empty slots hold.
                 let labels = batch.class_ids().unwrap_or_else(|| vec![-1; ids.len()]);
-                m.queue.enqueue(&k, &ids, &labels, None)?;
+                let queues = std::iter::once(&mut m.queue).chain(&mut m.space_queues);
+                for (queue, k) in queues.zip(&extras.keys) {
+                    queue.enqueue(k, &ids, &labels, None)?;
+                }
             }
         }
         Ok(())
@@ -303,10 +320,16 @@ impl Method {
                     vec![("mining".into(), mining)]
                 }
             }
-            Method::Moco(m) => vec![
-                ("key_encoder".into(), varmap_tensors(&m.key.varmap)),
-                ("queue".into(), m.queue.state()?),
-            ],
+            Method::Moco(m) => {
+                let mut state = vec![
+                    ("key_encoder".into(), varmap_tensors(&m.key.varmap)),
+                    ("queue".into(), m.queue.state()?),
+                ];
+                for (s, q) in m.space_queues.iter().enumerate() {
+                    state.push((format!("queue.space{}", s + 1), q.state()?));
+                }
+                state
+            }
             Method::Bank(m) => {
                 let mut state = m.bank.state()?;
                 let k = m.neighbours.first().map_or(0, |n| n.len());
@@ -336,6 +359,14 @@ impl Method {
                 .remove("queue")
                 .context("checkpoint lacks the queue")?;
             m.queue.load_state(&queue).context("restoring the queue")?;
+            for (s, q) in m.space_queues.iter_mut().enumerate() {
+                let name = format!("queue.space{}", s + 1);
+                let state = state
+                    .remove(&name)
+                    .with_context(|| format!("checkpoint lacks LooC's queue `{name}`"))?;
+                q.load_state(&state)
+                    .with_context(|| format!("restoring LooC's queue `{name}`"))?;
+            }
         }
         if let Method::Bank(m) = self {
             let bank = state
@@ -541,32 +572,42 @@ impl InBatch {
 
 impl Moco {
     /// Queries from the online network, keys from the momentum encoder (Shuffle-BN),
-    /// negatives from the queue (mined when policies are configured).
+    /// negatives from the queue (mined when policies are configured). With LooC's
+    /// families, every embedding space gets its queries, keys and queue.
     fn loss(&mut self, step: &StepInputs<'_>) -> Result<(Tensor, StepExtras)> {
         let cfg = step.cfg;
         let MethodConfig::Moco { shuffle_splits, .. } = cfg.method else {
             bail!("method state and configuration disagree");
         };
-        let (_, q) = step.model.forward_t(&step.view(0)?, true)?;
-        let q = step.world.gather_rows(&q)?;
-        // The key, then any support views (views 2 and up: FNC's support set), from
-        // the momentum encoder.
+        let (_, queries) = step.model.forward_spaces(&step.view(0)?, true)?;
+        let queries = queries
+            .iter()
+            .map(|q| step.world.gather_rows(q))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        // Views 1 and up through the momentum encoder, each in every space: the key,
+        // then FNC's support views or LooC's leave-one-out keys.
         let mut shuffle = step.rng(Stream::KeyShuffle);
-        let mut momentum = (1..step.batch.views.len()).map(|v| {
-            shuffled_keys(
-                &self.key,
-                &step.view(v)?,
-                shuffle_splits,
-                &mut shuffle,
-                step.world,
-            )
-        });
-        let k = momentum.next().context("MoCo needs a key view")??;
-        let support = momentum.collect::<Result<Vec<_>>>()?;
+        let momentum = (1..step.batch.views.len())
+            .map(|v| {
+                shuffled_keys(
+                    &self.key,
+                    &step.view(v)?,
+                    shuffle_splits,
+                    &mut shuffle,
+                    step.world,
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let (q, k) = (&queries[0], &momentum[0][0]);
+        let support: Vec<Tensor> = if self.space_queues.is_empty() {
+            momentum[1..].iter().map(|m| m[0].clone()).collect()
+        } else {
+            Vec::new()
+        };
         let queue = self.queue.keys();
         let mining = QueueBatch::new(
-            &q,
-            &k,
+            q,
+            k,
             queue,
             step.ids(),
             step.classes(),
@@ -587,10 +628,22 @@ impl Moco {
         let labels = step.label_tensor()?;
         let loss = match &cfg.loss {
             LossConfig::MocoInfoNce(c) if !self.pipeline.is_empty() => {
-                mined_moco_info_nce(&q, &k, queue, &plan, c.temperature)?
+                mined_moco_info_nce(q, k, queue, &plan, c.temperature)?
+            }
+            LossConfig::Looc(c) => {
+                // keys[h][j]: key j (view 1 + j) in space h; space h's queue.
+                let spaces = queries.len();
+                let keys: Vec<Vec<Tensor>> = (0..spaces)
+                    .map(|h| momentum.iter().map(|m| m[h].clone()).collect())
+                    .collect();
+                let negatives: Vec<Tensor> = std::iter::once(&self.queue)
+                    .chain(&self.space_queues)
+                    .map(|q| q.keys().clone())
+                    .collect();
+                looc(&queries, &keys, &negatives, c.temperature)?
             }
             _ => cfg.loss.compute(LossInputs {
-                views: &[q, k.clone()],
+                views: &[q.clone(), k.clone()],
                 labels: labels.as_ref(),
                 queue: Some(queue),
                 partners: None,
@@ -598,13 +651,9 @@ impl Moco {
                 log_scale: None,
             })?,
         };
-        Ok((
-            loss,
-            StepExtras {
-                keys: Some(k),
-                bank: None,
-            },
-        ))
+        // Space h's queue takes the keys positive in it: key h in space h.
+        let keys = (0..queries.len()).map(|h| momentum[h][h].clone()).collect();
+        Ok((loss, StepExtras { keys, bank: None }))
     }
 }
 
@@ -643,14 +692,15 @@ impl Bank {
         Ok((
             out.loss,
             StepExtras {
-                keys: None,
+                keys: Vec::new(),
                 bank: Some((z.detach(), out.nearest)),
             },
         ))
     }
 }
 
-/// Keys `[B, D]` of the global batch from the momentum encoder, without gradient,
+/// Keys of the global batch from the momentum encoder, without gradient, one `[B, D]`
+/// per embedding space (one for MoCo, `1 + families` for LooC),
 /// given this rank's images `x_local` `[b, ...]`: the batch is gathered and shuffled
 /// (one permutation on every rank), each rank encodes its share of the shuffled batch
 /// in `splits / ranks` groups (at least one) with their own BatchNorm statistics,
@@ -662,7 +712,7 @@ fn shuffled_keys(
     splits: usize,
     rng: &mut ChaCha8Rng,
     world: &World,
-) -> Result<Tensor> {
+) -> Result<Vec<Tensor>> {
     let x = world.collective().all_gather(&x_local.detach())?;
     let b = x.dim(0)?;
     let mut perm: Vec<u32> = (0..b as u32).collect();
@@ -679,11 +729,16 @@ fn shuffled_keys(
     let size = share.div_ceil(groups.min((share / 2).max(1)));
     let mut parts = Vec::new();
     for start in (0..share).step_by(size) {
-        let (_, z) = key.forward_t(&mine.narrow(0, start, size.min(share - start))?, true)?;
-        parts.push(z.detach());
+        let (_, z) = key.forward_spaces(&mine.narrow(0, start, size.min(share - start))?, true)?;
+        // Every space side by side `[g, S * D]`, so that one gather moves them all.
+        parts.push(Tensor::cat(&z, 1)?.detach());
     }
     let keys = world.collective().all_gather(&Tensor::cat(&parts, 0)?)?;
-    Ok(keys
+    let keys = keys
         .index_select(&Tensor::from_slice(&inverse, b, x.device())?, 0)?
-        .detach())
+        .detach();
+    let d = key.head.out_dim();
+    (0..keys.dim(1)? / d)
+        .map(|s| Ok(keys.narrow(1, s * d, d)?.contiguous()?))
+        .collect()
 }

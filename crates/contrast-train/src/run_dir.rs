@@ -8,7 +8,7 @@ use crate::data::{RunData, load_data};
 use crate::device::DeviceChoice;
 use crate::evaluate::{Evaluator, input_shape};
 use crate::log::RunLog;
-use crate::model::{ContrastiveModel, simlap_params};
+use crate::model::{ContrastiveModel, model_parts};
 use anyhow::{Context, Result, bail};
 use contrast_data::{Dataset, Normalization};
 use std::path::{Path, PathBuf};
@@ -60,7 +60,7 @@ impl OpenedRun {
         let mut model = ContrastiveModel::new(
             &cfg.model,
             input_shape(&data.train),
-            simlap_params(&cfg.loss, data.train.num_classes),
+            model_parts(&cfg, data.train.num_classes),
             &dev,
             0,
             cfg.train.precision,

@@ -10,7 +10,7 @@ use crate::evaluate::{Evaluator, input_shape};
 use crate::log::RunLog;
 use crate::method::{Method, NonFinite};
 use crate::metrics::{EpochRecord, Summary, write_json, write_metrics};
-use crate::model::{ContrastiveModel, simlap_params};
+use crate::model::{ContrastiveModel, model_parts};
 use crate::optim::Optimizer;
 use crate::report;
 use crate::schedule::warmup_cosine;
@@ -223,6 +223,10 @@ impl Trainer {
             },
         )
         .and_then(|l| l.sharded(world.rank(), world.size()))
+        .and_then(|l| match cfg.method.families() {
+            [] => Ok(l),
+            families => l.leave_one_out(families.to_vec()),
+        })
         .context("configuring the data loader")?;
         let (model, opt, method) = fresh(cfg, &train, &device, &world)?;
         let eval = Evaluator {
@@ -472,9 +476,11 @@ impl Trainer {
         {
             let t = Instant::now();
             let (split, name) = self.monitor_split();
-            let top1 = self
-                .eval
-                .knn(self.model.backbone.as_ref(), &self.train, split)?;
+            let top1 = self.eval.knn(
+                &self.model.representation(self.cfg.eval.representation),
+                &self.train,
+                split,
+            )?;
             self.state.untrained_knn_top1 = Some(top1);
             self.state.eval_seconds += t.elapsed().as_secs_f64();
             self.log
@@ -670,7 +676,7 @@ impl Trainer {
         let (split, split_name) = self.monitor_split();
         let monitor = if self.world.is_root() {
             Some(self.eval.monitor(
-                self.model.backbone.as_ref(),
+                &self.model.representation(self.cfg.eval.representation),
                 &self.monitor_bank,
                 split,
                 self.monitors(),
@@ -782,7 +788,7 @@ impl Trainer {
         let (cfg, train, test) = (&self.cfg, &self.train, &self.test);
         let te = Instant::now();
         let labelled = train.is_labelled() && test.is_labelled();
-        let encoder = self.model.backbone.as_ref();
+        let encoder = &self.model.representation(self.cfg.eval.representation);
         self.log.say(format!(
             "final evaluation on {} train / {} test images: {}",
             train.len(),
@@ -893,7 +899,10 @@ impl Trainer {
                 SplitName::Test => report::write_embeddings(&dir, "test", fte, &self.test)?,
                 SplitName::Validation => match &self.validation {
                     Some(v) => {
-                        let f = self.eval.features(self.model.backbone.as_ref(), v)?;
+                        let f = self.eval.features(
+                            &self.model.representation(self.cfg.eval.representation),
+                            v,
+                        )?;
                         report::write_embeddings(&dir, "validation", &f, v)?
                     }
                     None => continue,
@@ -946,7 +955,7 @@ fn fresh(
     let model = ContrastiveModel::with_sync_bn(
         &cfg.model,
         input_shape(train),
-        simlap_params(&cfg.loss, train.num_classes),
+        model_parts(cfg, train.num_classes),
         device,
         stream_seed(cfg.seed, Stream::ModelInit, &[]),
         cfg.train.precision,

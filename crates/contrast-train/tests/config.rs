@@ -212,6 +212,41 @@ fn ranges_and_conflicts_are_named_before_training() {
     .unwrap();
 }
 
+/// LooC's loss, families and views must agree, and each mistake is named.
+#[test]
+fn looc_settings_are_checked_together() {
+    let looc = preset("looc-fmnist.toml");
+    Config::load(&looc, &[]).unwrap();
+    for (set, wanted) in [
+        (
+            &["method.families=[]"][..],
+            &["method.families", "looc"][..],
+        ),
+        (&["data.views=3"], &["data.views = 4", "not 3"]),
+        (
+            &["method.families=[\"color\", \"color\"]"],
+            &["`color` twice"],
+        ),
+        (&["method.families=[\"colour\"]"], &["colour"]),
+    ] {
+        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        let e = format!("{:#}", Config::load(&looc, &set).unwrap_err());
+        for w in wanted {
+            assert!(e.contains(w), "{set:?}: {e}");
+        }
+    }
+    // Families without the looc loss.
+    let e = format!(
+        "{:#}",
+        Config::load(
+            &preset("moco-fmnist.toml"),
+            &["method.families=[\"color\"]".to_string()]
+        )
+        .unwrap_err()
+    );
+    assert!(e.contains("method.families"), "{e}");
+}
+
 /// The fnc loss and the fnc policy cancel the same way unless told otherwise.
 #[test]
 fn fnc_loss_and_policy_default_to_the_same_cancellation() {

@@ -55,10 +55,34 @@ fn tiny_moco(cosine: bool) -> contrast_train::Config {
         queue_size: 100,
         momentum: contrast_encoders::MomentumSchedule { base: 0.9, cosine },
         shuffle_splits: 2,
+        families: Vec::new(),
     };
     cfg.loss =
         contrast_losses::LossConfig::MocoInfoNce(contrast_losses::MocoConfig { temperature: 0.2 });
     cfg
+}
+
+/// LooC keeps one queue per embedding space and the extra heads (in the model and
+/// the key encoder); all must come back exactly, and LooC++ evaluates on them.
+#[test]
+fn resumed_looc_run_matches_uninterrupted_run() {
+    use contrast_data::recipe::Family;
+    let mut cfg = tiny_moco(false);
+    cfg.method = contrast_train::config::MethodConfig::Moco {
+        queue_size: 100,
+        momentum: contrast_encoders::MomentumSchedule {
+            base: 0.9,
+            cosine: false,
+        },
+        shuffle_splits: 2,
+        families: vec![Family::Flip, Family::Rotation],
+    };
+    cfg.data.augment.rotation = 0.5;
+    cfg.data.views = 4;
+    cfg.loss = contrast_losses::LossConfig::Looc(contrast_losses::LoocConfig { temperature: 0.2 });
+    cfg.eval.representation = contrast_train::config::RepresentationChoice::Spaces;
+    cfg.validate().unwrap();
+    check_resume(cfg);
 }
 
 /// MoCo keeps a key encoder and a queue; both must come back exactly.
