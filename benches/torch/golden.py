@@ -519,7 +519,7 @@ class Golden:
     def __init__(self):
         self.cases = []
 
-    def add(self, name, kind, params, inputs, fn, grads, source, ill_conditioned=False):
+    def add(self, name, kind, params, inputs, fn, grads, source):
         """inputs: name -> float32 tensor, int list or number; fn(ts) -> (loss, extras)."""
         loss64, g64, ex64 = evaluate(fn, inputs, grads, torch.float64)
         loss32, g32, ex32 = evaluate(fn, inputs, grads, torch.float32)
@@ -903,7 +903,7 @@ def f32_cases(golden):
             tag = short(extra_params)
             name = f"f32_{kind}_{mode}_b{b}_d{d}_{tag}"
             return golden.add(name, kind, params, {"z1": z1, "z2": z2},
-                              lambda t: fn_of(t["z1"], t["z2"]), ["z1", "z2"], src, True)
+                              lambda t: fn_of(t["z1"], t["z2"]), ["z1", "z2"], src)
         return make
 
     for mode in ("collapsed", "near_identical"):
@@ -937,7 +937,7 @@ def f32_cases(golden):
             case, err = golden.add(f"f32_{kind}_clamp_active_b{b}_d{d}_t{t}_tp{tp}", kind, params,
                                    {"z1": z1, "z2": z2},
                                    lambda ts: debiased_hcl(ts["z1"], ts["z2"], t, tp, beta), ["z1", "z2"],
-                                   SRC[kind], True)
+                                   SRC[kind])
             if case["expected"]["num_anchors_clamped"] < b:
                 raise Reject()
             return case, err
@@ -953,7 +953,7 @@ def f32_cases(golden):
                   "conditioning": "collapsed", "noise": sigma}
         return golden.add(f"f32_supcon_collapsed_b{b}_d{d}_t{t}_bt0.07", "supcon", params,
                           {"z1": z1, "z2": z2, "labels": labels.tolist()},
-                          lambda ts: supcon(ts["z1"], ts["z2"], labels, t, 0.07), ["z1", "z2"], SRC["supcon"], True)
+                          lambda ts: supcon(ts["z1"], ts["z2"], labels, t, 0.07), ["z1", "z2"], SRC["supcon"])
     ill_conditioned(golden, supcon_make, 40701, SIGMAS)
 
     # Queue losses: collapsed (queries, keys and queue around one point) and near-identical.
@@ -968,7 +968,7 @@ def f32_cases(golden):
             tag = short(extra)
             return golden.add(f"f32_{kind}_{mode}_b{b}_d{d}_k{kq}_{tag}", kind, params,
                               {"z1": z1, "z2": z2, "queue": queue},
-                              lambda ts: fn_of(ts["z1"], ts["z2"], ts["queue"]), ["z1", "z2"], src, True)
+                              lambda ts: fn_of(ts["z1"], ts["z2"], ts["queue"]), ["z1", "z2"], src)
         return make
 
     for mode in ("collapsed", "near_identical"):
@@ -1005,7 +1005,7 @@ def f32_cases(golden):
         case, err = golden.add(f"f32_hcl_queue_clamp_active_b{b}_d{d}_k{kq}_t{t}_tp{tp}", "hcl_queue", params,
                                {"z1": q, "z2": k, "queue": queue},
                                lambda ts: hcl_queue(ts["z1"], ts["z2"], ts["queue"], t, tp, 0.5), ["z1", "z2"],
-                               SRC["hcl_queue"], True)
+                               SRC["hcl_queue"])
         if case["expected"]["num_anchors_clamped"] < b:
             raise Reject()
         return case, err
@@ -1020,7 +1020,7 @@ def f32_cases(golden):
             x, _ = collapsed(g, b, d, sigma)
             params = {"t": 2, "normalize": True, "seed": seed, "conditioning": "collapsed", "noise": sigma}
             return golden.add(f"f32_uniformity_collapsed_b{b}_d{d}_t2", "uniformity", params, {"z1": x},
-                              lambda ts: uniform_loss(ts["z1"], 2), ["z1"], SRC["uniform"], True)
+                              lambda ts: uniform_loss(ts["z1"], 2), ["z1"], SRC["uniform"])
         ill_conditioned(golden, unif_make, seed, [1e-1, 5e-2, 3e-2, 2e-2, 1e-2, 5e-3, 3e-3, 2e-3, 1e-3])
 
     # FNC: a nearly collapsed batch (the top-k edge kept 1e-4 apart), both cancellations.
@@ -1037,7 +1037,7 @@ def f32_cases(golden):
                       "seed": seed, "conditioning": "collapsed", "noise": sigma}
             return golden.add(f"f32_{kind}_collapsed_v{v}_b{b}_d{d}_t{t}_top{topk}", kind, params, inputs,
                               lambda ts: fnc([ts[f"z{i + 1}"] for i in range(v)], t, topk, thr, eliminate),
-                              list(inputs), SRC["fnc"], True)
+                              list(inputs), SRC["fnc"])
         ill_conditioned(golden, fnc_make, 42101, SIGMAS)
 
     # InvP: anchors nearly on their bank entries (near-identical), and a collapsed bank.
@@ -1060,7 +1060,7 @@ def f32_cases(golden):
                               params, inputs,
                               lambda ts: invariance_propagation(ts["z1"], indices, ts["bank"], neigh, 0.2, 10, 3, 3,
                                                                 0.6, 1.0),
-                              ["z1"], SRC["invp"], True)
+                              ["z1"], SRC["invp"])
         ill_conditioned(golden, invp_make, 42201, SIGMAS)
 
     # SimLAP: a nearly collapsed batch; gates near 0 and 1.
@@ -1077,8 +1077,22 @@ def f32_cases(golden):
                           {"z1": z1, "z2": z2, "gates": gates, "labels": labels.tolist(),
                            "partners": partners.tolist()},
                           lambda ts: simlap(ts["z1"], ts["z2"], labels, partners, ts["gates"], 1 / t),
-                          ["z1", "z2", "gates"], SRC["simlap"], True)
+                          ["z1", "z2", "gates"], SRC["simlap"])
     ill_conditioned(golden, simlap_make, 42301, SIGMAS)
+
+    # Gate penalties on saturated gates (within 1e-2 .. 1e-5 of 0 or 1): the penalty and
+    # its gradient are small, and 1 - g must not lose them.
+    for kind in ("entropy", "variance"):
+        def gate_make(seed, sigma, kind=kind):
+            g = gen(seed)
+            b, d = 4, 8
+            logit = (6.0 + 2.0 * randn(g, b, d).abs()) * torch.sign(randn(g, b, d))
+            gates = torch.sigmoid(logit).float()
+            params = {"penalty": kind, "seed": seed, "conditioning": "saturated"}
+            return golden.add(f"f32_simlap_gate_penalty_{kind}_saturated_b{b}_d{d}", "simlap_gate_penalty",
+                              params, {"gates": gates}, lambda ts: gate_penalty(ts["gates"], kind), ["gates"],
+                              SRC["gate_" + kind])
+        ill_conditioned(golden, gate_make, 42351, [0.0])
 
     # LooC: every query and key of an image nearly equal (a collapsed encoder).
     def looc_make(seed, sigma):
@@ -1104,7 +1118,7 @@ def f32_cases(golden):
         params = {"temperature": t, "spaces": spaces, "normalize": True, "seed": seed,
                   "conditioning": "collapsed", "noise": sigma}
         return golden.add(f"f32_looc_collapsed_spaces{spaces}_b{b}_d{d}_k{kn}_t{t}", "looc", params, inputs, fn,
-                          grads, SRC["looc"], True)
+                          grads, SRC["looc"])
     ill_conditioned(golden, looc_make, 42401, SIGMAS)
 
     # MoCHi: queries, keys and queue nearly collapsed (the hardest-N edge kept apart).
@@ -1125,7 +1139,7 @@ def f32_cases(golden):
         return golden.add(f"f32_mochi_collapsed_b{b}_d{d}_k{kq}_n{n_hardest}_t{t}", "mochi", params, inputs,
                           lambda ts: mochi(ts["z1"], ts["z2"], ts["queue"], t, n_hardest, pair_idx, pair_w,
                                            qmix_idx, qmix_w),
-                          ["z1", "z2"], SRC["mochi"], True)
+                          ["z1", "z2"], SRC["mochi"])
     ill_conditioned(golden, mochi_make, 42501, SIGMAS)
 
 
@@ -1134,7 +1148,6 @@ def f32_cases(golden):
 
 def cross_checks(cases):
     """Pure-Python float64 versions of the new kinds' formulas, and identities."""
-    by_name = {c["name"]: c for c in cases}
 
     def unit(v):
         n = math.sqrt(sum(x * x for x in v))
