@@ -48,6 +48,8 @@ pub(crate) struct Row {
     /// GFLOP/s, or images/s for training steps.
     pub(crate) rate: f64,
     pub(crate) peak_rss_mb: Option<f64>,
+    /// PyTorch's median on the same case (`--torch`), on the kernel row.
+    pub(crate) torch_ms: Option<f64>,
 }
 
 fn status_kib(key: &str) -> f64 {
@@ -356,6 +358,7 @@ pub(crate) fn measure(case: &str, path: &str, reps: usize, peak: bool) -> Result
         } else {
             None
         },
+        torch_ms: None,
     };
     let unit = if case.starts_with("step ") {
         "img/s"
@@ -376,6 +379,10 @@ fn write_rows(out: &Path, rows: &[Row], rate_key: &str) -> Result<()> {
         .map(|r| {
             let mut v = json!({"case": r.case, "path": r.path, "median_ms": r.median_ms, "peak_rss_mb": r.peak_rss_mb});
             v[rate_key] = json!(r.rate);
+            if let Some(t) = r.torch_ms {
+                v["torch_ms"] = json!(t);
+                v["ratio"] = json!(t / r.median_ms);
+            }
             v
         })
         .collect();
@@ -386,15 +393,60 @@ fn write_rows(out: &Path, rows: &[Row], rate_key: &str) -> Result<()> {
     Ok(())
 }
 
+/// PyTorch's median time on `case` (`benches/torch/kernel_peer.py` run by `python`
+/// with as many threads as rayon uses), in ms.
+fn torch_peer(python: &str, case: &str, reps: usize) -> Result<f64> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/torch/kernel_peer.py");
+    let threads = contrast_train::device::rayon_threads().to_string();
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .args([
+            "--case",
+            case,
+            "--reps",
+            &reps.to_string(),
+            "--threads",
+            &threads,
+        ])
+        .output()
+        .with_context(|| format!("running {python} {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{python} {} --case {case} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    let v: serde_json::Value = serde_json::from_str(line.trim())
+        .with_context(|| format!("reading the PyTorch peer's answer `{}`", line.trim()))?;
+    let ms = v["median_ms"]
+        .as_f64()
+        .context("the PyTorch peer's answer has no median_ms")?;
+    let chunk = v["chunk"]
+        .as_u64()
+        .map_or(String::new(), |c| format!(" (best chunk {c})"));
+    println!(
+        "{case:<36} {:<8} {ms:>10.1} ms   PyTorch {}{chunk}",
+        "torch",
+        v["torch"].as_str().unwrap_or("?")
+    );
+    Ok(ms)
+}
+
 /// The similarity hot path: MoCo and SimCLR losses (forward and backward) and kNN
 /// top-k, kernel against the plain candle path and the machine's sgemm for the
-/// product shape; writes `target/bench/kernels.json`.
-pub fn kernels(out: &Path) -> Result<()> {
+/// product shape; writes `target/bench/kernels.json`. With `torch` (a Python with
+/// PyTorch), each case's PyTorch peer runs right after Contrast's paths for it, so
+/// both see the same machine state, and the kernel row gets `torch_ms` and `ratio`.
+pub fn kernels(out: &Path, torch: Option<&str>) -> Result<()> {
     let mut rows = Vec::new();
     for (case, reps) in [
         ("moco_256x65536x128", 7),
         ("simclr_b256", 9),
+        ("simclr_b512", 9),
         ("simclr_b1024", 7),
+        ("simclr_b2048", 5),
         ("simclr_b4096", 3),
         ("knn_10000x60000x128_top200", 3),
     ] {
@@ -410,6 +462,30 @@ pub fn kernels(out: &Path) -> Result<()> {
                 reps
             };
             rows.push(measure(case, path, reps, true)?);
+        }
+        if let Some(python) = torch {
+            let ms = torch_peer(python, case, reps)?;
+            let kernel = rows
+                .iter_mut()
+                .find(|r| r.case == case && r.path == "kernel")
+                .expect("every case has a kernel row");
+            kernel.torch_ms = Some(ms);
+        }
+    }
+    if torch.is_some() {
+        println!(
+            "\n{:<36} {:>10} {:>10} {:>16}",
+            "case", "Contrast", "PyTorch", "PyTorch/Contrast"
+        );
+        for r in rows.iter().filter(|r| r.torch_ms.is_some()) {
+            let t = r.torch_ms.expect("filtered");
+            println!(
+                "{:<36} {:>7.1} ms {:>7.1} ms {:>16.2}",
+                r.case,
+                r.median_ms,
+                t,
+                t / r.median_ms
+            );
         }
     }
     write_rows(out, &rows, "gflops")

@@ -217,7 +217,13 @@ enum Command {
 enum BenchCommand {
     /// MoCo and SimCLR losses (forward and backward) and kNN top-k, kernel against naive;
     /// writes target/bench/kernels.json.
-    Kernels,
+    Kernels {
+        /// A Python with PyTorch: runs benches/torch/kernel_peer.py on each case right
+        /// after Contrast's paths, and adds `torch_ms` and `ratio` (PyTorch / Contrast)
+        /// to the kernel rows.
+        #[arg(long, value_name = "PYTHON")]
+        torch: Option<String>,
+    },
     /// Convolution layers of the default ConvNet and ResNet-18 (GFLOP/s), and full
     /// SimCLR training steps (images/s, peak memory); writes target/bench/encoders.json.
     Encoders,
@@ -487,7 +493,9 @@ fn bench_command(device: DeviceChoice, command: BenchCommand) -> Result<()> {
         bench::set_device(device);
     }
     match command {
-        BenchCommand::Kernels => bench::kernels(Path::new("target/bench/kernels.json")),
+        BenchCommand::Kernels { torch } => {
+            bench::kernels(Path::new("target/bench/kernels.json"), torch.as_deref())
+        }
         BenchCommand::Encoders => bench::encoders(Path::new("target/bench/encoders.json")),
         BenchCommand::Memory { steps } => {
             bench::memory(steps, Path::new("target/bench/memory.json"))

@@ -265,7 +265,7 @@ fn cuda_name(_: &candle_core::CudaDevice) -> Option<String> {
 }
 
 /// Threads the CPU kernels use (`RAYON_NUM_THREADS`, else the cores).
-fn rayon_threads() -> usize {
+pub fn rayon_threads() -> usize {
     std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
