@@ -17,7 +17,8 @@
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor, Var};
 use contrast_kernels::{
-    Candidates, ConvGeometry, Positive, conv2d_nhwc, l2_normalize, tiled_info_nce, topk_similarity,
+    Candidates, ConvGeometry, Positive, conv2d_nhwc, l2_normalize, streaming_info_nce,
+    tiled_info_nce, topk_similarity,
 };
 use contrast_losses::{moco_info_nce, moco_info_nce_reference, nt_xent, nt_xent_reference};
 use serde_json::json;
@@ -158,6 +159,17 @@ fn simclr_case(b: usize, path: &str) -> Result<(f64, CaseFn)> {
     let f: CaseFn = Box::new(move || {
         let loss = match path.as_str() {
             "naive" => nt_xent_reference(z1.as_tensor(), z2.as_tensor(), 0.5)?,
+            // The general streaming kernel with the candidates as a second input:
+            // what NT-Xent ran before its paired kernel.
+            "general" => {
+                let z = l2_normalize(&Tensor::cat(&[z1.as_tensor(), z2.as_tensor()], 0)?)?;
+                let spec = Candidates {
+                    positive: Positive::Column((0..n).map(|i| ((i + b) % n) as u32).collect()),
+                    exclude_self: true,
+                    ..Default::default()
+                };
+                streaming_info_nce(&z, &z, &Tensor::zeros(n, z.dtype(), z.device())?, spec, 0.5)?
+            }
             "tiled" => {
                 let z = l2_normalize(&Tensor::cat(&[z1.as_tensor(), z2.as_tensor()], 0)?)?;
                 let spec = Candidates {
@@ -439,7 +451,8 @@ fn torch_peer(python: &str, case: &str, reps: usize) -> Result<f64> {
 /// product shape; writes `target/bench/kernels.json`. With `torch` (a Python with
 /// PyTorch), each case's PyTorch peer runs right after Contrast's paths for it, so
 /// both see the same machine state, and the kernel row gets `torch_ms` and `ratio`.
-pub fn kernels(out: &Path, torch: Option<&str>) -> Result<()> {
+/// `only` keeps the cases whose names start with one of its prefixes (all when empty).
+pub fn kernels(out: &Path, torch: Option<&str>, only: &[String]) -> Result<()> {
     let mut rows = Vec::new();
     for (case, reps) in [
         ("moco_256x65536x128", 7),
@@ -450,10 +463,13 @@ pub fn kernels(out: &Path, torch: Option<&str>) -> Result<()> {
         ("simclr_b4096", 3),
         ("knn_10000x60000x128_top200", 3),
     ] {
+        if !only.is_empty() && !only.iter().any(|p| case.starts_with(p.as_str())) {
+            continue;
+        }
         let paths: &[&str] = if case.starts_with("knn") {
             &["kernel", "naive", "sgemm"]
         } else {
-            &["kernel", "tiled", "naive", "sgemm"]
+            &["kernel", "general", "tiled", "naive", "sgemm"]
         };
         for &path in paths {
             let reps = if path == "naive" && case.starts_with("knn") {

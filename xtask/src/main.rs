@@ -223,6 +223,10 @@ enum BenchCommand {
         /// to the kernel rows.
         #[arg(long, value_name = "PYTHON")]
         torch: Option<String>,
+        /// Only the cases whose names start with one of these (comma-separated), e.g.
+        /// `simclr,knn`.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Convolution layers of the default ConvNet and ResNet-18 (GFLOP/s), and full
     /// SimCLR training steps (images/s, peak memory); writes target/bench/encoders.json.
@@ -493,9 +497,11 @@ fn bench_command(device: DeviceChoice, command: BenchCommand) -> Result<()> {
         bench::set_device(device);
     }
     match command {
-        BenchCommand::Kernels { torch } => {
-            bench::kernels(Path::new("target/bench/kernels.json"), torch.as_deref())
-        }
+        BenchCommand::Kernels { torch, only } => bench::kernels(
+            Path::new("target/bench/kernels.json"),
+            torch.as_deref(),
+            &only,
+        ),
         BenchCommand::Encoders => bench::encoders(Path::new("target/bench/encoders.json")),
         BenchCommand::Memory { steps } => {
             bench::memory(steps, Path::new("target/bench/memory.json"))

@@ -76,6 +76,6 @@ pub use cnn::{
     residual_block,
 };
 pub use similarity::{
-    Candidates, NORM_EPS, Positive, QUERY_BLOCK, TopK, l2_normalize, streaming_info_nce,
-    tiled_info_nce, topk_similarity,
+    Candidates, NORM_EPS, Positive, QUERY_BLOCK, TopK, l2_normalize, paired_info_nce,
+    streaming_info_nce, tiled_info_nce, topk_similarity,
 };

@@ -4,7 +4,7 @@ use crate::error::{Result, check_same_shape, check_temperature};
 use crate::generalized::{generalized_info_nce, one_hot};
 use crate::views::{logits, not_self, stack_normalized};
 use candle_core::Tensor;
-use contrast_kernels::{Candidates, Positive, streaming_info_nce};
+use contrast_kernels::paired_info_nce;
 use serde::{Deserialize, Serialize};
 
 /// Parameters of [`nt_xent`].
@@ -28,21 +28,18 @@ impl Default for NtXentConfig {
 /// (weight 0). Reduction: mean over the `2B` anchors (symmetric), as lightly's
 /// `NTXentLoss`. SimCLR's official code returns twice this value.
 ///
-/// This streams over candidate tiles ([`contrast_kernels::streaming_info_nce`]: the
-/// custom kernel on CPU f32/f64, tensor ops elsewhere) and never forms the `2B x 2B`
-/// logits; [`nt_xent_reference`] is the dense composition it is checked against.
+/// This runs [`contrast_kernels::paired_info_nce`] (on CPU f32/f64: candidate tiles
+/// streamed with an online log-sum-exp, and the whole gradient as `M z` accumulated
+/// tile by tile, three products in all; elsewhere the streaming InfoNCE) and never
+/// forms the `2B x 2B` logits; [`nt_xent_reference`] is the dense composition it is
+/// checked against.
 pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<Tensor> {
     let (b, _) = check_same_shape("z1", z1, "z2", z2)?;
     check_temperature("temperature", temperature)?;
     let z = stack_normalized(&[z1.clone(), z2.clone()])?;
     let n = 2 * b;
-    let spec = Candidates {
-        positive: Positive::Column((0..n).map(|i| ((i + b) % n) as u32).collect()),
-        exclude_self: true,
-        ..Default::default()
-    };
-    let unused = Tensor::zeros(n, z.dtype(), z.device())?;
-    Ok(streaming_info_nce(&z, &z, &unused, spec, temperature)?)
+    let partner: Vec<u32> = (0..n).map(|i| ((i + b) % n) as u32).collect();
+    Ok(paired_info_nce(&z, &partner, temperature)?)
 }
 
 /// NT-Xent as a dense composition of candle ops (the reference; any device).
