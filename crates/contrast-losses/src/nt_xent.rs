@@ -36,7 +36,7 @@ impl Default for NtXentConfig {
 pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<Tensor> {
     let (b, _) = check_same_shape("z1", z1, "z2", z2)?;
     check_temperature("temperature", temperature)?;
-    let z = stack_normalized(&[z1.clone(), z2.clone()])?;
+    let z = Tensor::cat(&[z1, z2], 0)?;
     let n = 2 * b;
     let partner: Vec<u32> = (0..n).map(|i| ((i + b) % n) as u32).collect();
     Ok(paired_info_nce(&z, &partner, temperature)?)

@@ -1,5 +1,6 @@
-//! NT-Xent's own kernel: one set of unit rows `z` `[N, D]` is both the anchors and the
-//! candidates, every row's positive is its partner row, and the row itself is removed:
+//! NT-Xent's own kernel: one set of rows `z` `[N, D]`, L2-normalised inside, is both
+//! the anchors and the candidates, every row's positive is its partner row, and the
+//! row itself is removed:
 //!
 //! ```text
 //! L = mean_i [ lse_i - l_i,p(i) ],   lse_i = log sum_{j != i} exp(l_ij),   l = z z^T / t
@@ -25,13 +26,16 @@
 //! matrix cost more than the product they save; docs/performance.md), so the kernel
 //! always streams.
 //!
-//! CPU f32 and f64. Other devices and dtypes take [`super::streaming_info_nce`] with
-//! the same candidate rules.
+//! The normalisation (`F.normalize`'s, eps `1e-12`) and its Jacobian run inside the op,
+//! which saves the half-dozen tensor ops and their backward that dominate small
+//! batches. CPU f32 and f64. Other devices and dtypes normalise with tensor ops and
+//! take [`super::streaming_info_nce`] with the same candidate rules.
 
 use crate::cpu::gemm::{MatRef, matmul};
 use crate::cpu::storage::contiguous;
 use crate::float::Float;
 use crate::similarity::info_nce::{Candidates, Positive, streaming_info_nce};
+use crate::similarity::normalize::{NORM_EPS, l2_normalize};
 use crate::similarity::rows;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, bail};
@@ -41,11 +45,54 @@ use std::sync::{Arc, Mutex};
 /// Candidate columns per streamed tile.
 const TILE: usize = 1024;
 /// Anchor rows per streamed block lie in this range (`N / threads` within it).
-const ROW_BLOCK: (usize, usize) = (16, 128);
+const ROW_BLOCK: (usize, usize) = (16, 256);
 
-/// What the forward pass leaves for the backward pass: every row's log-sum-exp.
-struct Saved {
+/// What the forward pass leaves for the backward pass: every row's log-sum-exp, the
+/// normalised rows and the divisors `max(|z_i|, eps)`.
+struct Saved<T> {
     lse: Vec<f64>,
+    unit: Vec<T>,
+    den: Vec<f64>,
+}
+
+enum SavedAny {
+    F32(Saved<f32>),
+    F64(Saved<f64>),
+}
+
+/// The rows of `z` `[N, D]` divided by `max(|z_i|, eps)`, and those divisors.
+fn normalize_rows<T: Float>(z: &[T], d: usize) -> (Vec<T>, Vec<f64>) {
+    let mut unit = z.to_vec();
+    let den: Vec<f64> = unit
+        .par_chunks_mut(d)
+        .map(|row| {
+            let mut sq = 0f64;
+            rows::sum_squares(row, &mut sq);
+            let den = sq.sqrt().max(NORM_EPS);
+            rows::scale_max(row, T::from_f64(1.0 / den));
+            den
+        })
+        .collect();
+    (unit, den)
+}
+
+/// `dL/dz` from `dL/du` `g` (in place): `(g - u (u . g)) / den` for a row whose norm
+/// exceeds eps (the projection off the row), `g / den` for a clamped one.
+fn through_normalization<T: Float>(g: &mut [T], unit: &[T], den: &[f64], d: usize) {
+    g.par_chunks_mut(d)
+        .zip(unit.par_chunks(d))
+        .zip(den.par_iter())
+        .for_each(|((g, u), &den)| {
+            let dot: f64 = if den > NORM_EPS {
+                g.iter().zip(u).map(|(a, b)| a.to_f64() * b.to_f64()).sum()
+            } else {
+                0.0
+            };
+            let inv = 1.0 / den;
+            for (gv, &uv) in g.iter_mut().zip(u) {
+                *gv = T::from_f64((gv.to_f64() - uv.to_f64() * dot) * inv);
+            }
+        });
 }
 
 fn threads() -> usize {
@@ -175,18 +222,33 @@ fn streamed_backward<T: Float>(
     dz
 }
 
-/// Forward on one dtype: the mean loss and every row's log-sum-exp.
-fn forward<T: Float>(z: &[T], n: usize, d: usize, partner: &[u32], t: f64) -> (f64, Saved) {
-    let rows = streamed_forward(z, n, d, partner, t);
+/// Forward on one dtype: the mean loss and what the backward pass needs.
+fn forward<T: Float>(z: &[T], n: usize, d: usize, partner: &[u32], t: f64) -> (f64, Saved<T>) {
+    let (unit, den) = normalize_rows(z, d);
+    let rows = streamed_forward(&unit, n, d, partner, t);
     let loss = rows.iter().map(|(lse, pos)| lse - pos).sum::<f64>() / n as f64;
     let lse = rows.into_iter().map(|r| r.0).collect();
-    (loss, Saved { lse })
+    (loss, Saved { lse, unit, den })
+}
+
+/// Backward on one dtype: `dL/dz` times `scale = g / (N t)`.
+fn backward<T: Float>(
+    s: &Saved<T>,
+    n: usize,
+    d: usize,
+    partner: &[u32],
+    t: f64,
+    scale: f64,
+) -> Vec<T> {
+    let mut g = streamed_backward(&s.unit, n, d, partner, t, &s.lse, scale);
+    through_normalization(&mut g, &s.unit, &s.den, d);
+    g
 }
 
 struct PairedOp {
     partner: Arc<Vec<u32>>,
     temperature: f64,
-    saved: Arc<Mutex<Option<Saved>>>,
+    saved: Arc<Mutex<Option<SavedAny>>>,
 }
 
 impl CustomOp1 for PairedOp {
@@ -200,11 +262,11 @@ impl CustomOp1 for PairedOp {
         let (loss, saved) = match s {
             CpuStorage::F32(v) => {
                 let (loss, saved) = forward(contiguous(v, l, "paired_info_nce: z")?, n, d, p, t);
-                (CpuStorage::F32(vec![loss as f32]), saved)
+                (CpuStorage::F32(vec![loss as f32]), SavedAny::F32(saved))
             }
             CpuStorage::F64(v) => {
                 let (loss, saved) = forward(contiguous(v, l, "paired_info_nce: z")?, n, d, p, t);
-                (CpuStorage::F64(vec![loss]), saved)
+                (CpuStorage::F64(vec![loss]), SavedAny::F64(saved))
             }
             other => bail!(
                 "paired_info_nce: expected f32 or f64, got {:?}",
@@ -221,29 +283,22 @@ impl CustomOp1 for PairedOp {
         let (p, t) = (&self.partner, self.temperature);
         let scale = g / (n as f64 * t);
         let saved = self.saved.lock().expect("saved lock");
-        let Some(Saved { lse }) = saved.as_ref() else {
-            bail!("paired_info_nce: backward before forward");
-        };
-        let zc = z.contiguous()?;
-        let dz = match zc.dtype() {
-            DType::F32 => {
-                let v = zc.flatten_all()?.to_vec1::<f32>()?;
-                let g = streamed_backward(&v, n, d, p, t, lse, scale);
-                Tensor::from_vec(g, (n, d), z.device())?
+        let dz = match saved.as_ref() {
+            Some(SavedAny::F32(sv)) => {
+                Tensor::from_vec(backward(sv, n, d, p, t, scale), (n, d), z.device())?
             }
-            DType::F64 => {
-                let v = zc.flatten_all()?.to_vec1::<f64>()?;
-                let g = streamed_backward(&v, n, d, p, t, lse, scale);
-                Tensor::from_vec(g, (n, d), z.device())?
+            Some(SavedAny::F64(sv)) => {
+                Tensor::from_vec(backward(sv, n, d, p, t, scale), (n, d), z.device())?
             }
-            other => bail!("paired_info_nce: expected f32 or f64, got {other:?}"),
+            None => bail!("paired_info_nce: backward before forward"),
         };
         Ok(Some(dz))
     }
 }
 
 /// NT-Xent-style InfoNCE over one set of rows (see the module documentation): `z`
-/// `[N, D]` already normalised, `partner[i]` the positive of row `i` (an involution
+/// `[N, D]` raw (normalised inside, as `F.normalize`), `partner[i]` the positive of row
+/// `i` (an involution
 /// without fixed points: `partner[partner[i]] == i != partner[i]`), every other row a
 /// negative, the row itself removed. Mean over the `N` rows; the gradient reaches `z`.
 pub fn paired_info_nce(z: &Tensor, partner: &[u32], temperature: f64) -> Result<Tensor> {
@@ -268,7 +323,8 @@ pub fn paired_info_nce(z: &Tensor, partner: &[u32], temperature: f64) -> Result<
             ..Default::default()
         };
         let unused = Tensor::zeros(n, z.dtype(), z.device())?;
-        return streaming_info_nce(z, z, &unused, spec, temperature);
+        let z = l2_normalize(z)?;
+        return streaming_info_nce(&z, &z, &unused, spec, temperature);
     }
     z.contiguous()?.apply_op1(PairedOp {
         partner: Arc::new(partner.to_vec()),
@@ -307,7 +363,7 @@ mod tests {
                     let v = Var::from_tensor(&raw).unwrap();
                     let z = l2_normalize(v.as_tensor()).unwrap();
                     let loss = if paired {
-                        paired_info_nce(&z, &p, 0.3).unwrap()
+                        paired_info_nce(v.as_tensor(), &p, 0.3).unwrap()
                     } else {
                         let spec = Candidates {
                             positive: Positive::Column(p.clone()),
@@ -373,7 +429,7 @@ mod tests {
     #[test]
     fn backward_twice_is_the_same() {
         let v = Var::from_tensor(&rows(10, 4, 3)).unwrap();
-        let loss = paired_info_nce(&l2_normalize(v.as_tensor()).unwrap(), &pairs(10), 0.5).unwrap();
+        let loss = paired_info_nce(v.as_tensor(), &pairs(10), 0.5).unwrap();
         let g1 = loss
             .backward()
             .unwrap()

@@ -52,6 +52,25 @@ wide_kernel! {
 }
 
 wide_kernel! {
+    /// `sum` gets the sum of squares of `row` in f64, over eight lanes.
+    fn sum_squares_into<T: Float>(row: &[T], sum: &mut f64) {
+        let mut s = [0f64; LANES];
+        let mut chunks = row.chunks_exact(LANES);
+        for chunk in &mut chunks {
+            for l in 0..LANES {
+                let v = chunk[l].to_f64();
+                s[l] += v * v;
+            }
+        }
+        let mut total = chunks.remainder().iter().map(|v| v.to_f64() * v.to_f64()).sum::<f64>();
+        for v in s {
+            total += v;
+        }
+        *sum = total;
+    }
+}
+
+wide_kernel! {
     /// `row -= shift`.
     fn sub_into<T: Float>(row: &mut [T], shift: T) {
         row.iter_mut().for_each(|v| *v = *v - shift);
@@ -92,6 +111,11 @@ pub(crate) fn shift_exp_sum<T: Float>(row: &mut [T], shift: T) -> f64 {
     let mut s = 0f64;
     sum_into(row, &mut s);
     s
+}
+
+/// The sum of squares of `row`, in f64.
+pub(crate) fn sum_squares<T: Float>(row: &[T], sum: &mut f64) {
+    sum_squares_into(row, sum);
 }
 
 /// See `shift_both_into`.
