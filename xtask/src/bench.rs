@@ -155,10 +155,6 @@ fn simclr_case(b: usize, path: &str) -> Result<(f64, CaseFn)> {
     }
     let z1 = Var::from_tensor(&unit_rows(6, b, d)?)?;
     let z2 = Var::from_tensor(&unit_rows(7, b, d)?)?;
-    let zb = Var::from_tensor(&l2_normalize(&Tensor::cat(
-        &[z1.as_tensor(), z2.as_tensor()],
-        0,
-    )?)?)?;
     let path = path.to_string();
     let f: CaseFn = Box::new(move || {
         let loss = match path.as_str() {
