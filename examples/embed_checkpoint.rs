@@ -29,7 +29,7 @@ use contrast_encoders::{Encoder, InputShape};
 use contrast_losses::LossInputs;
 use contrast_train::Config;
 use contrast_train::checkpoint::{self, TrainState};
-use contrast_train::model::{ContrastiveModel, simlap_params};
+use contrast_train::model::{ContrastiveModel, model_parts};
 use contrast_train::optim::Optimizer;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -72,7 +72,7 @@ fn build_model(cfg: &Config, data: &Dataset) -> Result<ContrastiveModel> {
     ContrastiveModel::new(
         &cfg.model,
         input_shape(data),
-        simlap_params(&cfg.loss, data.num_classes),
+        model_parts(cfg, data.num_classes),
         &Device::Cpu,
         cfg.seed,
         cfg.train.precision,
