@@ -109,6 +109,7 @@ fn every_preset_runs_a_short_epoch() {
         "supcon-fmnist",
         "simlap-fmnist",
         "ccrop-fmnist",
+        "ccrop-cifar10",
         "looc-fmnist",
         "mine-fnc-elim-fmnist",
         "mine-fnc-attract-fmnist",
