@@ -430,24 +430,17 @@ mod tests {
     fn backward_twice_is_the_same() {
         let v = Var::from_tensor(&rows(10, 4, 3)).unwrap();
         let loss = paired_info_nce(v.as_tensor(), &pairs(10), 0.5).unwrap();
-        let g1 = loss
-            .backward()
-            .unwrap()
-            .get(v.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
-        let g2 = loss
-            .backward()
-            .unwrap()
-            .get(v.as_tensor())
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f64>()
-            .unwrap();
+        let grad = || {
+            loss.backward()
+                .unwrap()
+                .get(v.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f64>()
+                .unwrap()
+        };
+        let (g1, g2) = (grad(), grad());
         assert_eq!(g1, g2);
     }
 }
