@@ -8,7 +8,8 @@
 //! the host, only the `block x k` result.
 
 use crate::cpu::gemm::{Element, MatRef, matmul};
-use candle_core::{D, DType, Result, Tensor};
+use crate::cpu::storage::contiguous;
+use candle_core::{CpuStorage, D, DType, Result, Storage, Tensor};
 use rayon::prelude::*;
 
 /// The `k` nearest bank rows of each query, most similar first.
@@ -63,9 +64,17 @@ pub fn topk_similarity(queries: &Tensor, bank: &Tensor, k: usize) -> Result<TopK
     let queries = queries.to_dtype(DType::F32)?;
     let bank = bank.to_dtype(DType::F32)?;
     if queries.device().is_cpu() {
-        let qv = queries.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        let bv = bank.contiguous()?.flatten_all()?.to_vec1::<f32>()?;
-        return Ok(host_topk(&qv, &bv, q, n, d, k));
+        // Read both in place: a large evaluation bank is not copied.
+        let (queries, bank) = (queries.contiguous()?, bank.contiguous()?);
+        let (qs, ql) = queries.storage_and_layout();
+        let (bs, bl) = bank.storage_and_layout();
+        let (Storage::Cpu(CpuStorage::F32(qv)), Storage::Cpu(CpuStorage::F32(bv))) = (&*qs, &*bs)
+        else {
+            candle_core::bail!("topk_similarity: expected f32 CPU tensors");
+        };
+        let qv = contiguous(qv, ql, "topk_similarity: queries")?;
+        let bv = contiguous(bv, bl, "topk_similarity: bank")?;
+        return Ok(host_topk(qv, bv, q, n, d, k));
     }
     let bank_t = bank.t()?.contiguous()?;
     let mut values = Vec::with_capacity(q * k);
