@@ -162,8 +162,18 @@ fn streamed_forward<T: Float>(
     blocks.into_iter().flatten().collect()
 }
 
+/// The largest spread `max(lse) - min(lse)` for which the backward pass takes `P_ji`
+/// as `P_ij exp(lse_i - lse_j)` (one exponential per logit) instead of exponentiating
+/// `l_ij - lse_j` as well. Within it the factor stays below `e^40` and a `P_ij` that
+/// underflows f32 (`< e^-87`) can only hide a `P_ji < e^-47`.
+const FACTOR_SPREAD: f64 = 40.0;
+
 /// Streamed backward: for each block of rows, `M` tile by tile from recomputed
-/// logits and the saved `lse`, accumulated into `M z`; times `scale`.
+/// logits and the saved `lse`, accumulated into `M z`; times `scale`. With a spread
+/// of log-sum-exps up to `max_spread`, `M_ij = P_ij (1 + a_i b_j)` with
+/// `a_i = e^(lse_i - m)`, `b_j = e^(m - lse_j)` (one exponential per logit); beyond
+/// it, `P_ij + P_ji` from two.
+#[allow(clippy::too_many_arguments)]
 fn streamed_backward<T: Float>(
     z: &[T],
     n: usize,
@@ -172,11 +182,26 @@ fn streamed_backward<T: Float>(
     t: f64,
     lse: &[f64],
     scale: f64,
+    max_spread: f64,
 ) -> Vec<T> {
     let rb = row_block(n);
     let inv_t = T::from_f64(1.0 / t);
     let two = T::from_f64(2.0);
+    let (lo, hi) = lse
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    let factored = hi - lo <= max_spread;
+    let mid = 0.5 * (lo + hi);
     let lse_t: Vec<T> = lse.iter().map(|&v| T::from_f64(v)).collect();
+    // b_j (factored) or lse_j as T (two exponentials), per column.
+    let per_col: Vec<T> = if factored {
+        lse.iter().map(|&v| T::from_f64((mid - v).exp())).collect()
+    } else {
+        lse_t.clone()
+    };
+    let neg_inf = T::from_f64(f64::NEG_INFINITY);
     let mut dz = vec![T::ZERO; n * d];
     dz.par_chunks_mut(rb * d)
         .enumerate()
@@ -184,33 +209,57 @@ fn streamed_backward<T: Float>(
             let r0 = blk * rb;
             let rows = out.len() / d;
             let a = MatRef::row_major(&z[r0 * d..(r0 + rows) * d], rows, d);
-            T::with_scratch(2 * rows * TILE, |buf| {
+            let second = if factored { 0 } else { rows * TILE };
+            T::with_scratch(rows * TILE + second, |buf| {
                 let (by_row, by_col) = buf.split_at_mut(rows * TILE);
                 for j0 in (0..n).step_by(TILE) {
                     let cols = TILE.min(n - j0);
                     let c = MatRef::row_major(&z[j0 * d..(j0 + cols) * d], cols, d);
-                    let (e1, e2) = (&mut by_row[..rows * cols], &mut by_col[..rows * cols]);
+                    let e1 = &mut by_row[..rows * cols];
                     matmul(e1, a, c.t(), false, 1);
-                    for r in 0..rows {
-                        let i = r0 + r;
-                        let (row, col) = (
-                            &mut e1[r * cols..(r + 1) * cols],
-                            &mut e2[r * cols..(r + 1) * cols],
-                        );
-                        rows::shift_both(row, col, &lse_t[j0..j0 + cols], inv_t, lse_t[i]);
-                        if (j0..j0 + cols).contains(&i) {
-                            row[i - j0] = T::from_f64(f64::NEG_INFINITY);
-                            col[i - j0] = T::from_f64(f64::NEG_INFINITY);
+                    let col_terms = &per_col[j0..j0 + cols];
+                    if factored {
+                        for r in 0..rows {
+                            let i = r0 + r;
+                            let row = &mut e1[r * cols..(r + 1) * cols];
+                            rows::scale_sub(row, inv_t, lse_t[i]);
+                            if (j0..j0 + cols).contains(&i) {
+                                row[i - j0] = neg_inf;
+                            }
+                        }
+                        T::exp_inplace(e1);
+                        for r in 0..rows {
+                            let a_i = T::from_f64((lse[r0 + r] - mid).exp());
+                            rows::mul_one_plus(&mut e1[r * cols..(r + 1) * cols], col_terms, a_i);
+                        }
+                    } else {
+                        let e2 = &mut by_col[..rows * cols];
+                        for r in 0..rows {
+                            let i = r0 + r;
+                            let (row, col) = (
+                                &mut e1[r * cols..(r + 1) * cols],
+                                &mut e2[r * cols..(r + 1) * cols],
+                            );
+                            rows::shift_both(row, col, col_terms, inv_t, lse_t[i]);
+                            if (j0..j0 + cols).contains(&i) {
+                                row[i - j0] = neg_inf;
+                                col[i - j0] = neg_inf;
+                            }
+                        }
+                        T::exp_inplace(e1);
+                        T::exp_inplace(e2);
+                        for r in 0..rows {
+                            rows::add(
+                                &mut e1[r * cols..(r + 1) * cols],
+                                &e2[r * cols..(r + 1) * cols],
+                            );
                         }
                     }
-                    T::exp_inplace(e1);
-                    T::exp_inplace(e2);
                     for r in 0..rows {
-                        let row = &mut e1[r * cols..(r + 1) * cols];
-                        rows::add(row, &e2[r * cols..(r + 1) * cols]);
                         let p = partner[r0 + r] as usize;
                         if (j0..j0 + cols).contains(&p) {
-                            row[p - j0] = row[p - j0] - two;
+                            let v = &mut e1[r * cols + p - j0];
+                            *v = *v - two;
                         }
                     }
                     matmul(out, MatRef::row_major(e1, rows, cols), c, true, 1);
@@ -240,7 +289,7 @@ fn backward<T: Float>(
     t: f64,
     scale: f64,
 ) -> Vec<T> {
-    let mut g = streamed_backward(&s.unit, n, d, partner, t, &s.lse, scale);
+    let mut g = streamed_backward(&s.unit, n, d, partner, t, &s.lse, scale, FACTOR_SPREAD);
     through_normalization(&mut g, &s.unit, &s.den, d);
     g
 }
@@ -423,6 +472,25 @@ mod tests {
             let e = paired_info_nce(&z, &p, 0.5).unwrap_err().to_string();
             assert!(e.contains("partner"), "{e}");
         }
+    }
+
+    /// The one-exponential backward equals the two-exponential one.
+    #[test]
+    fn factored_backward_equals_two_exponentials() {
+        let (n, d) = (1100, 6);
+        let z: Vec<f64> = rows(n, d, 5).flatten_all().unwrap().to_vec1().unwrap();
+        let (unit, _) = normalize_rows(&z, d);
+        let p = pairs(n);
+        let fwd = streamed_forward(&unit, n, d, &p, 0.1);
+        let lse: Vec<f64> = fwd.iter().map(|r| r.0).collect();
+        let one = streamed_backward(&unit, n, d, &p, 0.1, &lse, 1.0, f64::INFINITY);
+        let two = streamed_backward(&unit, n, d, &p, 0.1, &lse, 1.0, -1.0);
+        let gmax = two.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let err = one
+            .iter()
+            .zip(&two)
+            .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= 1e-12 * gmax, "{err} of {gmax}");
     }
 
     /// A second backward pass on the same graph gives the same gradient.

@@ -90,6 +90,20 @@ wide_kernel! {
 }
 
 wide_kernel! {
+    /// `row = row * inv - shift`.
+    fn scale_sub_into<T: Float>(row: &mut [T], inv: T, shift: T) {
+        row.iter_mut().for_each(|v| *v = *v * inv - shift);
+    }
+}
+
+wide_kernel! {
+    /// `row[k] = row[k] + row[k] * (a * b[k])`.
+    fn mul_one_plus_into<T: Float>(row: &mut [T], b: &[T], a: T) {
+        row.iter_mut().zip(b).for_each(|(x, &bk)| *x = *x + *x * (a * bk));
+    }
+}
+
+wide_kernel! {
     /// `a += b`.
     fn add_into<T: Float>(a: &mut [T], b: &[T]) {
         a.iter_mut().zip(b).for_each(|(x, &y)| *x += y);
@@ -127,6 +141,16 @@ pub(crate) fn shift_both<T: Float>(
     lse_i: T,
 ) {
     shift_both_into(by_row, by_col, lse_cols, inv_t, lse_i);
+}
+
+/// `row = row * inv - shift`, elementwise.
+pub(crate) fn scale_sub<T: Float>(row: &mut [T], inv: T, shift: T) {
+    scale_sub_into(row, inv, shift);
+}
+
+/// `row[k] *= 1 + a b[k]`, as `row[k] + row[k] (a b[k])`.
+pub(crate) fn mul_one_plus<T: Float>(row: &mut [T], b: &[T], a: T) {
+    mul_one_plus_into(row, b, a);
 }
 
 /// `a += b`, elementwise.
