@@ -456,8 +456,8 @@ pub fn kernels(out: &Path, torch: Option<&str>, only: &[String]) -> Result<()> {
     let mut rows = Vec::new();
     for (case, reps) in [
         ("moco_256x65536x128", 7),
-        ("simclr_b256", 9),
-        ("simclr_b512", 9),
+        ("simclr_b256", 41),
+        ("simclr_b512", 21),
         ("simclr_b1024", 7),
         ("simclr_b2048", 5),
         ("simclr_b4096", 3),
