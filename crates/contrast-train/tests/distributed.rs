@@ -208,8 +208,13 @@ fn equivalence(world: &World, data: &Path, scratch: &Path) -> Result<Vec<String>
             .zip(&ref_losses)
             .map(|(a, b)| (a - b).abs() / b.abs().max(1e-12))
             .fold(0f64, f64::max);
+        // With synchronised BatchNorm the single process runs the fused BatchNorm
+        // kernels and the ranks candle's composition, so the two round differently in
+        // f32 and three momentum steps amplify it (4e-6 to 1.1e-5 seen as the loss
+        // kernel changed); every other case compares the same kernels (below 1e-6).
+        let tolerance = if model.is_some() { 5e-5 } else { 1e-5 };
         ensure!(
-            err < 1e-5 && loss_err < 1e-5,
+            err < tolerance && loss_err < 1e-5,
             "{name}: 2 ranks differ from one process: parameters {err:.2e}, losses {loss_err:.2e} ({dist_losses:?} vs {ref_losses:?})"
         );
         // The parameters moved: the comparison is not between two initial states.
