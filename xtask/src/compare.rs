@@ -87,6 +87,10 @@ pub struct RunResult {
     pub false_negative_fraction: Option<f64>,
     pub images_per_sec: f64,
     pub wall_seconds: f64,
+    /// The build the run was trained with (`git` commit), when known.
+    pub commit: Option<String>,
+    /// The device it trained on, as its summary names it.
+    pub device: String,
 }
 
 /// The metrics compared, by name, as read from a [`RunResult`].
@@ -194,6 +198,8 @@ fn read_result(entry: &str, seed: u64, dir: &Path) -> Result<RunResult> {
             .map(|m| m.neg_false_fraction),
         images_per_sec: summary.train_images_per_sec,
         wall_seconds: summary.wall_seconds,
+        commit: summary.commit,
+        device: summary.device,
     })
 }
 
@@ -323,7 +329,12 @@ pub fn compare(
             results.push(read_result(&entry.name, seed, &dir)?);
         }
     }
-    let table = summarise(&suite, &results);
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let plots = draw_plots(&out, &suite, &results)?;
+    let mut table = summarise(&suite, &results, &command);
+    for p in &plots {
+        table.push_str(&format!("\n![{p}]({p})\n"));
+    }
     write_json(
         &out.join("results.json"),
         &serde_json::json!({
@@ -333,7 +344,7 @@ pub fn compare(
             "seeds": seeds,
             "quick": quick,
             "commit": option_env!("CONTRAST_COMMIT"),
-            "command": std::env::args().collect::<Vec<_>>().join(" "),
+            "command": command,
             "runs": results,
         }),
     )?;
@@ -348,12 +359,41 @@ pub fn compare(
     Ok(())
 }
 
-/// The results as markdown: mean +- standard deviation per entry and metric, then
-/// each entry's paired difference from the baseline on the headline metrics.
-pub fn summarise(suite: &Suite, results: &[RunResult]) -> String {
+/// The paired differences `entry - baseline` of `get` over the seeds both have.
+fn differences(
+    base: &[&RunResult],
+    runs: &[&RunResult],
+    get: fn(&RunResult) -> Option<f64>,
+) -> Vec<f64> {
+    runs.iter()
+        .filter_map(|r| {
+            let b = base.iter().find(|b| b.seed == r.seed)?;
+            Some(get(r)? - get(b)?)
+        })
+        .collect()
+}
+
+/// The distinct values of `f` over `results`, joined with ", ".
+fn distinct(results: &[RunResult], f: impl Fn(&RunResult) -> String) -> String {
+    let mut v: Vec<String> = results.iter().map(f).collect();
+    v.sort();
+    v.dedup();
+    v.join(", ")
+}
+
+/// The results as markdown: where they come from (the command, the commits and the
+/// machines of the runs), mean ± standard deviation per entry and metric, then each
+/// entry's paired difference from the baseline on the headline metrics.
+pub fn summarise(suite: &Suite, results: &[RunResult], command: &str) -> String {
     let mut s = format!(
-        "# Suite `{}`: mean ± standard deviation over seeds\n\n| entry | seeds |",
-        suite.name
+        "# Suite `{}`: mean ± standard deviation over seeds\n\n\
+         - command: `{command}`\n- commit: {}\n- machine: {}\n\n| entry | seeds |",
+        suite.name,
+        distinct(results, |r| r
+            .commit
+            .clone()
+            .unwrap_or_else(|| "unknown".into())),
+        distinct(results, |r| r.device.clone()),
     );
     for (name, _) in METRICS {
         s.push_str(&format!(" {name} |"));
@@ -383,14 +423,8 @@ pub fn summarise(suite: &Suite, results: &[RunResult]) -> String {
     for entry in suite.run.iter().filter(|e| e.name != suite.baseline) {
         let runs = of(&entry.name);
         s.push_str(&format!("| {} |", entry.name));
-        for (_, get) in &METRICS[..4] {
-            let d: Vec<f64> = runs
-                .iter()
-                .filter_map(|r| {
-                    let b = base.iter().find(|b| b.seed == r.seed)?;
-                    Some(get(r)? - get(b)?)
-                })
-                .collect();
+        for (_, get) in &METRICS[..HEADLINE] {
+            let d = differences(&base, &runs, *get);
             if d.is_empty() {
                 s.push_str(" - |");
                 continue;
@@ -411,6 +445,81 @@ pub fn summarise(suite: &Suite, results: &[RunResult]) -> String {
         s.push('\n');
     }
     s
+}
+
+/// The headline metrics: the first [`METRICS`], compared pairwise and plotted.
+const HEADLINE: usize = 4;
+
+/// Two plots per headline metric under `out/plots/` (SVG and PNG): every entry's mean
+/// ± standard deviation beside the baseline's mean, and every entry's paired
+/// difference from the baseline with its 95% interval. Returns the SVG paths
+/// relative to `out`.
+fn draw_plots(out: &Path, suite: &Suite, results: &[RunResult]) -> Result<Vec<String>> {
+    use contrast_eval::{Interval, interval_plot};
+    std::fs::create_dir_all(out.join("plots"))?;
+    let of =
+        |entry: &str| -> Vec<&RunResult> { results.iter().filter(|r| r.entry == entry).collect() };
+    let base = of(&suite.baseline);
+    let mut written = Vec::new();
+    for (name, get) in &METRICS[..HEADLINE] {
+        let slug = name.replace(['@', ' '], "-").to_lowercase();
+        let mut means = Vec::new();
+        let mut diffs = Vec::new();
+        for entry in &suite.run {
+            let runs = of(&entry.name);
+            let v: Vec<f64> = runs.iter().filter_map(|r| get(r)).collect();
+            if !v.is_empty() {
+                let (m, sd) = mean_std(&v);
+                means.push(Interval {
+                    name: format!("{} ({})", entry.name, v.len()),
+                    centre: m,
+                    low: m - sd,
+                    high: m + sd,
+                });
+            }
+            let d = differences(&base, &runs, *get);
+            if entry.name != suite.baseline && d.len() >= 2 {
+                let p = paired(&d);
+                diffs.push(Interval {
+                    name: entry.name.clone(),
+                    centre: p.mean,
+                    low: p.low,
+                    high: p.high,
+                });
+            }
+        }
+        let baseline_mean = means
+            .iter()
+            .zip(&suite.run)
+            .find(|(_, e)| e.name == suite.baseline)
+            .map(|(m, _)| m.centre);
+        if !means.is_empty() {
+            let file = format!("plots/{slug}");
+            interval_plot(
+                &out.join(&file),
+                &format!("{}: {name}, mean ± sd over seeds", suite.name),
+                name,
+                &means,
+                baseline_mean,
+            )?;
+            written.push(format!("{file}.svg"));
+        }
+        if !diffs.is_empty() {
+            let file = format!("plots/{slug}-difference");
+            interval_plot(
+                &out.join(&file),
+                &format!(
+                    "{}: {name} minus {}'s, 95% interval",
+                    suite.name, suite.baseline
+                ),
+                &format!("difference in {name}"),
+                &diffs,
+                Some(0.0),
+            )?;
+            written.push(format!("{file}.svg"));
+        }
+    }
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -436,6 +545,29 @@ mod tests {
     }
 
     #[test]
+    fn every_suite_names_its_baseline_and_its_runs_configure() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut seen = 0;
+        for file in std::fs::read_dir(root.join("configs/suites")).unwrap() {
+            let path = file.unwrap().path();
+            let suite: Suite = toml::from_str(&std::fs::read_to_string(&path).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(
+                suite.run.iter().any(|r| r.name == suite.baseline),
+                "{}: no baseline run",
+                path.display()
+            );
+            for entry in &suite.run {
+                let sets: Vec<String> = suite.set.iter().chain(&entry.set).cloned().collect();
+                contrast_train::Config::load(&root.join(&entry.config), &sets)
+                    .unwrap_or_else(|e| panic!("{} entry {}: {e:#}", path.display(), entry.name));
+            }
+            seen += 1;
+        }
+        assert!(seen >= 5, "{seen} suites");
+    }
+
+    #[test]
     fn the_table_names_ties_and_differences() {
         let suite: Suite = toml::from_str(
             "name = \"t\"\nbaseline = \"a\"\n[[run]]\nname = \"a\"\nconfig = \"x\"\n[[run]]\nname = \"b\"\nconfig = \"y\"\n",
@@ -455,6 +587,8 @@ mod tests {
             false_negative_fraction: Some(0.1),
             images_per_sec: 1000.0,
             wall_seconds: 10.0,
+            commit: Some("abc1234".into()),
+            device: "cpu (test)".into(),
         };
         let results = [
             r("a", 0, 0.80),
@@ -464,8 +598,14 @@ mod tests {
             r("b", 1, 0.855),
             r("b", 2, 0.84),
         ];
-        let md = summarise(&suite, &results);
+        let md = summarise(&suite, &results, "xtask compare --suite t.toml");
         assert!(md.contains("| a | 3 | 0.8000 ± 0.0100 |"), "{md}");
+        assert!(
+            md.contains("command: `xtask compare --suite t.toml`")
+                && md.contains("commit: abc1234")
+                && md.contains("machine: cpu (test)"),
+            "{md}"
+        );
         assert!(md.contains("better"), "{md}");
         assert!(md.contains("| b |") && md.contains(" - |"), "{md}");
     }

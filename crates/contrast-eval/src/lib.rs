@@ -7,7 +7,8 @@
 //! - [`retrieval()`]: precision@1, R-precision and MAP@R;
 //! - [`clustering()`]: NMI and AMI of k-means clusters;
 //! - [`similarity_histogram()`]: same- and different-class cosine histograms;
-//! - [`plot`]: SVG line plots of training curves.
+//! - [`tsne`]: 2-D t-SNE maps of an embedding;
+//! - [`plot`]: line plots and class-coloured maps, as SVG and PNG.
 //!
 //! # Example
 //!
@@ -45,6 +46,7 @@ pub mod knn;
 pub mod linear_probe;
 pub mod plot;
 pub mod retrieval;
+pub mod tsne;
 
 pub use clustering::{Clustering, clustering, kmeans, nmi_ami};
 pub use embedding::{effective_rank, pca_2d, singular_values, uniformity};
@@ -52,5 +54,6 @@ pub use error::{EvalError, Result};
 pub use histogram::{SimilarityHistogram, similarity_histogram};
 pub use knn::{KnnConfig, KnnPoint, KnnPrediction, accuracy, knn_accuracy, knn_predict, knn_sweep};
 pub use linear_probe::{ProbeConfig, ProbeReport, linear_probe};
-pub use plot::{Series, line_plot, scatter_plot};
+pub use plot::{Interval, Series, interval_plot, line_plot, palette, plot_files, scatter_plot};
 pub use retrieval::{Retrieval, retrieval};
+pub use tsne::{TSNE_MIN_ROWS, TsneConfig, tsne_2d};

@@ -219,7 +219,8 @@ pub struct EvalReport {
     pub knn_sweep: Vec<KnnPoint>,
     /// Cosine histograms of same-class and different-class pairs, and their overlap.
     pub similarity: Option<SimilarityHistogram>,
-    /// The plots drawn (SVG), relative to the run directory.
+    /// The plots drawn, relative to the run directory: the SVG files, each with a
+    /// PNG of the same name beside it.
     #[serde(default)]
     pub plots: Vec<String>,
     pub settings: EvalSettings,
@@ -326,8 +327,9 @@ impl Evaluator {
     /// when both have labels.
     ///
     /// With `plots = Some((run directory, method name))` it also draws, under
-    /// `plots/`, the singular-value spectrum, the similarity histograms and a PCA
-    /// map of the split coloured by class, each titled with the method.
+    /// `plots/`, the singular-value spectrum, the similarity histograms, and a PCA
+    /// and a t-SNE map of the split coloured by class, each titled with the method
+    /// (SVG and PNG).
     #[allow(clippy::too_many_arguments)]
     pub fn report(
         &self,
@@ -456,7 +458,8 @@ fn draw_eval_plots(
     let plots = dir.join("plots");
     std::fs::create_dir_all(&plots)?;
     let mut written = Vec::new();
-    let name = |what: &str| format!("plots/eval-{split_name}-{what}.svg");
+    // Each plot is written as SVG and PNG; the SVG is listed.
+    let name = |what: &str| format!("plots/eval-{split_name}-{what}");
     let s = contrast_eval::singular_values(fte)?;
     let top = s.first().copied().unwrap_or(0.0);
     if top > 0.0 {
@@ -477,7 +480,7 @@ fn draw_eval_plots(
                 points,
             }],
         )?;
-        written.push(file);
+        written.push(format!("{file}.svg"));
     }
     if let Some(h) = similarity {
         let centres: Vec<f64> = h.edges.windows(2).map(|e| 0.5 * (e[0] + e[1])).collect();
@@ -499,7 +502,7 @@ fn draw_eval_plots(
                 series("different class", &h.negative),
             ],
         )?;
-        written.push(file);
+        written.push(format!("{file}.svg"));
     }
     let points = contrast_eval::pca_2d(fte)?;
     let classes = split.labels().map(|l| &l[..points.len()]);
@@ -514,6 +517,22 @@ fn draw_eval_plots(
         classes,
         &split.class_names,
     )?;
-    written.push(file);
+    written.push(format!("{file}.svg"));
+    if points.len() < contrast_eval::TSNE_MIN_ROWS {
+        return Ok(written);
+    }
+    let map = contrast_eval::tsne_2d(fte, &points, &contrast_eval::TsneConfig::default())?;
+    let file = name("tsne");
+    scatter_plot(
+        &dir.join(&file),
+        &format!(
+            "{method}: t-SNE of {} {split_name} representations",
+            map.len()
+        ),
+        &map,
+        classes.map(|c| &c[..map.len()]),
+        &split.class_names,
+    )?;
+    written.push(format!("{file}.svg"));
     Ok(written)
 }

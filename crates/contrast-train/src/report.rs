@@ -232,6 +232,7 @@ fn training_section(s: &Summary, class_names: &[String]) -> String {
     }
     let _ = writeln!(w, "## Training\n");
     let _ = writeln!(w, "![loss](plots/loss.svg)\n");
+    let _ = writeln!(w, "![learning rate](plots/lr.svg)\n");
     if s.labelled {
         let _ = writeln!(
             w,

@@ -65,6 +65,8 @@ fn progress_bar(steps: usize, epoch: usize, epochs: usize, show: bool) -> Progre
     pb
 }
 
+/// The training curves under `dir` (SVG and PNG each): loss, learning rate, and the
+/// monitor's kNN accuracy (from the untrained encoder's at epoch 0) when labelled.
 fn plot_history(dir: &Path, history: &[EpochRecord], untrained: Option<f64>) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let series = |name: &str, f: &dyn Fn(&EpochRecord) -> f64| Series {
@@ -72,22 +74,32 @@ fn plot_history(dir: &Path, history: &[EpochRecord], untrained: Option<f64>) -> 
         points: history.iter().map(|r| (r.epoch as f64, f(r))).collect(),
     };
     line_plot(
-        &dir.join("loss.svg"),
-        "Training loss",
+        &dir.join("loss"),
+        "Training loss (mean over each epoch)",
         "epoch",
         "loss",
         &[series("loss", &|r| r.loss)],
     )?;
+    line_plot(
+        &dir.join("lr"),
+        "Learning rate (at the end of each epoch)",
+        "epoch",
+        "learning rate",
+        &[series("learning rate", &|r| r.lr)],
+    )?;
     if history.iter().any(|r| r.knn_top1.is_none()) {
         return Ok(()); // unlabeled: no kNN to plot
     }
-    let mut knn = series("kNN top-1 (monitor bank)", &|r| r.knn_top1.unwrap_or(0.0));
+    let split = history.last().map_or("monitor", |r| r.knn_split.as_str());
+    let mut knn = series(&format!("kNN top-1 ({split})"), &|r| {
+        r.knn_top1.unwrap_or(0.0)
+    });
     if let Some(u) = untrained {
         knn.points.insert(0, (0.0, u));
     }
     line_plot(
-        &dir.join("knn.svg"),
-        "Weighted kNN accuracy",
+        &dir.join("knn"),
+        &format!("Weighted kNN accuracy on the {split} split (epoch 0: untrained)"),
         "epoch",
         "top-1",
         &[knn],
