@@ -245,6 +245,34 @@ impl Dataset {
         }
     }
 
+    /// The same images with their classes merged: an image of class `c` gets class
+    /// `map[c]`, named `names[map[c]]` (e.g. Fashion-MNIST's 10 classes as 4
+    /// superclasses). Needs labels, one entry of `map` per class, and every entry
+    /// below `names.len()`.
+    pub fn merge_classes(&self, map: &[u32], names: Vec<String>) -> Result<Self> {
+        let fail =
+            |message: String| DataError::config("classes", format!("{}: {message}", self.name));
+        let Some(labels) = &self.labels else {
+            return Err(fail("the images have no labels to merge".into()));
+        };
+        if map.len() != self.num_classes {
+            return Err(fail(format!(
+                "{} class mappings for {} classes",
+                map.len(),
+                self.num_classes
+            )));
+        }
+        if let Some(&m) = map.iter().find(|&&m| m as usize >= names.len()) {
+            return Err(fail(format!("class {m} is not below {}", names.len())));
+        }
+        Ok(Self {
+            labels: Some(labels.iter().map(|&l| map[l as usize]).collect()),
+            num_classes: names.len(),
+            class_names: names,
+            ..self.clone()
+        })
+    }
+
     /// The first `n` images (all of them when `n >= len`).
     pub fn head(&self, n: usize) -> Self {
         let idx: Vec<usize> = (0..n.min(self.len())).collect();

@@ -100,6 +100,60 @@ pub struct DataConfig {
     /// epochs. Needs `data.augment.crop` and a convolutional encoder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contrastive_crop: Option<ContrastiveCropConfig>,
+    /// The source's classes merged into named groups, in every split: evaluation,
+    /// the negative diagnostics (`neg_false_fraction`) and anything that reads labels
+    /// (SupCon, label-aware policies) see the groups. With few groups many negatives
+    /// are false, the regime where false-negative handling should matter. Every class
+    /// goes in exactly one group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superclasses: Option<Vec<Superclass>>,
+}
+
+/// One group of `data.superclasses`: a name and the source class indices it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Superclass {
+    pub name: String,
+    pub classes: Vec<u32>,
+}
+
+/// The class-to-group map of `groups` over `num_classes` source classes, and the
+/// group names; an error names the class or group at fault.
+pub fn superclass_map(
+    groups: &[Superclass],
+    num_classes: usize,
+) -> Result<(Vec<u32>, Vec<String>)> {
+    let mut map = vec![u32::MAX; num_classes];
+    for (g, group) in groups.iter().enumerate() {
+        if group.classes.is_empty() {
+            bail!("data.superclasses[{g}] (`{}`) holds no class", group.name);
+        }
+        if groups[..g].iter().any(|o| o.name == group.name) {
+            bail!("data.superclasses: the name `{}` is used twice", group.name);
+        }
+        for &c in &group.classes {
+            let Some(slot) = map.get_mut(c as usize) else {
+                bail!(
+                    "data.superclasses[{g}] (`{}`): class {c} does not exist; the dataset has classes 0..{num_classes}",
+                    group.name
+                );
+            };
+            if *slot != u32::MAX {
+                bail!(
+                    "data.superclasses: class {c} is in both `{}` and `{}`",
+                    groups[*slot as usize].name,
+                    group.name
+                );
+            }
+            *slot = g as u32;
+        }
+    }
+    if let Some(c) = map.iter().position(|&m| m == u32::MAX) {
+        bail!(
+            "data.superclasses: class {c} is in no group; every class 0..{num_classes} needs one"
+        );
+    }
+    Ok((map, groups.iter().map(|g| g.name.clone()).collect()))
 }
 
 fn default_views() -> usize {

@@ -277,6 +277,19 @@ pub fn load_data(
         Some(n) => test.head(n),
         None => test,
     };
+    let (train, validation, test) = match &d.superclasses {
+        None => (train, validation, test),
+        Some(groups) => {
+            if !train.is_labelled() {
+                bail!("data.superclasses merges classes, but the training images have no labels");
+            }
+            let (map, names) = crate::config::superclass_map(groups, train.num_classes)?;
+            let merge =
+                |ds: &Dataset| -> Result<Dataset> { Ok(ds.merge_classes(&map, names.clone())?) };
+            let validation = validation.as_ref().map(merge).transpose()?;
+            (merge(&train)?, validation, merge(&test)?)
+        }
+    };
     if train.len() < d.batch_size {
         bail!(
             "{} training images are fewer than data.batch_size = {}: an epoch would have no full batch; lower data.batch_size",
