@@ -74,12 +74,54 @@ impl DatasetId {
             .any(|s| find_file(&dir.join(s), self.marker()).is_some())
     }
 
-    /// Loads the train and test splits from a directory that holds the files.
+    /// Loads the train and test splits from a directory that holds the files, with
+    /// the class names where the dataset defines them ([`DatasetId::class_names`]).
     pub fn load_from(self, dir: &Path) -> Result<Split> {
+        let split = match self {
+            DatasetId::FashionMnist | DatasetId::Mnist => load_mnist_dir(self.name(), dir)?,
+            DatasetId::Cifar10 => load_cifar_dir(self.name(), CifarKind::Cifar10, dir)?,
+            DatasetId::Cifar100 => load_cifar_dir(self.name(), CifarKind::Cifar100, dir)?,
+        };
+        let Some(names) = self.class_names() else {
+            return Ok(split);
+        };
+        let names = || names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        Ok(Split {
+            train: split.train.with_class_names(names())?,
+            test: split.test.with_class_names(names())?,
+        })
+    }
+
+    /// The class names by label, as the dataset's authors give them (none for
+    /// CIFAR-100, whose 100 names are not in its binary release's files read here).
+    pub fn class_names(self) -> Option<&'static [&'static str]> {
         match self {
-            DatasetId::FashionMnist | DatasetId::Mnist => load_mnist_dir(self.name(), dir),
-            DatasetId::Cifar10 => load_cifar_dir(self.name(), CifarKind::Cifar10, dir),
-            DatasetId::Cifar100 => load_cifar_dir(self.name(), CifarKind::Cifar100, dir),
+            DatasetId::FashionMnist => Some(&[
+                "T-shirt/top",
+                "Trouser",
+                "Pullover",
+                "Dress",
+                "Coat",
+                "Sandal",
+                "Shirt",
+                "Sneaker",
+                "Bag",
+                "Ankle boot",
+            ]),
+            DatasetId::Mnist => Some(&["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]),
+            DatasetId::Cifar10 => Some(&[
+                "airplane",
+                "automobile",
+                "bird",
+                "cat",
+                "deer",
+                "dog",
+                "frog",
+                "horse",
+                "ship",
+                "truck",
+            ]),
+            DatasetId::Cifar100 => None,
         }
     }
 

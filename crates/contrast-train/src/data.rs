@@ -121,7 +121,10 @@ pub fn read_like(
     progress: bool,
     log: &RunLog,
 ) -> Result<folder::Loaded> {
-    let classes: Vec<String> = if like.class_names.is_empty() {
+    // A named dataset's folders are named by label index (its class names, such as
+    // "T-shirt/top", need not be valid folder names); a folder dataset's by its own.
+    let from_files = !like.is_empty() && like.path(0).is_some();
+    let classes: Vec<String> = if like.class_names.is_empty() || !from_files {
         (0..like.num_classes).map(|c| c.to_string()).collect()
     } else {
         like.class_names.clone()

@@ -227,7 +227,7 @@ pub struct EvalReport {
 }
 
 /// The kNN sweep's neighbour counts.
-pub const SWEEP_KS: [usize; 5] = [10, 20, 50, 100, 200];
+pub const SWEEP_KS: [usize; 7] = [1, 5, 10, 20, 50, 100, 200];
 /// The kNN sweep's temperatures (InstDisc's 0.07 and 0.1).
 pub const SWEEP_TEMPERATURES: [f64; 2] = [0.07, 0.1];
 /// Bins of the similarity histograms over `[-1, 1]`.
