@@ -1,4 +1,4 @@
-//! Retrieval and clustering metrics against independent brute-force computations
+//! kNN, retrieval and clustering metrics against independent brute-force computations
 //! on small cases (1e-6 and tighter).
 
 use candle_core::{Device, Tensor};
@@ -226,4 +226,66 @@ fn histograms_count_every_pair_and_measure_overlap() {
     // One class spread like the other: overlap 1.
     let same = similarity_histogram(&x, &[0, 1, 0, 1, 0], 2, 1).unwrap();
     assert_eq!(same.overlap, 1.0);
+}
+
+/// Weighted kNN top-1 in f64 by sorting every query's cosine similarities: the k most
+/// similar bank rows vote `exp(s / t)` for their class; ties of the vote go to the
+/// lower class.
+fn brute_knn(
+    bank: &[Vec<f64>],
+    bl: &[u32],
+    queries: &[Vec<f64>],
+    ql: &[u32],
+    k: usize,
+    t: f64,
+) -> f64 {
+    let unit = |v: &Vec<f64>| {
+        let n = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        v.iter().map(|a| a / n).collect::<Vec<f64>>()
+    };
+    let bank: Vec<Vec<f64>> = bank.iter().map(unit).collect();
+    let mut right = 0;
+    for (q, &label) in queries.iter().zip(ql) {
+        let q = unit(q);
+        let mut sims: Vec<(f64, usize)> = bank
+            .iter()
+            .enumerate()
+            .map(|(j, b)| (q.iter().zip(b).map(|(x, y)| x * y).sum(), j))
+            .collect();
+        sims.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut votes = [0f64; 3];
+        for &(s, j) in &sims[..k] {
+            votes[bl[j] as usize] += (s / t).exp();
+        }
+        let best = (0..3).fold(0, |b, c| if votes[c] > votes[b] { c } else { b });
+        right += usize::from(best as u32 == label);
+    }
+    right as f64 / queries.len() as f64
+}
+
+#[test]
+fn knn_matches_a_brute_force_vote() {
+    use contrast_eval::{KnnConfig, knn_accuracy};
+    let (n, q, d) = (120, 60, 6);
+    let v = draws(33, (n + q) * d);
+    let labels: Vec<u32> = (0..n + q).map(|i| (i * 7 % 3) as u32).collect();
+    // Classes pull weakly along one axis each, so the vote is often close.
+    let rows: Vec<Vec<f64>> = (0..n + q)
+        .map(|i| {
+            (0..d)
+                .map(|k| v[i * d + k] + if k == labels[i] as usize { 0.4 } else { 0.0 })
+                .collect()
+        })
+        .collect();
+    let flat: Vec<f32> = rows.iter().flatten().map(|&a| a as f32).collect();
+    let all = Tensor::from_vec(flat, (n + q, d), &Device::Cpu).unwrap();
+    let (bank, queries) = (all.narrow(0, 0, n).unwrap(), all.narrow(0, n, q).unwrap());
+    let (bl, ql) = (&labels[..n], &labels[n..]);
+    for (k, t) in [(1, 0.1), (5, 0.07), (10, 0.1), (50, 0.5)] {
+        let got =
+            knn_accuracy(&bank, bl, &queries, ql, 3, &KnnConfig { k, temperature: t }).unwrap();
+        let want = brute_knn(&rows[..n], bl, &rows[n..], ql, k, t);
+        assert!((got - want).abs() < 1e-6, "k {k} t {t}: {got} vs {want}");
+        assert!(want > 0.34 && want < 1.0, "a case that can fail: {want}");
+    }
 }
