@@ -22,12 +22,14 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ARGS: [&str; 15] = [
+const ARGS: [&str; 17] = [
     "train",
     "--set",
     "data.train_subset=4000",
     "--set",
     "data.test_subset=500",
+    "--set",
+    "data.validation=500",
     "--set",
     "data.batch_size=64",
     "--set",

@@ -52,6 +52,7 @@ fn boxes_are_located_checkpointed_and_restored() {
     let set: Vec<String> = [
         "data.train_subset=512",
         "data.test_subset=256",
+        "data.validation=256",
         "data.batch_size=64",
         "train.epochs=3",
         "train.keep_checkpoints=3",

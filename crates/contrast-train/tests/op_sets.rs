@@ -20,6 +20,7 @@ fn trainer(ops: &str, data: &std::path::Path, out: &std::path::Path) -> Trainer 
     let overrides: Vec<String> = [
         "data.train_subset=2000".to_string(),
         "data.test_subset=500".to_string(),
+        "data.validation=500".to_string(),
         "train.epochs=1".to_string(),
         "eval.baselines=false".to_string(),
         "train.device=\"cpu\"".to_string(),
