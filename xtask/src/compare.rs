@@ -222,10 +222,30 @@ pub fn compare(
     jobs: usize,
     out: Option<&Path>,
     quick: bool,
+    only: &[String],
 ) -> Result<()> {
     let text = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read suite {}", file.display()))?;
-    let suite: Suite = toml::from_str(&text).with_context(|| format!("{}", file.display()))?;
+    let mut suite: Suite = toml::from_str(&text).with_context(|| format!("{}", file.display()))?;
+    if let Some(unknown) = only
+        .iter()
+        .find(|name| !suite.run.iter().any(|r| &r.name == *name))
+    {
+        bail!(
+            "--only {unknown}: {} has no such [[run]]; its entries are {}",
+            file.display(),
+            suite
+                .run
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    if !only.is_empty() {
+        let keep = |r: &Entry| only.contains(&r.name) || r.name == suite.baseline;
+        suite.run.retain(keep);
+    }
     if !suite.run.iter().any(|r| r.name == suite.baseline) {
         bail!(
             "{}: baseline `{}` is not the name of a [[run]]",

@@ -155,6 +155,10 @@ enum Command {
         /// minutes; its numbers make no claims.
         #[arg(long)]
         quick: bool,
+        /// Only these entries (comma-separated names) and the baseline: to split a
+        /// suite across invocations or machines, or to table the entries done so far.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
     /// Benchmarks: `kernels` (similarity hot path against the plain candle path and sgemm).
     Bench {
@@ -566,7 +570,8 @@ fn main() {
             jobs,
             out,
             quick,
-        } => compare::compare(&suite, seeds, jobs, out.as_deref(), quick),
+            only,
+        } => compare::compare(&suite, seeds, jobs, out.as_deref(), quick, &only),
         Command::Fuzz { runs, seed, target } => {
             fuzz::fuzz(Path::new("."), runs, seed, target.as_deref())
         }

@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
-fn compare(out: &Path) -> String {
+fn run(out: &Path, extra: &[&str]) -> std::process::Output {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
         .current_dir(&root)
         .args([
             "compare",
@@ -17,8 +17,13 @@ fn compare(out: &Path) -> String {
             "--out",
         ])
         .arg(out)
+        .args(extra)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn compare(out: &Path, extra: &[&str]) -> String {
+    let o = run(out, extra);
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         o.status.success(),
@@ -31,7 +36,7 @@ fn compare(out: &Path) -> String {
 #[test]
 fn a_quick_suite_runs_compares_and_is_reused() {
     let out = tempfile::tempdir().unwrap();
-    let first = compare(out.path());
+    let first = compare(out.path(), &[]);
     assert!(first.contains("no claims"), "{first}");
     let md = std::fs::read_to_string(out.path().join("results.md")).unwrap();
     assert!(
@@ -52,11 +57,20 @@ fn a_quick_suite_runs_compares_and_is_reused() {
         assert!((0.0..=1.0).contains(&knn), "{r}");
         assert!(r["validation_knn"].as_f64().is_some(), "{r}");
     }
-    let second = compare(out.path());
+    let second = compare(out.path(), &[]);
     assert_eq!(second.matches("reused").count(), 4, "{second}");
     assert_eq!(
         std::fs::read_to_string(out.path().join("results.md")).unwrap(),
         md,
         "the same runs give the same tables"
+    );
+    // --only keeps the baseline: both entries' runs are reused.
+    let only = compare(out.path(), &["--only", "dcl"]);
+    assert_eq!(only.matches("reused").count(), 4, "{only}");
+    let o = run(out.path(), &["--only", "dlc"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--only dlc") && err.contains("simclr, dcl"),
+        "{err}"
     );
 }

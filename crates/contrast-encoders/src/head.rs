@@ -20,7 +20,8 @@ pub struct HeadConfig {
     /// is a flattened map (`convnet` with `pool = "flatten"`). Moving the last stages
     /// of a backbone into the head keeps the representation further from the
     /// augmentation-invariant loss, which the kNN and linear evaluations reward
-    /// (docs/results.md). Empty: an MLP head.
+    /// (docs/history.md, re-checked on validation in docs/results.md). Empty: an MLP
+    /// head.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conv: Vec<usize>,
     pub hidden: usize,

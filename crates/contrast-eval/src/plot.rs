@@ -32,7 +32,7 @@ const PALETTE: [RGBColor; 10] = [
     RGBColor(23, 190, 207),
 ];
 
-/// The colour of series or class `i` (cycling through [`PALETTE`]).
+/// The colour of series or class `i`, cycling through ten Tableau colours.
 pub fn palette(i: usize) -> (u8, u8, u8) {
     let RGBColor(r, g, b) = PALETTE[i % PALETTE.len()];
     (r, g, b)
