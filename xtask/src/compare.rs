@@ -75,7 +75,8 @@ pub struct RunResult {
     pub entry: String,
     pub seed: u64,
     pub dir: String,
-    /// The monitor's kNN on the validation split after the last epoch.
+    /// The final weighted kNN on the validation split (all training images as the
+    /// bank), the figure that model choices may read.
     pub validation_knn: Option<f64>,
     pub test_knn: Option<f64>,
     pub linear: Option<f64>,
@@ -182,10 +183,7 @@ fn read_result(entry: &str, seed: u64, dir: &Path) -> Result<RunResult> {
         entry: entry.to_string(),
         seed,
         dir: dir.display().to_string(),
-        validation_knn: last
-            .as_ref()
-            .filter(|r| r.knn_split == "validation")
-            .and_then(|r| r.knn_top1),
+        validation_knn: summary.validation_knn_top1,
         test_knn: eval.knn_top1,
         linear: eval.linear_top1,
         map_at_r: eval.map_at_r,

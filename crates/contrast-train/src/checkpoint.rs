@@ -25,7 +25,13 @@ pub struct TrainState {
     pub eval_seconds: f64,
     pub images_seen: u64,
     pub data_wait_seconds: f64,
+    /// The untrained encoder's weighted kNN on the monitored split, with every
+    /// training image as the bank (as the final evaluation counts it).
     pub untrained_knn_top1: Option<f64>,
+    /// The same against the per-epoch monitor's smaller bank: epoch 0 of the kNN
+    /// curve, comparable with the monitor's later points.
+    #[serde(default)]
+    pub untrained_monitor_knn_top1: Option<f64>,
     /// The run's configuration, to detect a resume under a different one.
     pub config_toml: String,
     /// Factor on the scheduled learning rate: halved by every rollback after a
@@ -94,6 +100,7 @@ impl TrainState {
             images_seen: 0,
             data_wait_seconds: 0.0,
             untrained_knn_top1: None,
+            untrained_monitor_knn_top1: None,
             config_toml,
             lr_scale: 1.0,
             rollbacks: 0,

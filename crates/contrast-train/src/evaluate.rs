@@ -104,7 +104,10 @@ impl Evaluator {
         Ok(boxes)
     }
 
-    fn knn_on(
+    /// Weighted-kNN top-1 of the `test` features (`[M, D]`, rows in `test_data`'s
+    /// order) against the `bank` features (`[N, D]`, `bank_data`'s order); `k` is
+    /// capped at the bank's size.
+    pub fn knn_on(
         &self,
         bank: &Tensor,
         bank_data: &Dataset,
@@ -125,13 +128,6 @@ impl Evaluator {
             &knn,
         )
         .context("kNN evaluation")
-    }
-
-    /// Weighted-kNN top-1 of `test` against the `bank` images.
-    pub fn knn(&self, encoder: &dyn Encoder, bank: &Dataset, test: &Dataset) -> Result<f64> {
-        let fb = self.features(encoder, bank)?;
-        let ft = self.features(encoder, test)?;
-        self.knn_on(&fb, bank, &ft, test)
     }
 
     /// kNN top-1 and linear probe on the given train and test sets.

@@ -67,6 +67,10 @@ pub struct Summary {
     pub labelled: bool,
     /// Final weighted kNN (all training images as the bank) on the test set.
     pub knn_top1: Option<f64>,
+    /// The same kNN on the validation split (when there is one), comparable with
+    /// [`Summary::untrained_knn_top1`].
+    #[serde(default)]
+    pub validation_knn_top1: Option<f64>,
     /// Linear probe on frozen backbone features: test and train accuracy.
     pub linear_top1: Option<f64>,
     pub linear_train_top1: Option<f64>,
@@ -74,7 +78,8 @@ pub struct Summary {
     pub uniformity: Option<f64>,
     /// Effective rank (RankMe) of the test representations.
     pub effective_rank: Option<f64>,
-    /// The kNN of the randomly initialised encoder, on the monitored split.
+    /// The kNN of the randomly initialised encoder on the monitored split, with all
+    /// training images as the bank.
     pub untrained_knn_top1: Option<f64>,
     /// The split the per-epoch monitor read (`validation` or `test`).
     pub monitor_split: String,

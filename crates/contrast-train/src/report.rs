@@ -189,32 +189,48 @@ fn training_section(s: &Summary, class_names: &[String]) -> String {
             s.skipped_files
         );
     }
-    let _ = writeln!(w, "## Evaluation (test split)\n");
-    let _ = writeln!(w, "| measure | trained | untrained encoder | raw pixels |");
-    let _ = writeln!(w, "|---|---:|---:|---:|");
+    let _ = writeln!(w, "## Evaluation\n");
     let _ = writeln!(
         w,
-        "| weighted kNN top-1 (k = {}, t = {}) | {} | {} | {} |",
-        s.knn_k,
-        s.knn_temperature,
+        "| measure | split | trained | untrained encoder | raw pixels |"
+    );
+    let _ = writeln!(w, "|---|---|---:|---:|---:|");
+    let knn = format!(
+        "weighted kNN top-1 (k = {}, t = {})",
+        s.knn_k, s.knn_temperature
+    );
+    // The untrained encoder was measured on the monitored split before the first
+    // step; its figure goes in that split's row.
+    let on_validation = s.monitor_split == "validation";
+    if s.validation_knn_top1.is_some() || (on_validation && s.untrained_knn_top1.is_some()) {
+        let _ = writeln!(
+            w,
+            "| {knn} | validation | {} | {} | - |",
+            number(s.validation_knn_top1),
+            number(s.untrained_knn_top1.filter(|_| on_validation)),
+        );
+    }
+    let _ = writeln!(
+        w,
+        "| {knn} | test | {} | {} | {} |",
         number(s.knn_top1),
-        number(s.untrained_knn_top1),
+        number(s.untrained_knn_top1.filter(|_| !on_validation)),
         number(s.baseline_knn_top1)
     );
     let _ = writeln!(
         w,
-        "| linear probe top-1 | {} | - | {} |",
+        "| linear probe top-1 | test | {} | - | {} |",
         number(s.linear_top1),
         number(s.baseline_linear_top1)
     );
     let _ = writeln!(
         w,
-        "| uniformity (lower is more spread) | {} | - | - |",
+        "| uniformity (lower is more spread) | test | {} | - | - |",
         number(s.uniformity)
     );
     let _ = writeln!(
         w,
-        "| effective rank of the representation | {} | - | - |\n",
+        "| effective rank of the representation | test | {} | - | - |\n",
         number(s.effective_rank)
     );
     if !s.labelled {
@@ -223,11 +239,11 @@ fn training_section(s: &Summary, class_names: &[String]) -> String {
             "The images have no class labels, so kNN and the linear probe were not run; uniformity and effective rank need none.\n"
         );
     }
-    if s.untrained_knn_top1.is_some() {
+    if s.labelled {
         let _ = writeln!(
             w,
-            "The untrained encoder is measured on the {} split, before the first step.\n",
-            s.monitor_split
+            "Every kNN uses all {} training images as its bank. The untrained encoder is the run's initialisation, measured before the first step.\n",
+            s.train_images
         );
     }
     let _ = writeln!(w, "## Training\n");

@@ -488,15 +488,23 @@ impl Trainer {
         {
             let t = Instant::now();
             let (split, name) = self.monitor_split();
-            let top1 = self.eval.knn(
-                &self.model.representation(self.cfg.eval.representation),
-                &self.train,
-                split,
-            )?;
+            let encoder = self.model.representation(self.cfg.eval.representation);
+            // The monitor bank is the head of the training set: one pass serves both.
+            let fb = self.eval.features(&encoder, &self.train)?;
+            let ft = self.eval.features(&encoder, split)?;
+            let top1 = self.eval.knn_on(&fb, &self.train, &ft, split)?;
+            let bank = &self.monitor_bank;
+            let monitor = self
+                .eval
+                .knn_on(&fb.narrow(0, 0, bank.len())?, bank, &ft, split)?;
             self.state.untrained_knn_top1 = Some(top1);
+            self.state.untrained_monitor_knn_top1 = Some(monitor);
             self.state.eval_seconds += t.elapsed().as_secs_f64();
             self.log
-                .say(format!("untrained encoder: kNN top-1 {top1:.4} ({name})"));
+                .say(format!(
+                    "untrained encoder: kNN top-1 {top1:.4} ({name}; {monitor:.4} against the {}-image monitor bank)",
+                    bank.len()
+                ));
         }
         Ok(())
     }
@@ -586,7 +594,11 @@ impl Trainer {
             );
         }
         let lr_scale = self.state.lr_scale * 0.5;
-        let kept = (self.state.untrained_knn_top1, self.state.eval_seconds);
+        let kept = (
+            self.state.untrained_knn_top1,
+            self.state.untrained_monitor_knn_top1,
+            self.state.eval_seconds,
+        );
         let from = match checkpoint::latest(&self.checkpoints())? {
             Some(dir) => {
                 self.load(&dir)?;
@@ -596,7 +608,11 @@ impl Trainer {
                 (self.model, self.opt, self.method) =
                     fresh(&self.cfg, &self.train, &self.device, &self.world)?;
                 self.state = TrainState::new(self.config_toml.clone());
-                (self.state.untrained_knn_top1, self.state.eval_seconds) = kept;
+                (
+                    self.state.untrained_knn_top1,
+                    self.state.untrained_monitor_knn_top1,
+                    self.state.eval_seconds,
+                ) = kept;
                 self.boxes = None;
                 "the initial weights".to_string()
             }
@@ -732,7 +748,7 @@ impl Trainer {
             plot_history(
                 &self.out.join("plots"),
                 &self.state.history,
-                self.state.untrained_knn_top1,
+                self.state.untrained_monitor_knn_top1,
             )?;
         }
         Ok(record)
@@ -819,6 +835,15 @@ impl Trainer {
         } else {
             (None, None)
         };
+        // The trained encoder on the split the untrained one was measured on, with
+        // the same bank: what training bought, without reading the test set for it.
+        let validation_knn = match &self.validation {
+            Some(v) if labelled && v.is_labelled() => {
+                let fv = self.eval.features(encoder, v)?;
+                Some(self.eval.knn_on(&ftr, train, &fv, v)?)
+            }
+            _ => None,
+        };
         let (baseline_knn, baseline_probe) = if cfg.eval.baselines && labelled {
             let (k, p) = self.eval.pixels(train, test)?;
             (Some(k), Some(p.test_top1))
@@ -853,6 +878,7 @@ impl Trainer {
             epochs: state.epoch,
             labelled,
             knn_top1,
+            validation_knn_top1: validation_knn,
             linear_top1: probe.as_ref().map(|p| p.test_top1),
             linear_train_top1: probe.as_ref().map(|p| p.train_top1),
             uniformity,

@@ -90,9 +90,36 @@ fn a_labelled_folder_trains_and_leaves_embeddings_and_a_report() {
         assert_eq!(paths.lines().count(), n);
         assert!(paths.lines().all(|p| Path::new(p).is_file()));
     }
+    // The final validation kNN is the one the embeddings give (bank: all of train,
+    // k = 5, t = 0.1), beside the untrained encoder's on the same split.
+    let load = |split: &str| {
+        let file = out.path().join(format!("embeddings/{split}.safetensors"));
+        let t = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+        let labels: Vec<u32> = t["labels"]
+            .to_vec1::<i64>()
+            .unwrap()
+            .iter()
+            .map(|&l| l as u32)
+            .collect();
+        (t["embeddings"].clone(), labels)
+    };
+    let ((ftr, ltr), (fv, lv)) = (load("train"), load("validation"));
+    let knn = contrast_eval::KnnConfig {
+        k: 5,
+        temperature: 0.1,
+    };
+    let expected = contrast_eval::knn_accuracy(&ftr, &ltr, &fv, &lv, 3, &knn).unwrap();
+    assert_eq!(s.validation_knn_top1, Some(expected));
+    let untrained = s.untrained_knn_top1.unwrap();
     let report = std::fs::read_to_string(out.path().join("report.md")).unwrap();
     assert!(
         report.contains("linear probe top-1") && report.contains("class0"),
+        "{report}"
+    );
+    assert!(
+        report.contains(&format!(
+            "| validation | {expected:.4} | {untrained:.4} | - |"
+        )),
         "{report}"
     );
     let log = std::fs::read_to_string(out.path().join("run.log")).unwrap();
