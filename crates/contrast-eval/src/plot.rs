@@ -210,7 +210,14 @@ impl Figure for ScatterFigure<'_> {
         root: &DrawingArea<DB, Shift>,
     ) -> std::result::Result<(), String> {
         root.fill(&WHITE).map_err(msg)?;
-        let mut chart = ChartBuilder::on(root)
+        // The legend gets its own column on the right, so that it covers no points.
+        let (width, _) = root.dim_in_pixel();
+        let (plot, legend) = if self.classes.is_some() {
+            root.split_horizontally(width.saturating_sub(LEGEND_WIDTH))
+        } else {
+            root.split_horizontally(width)
+        };
+        let mut chart = ChartBuilder::on(&plot)
             .caption(self.title, ("sans-serif", 20))
             .margin(12)
             .x_label_area_size(36)
@@ -237,32 +244,35 @@ impl Figure for ScatterFigure<'_> {
                         && classes.is_none_or(|c| c[*i] as usize == g)
                 })
                 .map(|(_, &p)| Circle::new(p, 2, colour.filled()));
-            let series = chart.draw_series(members).map_err(msg)?;
+            chart.draw_series(members).map_err(msg)?;
             if classes.is_some() {
                 let name = self
                     .class_names
                     .get(g)
                     .cloned()
                     .unwrap_or_else(|| format!("class {g}"));
-                series
-                    .label(name)
-                    .legend(move |(x, y)| Circle::new((x + 8, y), 4, colour.filled()));
+                let y = 60 + 22 * g as i32;
+                legend
+                    .draw(&Circle::new((12, y), 5, colour.filled()))
+                    .map_err(msg)?;
+                legend
+                    .draw(&Text::new(
+                        name,
+                        (24, y - 8),
+                        ("sans-serif", 15).into_font().color(&BLACK),
+                    ))
+                    .map_err(msg)?;
             }
-        }
-        if classes.is_some() {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(msg)?;
         }
         Ok(())
     }
 }
 
+/// Pixels of a scatter plot's legend column.
+const LEGEND_WIDTH: u32 = 170;
+
 /// A 2-D scatter of `points` coloured by their class (`None`: one colour), with the
-/// class names in a legend, 800x640 pixels, into `stem.svg` and `stem.png`
+/// class names in a legend column to its right, 970x640 pixels, into `stem.svg` and `stem.png`
 /// ([`plot_files`]). `classes`, when given, has one entry per point.
 pub fn scatter_plot(
     stem: &Path,
@@ -295,7 +305,12 @@ pub fn scatter_plot(
         x,
         y,
     };
-    render(stem, (800, 640), &figure)
+    let width = if classes.is_some() {
+        800 + LEGEND_WIDTH
+    } else {
+        800
+    };
+    render(stem, (width, 640), &figure)
 }
 
 /// One row of an [`interval_plot`]: a name, a centre and the interval around it.

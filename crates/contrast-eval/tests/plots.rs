@@ -33,16 +33,25 @@ fn a_scatter_map_shows_every_class_in_its_colour_with_a_title() {
         })
         .collect();
     let classes: Vec<u32> = (0..300).map(|i| (i % 3) as u32).collect();
-    let names = vec!["a".to_string(), "b".into(), "c".into()];
+    let names = vec!["alpha".to_string(), "beta".into(), "gamma".into()];
     scatter_plot(&stem, "three classes", &points, Some(&classes), &names).unwrap();
     let [svg, png] = plot_files(&stem);
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("three classes") && text.contains("<circle"));
+    assert!(names.iter().all(|n| text.contains(n.as_str())), "legend");
+    let img = image::open(&png).unwrap().to_rgb8();
     for c in 0..3 {
         let (n, dark, size) = count(&png, palette(c), 40);
-        assert_eq!(size, (800, 640));
+        assert_eq!(size, (970, 640));
         assert!(n > 100, "class {c}: {n} pixels of its colour");
         assert!(dark > 50, "title band: {dark} dark pixels");
+        // Its legend marker sits in the column right of the plot, apart from the points.
+        let rgb = palette(c);
+        let marker = img
+            .enumerate_pixels()
+            .filter(|(x, _, p)| *x >= 800 && (p[0], p[1], p[2]) == rgb)
+            .count();
+        assert!(marker > 20, "class {c}: {marker} legend pixels");
     }
     // A colour no class has is absent.
     assert_eq!(count(&png, palette(5), 40).0, 0);

@@ -365,26 +365,44 @@ fn eval_section(e: &EvalReport) -> String {
         let _ = writeln!(w, "\n![{plot}]({plot})");
     }
     if !e.knn_sweep.is_empty() {
+        // One row per k, one column per temperature, in the sweep's order.
+        let mut temperatures: Vec<f64> = Vec::new();
+        let mut ks: Vec<usize> = Vec::new();
+        for p in &e.knn_sweep {
+            if !temperatures.contains(&p.temperature) {
+                temperatures.push(p.temperature);
+            }
+            if !ks.contains(&p.k) {
+                ks.push(p.k);
+            }
+        }
         let _ = writeln!(
             w,
-            "\n| kNN top-1 (top-5) | {} |",
-            e.knn_sweep
+            "\nWeighted kNN on the {} split, top-1 (top-5), from one neighbour search:\n",
+            st.split
+        );
+        let _ = writeln!(
+            w,
+            "| k | {} |",
+            temperatures
                 .iter()
-                .map(|p| format!("k {} t {}", p.k, p.temperature))
+                .map(|t| format!("t = {t}"))
                 .collect::<Vec<_>>()
                 .join(" | ")
         );
-        let _ = writeln!(w, "|---|{}", "---:|".repeat(e.knn_sweep.len()));
-        let _ = writeln!(
-            w,
-            "| {} | {} |",
-            st.split,
-            e.knn_sweep
+        let _ = writeln!(w, "|---:|{}", "---:|".repeat(temperatures.len()));
+        for k in ks {
+            let cells: Vec<String> = temperatures
                 .iter()
-                .map(|p| format!("{:.4} ({:.4})", p.top1, p.top5))
-                .collect::<Vec<_>>()
-                .join(" | ")
-        );
+                .map(|&t| {
+                    e.knn_sweep
+                        .iter()
+                        .find(|p| p.k == k && p.temperature == t)
+                        .map_or("-".into(), |p| format!("{:.4} ({:.4})", p.top1, p.top5))
+                })
+                .collect();
+            let _ = writeln!(w, "| {k} | {} |", cells.join(" | "));
+        }
     }
     r
 }

@@ -274,6 +274,26 @@ fn a_trained_run_is_evaluated_and_embedded_from_its_checkpoint() {
     assert!(e.knn_top5 >= e.knn_top1);
     assert!(e.alignment >= 0.0 && e.embedding_std > 0.0);
     assert_eq!(e.settings.images, test.len());
+    // The report tables the sweep one row per k (those within the bank) and one
+    // column per temperature.
+    let md = contrast_train::report::write_report(out.path(), Some(&s), Some(&e), &[]).unwrap();
+    let md = std::fs::read_to_string(md).unwrap();
+    assert!(md.contains("| k | t = 0.07 | t = 0.1 |"), "{md}");
+    let k1 = e
+        .knn_sweep
+        .iter()
+        .find(|p| p.k == 1 && p.temperature == 0.1)
+        .unwrap();
+    assert!(
+        md.lines().any(|l| l.starts_with("| 1 | ")
+            && l.ends_with(&format!("| {:.4} ({:.4}) |", k1.top1, k1.top5))),
+        "{md}"
+    );
+    let rows = md
+        .lines()
+        .filter(|l| l.starts_with("| ") && l.ends_with(") |"))
+        .count();
+    assert_eq!(rows, e.knn_sweep.len() / 2, "{md}");
 
     // .npy files: a header NumPy reads, then N x D little-endian f32.
     let file = out.path().join("emb/val");
