@@ -212,11 +212,7 @@ impl Figure for ScatterFigure<'_> {
         root.fill(&WHITE).map_err(msg)?;
         // The legend gets its own column on the right, so that it covers no points.
         let (width, _) = root.dim_in_pixel();
-        let (plot, legend) = if self.classes.is_some() {
-            root.split_horizontally(width.saturating_sub(LEGEND_WIDTH))
-        } else {
-            root.split_horizontally(width)
-        };
+        let (plot, legend) = root.split_horizontally(width - legend_width(self.classes));
         let mut chart = ChartBuilder::on(&plot)
             .caption(self.title, ("sans-serif", 20))
             .margin(12)
@@ -268,8 +264,10 @@ impl Figure for ScatterFigure<'_> {
     }
 }
 
-/// Pixels of a scatter plot's legend column.
-const LEGEND_WIDTH: u32 = 170;
+/// Pixels of a scatter plot's legend column: 170 when it has classes to name.
+fn legend_width(classes: Option<&[u32]>) -> u32 {
+    if classes.is_some() { 170 } else { 0 }
+}
 
 /// A 2-D scatter of `points` coloured by their class (`None`: one colour), with the
 /// class names in a legend column to its right, 970x640 pixels, into `stem.svg` and `stem.png`
@@ -305,12 +303,7 @@ pub fn scatter_plot(
         x,
         y,
     };
-    let width = if classes.is_some() {
-        800 + LEGEND_WIDTH
-    } else {
-        800
-    };
-    render(stem, (width, 640), &figure)
+    render(stem, (800 + legend_width(classes), 640), &figure)
 }
 
 /// One row of an [`interval_plot`]: a name, a centre and the interval around it.

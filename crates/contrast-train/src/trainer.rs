@@ -837,10 +837,14 @@ impl Trainer {
         };
         // The trained encoder on the split the untrained one was measured on, with
         // the same bank: what training bought, without reading the test set for it.
-        let validation_knn = match &self.validation {
-            Some(v) if labelled && v.is_labelled() => {
-                let fv = self.eval.features(encoder, v)?;
-                Some(self.eval.knn_on(&ftr, train, &fv, v)?)
+        // Its features also serve the validation embeddings.
+        let fval = match &self.validation {
+            Some(v) => Some((self.eval.features(encoder, v)?, v)),
+            None => None,
+        };
+        let validation_knn = match &fval {
+            Some((fv, v)) if labelled && v.is_labelled() => {
+                Some(self.eval.knn_on(&ftr, train, fv, v)?)
             }
             _ => None,
         };
@@ -858,7 +862,7 @@ impl Trainer {
         } else {
             (None, None)
         };
-        let embeddings = self.write_embeddings(&ftr, &fte)?;
+        let embeddings = self.write_embeddings(&ftr, &fte, fval.as_ref().map(|(f, _)| f))?;
         let state = &self.state;
         let eval_seconds = state.eval_seconds + te.elapsed().as_secs_f64();
         let summary = Summary {
@@ -919,9 +923,14 @@ impl Trainer {
 
     /// Writes the representations of the splits `eval.embed` names (default: all of
     /// a folder dataset's, none of a named one's); returns the files, relative to the
-    /// run directory. `ftr` and `fte` are the train and test features already
-    /// extracted.
-    fn write_embeddings(&self, ftr: &Tensor, fte: &Tensor) -> Result<Vec<String>> {
+    /// run directory. `ftr`, `fte` and `fval` are the train, test and validation
+    /// features already extracted.
+    fn write_embeddings(
+        &self,
+        ftr: &Tensor,
+        fte: &Tensor,
+        fval: Option<&Tensor>,
+    ) -> Result<Vec<String>> {
         let splits = match &self.cfg.eval.embed {
             Some(s) => s.clone(),
             None if self.cfg.data.dataset == DatasetChoice::Folder => {
@@ -935,15 +944,9 @@ impl Trainer {
             let written = match split {
                 SplitName::Train => report::write_embeddings(&dir, "train", ftr, &self.train)?,
                 SplitName::Test => report::write_embeddings(&dir, "test", fte, &self.test)?,
-                SplitName::Validation => match &self.validation {
-                    Some(v) => {
-                        let f = self.eval.features(
-                            &self.model.representation(self.cfg.eval.representation),
-                            v,
-                        )?;
-                        report::write_embeddings(&dir, "validation", &f, v)?
-                    }
-                    None => continue,
+                SplitName::Validation => match (&self.validation, fval) {
+                    (Some(v), Some(f)) => report::write_embeddings(&dir, "validation", f, v)?,
+                    _ => continue,
                 },
             };
             files.extend(written.into_iter().map(|p| {
