@@ -10,6 +10,7 @@
 //! baseline = "simclr"                 # the entry the others are compared with
 //! seeds = 3                           # --seeds overrides
 //! set = ["data.validation=5000"]      # overrides for every run (the budget)
+//! records = "results/default"         # where finished runs are kept (optional)
 //! [[run]]
 //! name = "simclr"
 //! config = "configs/simclr-fmnist.toml"
@@ -22,6 +23,15 @@
 //! Each (entry, seed) trains in its own process into `OUT/<entry>/seed-<s>/` and is
 //! evaluated on the test split (`eval.json`); a run whose `summary.json` and
 //! `eval.json` exist is reused, so a suite can be split across invocations.
+//!
+//! A suite may also name a `records` directory (`records = "results/default"`,
+//! relative to the working directory like `config`). Every finished run then leaves
+//! a small JSON [`Record`] there, `RECORDS/<entry>/seed-<s>.json`: its measurements
+//! and the configuration it ran as written (the config file with its `extends`
+//! merged, and the overrides). Records are meant to be committed: a suite of many
+//! hours is split across machines and sessions whose run directories do not outlive
+//! them, and a later invocation reuses every record whose configuration is the one it
+//! would run, retraining only the rest. `--quick` neither reads nor writes records.
 
 use anyhow::{Context, Result, bail};
 use contrast_train::evaluate::EvalReport;
@@ -40,6 +50,10 @@ pub struct Suite {
     pub seeds: usize,
     #[serde(default)]
     pub set: Vec<String>,
+    /// Where finished runs leave their [`Record`]s (see the module docs); none kept
+    /// when absent.
+    #[serde(default)]
+    pub records: Option<PathBuf>,
     pub run: Vec<Entry>,
 }
 
@@ -92,6 +106,74 @@ pub struct RunResult {
     pub commit: Option<String>,
     /// The device it trained on, as its summary names it.
     pub device: String,
+}
+
+/// A finished run as kept in a suite's `records` directory: what it measured and
+/// what it ran, so that a later invocation reuses it only for the same run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// The configuration file as written, its `extends` chain merged, as TOML.
+    pub config: String,
+    /// The overrides over it, in order: the suite's, the entry's, then `seed=S`.
+    pub set: Vec<String>,
+    pub result: RunResult,
+}
+
+impl Record {
+    /// The record of `entry` with `seed` as this suite would run it now (its
+    /// `result` still to be filled in).
+    fn identity(suite: &Suite, entry: &Entry, seed: u64) -> Result<(String, Vec<String>)> {
+        let (table, _) = contrast_train::config::read_table(&entry.config, 0)?;
+        Ok((
+            toml::to_string(&table)?,
+            overrides(suite, entry, seed, false),
+        ))
+    }
+
+    fn path(records: &Path, entry: &str, seed: u64) -> PathBuf {
+        records.join(entry).join(format!("seed-{seed}.json"))
+    }
+
+    /// The result kept at `path` when its configuration and overrides are `config`
+    /// and `set`; `None` when there is no record or it was made for another run (a
+    /// config edited since, or other overrides), which is then said on stdout.
+    fn reusable(path: &Path, config: &str, set: &[String]) -> Result<Option<RunResult>> {
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Ok(None);
+        };
+        let record: Record = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: not a run record (expected JSON with `config`, `set` and `result`)",
+                path.display()
+            )
+        })?;
+        if record.config != config || record.set != set {
+            println!(
+                "{}: recorded for another configuration ({}); it will be trained again",
+                path.display(),
+                if record.set != set {
+                    format!("overrides {:?}, now {set:?}", record.set)
+                } else {
+                    "the config file changed".to_string()
+                }
+            );
+            return Ok(None);
+        }
+        Ok(Some(record.result))
+    }
+}
+
+/// The overrides one run of `entry` takes, in order: the suite's, the entry's,
+/// `seed=S`, and the `--quick` budget.
+fn overrides(suite: &Suite, entry: &Entry, seed: u64, quick: bool) -> Vec<String> {
+    suite
+        .set
+        .iter()
+        .chain(&entry.set)
+        .cloned()
+        .chain([format!("seed={seed}")])
+        .chain(quick.then(|| QUICK.map(String::from)).into_iter().flatten())
+        .collect()
 }
 
 /// The metrics compared, by name, as read from a [`RunResult`].
@@ -268,15 +350,35 @@ pub fn compare(
     }
     let jobs = jobs.max(1);
     let threads = (std::thread::available_parallelism().map_or(2, |n| n.get()) / jobs).max(1);
+    let records = suite.records.clone().filter(|_| !quick);
+    let finished =
+        |dir: &Path| dir.join("summary.json").is_file() && dir.join("eval.json").is_file();
+    // Each (entry, seed): its result when a run directory or a record holds it.
+    let mut results: Vec<(String, u64, Option<RunResult>)> = Vec::new();
     let mut pending = Vec::new();
     for entry in &suite.run {
         for seed in 0..seeds as u64 {
             let dir = out.join(&entry.name).join(format!("seed-{seed}"));
-            if dir.join("summary.json").is_file() && dir.join("eval.json").is_file() {
+            let mut found = None;
+            if finished(&dir) {
                 println!("{} seed {seed}: reused {}", entry.name, dir.display());
-                continue;
+                let result = read_result(&entry.name, seed, &dir)?;
+                if let Some(records) = &records {
+                    keep(records, &suite, entry, seed, &result)?;
+                }
+                found = Some(result);
+            } else if let Some(records) = &records {
+                let path = Record::path(records, &entry.name, seed);
+                let (config, set) = Record::identity(&suite, entry, seed)?;
+                found = Record::reusable(&path, &config, &set)?;
+                if found.is_some() {
+                    println!("{} seed {seed}: reused {}", entry.name, path.display());
+                }
             }
-            pending.push((entry.clone(), seed, dir));
+            if found.is_none() {
+                pending.push((entry.clone(), seed, dir));
+            }
+            results.push((entry.name.clone(), seed, found));
         }
     }
     let total = pending.len();
@@ -296,16 +398,8 @@ pub fn compare(
                 entry.config.display().to_string(),
                 "--out".into(),
                 dir.display().to_string(),
-                "--set".into(),
-                format!("seed={seed}"),
             ];
-            let sets = suite
-                .set
-                .iter()
-                .chain(&entry.set)
-                .cloned()
-                .chain(quick.then(|| QUICK.map(String::from)).into_iter().flatten());
-            for s in sets {
+            for s in overrides(&suite, &entry, seed, quick) {
                 args.push("--set".into());
                 args.push(s);
             }
@@ -337,16 +431,20 @@ pub fn compare(
                 dir.join("eval.log").display()
             );
         }
+        let result = read_result(&entry.name, seed, &dir)?;
+        if let Some(records) = &records {
+            keep(records, &suite, &entry, seed, &result)?;
+        }
+        if let Some(slot) = results
+            .iter_mut()
+            .find(|(name, s, _)| *name == entry.name && *s == seed)
+        {
+            slot.2 = Some(result);
+        }
         done += 1;
         println!("[{done}/{total}] {} seed {seed} done", entry.name);
     }
-    let mut results = Vec::new();
-    for entry in &suite.run {
-        for seed in 0..seeds as u64 {
-            let dir = out.join(&entry.name).join(format!("seed-{seed}"));
-            results.push(read_result(&entry.name, seed, &dir)?);
-        }
-    }
+    let results: Vec<RunResult> = results.into_iter().filter_map(|(_, _, r)| r).collect();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let plots = draw_plots(&out, &suite, &results)?;
     let mut table = summarise(&suite, &results, &command);
@@ -375,6 +473,22 @@ pub fn compare(
         md.display()
     );
     Ok(())
+}
+
+/// Writes the [`Record`] of a finished run of `entry` with `seed` into `records`.
+fn keep(records: &Path, suite: &Suite, entry: &Entry, seed: u64, result: &RunResult) -> Result<()> {
+    let (config, set) = Record::identity(suite, entry, seed)?;
+    let path = Record::path(records, &entry.name, seed);
+    std::fs::create_dir_all(path.parent().expect("a record has a directory"))
+        .with_context(|| format!("creating {}", path.display()))?;
+    write_json(
+        &path,
+        &Record {
+            config,
+            set,
+            result: result.clone(),
+        },
+    )
 }
 
 /// The paired differences `entry - baseline` of `get` over the seeds both have.
@@ -560,6 +674,77 @@ mod tests {
         assert!(paired(&[0.05]).tie());
         let (m, sd) = mean_std(&[1.0, 2.0, 3.0, 4.0]);
         assert!((m - 2.5).abs() < 1e-12 && (sd - (5f64 / 3.0).sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn records_are_reused_only_for_the_run_they_describe() {
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("base.toml");
+        let config = tmp.path().join("a.toml");
+        std::fs::write(&base, "seed = 1\n[train]\nepochs = 12\n").unwrap();
+        std::fs::write(&config, "extends = \"base.toml\"\n[train]\nepochs = 3\n").unwrap();
+        let suite: Suite = toml::from_str(&format!(
+            "name = \"t\"\nbaseline = \"a\"\nset = [\"data.validation=50\"]\nrecords = \"r\"\n\
+             [[run]]\nname = \"a\"\nconfig = {:?}\nset = [\"loss.temperature=0.5\"]\n",
+            config.display().to_string()
+        ))
+        .unwrap();
+        let entry = &suite.run[0];
+        let records = tmp.path().join("records");
+        let result = RunResult {
+            entry: "a".into(),
+            seed: 2,
+            dir: "runs/a/seed-2".into(),
+            validation_knn: Some(0.81),
+            test_knn: Some(0.8),
+            linear: Some(0.85),
+            map_at_r: Some(0.3),
+            alignment: 0.7,
+            uniformity: -2.0,
+            effective_rank: 100.0,
+            false_negative_fraction: None,
+            images_per_sec: 3000.0,
+            wall_seconds: 400.0,
+            commit: Some("abc1234".into()),
+            device: "cpu (test)".into(),
+        };
+        keep(&records, &suite, entry, 2, &result).unwrap();
+        let path = Record::path(&records, "a", 2);
+        // The identity holds the merged file (the child's epochs over the base's) and
+        // the overrides in the order the run takes them.
+        let (config_text, set) = Record::identity(&suite, entry, 2).unwrap();
+        assert!(config_text.contains("epochs = 3") && config_text.contains("seed = 1"));
+        assert_eq!(
+            set,
+            ["data.validation=50", "loss.temperature=0.5", "seed=2"].map(String::from)
+        );
+        assert_eq!(
+            Record::reusable(&path, &config_text, &set).unwrap(),
+            Some(result)
+        );
+        // Another seed's overrides, or the config file edited: not this run.
+        let (_, other_seed) = Record::identity(&suite, entry, 1).unwrap();
+        assert_eq!(
+            Record::reusable(&path, &config_text, &other_seed).unwrap(),
+            None
+        );
+        std::fs::write(&base, "seed = 1\n[train]\nepochs = 12\nlr = 0.1\n").unwrap();
+        let (edited, _) = Record::identity(&suite, entry, 2).unwrap();
+        assert_eq!(Record::reusable(&path, &edited, &set).unwrap(), None);
+        // No record: nothing to reuse. A damaged one: an error that names the file.
+        assert_eq!(
+            Record::reusable(&Record::path(&records, "a", 0), &config_text, &set).unwrap(),
+            None
+        );
+        std::fs::write(&path, "{\"config\": 3}").unwrap();
+        let err = format!(
+            "{:#}",
+            Record::reusable(&path, &config_text, &set).unwrap_err()
+        );
+        assert!(
+            err.contains("seed-2.json") && err.contains("not a run record"),
+            "{err}"
+        );
     }
 
     #[test]
