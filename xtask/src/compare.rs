@@ -350,7 +350,11 @@ pub fn compare(
     }
     let jobs = jobs.max(1);
     let threads = (std::thread::available_parallelism().map_or(2, |n| n.get()) / jobs).max(1);
-    let records = suite.records.clone().filter(|_| !quick);
+    if quick {
+        // A tiny budget's runs are not the suite's: they are not kept, nor reused.
+        suite.records = None;
+    }
+    let records = suite.records.clone();
     let finished =
         |dir: &Path| dir.join("summary.json").is_file() && dir.join("eval.json").is_file();
     // Each (entry, seed): its result when a run directory or a record holds it.
@@ -519,13 +523,18 @@ fn distinct(results: &[RunResult], f: impl Fn(&RunResult) -> String) -> String {
 pub fn summarise(suite: &Suite, results: &[RunResult], command: &str) -> String {
     let mut s = format!(
         "# Suite `{}`: mean ± standard deviation over seeds\n\n\
-         - command: `{command}`\n- commit: {}\n- machine: {}\n\n| entry | seeds |",
+         - command: `{command}`\n- commit: {}\n- machine: {}\n{}\n| entry | seeds |",
         suite.name,
         distinct(results, |r| r
             .commit
             .clone()
             .unwrap_or_else(|| "unknown".into())),
         distinct(results, |r| r.device.clone()),
+        suite
+            .records
+            .as_ref()
+            .map(|r| format!("- records: `{}` (one file per run)\n", r.display()))
+            .unwrap_or_default(),
     );
     for (name, _) in METRICS {
         s.push_str(&format!(" {name} |"));
@@ -773,7 +782,7 @@ mod tests {
     #[test]
     fn the_table_names_ties_and_differences() {
         let suite: Suite = toml::from_str(
-            "name = \"t\"\nbaseline = \"a\"\n[[run]]\nname = \"a\"\nconfig = \"x\"\n[[run]]\nname = \"b\"\nconfig = \"y\"\n",
+            "name = \"t\"\nbaseline = \"a\"\nrecords = \"results/t\"\n[[run]]\nname = \"a\"\nconfig = \"x\"\n[[run]]\nname = \"b\"\nconfig = \"y\"\n",
         )
         .unwrap();
         let r = |entry: &str, seed: u64, knn: f64| RunResult {
@@ -806,7 +815,8 @@ mod tests {
         assert!(
             md.contains("command: `xtask compare --suite t.toml`")
                 && md.contains("commit: abc1234")
-                && md.contains("machine: cpu (test)"),
+                && md.contains("machine: cpu (test)")
+                && md.contains("records: `results/t`"),
             "{md}"
         );
         assert!(md.contains("better"), "{md}");
