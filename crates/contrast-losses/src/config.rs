@@ -122,6 +122,21 @@ impl LossConfig {
         self.needs_queue() || matches!(self, LossConfig::Debiased(_) | LossConfig::Hcl(_))
     }
 
+    /// Whether the loss contrasts each anchor with every other instance of the batch,
+    /// uniformly or reweighted, so that the same-class share of those negatives
+    /// describes what it trains on (SupCon and the label-paired losses read labels
+    /// instead; the queue and bank losses take negatives elsewhere).
+    pub fn contrasts_every_instance(&self) -> bool {
+        matches!(
+            self,
+            LossConfig::NtXent(_)
+                | LossConfig::Decoupled(_)
+                | LossConfig::DecoupledWeighted(_)
+                | LossConfig::Debiased(_)
+                | LossConfig::Hcl(_)
+        )
+    }
+
     /// Whether the loss reads class labels.
     pub fn needs_labels(&self) -> bool {
         matches!(self, LossConfig::Supcon(_) | LossConfig::Simlap(_))

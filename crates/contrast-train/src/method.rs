@@ -533,17 +533,23 @@ impl InBatch {
             }
             _ => (None, None),
         };
-        let loss = match &cfg.loss {
-            // Instance discrimination: plan with the policies (none: SimCLR), and judge
-            // the plan's negatives against the labels.
-            LossConfig::NtXent(c) => {
-                let classes = step.classes().map(|c| c[rows.clone()].to_vec());
-                let mining =
-                    MiningBatch::in_batch(&views, &step.ids()[rows.clone()], classes.as_deref())?;
-                self.pipeline.set_progress(batch.epoch, cfg.train.epochs);
-                let plan = self.pipeline.plan(&mining, &mut step.rng(Stream::Mining))?;
-                self.diagnostics
-                    .add(&mining, &plan, &mut step.rng(Stream::Diagnostics));
+        // Instance discrimination: plan with the policies (none: every other instance,
+        // as SimCLR, DCL, debiased and HCL take them), and judge the plan's negatives
+        // against the labels. Policies are for NT-Xent only (`Config::validate`).
+        let plan = if cfg.loss.contrasts_every_instance() {
+            let classes = step.classes().map(|c| c[rows.clone()].to_vec());
+            let mining =
+                MiningBatch::in_batch(&views, &step.ids()[rows.clone()], classes.as_deref())?;
+            self.pipeline.set_progress(batch.epoch, cfg.train.epochs);
+            let plan = self.pipeline.plan(&mining, &mut step.rng(Stream::Mining))?;
+            self.diagnostics
+                .add(&mining, &plan, &mut step.rng(Stream::Diagnostics));
+            Some(plan)
+        } else {
+            None
+        };
+        let loss = match (&cfg.loss, plan) {
+            (LossConfig::NtXent(c), Some(plan)) => {
                 if ring {
                     ring_nt_xent(world, &views[0], &views[1], c.temperature)?
                 } else if self.pipeline.is_empty() {

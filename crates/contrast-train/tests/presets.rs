@@ -68,25 +68,20 @@ fn every_preset_runs_a_short_epoch() {
         assert_eq!(summary.epochs, 1);
         let knn = summary.knn_top1.expect("Fashion-MNIST has labels");
         assert!(knn > 0.3, "{}: kNN {knn}", path.display());
-        // In-batch and queue runs log what their negatives were; FNC and clustering how
-        // well they identified false negatives.
+        // Runs that contrast every other instance in the batch (SimCLR, DCL, debiased,
+        // HCL) and queue runs log what their negatives were, and only they; FNC and
+        // clustering how well they identified false negatives.
         let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
         let logs_negatives = match cfg.method {
-            contrast_train::config::MethodConfig::Simclr => {
-                matches!(cfg.loss, contrast_losses::LossConfig::NtXent(_))
-            }
+            contrast_train::config::MethodConfig::Simclr => cfg.loss.contrasts_every_instance(),
             contrast_train::config::MethodConfig::Moco { .. } => true,
             _ => false,
         };
-        if logs_negatives {
-            assert!(
-                metrics.contains("\"neg_false_fraction\""),
-                "{}: {metrics}",
-                path.display()
-            );
-            assert!(
-                metrics.contains("\"neg_sim_p90\""),
-                "{}: {metrics}",
+        for key in ["\"neg_false_fraction\"", "\"neg_sim_p90\""] {
+            assert_eq!(
+                metrics.contains(key),
+                logs_negatives,
+                "{}: {key} in {metrics}",
                 path.display()
             );
         }
