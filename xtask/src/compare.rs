@@ -120,8 +120,8 @@ pub struct Record {
 }
 
 impl Record {
-    /// The record of `entry` with `seed` as this suite would run it now (its
-    /// `result` still to be filled in).
+    /// What identifies the run of `entry` with `seed` as this suite would run it
+    /// now: the config file as written (`extends` merged) and the overrides.
     fn identity(suite: &Suite, entry: &Entry, seed: u64) -> Result<(String, Vec<String>)> {
         let (table, _) = contrast_train::config::read_table(&entry.config, 0)?;
         Ok((
@@ -138,8 +138,10 @@ impl Record {
     /// and `set`; `None` when there is no record or it was made for another run (a
     /// config edited since, or other overrides), which is then said on stdout.
     fn reusable(path: &Path, config: &str, set: &[String]) -> Result<Option<RunResult>> {
-        let Ok(text) = std::fs::read_to_string(path) else {
-            return Ok(None);
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
         let record: Record = serde_json::from_str(&text).with_context(|| {
             format!(
