@@ -32,8 +32,25 @@
 //! hours is split across machines and sessions whose run directories do not outlive
 //! them, and a later invocation reuses every record whose configuration is the one it
 //! would run, retraining only the rest. `--quick` neither reads nor writes records.
+//!
+//! A finished run directory is reused only when its `config.toml` is the
+//! configuration the entry would run now; otherwise compare stops and says so rather
+//! than overwrite it.
+//!
+//! An entry may name `trained_in = "configs/suites/default.toml"`: that suite's entry
+//! of the same name trains exactly this run, because this suite changes only what
+//! reads labels (`data.superclasses`: evaluation and the negative diagnostics) and
+//! the method reads none. Each seed that suite has finished (in its default output
+//! directory, `runs/compare-<name>`) is then evaluated here from its newest
+//! checkpoint, on the validation split (the figure model choices read) and on the test
+//! split, instead of trained again; `OUT/<entry>/seed-<s>/trained-in.json` names the
+//! run. Such a run has no training diagnostics under this suite's labels (its
+//! false-negative share is "-"); its images/s and wall time are the source run's. A
+//! seed the other suite has not finished, or finished under another configuration, is
+//! trained here.
 
 use anyhow::{Context, Result, bail};
+use contrast_train::Config;
 use contrast_train::evaluate::EvalReport;
 use contrast_train::metrics::{EpochRecord, Summary, write_json};
 use serde::{Deserialize, Serialize};
@@ -69,6 +86,10 @@ pub struct Entry {
     pub config: PathBuf,
     #[serde(default)]
     pub set: Vec<String>,
+    /// The suite file whose entry of the same name trains exactly this run (see the
+    /// module docs); its finished runs are evaluated here instead of trained again.
+    #[serde(default)]
+    pub trained_in: Option<PathBuf>,
 }
 
 /// The overrides `--quick` adds: a run of seconds that tests the machinery.
@@ -106,6 +127,10 @@ pub struct RunResult {
     pub commit: Option<String>,
     /// The device it trained on, as its summary names it.
     pub device: String,
+    /// The run directory that trained it, when it is another suite's run evaluated
+    /// here (an entry's `trained_in`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained_in: Option<String>,
 }
 
 /// A finished run as kept in a suite's `records` directory: what it measured and
@@ -250,39 +275,225 @@ pub fn paired(differences: &[f64]) -> Paired {
     }
 }
 
+/// `trained-in.json`: a run of another suite (an entry's `trained_in`) evaluated here.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct TrainedIn {
+    /// The run directory that trained it.
+    run: PathBuf,
+    /// The checkpoint evaluated.
+    checkpoint: PathBuf,
+    /// That run's summary: its throughput, wall time, commit and device stand for
+    /// this run's (its label-dependent figures are not read).
+    summary: Summary,
+}
+
+const TRAINED_IN: &str = "trained-in.json";
+/// The evaluation of the validation split of a run evaluated from another suite's.
+const VALIDATION_EVAL: &str = "eval-validation.json";
+
+/// Whether `dir` holds a finished run: trained here (`summary.json`) or evaluated
+/// from another suite's run ([`TRAINED_IN`] and [`VALIDATION_EVAL`]), and evaluated
+/// on the test split (`eval.json`).
+fn finished(dir: &Path) -> bool {
+    dir.join("eval.json").is_file()
+        && (dir.join("summary.json").is_file()
+            || (dir.join(TRAINED_IN).is_file() && dir.join(VALIDATION_EVAL).is_file()))
+}
+
+/// Reads `name` in `dir` as JSON, naming the file when it is missing or damaged.
+fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<T> {
+    let path = dir.join(name);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{}: not valid", path.display()))
+}
+
 /// One run's results, from its directory.
 fn read_result(entry: &str, seed: u64, dir: &Path) -> Result<RunResult> {
-    let summary: Summary = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("summary.json"))
-            .with_context(|| format!("{}: no summary.json", dir.display()))?,
-    )?;
-    let eval: EvalReport = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("eval.json"))
-            .with_context(|| format!("{}: no eval.json", dir.display()))?,
-    )?;
-    let last: Option<EpochRecord> = std::fs::read_to_string(dir.join("metrics.jsonl"))
-        .ok()
-        .and_then(|t| t.lines().last().and_then(|l| serde_json::from_str(l).ok()));
+    let eval: EvalReport = read_json(dir, "eval.json")?;
+    let trained_in: Option<TrainedIn> = if dir.join(TRAINED_IN).is_file() {
+        Some(read_json(dir, TRAINED_IN)?)
+    } else {
+        None
+    };
+    let (summary, validation_knn, false_negative_fraction) = match &trained_in {
+        None => {
+            let summary: Summary = read_json(dir, "summary.json")?;
+            let last: Option<EpochRecord> = std::fs::read_to_string(dir.join("metrics.jsonl"))
+                .ok()
+                .and_then(|t| t.lines().last().and_then(|l| serde_json::from_str(l).ok()));
+            let fnf = last
+                .as_ref()
+                .and_then(|r| r.mining.as_ref())
+                .map(|m| m.neg_false_fraction);
+            let validation = summary.validation_knn_top1;
+            (summary, validation, fnf)
+        }
+        // Trained under other labels: the validation kNN is this suite's evaluation
+        // of it, and its training diagnostics read the other labels.
+        Some(t) => {
+            let validation: EvalReport = read_json(dir, VALIDATION_EVAL)?;
+            (t.summary.clone(), validation.knn_top1, None)
+        }
+    };
     Ok(RunResult {
         entry: entry.to_string(),
         seed,
         dir: dir.display().to_string(),
-        validation_knn: summary.validation_knn_top1,
+        validation_knn,
         test_knn: eval.knn_top1,
         linear: eval.linear_top1,
         map_at_r: eval.map_at_r,
         alignment: eval.alignment,
         uniformity: eval.uniformity,
         effective_rank: eval.effective_rank,
-        false_negative_fraction: last
-            .as_ref()
-            .and_then(|r| r.mining.as_ref())
-            .map(|m| m.neg_false_fraction),
+        false_negative_fraction,
         images_per_sec: summary.train_images_per_sec,
         wall_seconds: summary.wall_seconds,
         commit: summary.commit,
         device: summary.device,
+        trained_in: trained_in.map(|t| t.run.display().to_string()),
     })
+}
+
+/// The configuration a run of `entry` with `overrides` trains with, as its
+/// `config.toml` holds it; a relative config path is read from `root` (`""`: the
+/// working directory).
+fn resolved(entry: &Entry, overrides: &[String], root: &Path) -> Result<Config> {
+    Config::load(&root.join(&entry.config), overrides)
+        .with_context(|| format!("entry `{}`", entry.name))
+}
+
+/// `cfg` as another suite would train it: without what only reads labels.
+fn training_of(cfg: &Config) -> Config {
+    let mut cfg = cfg.clone();
+    cfg.data.superclasses = None;
+    cfg
+}
+
+/// The first line where two configurations differ as TOML, for messages.
+fn first_difference(a: &Config, b: &Config) -> Result<String> {
+    let (a, b) = (a.to_toml()?, b.to_toml()?);
+    Ok(a.lines()
+        .zip(b.lines())
+        .find(|(x, y)| x != y)
+        .map(|(x, y)| format!("`{x}` against `{y}`"))
+        .unwrap_or_else(|| "a key present in only one".into()))
+}
+
+/// The default output directory of `suite` (`runs/compare-<name>[-quick]`).
+fn default_out(suite: &Suite, quick: bool) -> PathBuf {
+    PathBuf::from("runs").join(format!(
+        "compare-{}{}",
+        suite.name,
+        if quick { "-quick" } else { "" }
+    ))
+}
+
+/// Reads a suite file.
+fn read_suite(file: &Path) -> Result<Suite> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read suite {}", file.display()))?;
+    toml::from_str(&text).with_context(|| format!("{}", file.display()))
+}
+
+/// Checks that each entry naming `trained_in` trains exactly as that suite's entry
+/// of the same name and reads no labels; returns those suites by entry name.
+/// Relative paths are read from `root` (`""`: the working directory).
+fn trained_in_suites(
+    suite: &Suite,
+    file: &Path,
+    quick: bool,
+    root: &Path,
+) -> Result<Vec<(String, Suite)>> {
+    let mut out = Vec::new();
+    for entry in &suite.run {
+        let Some(other_file) = &entry.trained_in else {
+            continue;
+        };
+        let at = format!("{} entry `{}`: trained_in", file.display(), entry.name);
+        let other = read_suite(&root.join(other_file)).with_context(|| at.clone())?;
+        let Some(twin) = other.run.iter().find(|e| e.name == entry.name) else {
+            bail!(
+                "{at} = {:?}: that suite has no entry `{}`",
+                other_file.display().to_string(),
+                entry.name
+            );
+        };
+        let cfg = resolved(entry, &overrides(suite, entry, 0, quick), root)?;
+        let readers = contrast_train::data::label_readers(&cfg);
+        if !readers.is_empty() {
+            bail!(
+                "{at}: {} reads class labels, so this suite's labels change its training; it must be trained here",
+                readers.join(" and ")
+            );
+        }
+        let theirs = resolved(twin, &overrides(&other, twin, 0, quick), root)?;
+        if training_of(&cfg) != training_of(&theirs) {
+            bail!(
+                "{at}: it trains differently from {}'s `{}` ({}); only data.superclasses may differ",
+                other_file.display(),
+                twin.name,
+                first_difference(&training_of(&cfg), &training_of(&theirs))?
+            );
+        }
+        out.push((entry.name.clone(), other));
+    }
+    Ok(out)
+}
+
+/// The other suite's finished run of `entry` with `seed` that trained exactly as
+/// `cfg` would, as a [`TrainedIn`]; `None`, said on stdout, when there is none.
+fn trained_elsewhere(
+    other: &Suite,
+    entry: &Entry,
+    seed: u64,
+    cfg: &Config,
+    quick: bool,
+) -> Result<Option<TrainedIn>> {
+    let run = default_out(other, quick)
+        .join(&entry.name)
+        .join(format!("seed-{seed}"));
+    let why = if !finished(&run) || !run.join("summary.json").is_file() {
+        "it has not finished there".to_string()
+    } else {
+        let theirs = Config::load(&run.join("config.toml"), &[])?;
+        if training_of(&theirs) == training_of(cfg) {
+            let checkpoint = contrast_train::checkpoint::latest(&run.join("checkpoints"))?;
+            match checkpoint {
+                Some(checkpoint) => {
+                    return Ok(Some(TrainedIn {
+                        summary: read_json(&run, "summary.json")?,
+                        run,
+                        checkpoint,
+                    }));
+                }
+                None => "it kept no checkpoint".to_string(),
+            }
+        } else {
+            format!(
+                "it trained with another configuration ({})",
+                first_difference(&training_of(cfg), &training_of(&theirs))?
+            )
+        }
+    };
+    println!(
+        "{} seed {seed}: not evaluated from {} ({why}); it will be trained here",
+        entry.name,
+        run.display()
+    );
+    Ok(None)
+}
+
+/// The arguments of `xtask eval` on `split` of the run in `dir`, from `checkpoint`
+/// when given (else the run's newest).
+fn eval_args(dir: &Path, checkpoint: Option<&Path>, split: &str) -> Vec<String> {
+    let mut args: Vec<String> = vec!["eval".into(), "--run".into(), dir.display().to_string()];
+    if let Some(c) = checkpoint {
+        args.extend(["--checkpoint".into(), c.display().to_string()]);
+    }
+    args.extend(["--split".into(), split.into()]);
+    args
 }
 
 /// Runs `xtask` with `args` in a child process (its output to `log`), `threads`
@@ -306,9 +517,7 @@ pub fn compare(
     quick: bool,
     only: &[String],
 ) -> Result<()> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("cannot read suite {}", file.display()))?;
-    let mut suite: Suite = toml::from_str(&text).with_context(|| format!("{}", file.display()))?;
+    let mut suite = read_suite(file)?;
     if let Some(unknown) = only
         .iter()
         .find(|name| !suite.run.iter().any(|r| &r.name == *name))
@@ -339,13 +548,9 @@ pub fn compare(
     if seeds == 0 {
         bail!("--seeds 0: at least one seed is needed (three to call anything beyond noise)");
     }
-    let out = out.map(Path::to_path_buf).unwrap_or_else(|| {
-        PathBuf::from("runs").join(format!(
-            "compare-{}{}",
-            suite.name,
-            if quick { "-quick" } else { "" }
-        ))
-    });
+    let out = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| default_out(&suite, quick));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     if quick {
         println!("--quick: a tiny budget that tests the machinery; its numbers make no claims");
@@ -357,16 +562,28 @@ pub fn compare(
         suite.records = None;
     }
     let records = suite.records.clone();
-    let finished =
-        |dir: &Path| dir.join("summary.json").is_file() && dir.join("eval.json").is_file();
+    let here = Path::new("");
+    let elsewhere = trained_in_suites(&suite, file, quick, here)?;
     // Each (entry, seed): its result when a run directory or a record holds it.
     let mut results: Vec<(String, u64, Option<RunResult>)> = Vec::new();
+    // Each (entry, seed) to run: its directory, its configuration, and the other
+    // suite's run to evaluate instead of training, if any.
     let mut pending = Vec::new();
     for entry in &suite.run {
         for seed in 0..seeds as u64 {
             let dir = out.join(&entry.name).join(format!("seed-{seed}"));
+            let cfg = resolved(entry, &overrides(&suite, entry, seed, quick), here)?;
             let mut found = None;
             if finished(&dir) {
+                let ran = Config::load(&dir.join("config.toml"), &[])?;
+                if ran != cfg {
+                    bail!(
+                        "{} ran another configuration than {} seed {seed} would now ({}); move it away, or pass another --out, to train it again",
+                        dir.display(),
+                        entry.name,
+                        first_difference(&ran, &cfg)?
+                    );
+                }
                 println!("{} seed {seed}: reused {}", entry.name, dir.display());
                 let result = read_result(&entry.name, seed, &dir)?;
                 if let Some(records) = &records {
@@ -382,40 +599,62 @@ pub fn compare(
                 }
             }
             if found.is_none() {
-                pending.push((entry.clone(), seed, dir));
+                let source = match elsewhere.iter().find(|(name, _)| *name == entry.name) {
+                    Some((_, other)) => trained_elsewhere(other, entry, seed, &cfg, quick)?,
+                    None => None,
+                };
+                pending.push((entry.clone(), seed, dir, cfg, source));
             }
             results.push((entry.name.clone(), seed, found));
         }
     }
     let total = pending.len();
-    let mut running: Vec<(Entry, u64, PathBuf, std::process::Child)> = Vec::new();
+    let mut running = Vec::new();
     let mut done = 0;
     let mut queue = pending.into_iter();
     loop {
         while running.len() < jobs {
-            let Some((entry, seed, dir)) = queue.next() else {
+            let Some((entry, seed, dir, cfg, source)) = queue.next() else {
                 break;
             };
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir)?;
-            let mut args = vec![
-                "train".to_string(),
-                "--config".into(),
-                entry.config.display().to_string(),
-                "--out".into(),
-                dir.display().to_string(),
-            ];
-            for s in overrides(&suite, &entry, seed, quick) {
-                args.push("--set".into());
-                args.push(s);
-            }
+            let args = match &source {
+                // Another suite's run: its checkpoint evaluated on the validation
+                // split first (the test split follows, as for a run trained here).
+                Some(t) => {
+                    std::fs::write(dir.join("config.toml"), cfg.to_toml()?)?;
+                    write_json(&dir.join(TRAINED_IN), t)?;
+                    println!(
+                        "{} seed {seed}: evaluating {} (trained in {})",
+                        entry.name,
+                        t.checkpoint.display(),
+                        t.run.display()
+                    );
+                    eval_args(&dir, Some(&t.checkpoint), "validation")
+                }
+                None => {
+                    let mut args = vec![
+                        "train".to_string(),
+                        "--config".into(),
+                        entry.config.display().to_string(),
+                        "--out".into(),
+                        dir.display().to_string(),
+                    ];
+                    for s in overrides(&suite, &entry, seed, quick) {
+                        args.push("--set".into());
+                        args.push(s);
+                    }
+                    args
+                }
+            };
             let c = child(&args, &dir.join("compare.log"), threads)?;
-            running.push((entry, seed, dir, c));
+            running.push((entry, seed, dir, source, c));
         }
         if running.is_empty() {
             break;
         }
-        let (entry, seed, dir, mut c) = running.remove(0);
+        let (entry, seed, dir, source, mut c) = running.remove(0);
         let status = c.wait()?;
         if !status.success() {
             bail!(
@@ -424,12 +663,16 @@ pub fn compare(
                 dir.join("compare.log").display()
             );
         }
-        let eval_args: Vec<String> = ["eval", "--run"]
-            .iter()
-            .map(|s| s.to_string())
-            .chain([dir.display().to_string()])
-            .collect();
-        let status = child(&eval_args, &dir.join("eval.log"), threads * jobs)?.wait()?;
+        let checkpoint = source.as_ref().map(|t| t.checkpoint.as_path());
+        if checkpoint.is_some() {
+            std::fs::rename(dir.join("eval.json"), dir.join(VALIDATION_EVAL))?;
+        }
+        let status = child(
+            &eval_args(&dir, checkpoint, "test"),
+            &dir.join("eval.log"),
+            threads * jobs,
+        )?
+        .wait()?;
         if !status.success() {
             bail!(
                 "evaluating {} failed; see {}",
@@ -718,6 +961,7 @@ mod tests {
             wall_seconds: 400.0,
             commit: Some("abc1234".into()),
             device: "cpu (test)".into(),
+            trained_in: None,
         };
         keep(&records, &suite, entry, 2, &result).unwrap();
         let path = Record::path(&records, "a", 2);
@@ -761,7 +1005,7 @@ mod tests {
     #[test]
     fn every_suite_names_its_baseline_and_its_runs_configure() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut seen = 0;
+        let (mut seen, mut trained_in) = (0, 0);
         for file in std::fs::read_dir(root.join("configs/suites")).unwrap() {
             let path = file.unwrap().path();
             let suite: Suite = toml::from_str(&std::fs::read_to_string(&path).unwrap())
@@ -772,13 +1016,78 @@ mod tests {
                 path.display()
             );
             for entry in &suite.run {
-                let sets: Vec<String> = suite.set.iter().chain(&entry.set).cloned().collect();
-                contrast_train::Config::load(&root.join(&entry.config), &sets)
-                    .unwrap_or_else(|e| panic!("{} entry {}: {e:#}", path.display(), entry.name));
+                resolved(entry, &overrides(&suite, entry, 0, false), &root)
+                    .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
             }
+            // An entry evaluated from another suite's runs trains exactly as there.
+            let elsewhere =
+                trained_in_suites(&suite, &path, false, &root).unwrap_or_else(|e| panic!("{e:#}"));
+            trained_in += elsewhere.len();
             seen += 1;
         }
         assert!(seen >= 5, "{seen} suites");
+        assert!(
+            trained_in >= 4,
+            "{trained_in} entries evaluated from another suite"
+        );
+    }
+
+    #[test]
+    fn trained_in_is_refused_where_this_suite_changes_training() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let tmp = tempfile::tempdir().unwrap();
+        let suite_file = |name: &str, body: &str| {
+            let path = tmp.path().join(format!("{name}.toml"));
+            std::fs::write(
+                &path,
+                format!("name = \"{name}\"\nbaseline = \"simclr\"\n{body}"),
+            )
+            .unwrap();
+            path
+        };
+        let entry = |name: &str, config: &str, extra: &str| {
+            format!("[[run]]\nname = \"{name}\"\nconfig = \"configs/{config}.toml\"\n{extra}\n")
+        };
+        let other = suite_file(
+            "other",
+            &(entry("simclr", "simclr-fmnist", "") + &entry("supcon", "supcon-fmnist", "")),
+        );
+        let from = format!("trained_in = {:?}", other.display().to_string());
+        let check = |body: &str| {
+            let file = suite_file("this", body);
+            let suite = read_suite(&file).unwrap();
+            trained_in_suites(&suite, &file, false, &root).map(|v| v.len())
+        };
+        // Superclasses change only what reads labels: accepted.
+        let merged = "set = ['data.superclasses=[{ name = \"a\", classes = [0, 1, 2, 3, 4] }, { name = \"b\", classes = [5, 6, 7, 8, 9] }]']\n";
+        assert_eq!(
+            check(&(merged.to_string() + &entry("simclr", "simclr-fmnist", &from))).unwrap(),
+            1
+        );
+        // Another temperature trains differently; SupCon reads the labels; the other
+        // suite must hold the entry.
+        let refused = [
+            (
+                entry(
+                    "simclr",
+                    "simclr-fmnist",
+                    &format!("{from}\nset = [\"loss.temperature=0.5\"]"),
+                ),
+                "trains differently",
+            ),
+            (
+                merged.to_string() + &entry("supcon", "supcon-fmnist", &from),
+                "reads class labels",
+            ),
+            (entry("dcl", "dcl-fmnist", &from), "has no entry `dcl`"),
+        ];
+        for (body, expected) in refused {
+            let err = format!("{:#}", check(&body).unwrap_err());
+            assert!(
+                err.contains(expected) && err.contains("trained_in"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
@@ -803,6 +1112,7 @@ mod tests {
             wall_seconds: 10.0,
             commit: Some("abc1234".into()),
             device: "cpu (test)".into(),
+            trained_in: None,
         };
         let results = [
             r("a", 0, 0.80),

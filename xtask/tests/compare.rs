@@ -74,3 +74,102 @@ fn a_quick_suite_runs_compares_and_is_reused() {
         "{err}"
     );
 }
+
+/// Runs compare with `args` in `cwd`, asserting success; its stdout.
+fn compare_in(cwd: &Path, args: &[&str]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .current_dir(cwd)
+        .arg("compare")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    text
+}
+
+/// The one run of a `--seeds 1` comparison in `out`, from its results.json.
+fn only_run(out: &Path) -> serde_json::Value {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let runs = json["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{json}");
+    runs[0].clone()
+}
+
+#[test]
+fn an_entry_trained_in_another_suite_is_evaluated_from_its_checkpoint() {
+    // Suite `a` trains SimCLR; `b` and `c` merge the classes into two superclasses,
+    // `b` evaluating a's run (trained_in) and `c` training its own. SimCLR reads no
+    // labels, so b's figures must be c's exactly: the reuse is only sound because
+    // the training is the same.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let config = root.join("configs/simclr-fmnist.toml");
+    let tmp = tempfile::tempdir().unwrap();
+    let merged = "set = ['data.superclasses=[{ name = \"a\", classes = [0, 2, 4, 6] }, { name = \"b\", classes = [1, 3, 5, 7, 8, 9] }]']";
+    let suite = |name: &str, head: &str, extra: &str| {
+        std::fs::write(
+            tmp.path().join(format!("{name}.toml")),
+            format!(
+                "name = \"{name}\"\nbaseline = \"simclr\"\n{head}\n[[run]]\nname = \"simclr\"\nconfig = {:?}\n{extra}\n",
+                config.display().to_string()
+            ),
+        )
+        .unwrap();
+    };
+    suite("a", "", "");
+    suite("b", merged, "trained_in = \"a.toml\"");
+    suite("c", merged, "");
+    let quick = |name: &str| {
+        compare_in(
+            tmp.path(),
+            &[
+                "--suite",
+                &format!("{name}.toml"),
+                "--quick",
+                "--seeds",
+                "1",
+            ],
+        )
+    };
+    let out = |name: &str| tmp.path().join(format!("runs/compare-{name}-quick"));
+    quick("a");
+    let b = quick("b");
+    assert!(b.contains("evaluating") && b.contains("trained in"), "{b}");
+    let dir = out("b").join("simclr/seed-0");
+    assert!(
+        dir.join("trained-in.json").is_file() && !dir.join("checkpoints").exists(),
+        "b trained instead of evaluating a's checkpoint"
+    );
+    quick("c");
+    let (a, b, c) = (
+        only_run(&out("a")),
+        only_run(&out("b")),
+        only_run(&out("c")),
+    );
+    assert!(b["trained_in"].as_str().unwrap().ends_with("seed-0"), "{b}");
+    for metric in [
+        "validation_knn",
+        "test_knn",
+        "linear",
+        "map_at_r",
+        "uniformity",
+    ] {
+        assert_eq!(b[metric], c[metric], "{metric}: b {b}\nc {c}");
+    }
+    // Two superclasses are easier to tell apart than ten classes.
+    assert!(
+        b["test_knn"].as_f64().unwrap() > a["test_knn"].as_f64().unwrap(),
+        "a {a}\nb {b}"
+    );
+    assert_eq!(
+        b["images_per_sec"], a["images_per_sec"],
+        "a's training stands for b's"
+    );
+    // A second invocation reuses b's run.
+    assert!(quick("b").contains("reused"));
+}
