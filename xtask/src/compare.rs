@@ -131,6 +131,9 @@ pub struct RunResult {
     /// here (an entry's `trained_in`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trained_in: Option<String>,
+    /// The build that evaluated such a run, when known (`commit` is its training's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evaluated_by: Option<String>,
 }
 
 /// A finished run as kept in a suite's `records` directory: what it measured and
@@ -285,6 +288,9 @@ struct TrainedIn {
     /// That run's summary: its throughput, wall time, commit and device stand for
     /// this run's (its label-dependent figures are not read).
     summary: Summary,
+    /// The build (`git` commit) that evaluated it here, when known.
+    #[serde(default)]
+    evaluated_by: Option<String>,
 }
 
 const TRAINED_IN: &str = "trained-in.json";
@@ -352,6 +358,7 @@ fn read_result(entry: &str, seed: u64, dir: &Path) -> Result<RunResult> {
         wall_seconds: summary.wall_seconds,
         commit: summary.commit,
         device: summary.device,
+        evaluated_by: trained_in.as_ref().and_then(|t| t.evaluated_by.clone()),
         trained_in: trained_in.map(|t| t.run.display().to_string()),
     })
 }
@@ -371,14 +378,33 @@ fn training_of(cfg: &Config) -> Config {
     cfg
 }
 
-/// The first line where two configurations differ as TOML, for messages.
-fn first_difference(a: &Config, b: &Config) -> Result<String> {
-    let (a, b) = (a.to_toml()?, b.to_toml()?);
-    Ok(a.lines()
-        .zip(b.lines())
-        .find(|(x, y)| x != y)
-        .map(|(x, y)| format!("`{x}` against `{y}`"))
-        .unwrap_or_else(|| "a key present in only one".into()))
+/// The first key where configuration `here` differs from `there`, as `key: here's
+/// value, there's value` (`-` where a side lacks the key), for messages.
+fn first_difference(here: &Config, there: &Config) -> Result<String> {
+    fn walk(path: &str, a: Option<&toml::Value>, b: Option<&toml::Value>) -> Option<String> {
+        match (a, b) {
+            (Some(toml::Value::Table(a)), Some(toml::Value::Table(b))) => {
+                let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                keys.into_iter().find_map(|k| {
+                    let key = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(&key, a.get(k), b.get(k))
+                })
+            }
+            (a, b) if a == b => None,
+            (a, b) => {
+                let show = |v: Option<&toml::Value>| v.map_or("-".to_string(), |v| v.to_string());
+                Some(format!("`{path}`: {} here, {} there", show(a), show(b)))
+            }
+        }
+    }
+    let (a, b) = (toml::Value::try_from(here)?, toml::Value::try_from(there)?);
+    Ok(walk("", Some(&a), Some(&b)).unwrap_or_else(|| "no key differs".into()))
 }
 
 /// The default output directory of `suite` (`runs/compare-<name>[-quick]`).
@@ -428,6 +454,11 @@ fn trained_in_suites(
                 readers.join(" and ")
             );
         }
+        if cfg.data.validation.is_none() {
+            bail!(
+                "{at}: the suite sets no data.validation, and a run evaluated from another suite's checkpoint reads its validation kNN there"
+            );
+        }
         let theirs = resolved(twin, &overrides(&other, twin, 0, quick), root)?;
         if training_of(&cfg) != training_of(&theirs) {
             bail!(
@@ -455,7 +486,7 @@ fn trained_elsewhere(
         .join(&entry.name)
         .join(format!("seed-{seed}"));
     let why = if !finished(&run) || !run.join("summary.json").is_file() {
-        "it has not finished there".to_string()
+        "no finished run directory with a summary.json there".to_string()
     } else {
         let theirs = Config::load(&run.join("config.toml"), &[])?;
         if training_of(&theirs) == training_of(cfg) {
@@ -466,6 +497,7 @@ fn trained_elsewhere(
                         summary: read_json(&run, "summary.json")?,
                         run,
                         checkpoint,
+                        evaluated_by: option_env!("CONTRAST_COMMIT").map(String::from),
                     }));
                 }
                 None => "it kept no checkpoint".to_string(),
@@ -575,13 +607,18 @@ pub fn compare(
             let cfg = resolved(entry, &overrides(&suite, entry, seed, quick), here)?;
             let mut found = None;
             if finished(&dir) {
-                let ran = Config::load(&dir.join("config.toml"), &[])?;
+                let ran = Config::load(&dir.join("config.toml"), &[]).with_context(|| {
+                    format!(
+                        "{} is a finished run whose configuration this build cannot read; move it away, or pass another --out, to train it again",
+                        dir.display()
+                    )
+                })?;
                 if ran != cfg {
                     bail!(
                         "{} ran another configuration than {} seed {seed} would now ({}); move it away, or pass another --out, to train it again",
                         dir.display(),
                         entry.name,
-                        first_difference(&ran, &cfg)?
+                        first_difference(&cfg, &ran)?
                     );
                 }
                 println!("{} seed {seed}: reused {}", entry.name, dir.display());
@@ -768,13 +805,32 @@ fn distinct(results: &[RunResult], f: impl Fn(&RunResult) -> String) -> String {
 pub fn summarise(suite: &Suite, results: &[RunResult], command: &str) -> String {
     let mut s = format!(
         "# Suite `{}`: mean ± standard deviation over seeds\n\n\
-         - command: `{command}`\n- commit: {}\n- machine: {}\n{}\n| entry | seeds |",
+         - command: `{command}`\n- commit: {}\n- machine: {}\n{}{}\n| entry | seeds |",
         suite.name,
         distinct(results, |r| r
             .commit
             .clone()
             .unwrap_or_else(|| "unknown".into())),
         distinct(results, |r| r.device.clone()),
+        {
+            let moved: Vec<RunResult> = results
+                .iter()
+                .filter(|r| r.trained_in.is_some())
+                .cloned()
+                .collect();
+            if moved.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "- {} runs trained in another suite (`trained_in`), evaluated here by: {}\n",
+                    moved.len(),
+                    distinct(&moved, |r| r
+                        .evaluated_by
+                        .clone()
+                        .unwrap_or_else(|| "unknown".into()))
+                )
+            }
+        },
         suite
             .records
             .as_ref()
@@ -962,6 +1018,7 @@ mod tests {
             commit: Some("abc1234".into()),
             device: "cpu (test)".into(),
             trained_in: None,
+            evaluated_by: None,
         };
         keep(&records, &suite, entry, 2, &result).unwrap();
         let path = Record::path(&records, "a", 2);
@@ -1053,6 +1110,18 @@ mod tests {
             &(entry("simclr", "simclr-fmnist", "") + &entry("supcon", "supcon-fmnist", "")),
         );
         let from = format!("trained_in = {:?}", other.display().to_string());
+        // The default config without its validation split.
+        let bare = tmp.path().join("bare.toml");
+        let text = std::fs::read_to_string(root.join("configs/simclr-fmnist.toml")).unwrap();
+        let kept: Vec<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with("validation ="))
+            .collect();
+        assert!(
+            kept.len() < text.lines().count(),
+            "no validation line to drop"
+        );
+        std::fs::write(&bare, kept.join("\n")).unwrap();
         let check = |body: &str| {
             let file = suite_file("this", body);
             let suite = read_suite(&file).unwrap();
@@ -1073,13 +1142,29 @@ mod tests {
                     "simclr-fmnist",
                     &format!("{from}\nset = [\"loss.temperature=0.5\"]"),
                 ),
-                "trains differently",
+                "trains differently from",
+            ),
+            (
+                entry(
+                    "simclr",
+                    "simclr-fmnist",
+                    &format!("{from}\nset = [\"loss.temperature=0.5\"]"),
+                ),
+                "`loss.temperature`: 0.5 here, 0.2 there",
             ),
             (
                 merged.to_string() + &entry("supcon", "supcon-fmnist", &from),
                 "reads class labels",
             ),
             (entry("dcl", "dcl-fmnist", &from), "has no entry `dcl`"),
+            // Without a validation split there is no validation kNN to evaluate.
+            (
+                format!(
+                    "[[run]]\nname = \"simclr\"\nconfig = {:?}\n{from}\n",
+                    bare.display().to_string()
+                ),
+                "no data.validation",
+            ),
         ];
         for (body, expected) in refused {
             let err = format!("{:#}", check(&body).unwrap_err());
@@ -1113,6 +1198,7 @@ mod tests {
             commit: Some("abc1234".into()),
             device: "cpu (test)".into(),
             trained_in: None,
+            evaluated_by: None,
         };
         let results = [
             r("a", 0, 0.80),
