@@ -3,27 +3,20 @@
 //! invocation reuses the runs. Needs Fashion-MNIST.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
-fn run(out: &Path, extra: &[&str]) -> std::process::Output {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+/// Runs `xtask compare ARGS` in `cwd`.
+fn run_in(cwd: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .current_dir(&root)
-        .args([
-            "compare",
-            "--suite",
-            "configs/suites/smoke.toml",
-            "--quick",
-            "--out",
-        ])
-        .arg(out)
-        .args(extra)
+        .current_dir(cwd)
+        .arg("compare")
+        .args(args)
         .output()
         .unwrap()
 }
 
-fn compare(out: &Path, extra: &[&str]) -> String {
-    let o = run(out, extra);
+/// The stdout of a run that must have succeeded.
+fn succeeded(o: Output) -> String {
     let text = String::from_utf8_lossy(&o.stdout).into_owned();
     assert!(
         o.status.success(),
@@ -31,6 +24,24 @@ fn compare(out: &Path, extra: &[&str]) -> String {
         String::from_utf8_lossy(&o.stderr)
     );
     text
+}
+
+/// The quick smoke suite into `out`, from the repository root.
+fn run(out: &Path, extra: &[&str]) -> Output {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = out.to_str().unwrap();
+    let args = [
+        "--suite",
+        "configs/suites/smoke.toml",
+        "--quick",
+        "--out",
+        out,
+    ];
+    run_in(&root, &[&args[..], extra].concat())
+}
+
+fn compare(out: &Path, extra: &[&str]) -> String {
+    succeeded(run(out, extra))
 }
 
 #[test]
@@ -75,23 +86,6 @@ fn a_quick_suite_runs_compares_and_is_reused() {
     );
 }
 
-/// Runs compare with `args` in `cwd`, asserting success; its stdout.
-fn compare_in(cwd: &Path, args: &[&str]) -> String {
-    let o = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .current_dir(cwd)
-        .arg("compare")
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&o.stdout).into_owned();
-    assert!(
-        o.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    text
-}
-
 /// The one run of a `--seeds 1` comparison in `out`, from its results.json.
 fn only_run(out: &Path) -> serde_json::Value {
     let json: serde_json::Value =
@@ -125,7 +119,7 @@ fn an_entry_trained_in_another_suite_is_evaluated_from_its_checkpoint() {
     suite("b", merged, "trained_in = \"a.toml\"");
     suite("c", merged, "");
     let quick = |name: &str| {
-        compare_in(
+        succeeded(run_in(
             tmp.path(),
             &[
                 "--suite",
@@ -134,7 +128,7 @@ fn an_entry_trained_in_another_suite_is_evaluated_from_its_checkpoint() {
                 "--seeds",
                 "1",
             ],
-        )
+        ))
     };
     let out = |name: &str| tmp.path().join(format!("runs/compare-{name}-quick"));
     quick("a");
