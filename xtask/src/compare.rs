@@ -548,8 +548,12 @@ pub fn compare(
     out: Option<&Path>,
     quick: bool,
     only: &[String],
+    baseline: Option<&str>,
 ) -> Result<()> {
     let mut suite = read_suite(file)?;
+    if let Some(b) = baseline {
+        suite.baseline = b.to_string();
+    }
     if let Some(unknown) = only
         .iter()
         .find(|name| !suite.run.iter().any(|r| &r.name == *name))
@@ -571,9 +575,14 @@ pub fn compare(
     }
     if !suite.run.iter().any(|r| r.name == suite.baseline) {
         bail!(
-            "{}: baseline `{}` is not the name of a [[run]]",
+            "{}: baseline `{}`{} is not the name of a [[run]]",
             file.display(),
-            suite.baseline
+            suite.baseline,
+            if baseline.is_some() {
+                " (--baseline)"
+            } else {
+                ""
+            }
         );
     }
     let seeds = seeds.unwrap_or(if quick { 2 } else { suite.seeds });

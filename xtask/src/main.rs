@@ -159,6 +159,10 @@ enum Command {
         /// suite across invocations or machines, or to table the entries done so far.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Compare with this entry instead of the suite's baseline (e.g. SimCLR at
+        /// another method's temperature); with --only, it is kept like the baseline.
+        #[arg(long)]
+        baseline: Option<String>,
     },
     /// Benchmarks: `kernels` (similarity hot path against the plain candle path and sgemm).
     Bench {
@@ -571,7 +575,16 @@ fn main() {
             out,
             quick,
             only,
-        } => compare::compare(&suite, seeds, jobs, out.as_deref(), quick, &only),
+            baseline,
+        } => compare::compare(
+            &suite,
+            seeds,
+            jobs,
+            out.as_deref(),
+            quick,
+            &only,
+            baseline.as_deref(),
+        ),
         Command::Fuzz { runs, seed, target } => {
             fuzz::fuzz(Path::new("."), runs, seed, target.as_deref())
         }

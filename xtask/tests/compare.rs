@@ -78,6 +78,18 @@ fn a_quick_suite_runs_compares_and_is_reused() {
     // --only keeps the baseline: both entries' runs are reused.
     let only = compare(out.path(), &["--only", "dcl"]);
     assert_eq!(only.matches("reused").count(), 4, "{only}");
+    // Another baseline: the pairs turn round (dcl's differences from simclr, negated).
+    let flipped = compare(out.path(), &["--baseline", "dcl"]);
+    assert!(
+        flipped.contains("Paired differences from `dcl`") && flipped.contains("| simclr |"),
+        "{flipped}"
+    );
+    let o = run(out.path(), &["--baseline", "dlc"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("`dlc` (--baseline)"),
+        "{err}"
+    );
     let o = run(out.path(), &["--only", "dlc"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
