@@ -22,7 +22,10 @@
 //!
 //! Each (entry, seed) trains in its own process into `OUT/<entry>/seed-<s>/` and is
 //! evaluated on the test split (`eval.json`); a run whose `summary.json` and
-//! `eval.json` exist is reused, so a suite can be split across invocations.
+//! `eval.json` exist is reused, so a suite can be split across invocations. A run
+//! that stopped part way (the session ended, the process was killed) continues from
+//! its newest checkpoint with `train --resume` when its `config.toml` is the entry's
+//! configuration, and ends where an uninterrupted run would.
 //!
 //! A suite may also name a `records` directory (`records = "results/default"`,
 //! relative to the working directory like `config`). Every finished run then leaves
@@ -50,9 +53,9 @@
 //! trained here.
 
 use anyhow::{Context, Result, bail};
-use contrast_train::Config;
 use contrast_train::evaluate::EvalReport;
 use contrast_train::metrics::{EpochRecord, Summary, write_json};
+use contrast_train::{Config, checkpoint};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -306,6 +309,16 @@ fn finished(dir: &Path) -> bool {
             || (dir.join(TRAINED_IN).is_file() && dir.join(VALIDATION_EVAL).is_file()))
 }
 
+/// Whether `dir` holds a training run of `cfg` that stopped before it finished (a
+/// session that ended, a killed process) and left a checkpoint to continue from.
+/// Training resumes bit for bit, so continuing it gives the run an uninterrupted
+/// one would; anything else in `dir` (another configuration, no checkpoint, a
+/// damaged pointer) is started over.
+fn interrupted(dir: &Path, cfg: &Config) -> bool {
+    let same = Config::load(&dir.join("config.toml"), &[]).is_ok_and(|ran| ran == *cfg);
+    same && matches!(checkpoint::latest(&dir.join("checkpoints")), Ok(Some(_)))
+}
+
 /// Reads `name` in `dir` as JSON, naming the file when it is missing or damaged.
 fn read_json<T: serde::de::DeserializeOwned>(dir: &Path, name: &str) -> Result<T> {
     let path = dir.join(name);
@@ -490,7 +503,7 @@ fn trained_elsewhere(
     } else {
         let theirs = Config::load(&run.join("config.toml"), &[])?;
         if training_of(&theirs) == training_of(cfg) {
-            let checkpoint = contrast_train::checkpoint::latest(&run.join("checkpoints"))?;
+            let checkpoint = checkpoint::latest(&run.join("checkpoints"))?;
             match checkpoint {
                 Some(checkpoint) => {
                     return Ok(Some(TrainedIn {
@@ -663,8 +676,13 @@ pub fn compare(
             let Some((entry, seed, dir, cfg, source)) = queue.next() else {
                 break;
             };
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir)?;
+            let resume = source.is_none() && interrupted(&dir, &cfg);
+            if resume {
+                println!("{} seed {seed}: resuming {}", entry.name, dir.display());
+            } else {
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir)?;
+            }
             let args = match &source {
                 // Another suite's run: its checkpoint evaluated on the validation
                 // split first (the test split follows, as for a run trained here).
@@ -690,6 +708,9 @@ pub fn compare(
                     for s in overrides(&suite, &entry, seed, quick) {
                         args.push("--set".into());
                         args.push(s);
+                    }
+                    if resume {
+                        args.push("--resume".into());
                     }
                     args
                 }

@@ -84,6 +84,41 @@ fn a_quick_suite_runs_compares_and_is_reused() {
         flipped.contains("Paired differences from `dcl`") && flipped.contains("| simclr |"),
         "{flipped}"
     );
+    // Two runs stopped before they finished: seed 0 of simclr left its checkpoint
+    // and its configuration, and continues from them; seed 1's config.toml says
+    // another seed, so it is trained again from the start. Both end as before.
+    let simclr = out.path().join("simclr");
+    for seed in [0, 1] {
+        for f in ["summary.json", "eval.json"] {
+            std::fs::remove_file(simclr.join(format!("seed-{seed}")).join(f)).unwrap();
+        }
+    }
+    let config = simclr.join("seed-1/config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\nseed = 1\n"), "{text}");
+    std::fs::write(&config, text.replace("\nseed = 1\n", "\nseed = 5\n")).unwrap();
+    let resumed = compare(out.path(), &[]);
+    assert!(
+        resumed.contains("simclr seed 0: resuming") && resumed.matches("resuming").count() == 1,
+        "{resumed}"
+    );
+    let log = |seed: u64| std::fs::read_to_string(simclr.join(format!("seed-{seed}/run.log")));
+    assert!(log(0).unwrap().contains("resuming from"));
+    assert!(!log(1).unwrap().contains("resuming from"));
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap())
+            .unwrap();
+    for (before, after) in runs.iter().zip(again["runs"].as_array().unwrap()) {
+        for key in [
+            "validation_knn",
+            "test_knn",
+            "linear",
+            "map_at_r",
+            "uniformity",
+        ] {
+            assert_eq!(before[key], after[key], "{key}: {before} then {after}");
+        }
+    }
     let o = run(out.path(), &["--baseline", "dlc"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
