@@ -311,9 +311,9 @@ fn finished(dir: &Path) -> bool {
 
 /// Whether `dir` holds a training run of `cfg` that stopped before it finished (a
 /// session that ended, a killed process) and left a checkpoint to continue from.
-/// Training resumes bit for bit, so continuing it gives the run an uninterrupted
-/// one would; anything else in `dir` (another configuration, no checkpoint, a
-/// damaged pointer) is started over.
+/// Training resumes bit for bit, so continuing it gives the result an
+/// uninterrupted run would; anything else in `dir` (another configuration, no
+/// checkpoint, a damaged pointer) is started over.
 fn interrupted(dir: &Path, cfg: &Config) -> bool {
     let same = Config::load(&dir.join("config.toml"), &[]).is_ok_and(|ran| ran == *cfg);
     same && matches!(checkpoint::latest(&dir.join("checkpoints")), Ok(Some(_)))
