@@ -44,6 +44,11 @@ pub struct TrainState {
     /// The epoch in progress when the checkpoint was written mid-epoch.
     #[serde(default)]
     pub partial: Option<PartialEpoch>,
+    /// Wall-clock seconds of the run up to this checkpoint, summed over every process
+    /// that trained it (a resumed run adds its own). Time a killed process spent after
+    /// its last checkpoint is lost with the work it did.
+    #[serde(default)]
+    pub wall_seconds: f64,
 }
 
 /// How far an epoch had got when a mid-epoch checkpoint was written: enough to
@@ -105,6 +110,7 @@ impl TrainState {
             lr_scale: 1.0,
             rollbacks: 0,
             partial: None,
+            wall_seconds: 0.0,
         }
     }
 }

@@ -101,6 +101,8 @@ pub struct Summary {
     pub data_wait_fraction: f64,
     pub train_seconds: f64,
     pub eval_seconds: f64,
+    /// Wall-clock seconds of the whole run, summed over the processes that trained
+    /// it when it was resumed (each up to the checkpoint the next one continued).
     pub wall_seconds: f64,
     /// The device trained on, with its name (`cpu (<model>, N threads)`,
     /// `cuda:0 (<GPU>)`).

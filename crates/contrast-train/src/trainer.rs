@@ -134,7 +134,11 @@ pub struct Trainer {
     eval: Evaluator,
     state: TrainState,
     config_toml: String,
+    /// When this process set the run up.
     started: Instant,
+    /// Wall-clock seconds the run had taken before this process (the resumed
+    /// checkpoint's), so that a resumed run reports its whole wall time.
+    wall_before: f64,
     interrupt: Option<&'static AtomicBool>,
     world: World,
     /// ContrastiveCrop's object boxes, one per training image, once located
@@ -271,6 +275,7 @@ impl Trainer {
             state,
             config_toml,
             started,
+            wall_before: 0.0,
             interrupt: None,
             world,
             boxes: None,
@@ -352,6 +357,12 @@ impl Trainer {
         &self.state
     }
 
+    /// Wall-clock seconds of the run so far: this process's and, after a resume, those
+    /// of the processes before it up to the checkpoint it continued.
+    fn wall_seconds(&self) -> f64 {
+        self.wall_before + self.started.elapsed().as_secs_f64()
+    }
+
     fn checkpoints(&self) -> PathBuf {
         self.out.join("checkpoints")
     }
@@ -390,6 +401,7 @@ impl Trainer {
         match checkpoint::latest(&ckpt_dir)? {
             Some(dir) if resume => {
                 self.load(&dir)?;
+                self.wall_before = self.state.wall_seconds;
                 if self.state.config_toml != self.config_toml {
                     self.log.warn(
                         "note: the configuration differs from the checkpoint's; continuing with the new one",
@@ -759,6 +771,7 @@ impl Trainer {
     /// reads the checkpoint, before it is whole). Returns its directory.
     fn save_checkpoint(&mut self) -> Result<PathBuf> {
         self.state.config_toml = self.config_toml.clone();
+        self.state.wall_seconds = self.wall_seconds();
         let dir = if self.world.is_root() {
             let mut extras = self.method.state()?;
             if let Some(boxes) = &self.boxes {
@@ -902,7 +915,7 @@ impl Trainer {
             data_wait_fraction: state.data_wait_seconds / state.train_seconds.max(1e-9),
             train_seconds: state.train_seconds,
             eval_seconds,
-            wall_seconds: self.started.elapsed().as_secs_f64(),
+            wall_seconds: self.wall_seconds(),
             device: describe(&self.device),
             ops: self.model.ops().name().to_string(),
             precision: self.cfg.train.precision.to_string(),

@@ -173,6 +173,16 @@ fn check_resume(cfg: contrast_train::Config) {
     std::fs::write(split.path().join("checkpoints/latest"), "epoch-0001").unwrap();
     std::fs::remove_dir_all(split.path().join("checkpoints/epoch-0002")).unwrap();
     std::fs::remove_file(split.path().join("summary.json")).unwrap();
+    // The checkpoint carries the wall time so far; a resumed run adds its own to it.
+    // Set it far above anything this test takes, so that the summary shows it.
+    let state_file = split.path().join("checkpoints/epoch-0001/state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    let first = state["wall_seconds"].as_f64().unwrap();
+    assert!(first > 0.0 && first <= full.wall_seconds, "{first}");
+    const EARLIER: f64 = 1.0e6;
+    state["wall_seconds"] = EARLIER.into();
+    std::fs::write(&state_file, state.to_string()).unwrap();
 
     // Without --resume an existing run directory is refused.
     let e = format!(
@@ -193,6 +203,11 @@ fn check_resume(cfg: contrast_train::Config) {
     assert_eq!(full.knn_top1, resumed.knn_top1);
     assert_eq!(full.linear_top1, resumed.linear_top1);
     assert_eq!(resumed.epochs, 2);
+    assert!(
+        resumed.wall_seconds > EARLIER && resumed.wall_seconds < EARLIER + full.wall_seconds * 20.0,
+        "wall time {} s after resuming from a checkpoint {EARLIER} s into the run",
+        resumed.wall_seconds
+    );
     for f in [
         "config.toml",
         "summary.json",
