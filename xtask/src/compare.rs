@@ -209,20 +209,66 @@ fn overrides(suite: &Suite, entry: &Entry, seed: u64, quick: bool) -> Vec<String
         .collect()
 }
 
-/// The metrics compared, by name, as read from a [`RunResult`].
-type Metric = (&'static str, fn(&RunResult) -> Option<f64>);
+/// A metric compared: its column name, how it is read from a [`RunResult`], and the
+/// decimals its mean and spread are printed with (those the spread over seeds
+/// needs, so that a table can stand in docs as written).
+struct Metric {
+    name: &'static str,
+    get: fn(&RunResult) -> Option<f64>,
+    decimals: usize,
+}
 
 const METRICS: [Metric; 10] = [
-    ("validation kNN", |r| r.validation_knn),
-    ("test kNN", |r| r.test_knn),
-    ("linear probe", |r| r.linear),
-    ("MAP@R", |r| r.map_at_r),
-    ("alignment", |r| Some(r.alignment)),
-    ("uniformity", |r| Some(r.uniformity)),
-    ("effective rank", |r| Some(r.effective_rank)),
-    ("false-negative share", |r| r.false_negative_fraction),
-    ("images/s", |r| Some(r.images_per_sec)),
-    ("wall s", |r| Some(r.wall_seconds)),
+    Metric {
+        name: "validation kNN",
+        get: |r| r.validation_knn,
+        decimals: 4,
+    },
+    Metric {
+        name: "test kNN",
+        get: |r| r.test_knn,
+        decimals: 4,
+    },
+    Metric {
+        name: "linear probe",
+        get: |r| r.linear,
+        decimals: 4,
+    },
+    Metric {
+        name: "MAP@R",
+        get: |r| r.map_at_r,
+        decimals: 4,
+    },
+    Metric {
+        name: "alignment",
+        get: |r| Some(r.alignment),
+        decimals: 3,
+    },
+    Metric {
+        name: "uniformity",
+        get: |r| Some(r.uniformity),
+        decimals: 3,
+    },
+    Metric {
+        name: "effective rank",
+        get: |r| Some(r.effective_rank),
+        decimals: 1,
+    },
+    Metric {
+        name: "false-negative share",
+        get: |r| r.false_negative_fraction,
+        decimals: 4,
+    },
+    Metric {
+        name: "images/s",
+        get: |r| Some(r.images_per_sec),
+        decimals: 0,
+    },
+    Metric {
+        name: "wall s",
+        get: |r| Some(r.wall_seconds),
+        decimals: 0,
+    },
 ];
 
 /// Mean and sample standard deviation (0 for one value).
@@ -867,8 +913,8 @@ pub fn summarise(suite: &Suite, results: &[RunResult], command: &str) -> String 
             .map(|r| format!("- records: `{}` (one file per run)\n", r.display()))
             .unwrap_or_default(),
     );
-    for (name, _) in METRICS {
-        s.push_str(&format!(" {name} |"));
+    for metric in &METRICS {
+        s.push_str(&format!(" {} |", metric.name));
     }
     s.push_str(&format!("\n|---|---:|{}\n", "---:|".repeat(METRICS.len())));
     let of =
@@ -876,13 +922,14 @@ pub fn summarise(suite: &Suite, results: &[RunResult], command: &str) -> String 
     for entry in &suite.run {
         let runs = of(&entry.name);
         s.push_str(&format!("| {} | {} |", entry.name, runs.len()));
-        for (_, get) in METRICS {
-            let v: Vec<f64> = runs.iter().filter_map(|r| get(r)).collect();
+        for metric in &METRICS {
+            let v: Vec<f64> = runs.iter().filter_map(|r| (metric.get)(r)).collect();
             if v.is_empty() {
                 s.push_str(" - |");
             } else {
                 let (m, sd) = mean_std(&v);
-                s.push_str(&format!(" {m:.4} ± {sd:.4} |"));
+                let d = metric.decimals;
+                s.push_str(&format!(" {m:.d$} ± {sd:.d$} |"));
             }
         }
         s.push('\n');
@@ -895,8 +942,8 @@ pub fn summarise(suite: &Suite, results: &[RunResult], command: &str) -> String 
     for entry in suite.run.iter().filter(|e| e.name != suite.baseline) {
         let runs = of(&entry.name);
         s.push_str(&format!("| {} |", entry.name));
-        for (_, get) in &METRICS[..HEADLINE] {
-            let d = differences(&base, &runs, *get);
+        for metric in &METRICS[..HEADLINE] {
+            let d = differences(&base, &runs, metric.get);
             if d.is_empty() {
                 s.push_str(" - |");
                 continue;
@@ -933,7 +980,7 @@ fn draw_plots(out: &Path, suite: &Suite, results: &[RunResult]) -> Result<Vec<St
         |entry: &str| -> Vec<&RunResult> { results.iter().filter(|r| r.entry == entry).collect() };
     let base = of(&suite.baseline);
     let mut written = Vec::new();
-    for (name, get) in &METRICS[..HEADLINE] {
+    for Metric { name, get, .. } in &METRICS[..HEADLINE] {
         let slug = name.replace(['@', ' '], "-").to_lowercase();
         let mut means = Vec::new();
         let mut diffs = Vec::new();
@@ -1240,6 +1287,12 @@ mod tests {
         ];
         let md = summarise(&suite, &results, "xtask compare --suite t.toml");
         assert!(md.contains("| a | 3 | 0.8000 ± 0.0100 |"), "{md}");
+        // Each metric at its own precision: alignment, uniformity, effective rank,
+        // false-negative share, images/s, wall seconds.
+        assert!(
+            md.contains("| 0.500 ± 0.000 | -3.000 ± 0.000 | 50.0 ± 0.0 | 0.1000 ± 0.0000 | 1000 ± 0 | 10 ± 0 |"),
+            "{md}"
+        );
         assert!(
             md.contains("command: `xtask compare --suite t.toml`")
                 && md.contains("commit: abc1234")
