@@ -218,57 +218,27 @@ struct Metric {
     decimals: usize,
 }
 
+impl Metric {
+    const fn new(name: &'static str, get: fn(&RunResult) -> Option<f64>, decimals: usize) -> Self {
+        Self {
+            name,
+            get,
+            decimals,
+        }
+    }
+}
+
 const METRICS: [Metric; 10] = [
-    Metric {
-        name: "validation kNN",
-        get: |r| r.validation_knn,
-        decimals: 4,
-    },
-    Metric {
-        name: "test kNN",
-        get: |r| r.test_knn,
-        decimals: 4,
-    },
-    Metric {
-        name: "linear probe",
-        get: |r| r.linear,
-        decimals: 4,
-    },
-    Metric {
-        name: "MAP@R",
-        get: |r| r.map_at_r,
-        decimals: 4,
-    },
-    Metric {
-        name: "alignment",
-        get: |r| Some(r.alignment),
-        decimals: 3,
-    },
-    Metric {
-        name: "uniformity",
-        get: |r| Some(r.uniformity),
-        decimals: 3,
-    },
-    Metric {
-        name: "effective rank",
-        get: |r| Some(r.effective_rank),
-        decimals: 1,
-    },
-    Metric {
-        name: "false-negative share",
-        get: |r| r.false_negative_fraction,
-        decimals: 4,
-    },
-    Metric {
-        name: "images/s",
-        get: |r| Some(r.images_per_sec),
-        decimals: 0,
-    },
-    Metric {
-        name: "wall s",
-        get: |r| Some(r.wall_seconds),
-        decimals: 0,
-    },
+    Metric::new("validation kNN", |r| r.validation_knn, 4),
+    Metric::new("test kNN", |r| r.test_knn, 4),
+    Metric::new("linear probe", |r| r.linear, 4),
+    Metric::new("MAP@R", |r| r.map_at_r, 4),
+    Metric::new("alignment", |r| Some(r.alignment), 3),
+    Metric::new("uniformity", |r| Some(r.uniformity), 3),
+    Metric::new("effective rank", |r| Some(r.effective_rank), 1),
+    Metric::new("false-negative share", |r| r.false_negative_fraction, 4),
+    Metric::new("images/s", |r| Some(r.images_per_sec), 0),
+    Metric::new("wall s", |r| Some(r.wall_seconds), 0),
 ];
 
 /// Mean and sample standard deviation (0 for one value).
