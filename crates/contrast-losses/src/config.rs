@@ -213,6 +213,23 @@ impl LossConfig {
         }
     }
 
+    /// For the debiased losses (debiased, HCL), how many anchors of these inputs have
+    /// their corrected negative term at its floor, where the loss stops repelling
+    /// their negatives ([`crate::debias_floored`]), and out of how many anchors; `None`
+    /// for every other loss. A diagnostic: the inputs are read, not trained.
+    pub fn debias_floored(&self, inputs: LossInputs<'_>) -> Result<Option<(usize, usize)>> {
+        let (t, tau_plus, beta) = match self {
+            LossConfig::Debiased(c) => (c.temperature, c.tau_plus, 0.0),
+            LossConfig::Hcl(c) => (c.temperature, c.tau_plus, c.beta),
+            _ => return Ok(None),
+        };
+        let (a, b) = two(self.name(), inputs.views)?;
+        Ok(Some(match inputs.queue {
+            Some(queue) => crate::hcl_queue_floored(a, b, queue, t, tau_plus, beta)?,
+            None => crate::hcl_floored(a, b, t, tau_plus, beta)?,
+        }))
+    }
+
     /// Computes the scalar loss.
     pub fn compute(&self, inputs: LossInputs<'_>) -> Result<Tensor> {
         let name = self.name();

@@ -2,7 +2,7 @@
 //! al., 2021), both on the two-view SimCLR batch.
 
 use crate::error::{Result, check_same_shape, check_temperature, invalid};
-use crate::generalized::{Debias, generalized_info_nce, one_hot};
+use crate::generalized::{Debias, debias_floored, generalized_info_nce, one_hot};
 use crate::moco::{check_queue, query_logits};
 use crate::sampling::hardness_weights;
 use crate::views::{logits, not_self, stack_normalized};
@@ -87,6 +87,34 @@ pub fn debiased(z1: &Tensor, z2: &Tensor, temperature: f64, tau_plus: f64) -> Re
 /// over each anchor's negatives. `imp` is not detached (as in the code). `beta = 0`
 /// gives [`debiased`].
 pub fn hcl(z1: &Tensor, z2: &Tensor, temperature: f64, tau_plus: f64, beta: f64) -> Result<Tensor> {
+    let (l, targets, weights, d) = hcl_terms(z1, z2, temperature, tau_plus, beta)?;
+    Ok(generalized_info_nce(&l, &targets, Some(&weights), Some(d))?.mean_all()?)
+}
+
+/// Of the `2B` anchors of [`hcl`] (of [`debiased`] at `beta = 0`), how many have their
+/// negative term at its floor ([`debias_floored`]), and how many anchors there are.
+pub fn hcl_floored(
+    z1: &Tensor,
+    z2: &Tensor,
+    temperature: f64,
+    tau_plus: f64,
+    beta: f64,
+) -> Result<(usize, usize)> {
+    let (l, targets, weights, d) = hcl_terms(z1, z2, temperature, tau_plus, beta)?;
+    Ok((debias_floored(&l, &targets, Some(&weights), d)?, l.dim(0)?))
+}
+
+/// The logits `[2B, 2B]`, one-hot targets, candidate weights and correction of [`hcl`]:
+/// the weights are 0 on the anchor itself, 1 on its positive and, on the negatives,
+/// the hardness weights at `beta` (exactly 1 at `beta = 0`, where they are
+/// [`debiased`]'s).
+fn hcl_terms(
+    z1: &Tensor,
+    z2: &Tensor,
+    temperature: f64,
+    tau_plus: f64,
+    beta: f64,
+) -> Result<(Tensor, Tensor, Tensor, Debias)> {
     check_tau_plus(tau_plus)?;
     let (l, targets, not_self) = batch(z1, z2, temperature)?;
     // Negatives: not the anchor, not its positive.
@@ -96,7 +124,7 @@ pub fn hcl(z1: &Tensor, z2: &Tensor, temperature: f64, tau_plus: f64, beta: f64)
         tau_plus,
         temperature,
     };
-    Ok(generalized_info_nce(&l, &targets, Some(&weights), Some(d))?.mean_all()?)
+    Ok((l, targets, weights, d))
 }
 
 /// HCL with MoCo's candidates: query `q` and key `k` `[B, D]` (raw), negatives from
@@ -112,6 +140,34 @@ pub fn hcl_queue(
     tau_plus: f64,
     beta: f64,
 ) -> Result<Tensor> {
+    let (l, targets, weights, d) = hcl_queue_terms(q, k, queue, temperature, tau_plus, beta)?;
+    Ok(generalized_info_nce(&l, &targets, Some(&weights), Some(d))?.mean_all()?)
+}
+
+/// Of the `B` queries of [`hcl_queue`], how many have their negative term at its floor
+/// ([`debias_floored`]), and how many queries there are.
+pub fn hcl_queue_floored(
+    q: &Tensor,
+    k: &Tensor,
+    queue: &Tensor,
+    temperature: f64,
+    tau_plus: f64,
+    beta: f64,
+) -> Result<(usize, usize)> {
+    let (l, targets, weights, d) = hcl_queue_terms(q, k, queue, temperature, tau_plus, beta)?;
+    Ok((debias_floored(&l, &targets, Some(&weights), d)?, l.dim(0)?))
+}
+
+/// The logits `[B, 1 + K]` (positive first), targets, weights and correction of
+/// [`hcl_queue`].
+fn hcl_queue_terms(
+    q: &Tensor,
+    k: &Tensor,
+    queue: &Tensor,
+    temperature: f64,
+    tau_plus: f64,
+    beta: f64,
+) -> Result<(Tensor, Tensor, Tensor, Debias)> {
     let (b, d) = check_same_shape("q", q, "k", k)?;
     let kq = check_queue(queue, d)?;
     check_temperature("temperature", temperature)?;
@@ -124,5 +180,5 @@ pub fn hcl_queue(
         tau_plus,
         temperature,
     };
-    Ok(generalized_info_nce(&l, &targets, Some(&weights), Some(d))?.mean_all()?)
+    Ok((l, targets, weights, d))
 }

@@ -90,13 +90,21 @@ pub fn weighted_logsumexp(logits: &Tensor, weights: Option<&Tensor>) -> Result<T
     Ok((sum.log()? + max)?.squeeze(D::Minus1)?)
 }
 
-/// `log D_i` with the debiasing correction.
-fn debiased_log_denominator(
+/// The debiased denominator's parts per anchor `[B]`, each scaled by `e^(-max)`: the
+/// positive sum `P_i`, the corrected negative sum, and its floor `N_i e^(-1/t)`.
+struct DebiasedTerms {
+    max: Tensor,
+    pos_sum: Tensor,
+    corrected: Tensor,
+    floor: Tensor,
+}
+
+fn debiased_terms(
     logits: &Tensor,
     targets: &Tensor,
     weights: Option<&Tensor>,
     d: Debias,
-) -> Result<Tensor> {
+) -> Result<DebiasedTerms> {
     if !(0.0..1.0).contains(&d.tau_plus) {
         return Err(invalid(
             "tau_plus",
@@ -127,8 +135,46 @@ fn debiased_log_denominator(
     let corrected = ((neg_sum - ((pos_mean * &n_neg)? * d.tau_plus)?)? / (1.0 - d.tau_plus))?;
     let max = max.squeeze(D::Minus1)?;
     let floor = ((max.neg()? - 1.0 / d.temperature)?.exp()? * n_neg)?.detach();
-    let clamped = corrected.gt(&floor)?.where_cond(&corrected, &floor)?;
-    Ok(((pos_sum + clamped)?.log()? + max)?)
+    Ok(DebiasedTerms {
+        max,
+        pos_sum,
+        corrected,
+        floor,
+    })
+}
+
+/// `log D_i` with the debiasing correction.
+fn debiased_log_denominator(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: Option<&Tensor>,
+    d: Debias,
+) -> Result<Tensor> {
+    let t = debiased_terms(logits, targets, weights, d)?;
+    let clamped = t
+        .corrected
+        .gt(&t.floor)?
+        .where_cond(&t.corrected, &t.floor)?;
+    Ok(((t.pos_sum + clamped)?.log()? + t.max)?)
+}
+
+/// How many anchors of `logits` `[B, N]` have their debiased negative term at its
+/// floor `N_i e^(-1/t)`: the corrected sum `(G_i - tau+ N_i mean_p exp(l_ip)) / (1 -
+/// tau+)` is at or below it. Such an anchor's loss has no gradient towards its
+/// negatives (the floor is a constant), so it only pulls its positives: a share near
+/// 1 means the correction has switched the repulsion off. Arguments as
+/// [`generalized_info_nce`]; with `tau+ = 0` the count is 0 unless every negative
+/// sits at cosine -1.
+pub fn debias_floored(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: Option<&Tensor>,
+    d: Debias,
+) -> Result<usize> {
+    check_same("targets", targets, logits)?;
+    let t = debiased_terms(logits, targets, weights, d)?;
+    let at_floor = t.corrected.le(&t.floor)?.to_dtype(DType::F32)?;
+    Ok(at_floor.sum_all()?.to_scalar::<f32>()? as usize)
 }
 
 /// Per-anchor generalised InfoNCE `[B]` from scaled `logits` `[B, N]`, positive

@@ -72,11 +72,13 @@ pub mod views;
 pub use align_uniform::{alignment, uniformity};
 pub use ascl::{AsclConfig, AsclTargets, ascl};
 pub use config::{LossConfig, LossInputs};
-pub use debiased::{DebiasedConfig, HclConfig, debiased, hcl, hcl_queue};
+pub use debiased::{
+    DebiasedConfig, HclConfig, debiased, hcl, hcl_floored, hcl_queue, hcl_queue_floored,
+};
 pub use decoupled::{DecoupledConfig, DecoupledWeightedConfig, decoupled, decoupled_weighted};
 pub use error::{LossError, Result};
 pub use fnc::{FalseNegatives, FncConfig, fnc};
-pub use generalized::{Debias, generalized_info_nce, one_hot, weighted_logsumexp};
+pub use generalized::{Debias, debias_floored, generalized_info_nce, one_hot, weighted_logsumexp};
 pub use invariance_propagation::{
     InvPConfig, InvPOutput, invariance_propagation, ramp, refreshed_neighbours,
 };

@@ -3,7 +3,7 @@
 use candle_core::{DType, Device, Tensor, Var};
 use contrast_losses::{
     Cancellation, FncConfig, LossError, debiased, decoupled, fnc, generalized_info_nce, hcl,
-    nt_xent, one_hot, supcon,
+    hcl_floored, hcl_queue_floored, nt_xent, one_hot, supcon,
 };
 use contrast_testing::{scalar, uniform_tensor};
 use proptest::prelude::*;
@@ -31,6 +31,20 @@ proptest! {
     fn hcl_with_zero_beta_is_debiased(seed in any::<u64>(), b in 2usize..9, t in 0.05f64..1.0, tp in 0.0f64..0.5) {
         let (z1, z2) = (uniform(seed, (b, 6)), uniform(seed ^ 2, (b, 6)));
         prop_assert!(close(scalar(&hcl(&z1, &z2, t, tp, 0.0).unwrap()), scalar(&debiased(&z1, &z2, t, tp).unwrap())));
+    }
+
+    #[test]
+    fn floored_anchors_agree_with_a_count_by_hand(seed in any::<u64>(), b in 2usize..9, d in 2usize..9, t in 0.1f64..1.0, tp in 0.0f64..0.6, beta in 0.0f64..2.0, near in 0.0f64..1.0) {
+        // `near` pulls the second view onto the first: high positive similarities put
+        // some anchors' corrected sums under the floor, and others not.
+        let (z1, z2) = (uniform(seed, (b, d)), uniform(seed ^ 4, (b, d)));
+        let z2 = ((&z1 * near).unwrap() + (&z2 * (1.0 - near)).unwrap()).unwrap();
+        let (got, anchors) = hcl_floored(&z1, &z2, t, tp, beta).unwrap();
+        prop_assert_eq!(anchors, 2 * b);
+        let (surely, possibly) = floored_by_hand(&z1, &z2, t, tp, beta);
+        prop_assert!((surely..=possibly).contains(&got), "{} not in [{}, {}]", got, surely, possibly);
+        // Without a prior the corrected sum is the plain one, at least N e^(-1/t).
+        prop_assert_eq!(hcl_floored(&z1, &z2, t, 0.0, beta).unwrap().0, 0);
     }
 
     #[test]
@@ -86,6 +100,88 @@ proptest! {
 
 /// Loss and gradient at temperature 0.05 on nearly identical embeddings: finite, and
 /// the gradient equals central differences.
+/// The anchors of two-view HCL whose corrected negative sum is at or under the floor,
+/// counted in f64 from the raw views with the formula itself: per anchor `i` with
+/// positive `p` and the `N = 2B - 2` others as negatives, `l = cos / t`, weights
+/// `w = e^(beta l) / mean e^(beta l)`, corrected `(sum w e^l - tau+ N e^(l_p)) / (1 -
+/// tau+)` against `N e^(-1/t)`. Returns the count with a relative margin of 1e-6 each
+/// way (surely under, possibly under), so that rounding cannot make the test flaky.
+fn floored_by_hand(z1: &Tensor, z2: &Tensor, t: f64, tau_plus: f64, beta: f64) -> (usize, usize) {
+    let rows: Vec<Vec<f64>> = Tensor::cat(&[z1, z2], 0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let unit: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|r| {
+            let n = r.iter().map(|x| x * x).sum::<f64>().sqrt();
+            r.iter().map(|x| x / n).collect()
+        })
+        .collect();
+    let (n2, b) = (unit.len(), unit.len() / 2);
+    let l = |i: usize, j: usize| {
+        unit[i]
+            .iter()
+            .zip(&unit[j])
+            .map(|(a, b)| a * b)
+            .sum::<f64>()
+            / t
+    };
+    let (mut surely, mut possibly) = (0, 0);
+    for i in 0..n2 {
+        let p = (i + b) % n2;
+        let neg: Vec<usize> = (0..n2).filter(|&j| j != i && j != p).collect();
+        let n = neg.len() as f64;
+        let mean_imp = neg.iter().map(|&j| (beta * l(i, j)).exp()).sum::<f64>() / n;
+        let sum: f64 = neg
+            .iter()
+            .map(|&j| (beta * l(i, j)).exp() / mean_imp * l(i, j).exp())
+            .sum();
+        let corrected = (sum - tau_plus * n * l(i, p).exp()) / (1.0 - tau_plus);
+        let floor = n * (-1.0 / t).exp();
+        surely += (corrected <= floor - 1e-6 * floor.abs().max(sum)) as usize;
+        possibly += (corrected <= floor + 1e-6 * floor.abs().max(sum)) as usize;
+    }
+    (surely, possibly)
+}
+
+#[test]
+fn floor_holds_exactly_where_the_prior_outweighs_the_negatives() {
+    // Four images, each view the same axis (positive cosine 1), every other image
+    // orthogonal (cosine 0). At t = 0.5 each anchor's corrected sum is
+    // N (1 - tau+ e^2) / (1 - tau+) against the floor N e^-2: under it for tau+ = 0.3
+    // (1 - 2.2 < 0), over it for tau+ = 0.1 (0.29 > 0.135).
+    let z = Tensor::eye(4, DType::F64, &Device::Cpu).unwrap();
+    assert_eq!(hcl_floored(&z, &z, 0.5, 0.3, 0.0).unwrap(), (8, 8));
+    assert_eq!(hcl_floored(&z, &z, 0.5, 0.1, 0.0).unwrap(), (0, 8));
+    assert_eq!(hcl_floored(&z, &z, 0.5, 0.3, 1.0).unwrap(), (8, 8));
+    // The queue form: four queries and keys on the first four axes, a queue of eight
+    // entries on the other four, so the same sums with N = 8.
+    let q = Tensor::eye(8, DType::F64, &Device::Cpu)
+        .unwrap()
+        .narrow(0, 0, 4)
+        .unwrap();
+    let back = Tensor::eye(8, DType::F64, &Device::Cpu)
+        .unwrap()
+        .narrow(0, 4, 4)
+        .unwrap();
+    let queue = Tensor::cat(&[&back, &back], 0).unwrap();
+    assert_eq!(
+        hcl_queue_floored(&q, &q, &queue, 0.5, 0.3, 0.0).unwrap(),
+        (4, 4)
+    );
+    assert_eq!(
+        hcl_queue_floored(&q, &q, &queue, 0.5, 0.1, 0.0).unwrap(),
+        (0, 4)
+    );
+    // Collapse: every embedding the same, so the negatives are as close as the
+    // positive and the corrected sum is N e^(1/t), far over the floor.
+    let ones = Tensor::ones((4, 3), DType::F64, &Device::Cpu).unwrap();
+    assert_eq!(hcl_floored(&ones, &ones, 0.5, 0.5, 1.0).unwrap(), (0, 8));
+}
+
 #[test]
 fn stable_at_low_temperature_with_near_duplicates() {
     let base = uniform(9, (1, 8));

@@ -25,6 +25,12 @@ pub struct Diagnostics {
     true_false_negatives: u64,
     neighbours: u64,
     neighbours_agreeing: u64,
+    /// Anchors of a debiased loss (debiased, HCL), and those whose corrected negative
+    /// term sat at its floor (absent from checkpoints written before they were kept).
+    #[serde(default)]
+    debias_anchors: u64,
+    #[serde(default)]
+    debias_floored: u64,
 }
 
 /// The epoch's figures (keys of `metrics.jsonl`).
@@ -44,6 +50,11 @@ pub struct DiagnosticsSummary {
     /// Share of nearest-neighbour positives (NNCLR) with the anchor's label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nn_positive_precision: Option<f64>,
+    /// Share of a debiased loss's anchors whose corrected negative term sat at its
+    /// floor `N e^(-1/t)`, so that the loss did not push their negatives away
+    /// (`contrast_losses::debias_floored`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debias_floor_share: Option<f64>,
 }
 
 impl Diagnostics {
@@ -67,6 +78,13 @@ impl Diagnostics {
                 self.identification(&found[i], plan.candidates, is_fn);
             }
         }
+    }
+
+    /// Counts one labelled batch of a debiased loss: `floored` of its `anchors` had
+    /// their negative term at the floor.
+    pub fn add_debias_floor(&mut self, floored: usize, anchors: usize) {
+        self.debias_anchors += anchors as u64;
+        self.debias_floored += floored as u64;
     }
 
     /// Counts one anchor's identified candidates against the `is_fn` truth over its
@@ -153,6 +171,7 @@ impl Diagnostics {
                 None
             },
             nn_positive_precision: ratio(self.neighbours_agreeing, self.neighbours),
+            debias_floor_share: ratio(self.debias_floored, self.debias_anchors),
         })
     }
 }

@@ -65,7 +65,7 @@ pub mod queue;
 pub use batch::MiningBatch;
 pub use diagnostics::{Diagnostics, DiagnosticsSummary};
 pub use error::{MiningError, Result};
-pub use loss::mined_info_nce;
+pub use loss::{mined_debias_floored, mined_info_nce};
 pub use plan::MiningPlan;
 pub use policy::{
     ClusterMode, OnlineKMeans, Pipeline, Policy, PolicyConfig, PositiveChoice, QueueNeeds,

@@ -5,7 +5,7 @@ use crate::plan::MiningPlan;
 use candle_core::{D, Tensor};
 use contrast_kernels::l2_normalize;
 use contrast_losses::sampling::hardness_weights;
-use contrast_losses::{Debias, generalized_info_nce};
+use contrast_losses::{Debias, debias_floored, generalized_info_nce};
 
 /// The loss of `plan` for raw `anchors` `[B, D]` and `candidates` `[N, D]` (the same
 /// tensor in-batch; both normalised here), at `temperature`. Positives share each
@@ -19,6 +19,46 @@ pub fn mined_info_nce(
     plan: &MiningPlan,
     temperature: f64,
 ) -> Result<Tensor> {
+    let (logits, targets, weights) = plan_terms(anchors, candidates, plan, temperature)?;
+    let debias = debias(plan, temperature);
+    Ok(generalized_info_nce(&logits, &targets, Some(&weights), debias)?.mean_all()?)
+}
+
+/// For a plan that debiases (the `debias` policy), how many of its anchors have their
+/// corrected negative term at its floor ([`contrast_losses::debias_floored`]), and
+/// out of how many anchors; `None` for a plan that does not. Arguments as
+/// [`mined_info_nce`].
+pub fn mined_debias_floored(
+    anchors: &Tensor,
+    candidates: &Tensor,
+    plan: &MiningPlan,
+    temperature: f64,
+) -> Result<Option<(usize, usize)>> {
+    let Some(d) = debias(plan, temperature) else {
+        return Ok(None);
+    };
+    let (logits, targets, weights) = plan_terms(anchors, candidates, plan, temperature)?;
+    Ok(Some((
+        debias_floored(&logits, &targets, Some(&weights), d)?,
+        plan.anchors,
+    )))
+}
+
+fn debias(plan: &MiningPlan, temperature: f64) -> Option<Debias> {
+    plan.tau_plus.map(|tau_plus| Debias {
+        tau_plus,
+        temperature,
+    })
+}
+
+/// The scaled logits, targets and weights `[B, N + S]` of `plan` (`S` synthetic
+/// negatives), as [`mined_info_nce`] evaluates them.
+fn plan_terms(
+    anchors: &Tensor,
+    candidates: &Tensor,
+    plan: &MiningPlan,
+    temperature: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (b, n) = (plan.anchors, plan.candidates);
     if anchors.dim(0)? != b || candidates.dim(0)? != n {
         return Err(invalid(
@@ -81,9 +121,5 @@ pub fn mined_info_nce(
         let tilt = ((hardness_weights(&logits, Some(&neg), beta)? - &neg)? + 1.0)?;
         weights = (weights * tilt)?;
     }
-    let debias = plan.tau_plus.map(|tau_plus| Debias {
-        tau_plus,
-        temperature,
-    });
-    Ok(generalized_info_nce(&logits, &targets, Some(&weights), debias)?.mean_all()?)
+    Ok((logits, targets, weights))
 }

@@ -2,9 +2,13 @@
 //! The losses' functions (checked against the golden file) serve as references.
 
 use candle_core::{Device, Tensor, Var};
-use contrast_losses::{Aggregation, Cancellation, FncConfig, debiased, fnc, hcl, nt_xent, supcon};
+use contrast_losses::{
+    Aggregation, Cancellation, FncConfig, debiased, fnc, hcl, hcl_floored, nt_xent, supcon,
+};
 use contrast_mining::policy::{Debias, Fnc, Hcl, LabelAware, Mochi, Ring, Supervised, TopK};
-use contrast_mining::{Diagnostics, MiningBatch, Pipeline, PolicyConfig, mined_info_nce};
+use contrast_mining::{
+    Diagnostics, MiningBatch, Pipeline, PolicyConfig, mined_debias_floored, mined_info_nce,
+};
 use contrast_testing::{scalar, sum_abs_diff};
 use proptest::prelude::*;
 
@@ -50,6 +54,22 @@ proptest! {
         prop_assert!(close(got, scalar(&hcl(&z1, &z2, 0.5, tp, beta).unwrap())));
         let got = mined(&z1, &z2, vec![PolicyConfig::Debias(Debias { tau_plus: tp })], None, 0.5);
         prop_assert!(close(got, scalar(&debiased(&z1, &z2, 0.5, tp).unwrap())));
+    }
+
+    #[test]
+    fn debias_policy_floors_as_the_hcl_loss(seed in any::<u64>(), b in 2usize..10, beta in 0.0f64..2.0, tp in 0.0f64..0.6, near in 0.0f64..1.0) {
+        // `near` pulls the second view onto the first, so that high positive
+        // similarities put some anchors' corrected sums under the floor.
+        let (z1, z2) = views(seed, b, 6);
+        let z2 = ((&z1 * near).unwrap() + (&z2 * (1.0 - near)).unwrap()).unwrap();
+        let batch = MiningBatch::in_batch(&[z1.clone(), z2.clone()], &ids(b), None).unwrap();
+        let z = Tensor::cat(&[&z1, &z2], 0).unwrap();
+        let policies = vec![PolicyConfig::Debias(Debias { tau_plus: tp }), PolicyConfig::Hcl(Hcl::new(beta))];
+        let plan = Pipeline::new(policies).unwrap().plan(&batch, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+        let got = mined_debias_floored(&z, &z, &plan, 0.5).unwrap();
+        prop_assert_eq!(got, Some(hcl_floored(&z1, &z2, 0.5, tp, beta).unwrap()));
+        let plain = Pipeline::new(vec![PolicyConfig::Hcl(Hcl::new(beta))]).unwrap().plan(&batch, &mut ChaCha8Rng::seed_from_u64(0)).unwrap();
+        prop_assert_eq!(mined_debias_floored(&z, &z, &plain, 0.5).unwrap(), None);
     }
 
     #[test]
@@ -241,6 +261,23 @@ fn diagnostics_count_false_negatives_and_identification() {
     assert!((0.0..=1.0).contains(&p) && (0.0..=1.0).contains(&r));
     // Two identified of two true per anchor: precision equals recall.
     assert!((p - r).abs() < 1e-12);
+}
+
+#[test]
+fn diagnostics_give_the_share_of_floored_anchors() {
+    let (z1, z2) = views(5, 4, 5);
+    let batch = MiningBatch::in_batch(&[z1, z2], &ids(4), Some(&[0, 0, 1, 1])).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let plan = Pipeline::new(vec![])
+        .unwrap()
+        .plan(&batch, &mut rng)
+        .unwrap();
+    let mut d = Diagnostics::default();
+    d.add(&batch, &plan, &mut rng);
+    assert_eq!(d.summary().unwrap().debias_floor_share, None);
+    d.add_debias_floor(3, 8);
+    d.add_debias_floor(0, 8);
+    assert_eq!(d.summary().unwrap().debias_floor_share, Some(3.0 / 16.0));
 }
 
 #[test]

@@ -28,8 +28,8 @@ use contrast_losses::{
 };
 use contrast_memory::{KeyQueue, MemoryBank};
 use contrast_mining::{
-    Diagnostics, DiagnosticsSummary, MiningBatch, Pipeline, QueueBatch, QueuePlan, mined_info_nce,
-    mined_moco_info_nce,
+    Diagnostics, DiagnosticsSummary, MiningBatch, Pipeline, QueueBatch, QueuePlan,
+    mined_debias_floored, mined_info_nce, mined_moco_info_nce,
 };
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -548,14 +548,14 @@ impl InBatch {
         } else {
             None
         };
-        let loss = match (&cfg.loss, plan) {
+        let loss = match (&cfg.loss, &plan) {
             (LossConfig::NtXent(c), Some(plan)) => {
                 if ring {
                     ring_nt_xent(world, &views[0], &views[1], c.temperature)?
                 } else if self.pipeline.is_empty() {
                     cfg.loss.compute(LossInputs::views(&views))?
                 } else {
-                    mined_info_nce(&z, &z, &plan, c.temperature)?
+                    mined_info_nce(&z, &z, plan, c.temperature)?
                 }
             }
             _ => cfg.loss.compute(LossInputs {
@@ -572,6 +572,23 @@ impl InBatch {
                     .as_ref(),
             })?,
         };
+        // The debiased losses, and the `debias` policy: how often the correction hit
+        // its floor.
+        if batch.labels.is_some() {
+            let floored = match (&cfg.loss, &plan) {
+                (LossConfig::NtXent(c), Some(plan)) => {
+                    let z = z.detach();
+                    mined_debias_floored(&z, &z, plan, c.temperature)?
+                }
+                _ => {
+                    let detached = views.iter().map(Tensor::detach).collect::<Vec<_>>();
+                    cfg.loss.debias_floored(LossInputs::views(&detached))?
+                }
+            };
+            if let Some((floored, anchors)) = floored {
+                self.diagnostics.add_debias_floor(floored, anchors);
+            }
+        }
         Ok((loss, StepExtras::default()))
     }
 }
@@ -657,6 +674,15 @@ impl Moco {
                 log_scale: None,
             })?,
         };
+        if step.batch.labels.is_some() {
+            let floored = cfg.loss.debias_floored(LossInputs {
+                queue: Some(queue),
+                ..LossInputs::views(&[q.detach(), k.detach()])
+            })?;
+            if let Some((floored, anchors)) = floored {
+                self.diagnostics.add_debias_floor(floored, anchors);
+            }
+        }
         // Space h's queue takes the keys positive in it: key h in space h.
         let keys = (0..queries.len()).map(|h| momentum[h][h].clone()).collect();
         Ok((loss, StepExtras { keys, bank: None }))

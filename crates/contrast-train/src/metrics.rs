@@ -122,7 +122,7 @@ fn one() -> usize {
 
 /// The keys of a `metrics.jsonl` line that a run determines (everything but
 /// wall-clock measurements): a resumed or interrupted run must reproduce them exactly.
-pub const DETERMINISTIC_KEYS: [&str; 13] = [
+pub const DETERMINISTIC_KEYS: [&str; 14] = [
     "epoch",
     "step",
     "loss",
@@ -136,6 +136,7 @@ pub const DETERMINISTIC_KEYS: [&str; 13] = [
     "neg_sim_p90",
     "fn_identified_precision",
     "nn_positive_precision",
+    "debias_floor_share",
 ];
 
 /// The [`DETERMINISTIC_KEYS`] of every line of a run's `metrics.jsonl`, as JSON text

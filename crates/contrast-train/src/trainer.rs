@@ -1029,8 +1029,11 @@ fn epoch_line(record: &EpochRecord, epochs: usize, remaining: f64) -> String {
             (Some(p), Some(r)) => format!(", FN found p {p:.2} r {r:.2}"),
             _ => String::new(),
         };
+        let floor = m.debias_floor_share.map_or(String::new(), |f| {
+            format!(", debias floor {:.0}%", 100.0 * f)
+        });
         format!(
-            "  negatives: {:.1}% same-class, sim {:.2}{fnc}",
+            "  negatives: {:.1}% same-class, sim {:.2}{fnc}{floor}",
             100.0 * m.neg_false_fraction,
             m.neg_sim_mean
         )

@@ -85,6 +85,16 @@ fn every_preset_runs_a_short_epoch() {
                 path.display()
             );
         }
+        // The debiased losses and the `debias` policy log how often their correction
+        // hit its floor.
+        let debiased = matches!(cfg.loss.name(), "debiased" | "hcl")
+            || cfg.mining.iter().any(|p| p.name() == "debias");
+        assert_eq!(
+            metrics.contains("\"debias_floor_share\""),
+            debiased,
+            "{}: {metrics}",
+            path.display()
+        );
         if cfg
             .mining
             .iter()
