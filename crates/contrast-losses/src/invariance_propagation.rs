@@ -10,8 +10,9 @@
 
 use crate::error::{Result, check_matrix, check_temperature, invalid};
 use crate::sampling::hardest_first;
-use candle_core::{D, DType, Tensor};
+use candle_core::{D, DType, Tensor, Var};
 use contrast_kernels::l2_normalize;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Parameters of [`invariance_propagation`] (WangFeng18/InvariancePropagation).
@@ -84,11 +85,74 @@ pub fn propagate(start: &[u32], neighbors: &[Vec<u32>], layers: usize) -> Vec<u3
     list
 }
 
+/// What one anchor reads from the bank, from its row of similarities.
+struct RowSets {
+    /// The `M` most similar entries, in column order (the order they are summed in).
+    background: Vec<u32>,
+    /// The first entries of the background, most similar first.
+    nearest: Vec<u32>,
+    /// The anchor's propagated neighbour list.
+    propagated: Vec<u32>,
+    /// The `P` hardest (or easiest) of the propagated list, duplicates kept.
+    hard: Vec<u32>,
+}
+
+/// Ranks one anchor's `row` `[Nb]` of similarities: its background of `m` entries, its
+/// `nearest_count` nearest and its hard positives among the propagated `list`.
+/// `order` is a reusable buffer.
+fn row_sets(
+    row: &[f32],
+    list: Vec<u32>,
+    m: usize,
+    nearest_count: usize,
+    cfg: &InvPConfig,
+    order: &mut Vec<u32>,
+) -> RowSets {
+    let harder = |x: &u32, y: &u32| hardest_first(&(*x, row[*x as usize]), &(*y, row[*y as usize]));
+    // The background: select the M most similar, then order only those.
+    order.clear();
+    order.extend(0..row.len() as u32);
+    if m < row.len() {
+        order.select_nth_unstable_by(m - 1, harder);
+    }
+    let mut background = order[..m].to_vec();
+    let count = nearest_count.min(m);
+    if count < m {
+        background.select_nth_unstable_by(count - 1, harder);
+    }
+    let mut nearest = background[..count].to_vec();
+    nearest.sort_by(harder);
+    background.sort_unstable();
+    let mut picks: Vec<usize> = (0..list.len()).collect();
+    picks.sort_by(|&x, &y| {
+        let (sx, sy) = (row[list[x] as usize], row[list[y] as usize]);
+        if cfg.hard_pos {
+            sx.total_cmp(&sy)
+        } else {
+            sy.total_cmp(&sx)
+        }
+        .then(x.cmp(&y))
+    });
+    let hard = picks.iter().take(cfg.n_pos).map(|&p| list[p]).collect();
+    RowSets {
+        background,
+        nearest,
+        propagated: list,
+        hard,
+    }
+}
+
 /// InvP loss for online features `z` `[B, D]` (raw) of bank rows `indices` `[B]`,
 /// with the bank `[Nb, D]` (normalised, constant) and its stored neighbour lists
 /// `neighbors` `[Nb, k]`. `ramp` is the warm-up weight `omega(t)` of the invariance
 /// term. Reduction: mean over `B`. As in the official code, `1e-7` is added inside
 /// both logarithms.
+///
+/// The gradient reaches `z` only, by one `[B, Nb] x [Nb, D]` product after the
+/// forward one: the similarities are computed without a graph, the loss on the
+/// `B x (1 + M + P)` logits it reads (gathered, not masked out of `[B, Nb]`), and
+/// the returned loss carries their gradient to `z` through a surrogate term whose
+/// value is 0. `instance` and `invariance` are detached (for reporting).
 pub fn invariance_propagation(
     z: &Tensor,
     indices: &[u32],
@@ -131,74 +195,84 @@ pub fn invariance_propagation(
             format!("n_background in 1..={nb}, n_pos and diffusion_layer >= 1 are required"),
         ));
     }
-    let sims = (l2_normalize(z)?.matmul(&bank.detach().t()?)? / cfg.temperature)?;
-    let e = sims.exp()?;
-    let sims_host: Vec<f32> = sims
-        .detach()
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1()?;
-    let mut background = vec![0f32; b * nb];
-    let mut hard = vec![0f32; b * nb];
-    let mut own = vec![0f32; b * nb];
-    let mut propagated = Vec::with_capacity(b);
-    let mut nearest = Vec::with_capacity(b);
+    let zn = l2_normalize(z)?;
+    // Without a graph: the bank is constant, and candle's matmul backward would also
+    // compute its `[Nb, D]` gradient, a third `B x Nb x D` product per step.
+    let sims = (zn.detach().matmul(&bank.detach().t()?)? / cfg.temperature)?;
+    let sims_host: Vec<f32> = sims.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let m = cfg.n_background;
     // One more than the stored list length, so that the anchor itself can be skipped.
     let nearest_count = neighbors.first().map_or(0, |n| n.len()) + 1;
-    for i in 0..b {
-        let row = &sims_host[i * nb..(i + 1) * nb];
-        // The background: select the M largest, then order only those.
-        let mut ranked: Vec<(usize, f32)> = row.iter().copied().enumerate().collect();
-        if cfg.n_background < nb {
-            ranked.select_nth_unstable_by(cfg.n_background - 1, hardest_first);
-            ranked.truncate(cfg.n_background);
-        }
-        ranked.sort_by(hardest_first);
-        let order: Vec<usize> = ranked.into_iter().map(|(j, _)| j).collect();
-        for &j in &order {
-            background[i * nb + j] = 1.0;
-        }
-        nearest.push(
-            order
-                .iter()
-                .take(nearest_count)
-                .map(|&j| j as u32)
-                .collect(),
-        );
-        own[i * nb + indices[i] as usize] = 1.0;
-        let start = &neighbors[indices[i] as usize];
-        let list = propagate(start, neighbors, cfg.diffusion_layer);
-        let mut picks: Vec<usize> = (0..list.len()).collect();
-        picks.sort_by(|&x, &y| {
-            let (sx, sy) = (row[list[x] as usize], row[list[y] as usize]);
-            if cfg.hard_pos {
-                sx.total_cmp(&sy)
-            } else {
-                sy.total_cmp(&sx)
-            }
-            .then(x.cmp(&y))
-        });
-        for &p in picks.iter().take(cfg.n_pos) {
-            // Duplicated neighbours count as often as they occur.
-            hard[i * nb + list[p] as usize] += 1.0;
-        }
-        propagated.push(list);
+    // Rows are independent: ranked in parallel, each in its own column buffer.
+    let rows: Vec<RowSets> = (0..b)
+        .into_par_iter()
+        .map_init(Vec::new, |order, i| {
+            let row = &sims_host[i * nb..(i + 1) * nb];
+            let list = propagate(
+                &neighbors[indices[i] as usize],
+                neighbors,
+                cfg.diffusion_layer,
+            );
+            row_sets(row, list, m, nearest_count, cfg, order)
+        })
+        .collect();
+    let mut background = Vec::with_capacity(b * m);
+    let mut propagated = Vec::with_capacity(b);
+    let mut nearest = Vec::with_capacity(b);
+    let mut hard_rows = Vec::with_capacity(b);
+    for sets in rows {
+        background.extend_from_slice(&sets.background);
+        propagated.push(sets.propagated);
+        nearest.push(sets.nearest);
+        hard_rows.push(sets.hard);
     }
-    let as_tensor = |v: Vec<f32>| -> Result<Tensor> {
-        Ok(Tensor::from_vec(v, (b, nb), z.device())?.to_dtype(e.dtype())?)
-    };
-    let (background, hard, own) = (as_tensor(background)?, as_tensor(hard)?, as_tensor(own)?);
-    let self_sim = (&e * &own)?.sum(D::Minus1)?;
-    let bg_sum = (&e * &background)?.sum(D::Minus1)?;
+    // Rows with fewer hard positives than the longest are padded with a weight of 0.
+    let p = hard_rows.iter().map(Vec::len).max().unwrap_or(0).max(1);
+    let mut hard = Vec::with_capacity(b * p);
+    let mut hard_weight = Vec::with_capacity(b * p);
+    for (row, &own) in hard_rows.iter().zip(indices) {
+        hard.extend(row.iter().copied().chain(std::iter::repeat(own)).take(p));
+        hard_weight.extend((0..p).map(|k| (k < row.len()) as u8 as f32));
+    }
+    let device = z.device();
+    // Every logit the loss reads, `[B, 1 + M + P]`: own entry, background, hard
+    // positives. The loss is computed on them as a leaf, and its gradient reaches `zn`
+    // through one product `dL/dsims . bank / t` `[B, Nb] x [Nb, D]`.
+    let width = 1 + m + p;
+    let mut columns = Vec::with_capacity(b * width);
+    for (i, &own) in indices.iter().enumerate() {
+        columns.push(own);
+        columns.extend_from_slice(&background[i * m..(i + 1) * m]);
+        columns.extend_from_slice(&hard[i * p..(i + 1) * p]);
+    }
+    let columns = Tensor::from_vec(columns, (b, width), device)?;
+    let logits = Var::from_tensor(&sims.gather(&columns, D::Minus1)?)?;
+    let e = logits.exp()?;
+    let self_sim = e.narrow(1, 0, 1)?.squeeze(D::Minus1)?;
+    let bg_sum = e.narrow(1, 1, m)?.sum(D::Minus1)?;
     let instance = ((&self_sim / &bg_sum)? + 1e-7)?.log()?.neg()?.mean_all()?;
     let inv_den = if cfg.exclusive {
         (&bg_sum - &self_sim)?
     } else {
         bg_sum
     };
-    let hard_sum = (&e * &hard)?.sum(D::Minus1)?;
+    let hard_weight = Tensor::from_vec(hard_weight, (b, p), device)?.to_dtype(sims.dtype())?;
+    let hard_sum = (e.narrow(1, 1 + m, p)? * hard_weight)?.sum(D::Minus1)?;
     let invariance = ((hard_sum / inv_den)? + 1e-7)?.log()?.neg()?.mean_all()?;
-    let loss = (&instance + (&invariance * (cfg.lam_inv * ramp))?)?;
+    let value = (&instance + (&invariance * (cfg.lam_inv * ramp))?)?;
+    let grads = value.backward()?;
+    let d_logits = grads
+        .get(&logits)
+        .expect("the loss reads every gathered logit")
+        .detach();
+    let d_sims = sims
+        .zeros_like()?
+        .scatter_add(&columns, &d_logits, D::Minus1)?;
+    let d_zn = (d_sims.matmul(&bank.detach())? / cfg.temperature)?;
+    // `<zn, dL/dzn>` minus its own value: 0, with the gradient `dL/dzn`.
+    let surrogate = (&zn * d_zn)?.sum_all()?;
+    let loss = ((&surrogate - surrogate.detach())? + value.detach())?;
+    let (instance, invariance) = (instance.detach(), invariance.detach());
     Ok(InvPOutput {
         loss,
         instance,
