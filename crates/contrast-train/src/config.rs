@@ -878,6 +878,21 @@ impl Config {
                 self.data.views
             );
         }
+        // NT-Xent takes any number of views (each an anchor, every other view of its
+        // image a positive), as SupCon and FNC do; the other in-batch losses pair two.
+        if matches!(self.method, MethodConfig::Simclr)
+            && self.data.views != 2
+            && !matches!(
+                self.loss,
+                LossConfig::NtXent(_) | LossConfig::Supcon(_) | LossConfig::Fnc(_)
+            )
+        {
+            bail!(
+                "loss.name = \"{}\" contrasts exactly 2 views, not data.views = {}: more views train with nt_xent (every other view of an image a positive), supcon or fnc",
+                self.loss.name(),
+                self.data.views
+            );
+        }
         if self.train.epochs == 0 {
             bail!("train.epochs must be at least 1");
         }

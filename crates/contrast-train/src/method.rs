@@ -552,9 +552,11 @@ impl InBatch {
             (LossConfig::NtXent(c), Some(plan)) => {
                 if ring {
                     ring_nt_xent(world, &views[0], &views[1], c.temperature)?
-                } else if self.pipeline.is_empty() {
+                } else if self.pipeline.is_empty() && views.len() == 2 {
                     cfg.loss.compute(LossInputs::views(&views))?
                 } else {
+                    // Policies, or more than two views (every other view of the image
+                    // a positive): the planned loss.
                     mined_info_nce(&z, &z, plan, c.temperature)?
                 }
             }

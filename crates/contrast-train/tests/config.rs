@@ -212,6 +212,22 @@ fn ranges_and_conflicts_are_named_before_training() {
     .unwrap();
 }
 
+/// The in-batch losses that pair two views refuse more, naming the loss and the
+/// count; NT-Xent takes any number.
+#[test]
+fn only_multi_view_losses_take_more_than_two_views() {
+    let four = ["data.views=4".to_string()];
+    let e = format!(
+        "{:#}",
+        Config::load(&preset("dcl-fmnist.toml"), &four).unwrap_err()
+    );
+    assert!(
+        e.contains("data.views = 4") && e.contains("\"decoupled\""),
+        "{e}"
+    );
+    Config::load(&preset("simclr-fmnist.toml"), &four).unwrap();
+}
+
 /// LooC's loss, families and views must agree, and each mistake is named.
 #[test]
 fn looc_settings_are_checked_together() {

@@ -85,6 +85,16 @@ fn resumed_looc_run_matches_uninterrupted_run() {
     check_resume(cfg);
 }
 
+/// NT-Xent on more than two views (each an anchor, its image's other views its
+/// positives) trains through the planned loss, and resumes exactly.
+#[test]
+fn resumed_multi_view_run_matches_uninterrupted_run() {
+    let mut cfg = tiny_config(2);
+    cfg.data.views = 4;
+    cfg.validate().unwrap();
+    check_resume(cfg);
+}
+
 /// MoCo keeps a key encoder and a queue; both must come back exactly.
 #[test]
 fn resumed_moco_run_matches_uninterrupted_run() {
