@@ -66,6 +66,12 @@ pub struct InvPOutput {
     /// Each anchor's `nearest` most similar bank entries, most similar first (for
     /// refreshing the stored neighbour lists).
     pub nearest: Vec<Vec<u32>>,
+    /// Each anchor's background, the instance term's denominator: `M` bank entries
+    /// with their cosine to the anchor, in column order (for the diagnostics).
+    pub background: Vec<Vec<(u32, f32)>>,
+    /// Each anchor's hard positives, the invariance term's numerator (duplicates
+    /// kept).
+    pub positives: Vec<Vec<u32>>,
 }
 
 /// Expands each anchor's neighbour list layer by layer: every discovered node appends
@@ -217,10 +223,19 @@ pub fn invariance_propagation(
         })
         .collect();
     let mut background = Vec::with_capacity(b * m);
+    let mut background_cosines = Vec::with_capacity(b);
     let mut propagated = Vec::with_capacity(b);
     let mut nearest = Vec::with_capacity(b);
     let mut hard_rows = Vec::with_capacity(b);
-    for sets in rows {
+    let t = cfg.temperature as f32;
+    for (i, sets) in rows.into_iter().enumerate() {
+        let row = &sims_host[i * nb..(i + 1) * nb];
+        background_cosines.push(
+            sets.background
+                .iter()
+                .map(|&j| (j, row[j as usize] * t))
+                .collect(),
+        );
         background.extend_from_slice(&sets.background);
         propagated.push(sets.propagated);
         nearest.push(sets.nearest);
@@ -279,6 +294,8 @@ pub fn invariance_propagation(
         invariance,
         propagated,
         nearest,
+        background: background_cosines,
+        positives: hard_rows,
     })
 }
 

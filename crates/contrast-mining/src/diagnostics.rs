@@ -47,7 +47,8 @@ pub struct DiagnosticsSummary {
     pub fn_identified_precision: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fn_identified_recall: Option<f64>,
-    /// Share of nearest-neighbour positives (NNCLR) with the anchor's label.
+    /// Share of nearest-neighbour positives with the anchor's label: NNCLR's
+    /// replaced anchors, Invariance Propagation's hard positives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nn_positive_precision: Option<f64>,
     /// Share of a debiased loss's anchors whose corrected negative term sat at its
@@ -76,6 +77,34 @@ impl Diagnostics {
                 let is_fn =
                     |c: usize| cl[c] == al[i] && batch.candidate_ids[c] != batch.anchor_ids[i];
                 self.identification(&found[i], plan.candidates, is_fn);
+            }
+        }
+    }
+
+    /// Adds one memory-bank step (Invariance Propagation). Anchor `i` is bank entry
+    /// `rows[i]` of class `labels[i]`; its negatives are its `background` entries
+    /// (with their cosine) other than its own, its positives the other entries of
+    /// `positives`, judged by `bank_labels` (`-1`, an entry not yet visited: a negative
+    /// of no class, and no positive judged).
+    pub fn add_bank(
+        &mut self,
+        rows: &[u32],
+        labels: &[i64],
+        bank_labels: &[i64],
+        background: &[Vec<(u32, f32)>],
+        positives: &[Vec<u32>],
+        rng: &mut ChaCha8Rng,
+    ) {
+        for (i, (&own, &label)) in rows.iter().zip(labels).enumerate() {
+            let same = |j: u32| bank_labels[j as usize] >= 0 && bank_labels[j as usize] == label;
+            for &(j, s) in background[i].iter().filter(|&&(j, _)| j != own) {
+                self.negative(same(j), s, rng);
+            }
+            for &j in &positives[i] {
+                if j != own && bank_labels[j as usize] >= 0 {
+                    self.neighbours += 1;
+                    self.neighbours_agreeing += same(j) as u64;
+                }
             }
         }
     }

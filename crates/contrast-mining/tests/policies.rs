@@ -263,6 +263,38 @@ fn diagnostics_count_false_negatives_and_identification() {
     assert!((p - r).abs() < 1e-12);
 }
 
+/// Invariance Propagation's step: the background less the anchor's own entry are
+/// its negatives, its hard positives other than itself are judged, and entries not
+/// yet visited (label -1) are negatives of no class and no judged positive.
+#[test]
+fn bank_diagnostics_judge_background_and_positives_by_the_bank_labels() {
+    let bank_labels = [5, 6, 5, -1, 6];
+    let background = vec![
+        vec![(0, 0.9), (2, 0.5), (3, 0.1), (4, 0.2)],
+        vec![(1, 0.8), (4, 0.4)],
+    ];
+    let positives = vec![vec![0, 2, 2, 3, 4], vec![1, 1]];
+    let mut d = Diagnostics::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    d.add_bank(
+        &[0, 1],
+        &[5, 6],
+        &bank_labels,
+        &background,
+        &positives,
+        &mut rng,
+    );
+    let s = d.summary().unwrap();
+    // Negatives 2, 3, 4 and 4: entries 2 (anchor 0) and 4 (anchor 1) share the class.
+    assert!((s.neg_false_fraction - 0.5).abs() < 1e-12, "{s:?}");
+    assert!((s.neg_sim_mean - 0.3).abs() < 1e-6, "{s:?}");
+    // Judged positives 2, 2 and 4 of anchor 0; anchor 1 has only itself.
+    assert!(
+        (s.nn_positive_precision.unwrap() - 2.0 / 3.0).abs() < 1e-12,
+        "{s:?}"
+    );
+}
+
 #[test]
 fn diagnostics_give_the_share_of_floored_anchors() {
     let (z1, z2) = views(5, 4, 5);

@@ -76,6 +76,9 @@ pub struct InBatch {
 pub struct Bank {
     pub bank: MemoryBank,
     pub neighbours: Vec<Vec<u32>>,
+    /// The epoch's diagnostics: the background's same-class share, the hard
+    /// positives' precision.
+    pub diagnostics: Diagnostics,
 }
 
 /// MoCo's extra state.
@@ -203,7 +206,11 @@ impl Method {
                 let neighbours = (0..dataset_size as u32)
                     .map(|i| vec![i; *neighbours])
                     .collect();
-                Method::Bank(Box::new(Bank { bank, neighbours }))
+                Method::Bank(Box::new(Bank {
+                    bank,
+                    neighbours,
+                    diagnostics: Diagnostics::default(),
+                }))
             }
         })
     }
@@ -391,32 +398,31 @@ impl Method {
         Ok(())
     }
 
-    /// The epoch's mining diagnostics (in-batch and queue methods), resetting the
-    /// counts.
+    /// The epoch's sampling diagnostics, resetting the counts; `None` without labels.
     pub fn take_diagnostics(&mut self) -> Option<DiagnosticsSummary> {
+        std::mem::take(self.diagnostics_mut()).summary()
+    }
+
+    /// The epoch's diagnostics so far.
+    pub fn diagnostics(&self) -> &Diagnostics {
         match self {
-            Method::InBatch(state) => std::mem::take(&mut state.diagnostics).summary(),
-            Method::Moco(m) => std::mem::take(&mut m.diagnostics).summary(),
-            Method::Bank(_) => None,
+            Method::InBatch(state) => &state.diagnostics,
+            Method::Moco(m) => &m.diagnostics,
+            Method::Bank(m) => &m.diagnostics,
         }
     }
 
-    /// The epoch's diagnostics so far (in-batch and queue methods).
-    pub fn diagnostics(&self) -> Option<&Diagnostics> {
+    fn diagnostics_mut(&mut self) -> &mut Diagnostics {
         match self {
-            Method::InBatch(state) => Some(&state.diagnostics),
-            Method::Moco(m) => Some(&m.diagnostics),
-            Method::Bank(_) => None,
+            Method::InBatch(state) => &mut state.diagnostics,
+            Method::Moco(m) => &mut m.diagnostics,
+            Method::Bank(m) => &mut m.diagnostics,
         }
     }
 
     /// Restores [`Method::diagnostics`] (from a mid-epoch checkpoint).
     pub fn restore_diagnostics(&mut self, diagnostics: Diagnostics) {
-        match self {
-            Method::InBatch(state) => state.diagnostics = diagnostics,
-            Method::Moco(m) => m.diagnostics = diagnostics,
-            Method::Bank(_) => {}
-        }
+        *self.diagnostics_mut() = diagnostics;
     }
 
     /// Bytes of memory the method keeps (the queue).
@@ -723,6 +729,16 @@ impl Bank {
             weight,
             &capped,
         )?;
+        if let Some(labels) = step.classes() {
+            self.diagnostics.add_bank(
+                &step.batch.indices,
+                &labels,
+                self.bank.labels(),
+                &out.background,
+                &out.positives,
+                &mut step.rng(Stream::Diagnostics),
+            );
+        }
         Ok((
             out.loss,
             StepExtras {

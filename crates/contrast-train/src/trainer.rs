@@ -688,7 +688,7 @@ impl Trainer {
             if (scheduled || interrupted) && part.steps < steps {
                 part.seconds = seconds_before + t0.elapsed().as_secs_f64();
                 part.waited_seconds = waited_before + stream.waited().as_secs_f64();
-                part.diagnostics = self.method.diagnostics().cloned();
+                part.diagnostics = Some(self.method.diagnostics().clone());
                 self.state.partial = Some(part.clone());
                 self.state.optimizer_steps = self.opt.steps();
                 let dir = self.save_checkpoint()?;
@@ -1032,8 +1032,11 @@ fn epoch_line(record: &EpochRecord, epochs: usize, remaining: f64) -> String {
         let floor = m.debias_floor_share.map_or(String::new(), |f| {
             format!(", debias floor {:.0}%", 100.0 * f)
         });
+        let positives = m.nn_positive_precision.map_or(String::new(), |p| {
+            format!(", neighbour positives {:.0}% same-class", 100.0 * p)
+        });
         format!(
-            "  negatives: {:.1}% same-class, sim {:.2}{fnc}{floor}",
+            "  negatives: {:.1}% same-class, sim {:.2}{fnc}{floor}{positives}",
             100.0 * m.neg_false_fraction,
             m.neg_sim_mean
         )

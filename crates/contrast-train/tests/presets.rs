@@ -69,13 +69,14 @@ fn every_preset_runs_a_short_epoch() {
         let knn = summary.knn_top1.expect("Fashion-MNIST has labels");
         assert!(knn > 0.3, "{}: kNN {knn}", path.display());
         // Runs that contrast every other instance in the batch (SimCLR, DCL, debiased,
-        // HCL) and queue runs log what their negatives were, and only they; FNC and
-        // clustering how well they identified false negatives.
+        // HCL), queue runs and the memory bank's background (Invariance Propagation)
+        // log what their negatives were, and only they; FNC and clustering how well
+        // they identified false negatives.
         let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
         let logs_negatives = match cfg.method {
             contrast_train::config::MethodConfig::Simclr => cfg.loss.contrasts_every_instance(),
-            contrast_train::config::MethodConfig::Moco { .. } => true,
-            _ => false,
+            contrast_train::config::MethodConfig::Moco { .. }
+            | contrast_train::config::MethodConfig::Bank { .. } => true,
         };
         for key in ["\"neg_false_fraction\"", "\"neg_sim_p90\""] {
             assert_eq!(

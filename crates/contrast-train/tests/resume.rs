@@ -140,7 +140,9 @@ fn resumed_moco_mining_run_matches_uninterrupted_run() {
 }
 
 /// The memory-bank method keeps a bank and neighbour lists; both must come back
-/// exactly (the invariance term is on in the second epoch).
+/// exactly (the invariance term is on in the second epoch), its diagnostics too: the
+/// background's same-class share every epoch, the hard positives' precision once the
+/// neighbour lists have been refreshed (the second epoch).
 #[test]
 fn resumed_bank_run_matches_uninterrupted_run() {
     let mut cfg = tiny_config(2);
@@ -160,10 +162,22 @@ fn resumed_bank_run_matches_uninterrupted_run() {
         hard_pos: true,
     });
     cfg.validate().unwrap();
-    check_resume(cfg);
+    let metrics = check_resume(cfg);
+    let epochs: Vec<&str> = metrics.lines().collect();
+    assert!(
+        epochs.iter().all(|e| e.contains("\"neg_false_fraction\"")),
+        "{metrics}"
+    );
+    assert!(
+        !epochs[0].contains("nn_positive_precision")
+            && epochs[1].contains("\"nn_positive_precision\""),
+        "{metrics}"
+    );
 }
 
-fn check_resume(cfg: contrast_train::Config) {
+/// Trains `cfg` for its 2 epochs straight and interrupted after the first, checks
+/// that both end alike, and returns the straight run's `metrics.jsonl`.
+fn check_resume(cfg: contrast_train::Config) -> String {
     let data = tempfile::tempdir().unwrap();
     write_synthetic_mnist(data.path(), 320, 100);
     let straight = tempfile::tempdir().unwrap();
@@ -226,6 +240,7 @@ fn check_resume(cfg: contrast_train::Config) {
     ] {
         assert!(split.path().join(f).is_file(), "{f} missing");
     }
+    std::fs::read_to_string(straight.path().join("metrics.jsonl")).unwrap()
 }
 
 #[test]
