@@ -1136,6 +1136,66 @@ mod tests {
         );
     }
 
+    /// Every suite entry that trains differently from its preset (the presets alone
+    /// train in contrast-train's `presets` test) trains `--quick`'s short epoch on the
+    /// real data, so that an entry which configures but cannot train fails here
+    /// rather than hours into a suite, as `simclr-4views` did at step 1 before
+    /// 762facc. `--quick`'s budget replaces the suites' own (batch size, epochs), so
+    /// an entry differs from its preset through its sampling, loss or views.
+    #[test]
+    fn every_suite_entry_that_changes_its_preset_trains_a_quick_epoch() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let data = contrast_data::DatasetId::FashionMnist
+            .resolve(None)
+            .unwrap_or_else(|e| {
+                panic!("{e}: install the Debian package dataset-fashion-mnist or run `cargo xtask data fetch fashion-mnist`")
+            });
+        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("configs/suites"))
+            .unwrap()
+            .map(|f| f.unwrap().path())
+            .collect();
+        files.sort();
+        let quick_preset: Vec<String> = std::iter::once("seed=0".to_string())
+            .chain(QUICK.map(String::from))
+            .collect();
+        let mut trained: Vec<(String, Config)> = Vec::new();
+        for path in files {
+            let suite = read_suite(&path).unwrap();
+            for entry in suite.run.iter().filter(|e| e.trained_in.is_none()) {
+                let name = format!("{}: {}", path.file_name().unwrap().display(), entry.name);
+                let cfg = resolved(entry, &overrides(&suite, entry, 0, true), &root)
+                    .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+                let preset = resolved(entry, &quick_preset, &root).unwrap();
+                if cfg == preset || trained.iter().any(|(_, c)| *c == cfg) {
+                    continue;
+                }
+                let out = tempfile::tempdir().unwrap();
+                let summary = contrast_train::run(
+                    &cfg,
+                    &contrast_train::RunOptions {
+                        out_dir: out.path().to_path_buf(),
+                        data_dir: Some(data.clone()),
+                        progress: false,
+                        ..Default::default()
+                    },
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+                assert_eq!(summary.epochs, 1, "{name}");
+                assert!(summary.knn_top1.is_some(), "{name}: no kNN");
+                trained.push((name, cfg));
+            }
+        }
+        let names: Vec<&str> = trained.iter().map(|(n, _)| n.as_str()).collect();
+        println!("suite entries trained: {names:?}");
+        // simclr-t0.5, simclr-4views, FNC's three thresholds, and the superclass
+        // suite's debiased, HCL and SupCon at least.
+        assert!(trained.len() >= 8, "{names:?}");
+        assert!(
+            names.iter().any(|n| n.ends_with(": simclr-4views")),
+            "{names:?}"
+        );
+    }
+
     #[test]
     fn trained_in_is_refused_where_this_suite_changes_training() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
