@@ -28,7 +28,7 @@ use contrast_losses::{
 };
 use contrast_memory::{KeyQueue, MemoryBank};
 use contrast_mining::{
-    Diagnostics, DiagnosticsSummary, MiningBatch, Pipeline, QueueBatch, QueuePlan,
+    Diagnostics, DiagnosticsSummary, MiningBatch, Pipeline, PolicyConfig, QueueBatch, QueuePlan,
     mined_debias_floored, mined_info_nce, mined_moco_info_nce,
 };
 use rand::seq::SliceRandom;
@@ -120,6 +120,18 @@ fn varmap_tensors(vm: &candle_nn::VarMap) -> HashMap<String, Tensor> {
         .collect()
 }
 
+/// The in-batch method's policies: the configured ones, or for the `fnc` loss its own
+/// identification rule as the `fnc` policy. The loss identifies and cancels inside
+/// itself and keeps nothing; the planned copy (no randomness, so training is
+/// unchanged) gives its runs the negatives' same-class share and the identification
+/// precision and recall that the `fnc` policy's runs log, so the two forms compare.
+fn in_batch_policies(cfg: &Config) -> Vec<PolicyConfig> {
+    match &cfg.loss {
+        LossConfig::Fnc(c) => vec![PolicyConfig::Fnc(c.into())],
+        _ => cfg.mining.clone(),
+    }
+}
+
 fn load_varmap(vm: &candle_nn::VarMap, tensors: &HashMap<String, Tensor>) -> Result<()> {
     let data = vm.data().lock().expect("varmap lock");
     for (name, var) in data.iter() {
@@ -143,7 +155,7 @@ impl Method {
     ) -> Result<Self> {
         Ok(match &cfg.method {
             MethodConfig::Simclr => Method::InBatch(Box::new(InBatch {
-                pipeline: Pipeline::new(cfg.mining.clone())?.with_seed(stream_seed(
+                pipeline: Pipeline::new(in_batch_policies(cfg))?.with_seed(stream_seed(
                     cfg.seed,
                     Stream::PolicyState,
                     &[],
@@ -541,8 +553,11 @@ impl InBatch {
         };
         // Instance discrimination: plan with the policies (none: every other instance,
         // as SimCLR, DCL, debiased and HCL take them), and judge the plan's negatives
-        // against the labels. Policies are for NT-Xent only (`Config::validate`).
-        let plan = if cfg.loss.contrasts_every_instance() {
+        // against the labels. Policies are for NT-Xent only (`Config::validate`); the
+        // `fnc` loss plans its own rule for the diagnostics alone
+        // (`in_batch_policies`).
+        let plan = if cfg.loss.contrasts_every_instance() || matches!(cfg.loss, LossConfig::Fnc(_))
+        {
             let classes = step.classes().map(|c| c[rows.clone()].to_vec());
             let mining =
                 MiningBatch::in_batch(&views, &step.ids()[rows.clone()], classes.as_deref())?;

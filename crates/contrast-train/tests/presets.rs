@@ -69,12 +69,15 @@ fn every_preset_runs_a_short_epoch() {
         let knn = summary.knn_top1.expect("Fashion-MNIST has labels");
         assert!(knn > 0.3, "{}: kNN {knn}", path.display());
         // Runs that contrast every other instance in the batch (SimCLR, DCL, debiased,
-        // HCL), queue runs and the memory bank's background (Invariance Propagation)
-        // log what their negatives were, and only they; FNC and clustering how well
-        // they identified false negatives.
+        // HCL, and FNC's loss less what it cancels), queue runs and the memory bank's
+        // background (Invariance Propagation) log what their negatives were, and only
+        // they; FNC (policy or loss) and clustering how well they identified false
+        // negatives.
         let metrics = std::fs::read_to_string(out.path().join("metrics.jsonl")).unwrap();
         let logs_negatives = match cfg.method {
-            contrast_train::config::MethodConfig::Simclr => cfg.loss.contrasts_every_instance(),
+            contrast_train::config::MethodConfig::Simclr => {
+                cfg.loss.contrasts_every_instance() || cfg.loss.name() == "fnc"
+            }
             contrast_train::config::MethodConfig::Moco { .. }
             | contrast_train::config::MethodConfig::Bank { .. } => true,
         };
@@ -96,10 +99,11 @@ fn every_preset_runs_a_short_epoch() {
             "{}: {metrics}",
             path.display()
         );
-        if cfg
-            .mining
-            .iter()
-            .any(|p| matches!(p.name(), "fnc" | "cluster"))
+        if cfg.loss.name() == "fnc"
+            || cfg
+                .mining
+                .iter()
+                .any(|p| matches!(p.name(), "fnc" | "cluster"))
         {
             assert!(
                 metrics.contains("\"fn_identified_precision\""),
@@ -135,6 +139,7 @@ fn every_preset_runs_a_short_epoch() {
         "mine-batch-hard-fmnist",
         "mine-combo-fmnist",
         "moco-fnc-fmnist",
+        "fnc-fmnist",
         "moco-mochi-fmnist",
         "moco-label-aware-fmnist",
     ] {

@@ -9,7 +9,7 @@ use super::{Policy, QueueNeeds, QueueRow, Stage, Step};
 use crate::batch::MiningBatch;
 use crate::error::Result;
 use crate::plan::MiningPlan;
-use contrast_losses::{Aggregation, Cancellation, FalseNegativeRule};
+use contrast_losses::{Aggregation, Cancellation, FalseNegativeRule, FncConfig};
 use serde::{Deserialize, Serialize};
 
 /// Candidates whose similarity to the anchor's image (aggregated over its views) is
@@ -26,6 +26,20 @@ pub struct Fnc {
     pub aggregation: Aggregation,
     #[serde(default)]
     pub cancellation: Cancellation,
+}
+
+/// The `fnc` loss's identification and cancellation as a policy (its temperature
+/// is the loss's own), so that a run of the loss can plan the same decisions for its
+/// diagnostics.
+impl From<&FncConfig> for Fnc {
+    fn from(c: &FncConfig) -> Self {
+        Self {
+            topk: c.topk,
+            threshold: c.threshold,
+            aggregation: c.aggregation,
+            cancellation: c.cancellation,
+        }
+    }
 }
 
 impl Fnc {
