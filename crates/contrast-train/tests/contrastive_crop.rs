@@ -45,9 +45,9 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn boxes_are_located_checkpointed_and_restored() {
-    let data = DatasetId::FashionMnist.resolve(None).unwrap_or_else(|e| {
-        panic!("{e}: install the Debian package dataset-fashion-mnist or run `cargo xtask data fetch fashion-mnist`")
-    });
+    let data = DatasetId::FashionMnist
+        .resolve(None)
+        .unwrap_or_else(|e| panic!("{e}"));
     let preset = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/ccrop-fmnist.toml");
     let set: Vec<String> = [
         "data.train_subset=512",
