@@ -57,8 +57,11 @@ use contrast_train::evaluate::EvalReport;
 use contrast_train::metrics::{EpochRecord, Summary, write_json};
 use contrast_train::{Config, checkpoint};
 use serde::{Deserialize, Serialize};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// A suite file.
 #[derive(Debug, Clone, Deserialize)]
@@ -558,15 +561,55 @@ fn eval_args(dir: &Path, checkpoint: Option<&Path>, split: &str) -> Vec<String> 
 }
 
 /// Runs `xtask` with `args` in a child process (its output to `log`), `threads`
-/// rayon threads.
-fn child(args: &[String], log: &Path, threads: usize) -> Result<std::process::Child> {
+/// rayon threads. The child has a process group of its own, so a terminal's Ctrl-C
+/// reaches `compare` alone, which passes it on once ([`wait_or_stop`]): a second
+/// signal would make a training child exit without its checkpoint.
+fn child(args: &[String], log: &Path, threads: usize) -> Result<Child> {
     let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
     Ok(Command::new(std::env::current_exe()?)
         .args(args)
         .env("RAYON_NUM_THREADS", threads.to_string())
         .stdout(file.try_clone()?)
         .stderr(file)
+        .process_group(0)
         .spawn()?)
+}
+
+/// How often a waiting `compare` looks at its child and at the interrupt flag.
+const POLL: Duration = Duration::from_millis(200);
+
+/// Waits for `child`. When `interrupt` is set (SIGINT or SIGTERM to `compare`), asks
+/// `child` and every one of `others` to stop (SIGTERM: a training run finishes its
+/// step and writes a checkpoint), waits for them all, and fails, so that stopping a
+/// suite stops its runs instead of leaving them to train unwatched; the same
+/// command then resumes each from its checkpoint.
+fn wait_or_stop(
+    child: &mut Child,
+    others: &mut [&mut Child],
+    interrupt: &AtomicBool,
+) -> Result<ExitStatus> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if interrupt.load(Ordering::SeqCst) {
+            let mut all: Vec<&mut Child> = std::iter::once(child)
+                .chain(others.iter_mut().map(|c| &mut **c))
+                .collect();
+            for c in &all {
+                // SAFETY: kill only sends a signal to the child's process id, which
+                // stays reserved until the child is waited for below.
+                unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+            }
+            for c in &mut all {
+                c.wait()?;
+            }
+            bail!(
+                "interrupted: every running seed was asked to write a checkpoint and stop; the same command resumes them"
+            );
+        }
+        std::thread::sleep(POLL);
+    }
 }
 
 /// Runs the suite in `file` (see the module docs) into `out`.
@@ -579,6 +622,7 @@ pub fn compare(
     only: &[String],
     baseline: Option<&str>,
 ) -> Result<()> {
+    crate::install_interrupt_handler();
     let mut suite = read_suite(file)?;
     if let Some(b) = baseline {
         suite.baseline = b.to_string();
@@ -738,7 +782,8 @@ pub fn compare(
             break;
         }
         let (entry, seed, dir, source, mut c) = running.remove(0);
-        let status = c.wait()?;
+        let mut others: Vec<&mut Child> = running.iter_mut().map(|r| &mut r.4).collect();
+        let status = wait_or_stop(&mut c, &mut others, &crate::INTERRUPT)?;
         if !status.success() {
             bail!(
                 "{} seed {seed} failed ({status}); its output is in {}",
@@ -750,12 +795,13 @@ pub fn compare(
         if checkpoint.is_some() {
             std::fs::rename(dir.join("eval.json"), dir.join(VALIDATION_EVAL))?;
         }
-        let status = child(
+        let mut eval = child(
             &eval_args(&dir, checkpoint, "test"),
             &dir.join("eval.log"),
             threads * jobs,
-        )?
-        .wait()?;
+        )?;
+        let mut others: Vec<&mut Child> = running.iter_mut().map(|r| &mut r.4).collect();
+        let status = wait_or_stop(&mut eval, &mut others, &crate::INTERRUPT)?;
         if !status.success() {
             bail!(
                 "evaluating {} failed; see {}",
@@ -1031,6 +1077,31 @@ mod tests {
         assert!(paired(&[0.05]).tie());
         let (m, sd) = mean_std(&[1.0, 2.0, 3.0, 4.0]);
         assert!((m - 2.5).abs() < 1e-12 && (sd - (5f64 / 3.0).sqrt()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn an_interrupt_stops_every_running_child_and_fails() {
+        use std::os::unix::process::ExitStatusExt;
+        let sleeper = || {
+            Command::new("sleep")
+                .arg("600")
+                .process_group(0)
+                .spawn()
+                .unwrap()
+        };
+        // Not interrupted: the wait returns the child's own status.
+        let mut quick = Command::new("true").spawn().unwrap();
+        let status = wait_or_stop(&mut quick, &mut [], &AtomicBool::new(false)).unwrap();
+        assert!(status.success());
+        // Interrupted: the waited child and the other running one both get SIGTERM,
+        // are reaped, and the wait fails saying how to resume.
+        let (mut first, mut second) = (sleeper(), sleeper());
+        let e = wait_or_stop(&mut first, &mut [&mut second], &AtomicBool::new(true)).unwrap_err();
+        assert!(e.to_string().contains("resumes"), "{e}");
+        for c in [&mut first, &mut second] {
+            let status = c.try_wait().unwrap().expect("the child was reaped");
+            assert_eq!(status.signal(), Some(libc::SIGTERM));
+        }
     }
 
     #[test]

@@ -473,7 +473,7 @@ fn rank_args() -> Vec<String> {
 }
 
 /// Set by SIGINT or SIGTERM: the trainer finishes its step, writes a checkpoint
-/// and stops.
+/// and stops; `compare` passes the request on to its runs.
 static INTERRUPT: AtomicBool = AtomicBool::new(false);
 
 /// The signal handler: the first signal asks for a clean stop, a second one ends the
