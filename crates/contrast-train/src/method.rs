@@ -553,11 +553,10 @@ impl InBatch {
         };
         // Instance discrimination: plan with the policies (none: every other instance,
         // as SimCLR, DCL, debiased and HCL take them), and judge the plan's negatives
-        // against the labels. Policies are for NT-Xent only (`Config::validate`); the
-        // `fnc` loss plans its own rule for the diagnostics alone
+        // against the labels. Policies are for NT-Xent only (`Config::validate`), and
+        // the `fnc` loss's own rule, planned for its diagnostics alone
         // (`in_batch_policies`).
-        let plan = if cfg.loss.contrasts_every_instance() || matches!(cfg.loss, LossConfig::Fnc(_))
-        {
+        let plan = if cfg.loss.contrasts_every_instance() || !self.pipeline.is_empty() {
             let classes = step.classes().map(|c| c[rows.clone()].to_vec());
             let mining =
                 MiningBatch::in_batch(&views, &step.ids()[rows.clone()], classes.as_deref())?;
