@@ -129,6 +129,10 @@ pub struct RunResult {
     pub false_negative_fraction: Option<f64>,
     pub images_per_sec: f64,
     pub wall_seconds: f64,
+    /// Share of the machine's CPU other processes took while it trained (records
+    /// from before it was measured have none).
+    #[serde(default)]
+    pub others_cpu_share: Option<f64>,
     /// The build the run was trained with (`git` commit), when known.
     pub commit: Option<String>,
     /// The device it trained on, as its summary names it.
@@ -231,7 +235,7 @@ impl Metric {
     }
 }
 
-const METRICS: [Metric; 10] = [
+const METRICS: [Metric; 11] = [
     Metric::new("validation kNN", |r| r.validation_knn, 4),
     Metric::new("test kNN", |r| r.test_knn, 4),
     Metric::new("linear probe", |r| r.linear, 4),
@@ -242,6 +246,11 @@ const METRICS: [Metric; 10] = [
     Metric::new("false-negative share", |r| r.false_negative_fraction, 4),
     Metric::new("images/s", |r| Some(r.images_per_sec), 0),
     Metric::new("wall s", |r| Some(r.wall_seconds), 0),
+    Metric::new(
+        "others' CPU %",
+        |r| r.others_cpu_share.map(|x| 100.0 * x),
+        0,
+    ),
 ];
 
 /// Mean and sample standard deviation (0 for one value).
@@ -388,6 +397,7 @@ fn read_result(entry: &str, seed: u64, dir: &Path) -> Result<RunResult> {
         false_negative_fraction,
         images_per_sec: summary.train_images_per_sec,
         wall_seconds: summary.wall_seconds,
+        others_cpu_share: summary.others_cpu_share,
         commit: summary.commit,
         device: summary.device,
         evaluated_by: trained_in.as_ref().and_then(|t| t.evaluated_by.clone()),
@@ -897,13 +907,16 @@ fn distinct(results: &[RunResult], f: impl Fn(&RunResult) -> String) -> String {
 pub fn summarise(suite: &Suite, results: &[RunResult], command: &str) -> String {
     let mut s = format!(
         "# Suite `{}`: mean ± standard deviation over seeds\n\n\
-         - command: `{command}`\n- commit: {}\n- machine: {}\n{}{}\n| entry | seeds |",
+         - command: `{command}`\n- commit: {}\n- machine: {}\n\
+         - others' CPU %: the share of the machine's CPU that other processes took while \
+         a run trained; above {:.0}, its images/s and wall time are disturbed\n{}{}\n| entry | seeds |",
         suite.name,
         distinct(results, |r| r
             .commit
             .clone()
             .unwrap_or_else(|| "unknown".into())),
         distinct(results, |r| r.device.clone()),
+        100.0 * contrast_train::contention::DISTURBED,
         {
             let moved: Vec<RunResult> = results
                 .iter()
@@ -1133,6 +1146,7 @@ mod tests {
             false_negative_fraction: None,
             images_per_sec: 3000.0,
             wall_seconds: 400.0,
+            others_cpu_share: Some(0.01),
             commit: Some("abc1234".into()),
             device: "cpu (test)".into(),
             trained_in: None,
@@ -1371,6 +1385,7 @@ mod tests {
             false_negative_fraction: Some(0.1),
             images_per_sec: 1000.0,
             wall_seconds: 10.0,
+            others_cpu_share: Some(0.25),
             commit: Some("abc1234".into()),
             device: "cpu (test)".into(),
             trained_in: None,
@@ -1387,9 +1402,9 @@ mod tests {
         let md = summarise(&suite, &results, "xtask compare --suite t.toml");
         assert!(md.contains("| a | 3 | 0.8000 ± 0.0100 |"), "{md}");
         // Each metric at its own precision: alignment, uniformity, effective rank,
-        // false-negative share, images/s, wall seconds.
+        // false-negative share, images/s, wall seconds, others' share of the CPU.
         assert!(
-            md.contains("| 0.500 ± 0.000 | -3.000 ± 0.000 | 50.0 ± 0.0 | 0.1000 ± 0.0000 | 1000 ± 0 | 10 ± 0 |"),
+            md.contains("| 0.500 ± 0.000 | -3.000 ± 0.000 | 50.0 ± 0.0 | 0.1000 ± 0.0000 | 1000 ± 0 | 10 ± 0 | 25 ± 0 |"),
             "{md}"
         );
         assert!(

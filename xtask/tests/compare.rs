@@ -67,6 +67,11 @@ fn a_quick_suite_runs_compares_and_is_reused() {
         let knn = r["test_knn"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&knn), "{r}");
         assert!(r["validation_knn"].as_f64().is_some(), "{r}");
+        // Linux's /proc says how much of the CPU other processes took meanwhile.
+        if cfg!(target_os = "linux") {
+            let share = r["others_cpu_share"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&share), "{r}");
+        }
     }
     let second = compare(out.path(), &[]);
     assert_eq!(second.matches("reused").count(), 4, "{second}");

@@ -73,6 +73,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod contention;
 pub mod data;
 pub mod device;
 pub mod distributed;

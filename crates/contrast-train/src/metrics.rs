@@ -22,6 +22,12 @@ pub struct EpochRecord {
     pub data_wait_fraction: f64,
     /// Seconds the epoch's training took (evaluation excluded).
     pub epoch_seconds: f64,
+    /// Share (0 to 1) of the machine's CPU time that went to anything but this
+    /// process while the epoch trained (or, for an epoch resumed mid-way, its last
+    /// stretch): above a few percent, its timings were disturbed. `None` where the
+    /// operating system does not say ([`crate::contention`]).
+    #[serde(default)]
+    pub others_cpu_share: Option<f64>,
     /// Weighted-kNN top-1 on the monitored split against `knn_bank` training images
     /// (`None` for unlabeled data).
     pub knn_top1: Option<f64>,
@@ -40,6 +46,16 @@ pub struct EpochRecord {
     /// What the negatives were, judged against labels (in-batch methods).
     #[serde(default, flatten, skip_serializing_if = "Option::is_none")]
     pub mining: Option<contrast_mining::DiagnosticsSummary>,
+}
+
+/// The mean of the epochs' [`EpochRecord::others_cpu_share`] weighted by their
+/// training seconds, over the epochs that have one.
+pub fn others_cpu_share(history: &[EpochRecord]) -> Option<f64> {
+    let (shared, seconds) = history
+        .iter()
+        .filter_map(|r| Some((r.others_cpu_share? * r.epoch_seconds, r.epoch_seconds)))
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    (seconds > 0.0).then(|| shared / seconds)
 }
 
 fn test_split() -> String {
@@ -99,6 +115,10 @@ pub struct Summary {
     pub train_images_per_sec: f64,
     /// Share of training time spent waiting for data.
     pub data_wait_fraction: f64,
+    /// The epochs' [`EpochRecord::others_cpu_share`], weighted by their training
+    /// seconds: how much of the machine other processes took while this run trained.
+    #[serde(default)]
+    pub others_cpu_share: Option<f64>,
     pub train_seconds: f64,
     pub eval_seconds: f64,
     /// Wall-clock seconds of the whole run, summed over the processes that trained
@@ -203,7 +223,7 @@ pub fn write_metrics(dir: &Path, records: &[EpochRecord]) -> Result<()> {
 }
 
 /// The first columns of `metrics.csv`: [`EpochRecord`]'s own fields.
-pub const CSV_LEADING: [&str; 13] = [
+pub const CSV_LEADING: [&str; 14] = [
     "epoch",
     "step",
     "loss",
@@ -211,6 +231,7 @@ pub const CSV_LEADING: [&str; 13] = [
     "images_per_sec",
     "data_wait_fraction",
     "epoch_seconds",
+    "others_cpu_share",
     "knn_top1",
     "knn_bank",
     "knn_split",

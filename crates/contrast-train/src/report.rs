@@ -2,6 +2,7 @@
 //! representations of its images (`embeddings/<split>.safetensors`, with the image
 //! files listed beside them for folder datasets) and a one-page `report.md`.
 
+use crate::contention::DISTURBED;
 use crate::evaluate::EvalReport;
 use crate::metrics::Summary;
 use anyhow::{Context, Result};
@@ -175,11 +176,18 @@ fn training_section(s: &Summary, class_names: &[String]) -> String {
     );
     let _ = writeln!(
         w,
-        "Encoder: `{}`. Training {:.0} s at {:.0} images/s ({:.1}% waiting for data), evaluation {:.0} s.\n",
+        "Encoder: `{}`. Training {:.0} s at {:.0} images/s ({:.1}% waiting for data{}), evaluation {:.0} s.\n",
         s.encoder,
         s.train_seconds,
         s.train_images_per_sec,
         100.0 * s.data_wait_fraction,
+        match s.others_cpu_share {
+            Some(x) if x >= DISTURBED => format!(
+                "; other processes took {:.0}% of the machine's CPU, so the timing is disturbed",
+                100.0 * x
+            ),
+            _ => String::new(),
+        },
         s.eval_seconds
     );
     if s.skipped_files > 0 {

@@ -3,13 +3,14 @@
 use crate::checkpoint::{self, PartialEpoch, TrainState};
 use crate::config::SplitName;
 use crate::config::{Config, OnNonFinite};
+use crate::contention::{CpuClock, DISTURBED};
 use crate::data::{RunData, load_data};
 use crate::device::describe;
 use crate::distributed::World;
 use crate::evaluate::{Evaluator, input_shape};
 use crate::log::RunLog;
 use crate::method::{Method, NonFinite};
-use crate::metrics::{EpochRecord, Summary, write_json, write_metrics};
+use crate::metrics::{EpochRecord, Summary, others_cpu_share, write_json, write_metrics};
 use crate::model::{ContrastiveModel, model_parts};
 use crate::optim::Optimizer;
 use crate::report;
@@ -661,6 +662,7 @@ impl Trainer {
         };
         let (t0, seconds_before, waited_before) =
             (Instant::now(), part.seconds, part.waited_seconds);
+        let clock = CpuClock::now();
         let pb = progress_bar(
             steps,
             epoch + 1,
@@ -702,6 +704,9 @@ impl Trainer {
         drop(stream);
         pb.finish_and_clear();
         let secs = seconds_before + t0.elapsed().as_secs_f64();
+        let others_cpu_share = clock
+            .zip(CpuClock::now())
+            .and_then(|(a, b)| a.others_share(&b));
         let (loss_sum, lr, images) = (part.loss_sum, part.lr, part.images);
         self.state.partial = None;
         self.state.train_seconds += secs;
@@ -735,6 +740,7 @@ impl Trainer {
             images_per_sec: images as f64 / secs,
             data_wait_fraction: waited / secs,
             epoch_seconds: secs,
+            others_cpu_share,
             knn_top1: monitor.as_ref().and_then(|m| m.knn_top1),
             knn_bank: self.monitor_bank.len(),
             knn_split: split_name.to_string(),
@@ -913,6 +919,7 @@ impl Trainer {
             embeddings,
             train_images_per_sec: state.images_seen as f64 / state.train_seconds.max(1e-9),
             data_wait_fraction: state.data_wait_seconds / state.train_seconds.max(1e-9),
+            others_cpu_share: others_cpu_share(&state.history),
             train_seconds: state.train_seconds,
             eval_seconds,
             wall_seconds: self.wall_seconds(),
@@ -1021,8 +1028,9 @@ fn fresh(
 }
 
 /// The epoch's line: loss, rate, data wait, monitor kNN, what the negatives were,
-/// and the time the remaining epochs should take (`remaining`, seconds), so that a
-/// run followed through its log alone shows when it will end.
+/// the share of the CPU other processes took when it disturbed the timing, and the
+/// time the remaining epochs should take (`remaining`, seconds), so that a run
+/// followed through its log alone shows when it will end.
 fn epoch_line(record: &EpochRecord, epochs: usize, remaining: f64) -> String {
     let negatives = record.mining.as_ref().map_or(String::new(), |m| {
         let fnc = match (m.fn_identified_precision, m.fn_identified_recall) {
@@ -1044,13 +1052,18 @@ fn epoch_line(record: &EpochRecord, epochs: usize, remaining: f64) -> String {
     let knn = record.knn_top1.map_or(String::new(), |k| {
         format!("  kNN@{} {k:.4} ({})", record.knn_bank, record.knn_split)
     });
+    // Said only when it matters: the epoch's timing is not the method's alone.
+    let shared = match record.others_cpu_share {
+        Some(x) if x >= DISTURBED => format!(", others took {:.0}% of the CPU", 100.0 * x),
+        _ => String::new(),
+    };
     let eta = if record.epoch < epochs {
         format!(", eta {}", clock(remaining))
     } else {
         String::new()
     };
     format!(
-        "epoch {:>3}/{}  loss {:.4}  lr {:.4}  {:.0} img/s  data wait {:.1}%{knn}{negatives}  ({:.0} s{eta})",
+        "epoch {:>3}/{}  loss {:.4}  lr {:.4}  {:.0} img/s  data wait {:.1}%{knn}{negatives}  ({:.0} s{shared}{eta})",
         record.epoch,
         epochs,
         record.loss,
