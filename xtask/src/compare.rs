@@ -130,8 +130,8 @@ pub struct RunResult {
     pub images_per_sec: f64,
     pub wall_seconds: f64,
     /// Share of the machine's CPU other processes took while it trained (records
-    /// from before it was measured have none).
-    #[serde(default)]
+    /// from before it was measured have none, and stay as they were written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub others_cpu_share: Option<f64>,
     /// The build the run was trained with (`git` commit), when known.
     pub commit: Option<String>,
