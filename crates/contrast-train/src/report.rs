@@ -183,7 +183,12 @@ fn training_section(s: &Summary, class_names: &[String]) -> String {
         100.0 * s.data_wait_fraction,
         match s.others_cpu_share {
             Some(x) if x >= DISTURBED => format!(
-                "; other processes took {:.0}% of the machine's CPU, so the timing is disturbed",
+                "; other processes{} took {:.0}% of the machine's CPU, so the timing is disturbed",
+                if s.ranks > 1 {
+                    " (this machine's other ranks included)"
+                } else {
+                    ""
+                },
                 100.0 * x
             ),
             _ => String::new(),

@@ -294,6 +294,20 @@ fn a_trained_run_is_evaluated_and_embedded_from_its_checkpoint() {
         .filter(|l| l.starts_with("| ") && l.ends_with(") |"))
         .count();
     assert_eq!(rows, e.knn_sweep.len() / 2, "{md}");
+    // A run that shared the machine says so, naming the other ranks when it had some.
+    let report = |s: &contrast_train::Summary| {
+        let path = contrast_train::report::write_report(out.path(), Some(s), Some(&e), &[]);
+        std::fs::read_to_string(path.unwrap()).unwrap()
+    };
+    let mut shared = s.clone();
+    (shared.others_cpu_share, shared.ranks) = (Some(0.3), 2);
+    let md = report(&shared);
+    assert!(
+        md.contains("other processes (this machine's other ranks included) took 30% of"),
+        "{md}"
+    );
+    shared.others_cpu_share = Some(0.01);
+    assert!(!report(&shared).contains("disturbed"));
 
     // .npy files: a header NumPy reads, then N x D little-endian f32.
     let file = out.path().join("emb/val");
