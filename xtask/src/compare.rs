@@ -958,7 +958,14 @@ pub fn summarise(suite: &Suite, results: &[RunResult], command: &str) -> String 
             } else {
                 let (m, sd) = mean_std(&v);
                 let d = metric.decimals;
-                s.push_str(&format!(" {m:.d$} ± {sd:.d$} |"));
+                // Over fewer runs than the entry has (records from before a
+                // measurement existed): say over how many.
+                let part = if v.len() < runs.len() {
+                    format!(" ({} of {})", v.len(), runs.len())
+                } else {
+                    String::new()
+                };
+                s.push_str(&format!(" {m:.d$} ± {sd:.d$}{part} |"));
             }
         }
         s.push('\n');
@@ -1391,13 +1398,18 @@ mod tests {
             trained_in: None,
             evaluated_by: None,
         };
+        // One of b's runs predates the CPU-share measurement.
+        let older = RunResult {
+            others_cpu_share: None,
+            ..r("b", 2, 0.84)
+        };
         let results = [
             r("a", 0, 0.80),
             r("a", 1, 0.81),
             r("a", 2, 0.79),
             r("b", 0, 0.85),
             r("b", 1, 0.855),
-            r("b", 2, 0.84),
+            older,
         ];
         let md = summarise(&suite, &results, "xtask compare --suite t.toml");
         assert!(md.contains("| a | 3 | 0.8000 ± 0.0100 |"), "{md}");
@@ -1416,5 +1428,6 @@ mod tests {
         );
         assert!(md.contains("better"), "{md}");
         assert!(md.contains("| b |") && md.contains(" - |"), "{md}");
+        assert!(md.contains("| 10 ± 0 | 25 ± 0 (2 of 3) |\n"), "{md}");
     }
 }
