@@ -25,7 +25,9 @@
 //! `eval.json` exist is reused, so a suite can be split across invocations. A run
 //! that stopped part way (the session ended, the process was killed) continues from
 //! its newest checkpoint with `train --resume` when its `config.toml` is the entry's
-//! configuration, and ends where an uninterrupted run would.
+//! configuration, and ends where an uninterrupted run would. `--no-train` trains and
+//! evaluates nothing: it tables the runs and records already finished, and lists the
+//! (entry, seed) pairs still missing, so a table can be read while a suite is part done.
 //!
 //! A suite may also name a `records` directory (`records = "results/default"`,
 //! relative to the working directory like `config`). Every finished run then leaves
@@ -623,15 +625,53 @@ fn wait_or_stop(
 }
 
 /// Runs the suite in `file` (see the module docs) into `out`.
-pub fn compare(
-    file: &Path,
-    seeds: Option<usize>,
-    jobs: usize,
-    out: Option<&Path>,
-    quick: bool,
-    only: &[String],
-    baseline: Option<&str>,
-) -> Result<()> {
+/// `cargo xtask compare`'s options.
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// The suite file (configs/suites/*.toml).
+    #[arg(long)]
+    pub suite: PathBuf,
+    /// Seeds per entry [default: the suite's, 2 with --quick].
+    #[arg(long)]
+    pub seeds: Option<usize>,
+    /// Runs trained at once (each gets its share of the cores).
+    #[arg(long, default_value_t = 1)]
+    pub jobs: usize,
+    /// Output directory (default: `runs/compare-<suite>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// A tiny budget (1,024 images, one epoch) that tests the machinery in
+    /// minutes; its numbers make no claims.
+    #[arg(long)]
+    pub quick: bool,
+    /// Only these entries (comma-separated names) and the baseline: to split a
+    /// suite across invocations or machines, or to table the entries done so far.
+    #[arg(long, value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Compare with this entry instead of the suite's baseline (e.g. SimCLR at
+    /// another method's temperature); with --only, it is kept like the baseline.
+    #[arg(long)]
+    pub baseline: Option<String>,
+    /// Train and evaluate nothing: table only the runs and records already
+    /// finished, and list each (entry, seed) still missing.
+    #[arg(long)]
+    pub no_train: bool,
+}
+
+/// Runs (or, with `--no-train`, only tables) the suite `options` name; see the
+/// module docs.
+pub fn compare(options: &Options) -> Result<()> {
+    let Options {
+        suite: ref file,
+        seeds,
+        jobs,
+        ref out,
+        quick,
+        ref only,
+        ref baseline,
+        no_train,
+    } = *options;
+    let (file, out, baseline) = (file.as_path(), out.as_deref(), baseline.as_deref());
     crate::install_interrupt_handler();
     let mut suite = read_suite(file)?;
     if let Some(b) = baseline {
@@ -735,6 +775,11 @@ pub fn compare(
                 pending.push((entry.clone(), seed, dir, cfg, source));
             }
             results.push((entry.name.clone(), seed, found));
+        }
+    }
+    if no_train {
+        for (entry, seed, ..) in pending.drain(..) {
+            println!("{} seed {seed}: not run (--no-train)", entry.name);
         }
     }
     let total = pending.len();
@@ -965,7 +1010,12 @@ pub fn summarise(suite: &Suite, results: &[RunResult], command: &str) -> String 
                 } else {
                     String::new()
                 };
-                s.push_str(&format!(" {m:.d$} ± {sd:.d$}{part} |"));
+                // One value has no spread to show.
+                if v.len() == 1 {
+                    s.push_str(&format!(" {m:.d$}{part} |"));
+                } else {
+                    s.push_str(&format!(" {m:.d$} ± {sd:.d$}{part} |"));
+                }
             }
         }
         s.push('\n');
@@ -985,6 +1035,10 @@ pub fn summarise(suite: &Suite, results: &[RunResult], command: &str) -> String 
                 continue;
             }
             let p = paired(&d);
+            if p.pairs == 1 {
+                s.push_str(&format!(" {:+.4} (one seed, no interval) |", p.mean));
+                continue;
+            }
             let verdict = if p.tie() {
                 "tie"
             } else if p.mean > 0.0 {
@@ -1375,7 +1429,7 @@ mod tests {
     #[test]
     fn the_table_names_ties_and_differences() {
         let suite: Suite = toml::from_str(
-            "name = \"t\"\nbaseline = \"a\"\nrecords = \"results/t\"\n[[run]]\nname = \"a\"\nconfig = \"x\"\n[[run]]\nname = \"b\"\nconfig = \"y\"\n",
+            "name = \"t\"\nbaseline = \"a\"\nrecords = \"results/t\"\n[[run]]\nname = \"a\"\nconfig = \"x\"\n[[run]]\nname = \"b\"\nconfig = \"y\"\n[[run]]\nname = \"c\"\nconfig = \"z\"\n",
         )
         .unwrap();
         let r = |entry: &str, seed: u64, knn: f64| RunResult {
@@ -1410,6 +1464,7 @@ mod tests {
             r("b", 0, 0.85),
             r("b", 1, 0.855),
             older,
+            r("c", 0, 0.86),
         ];
         let md = summarise(&suite, &results, "xtask compare --suite t.toml");
         assert!(md.contains("| a | 3 | 0.8000 ± 0.0100 |"), "{md}");
@@ -1429,5 +1484,13 @@ mod tests {
         assert!(md.contains("better"), "{md}");
         assert!(md.contains("| b |") && md.contains(" - |"), "{md}");
         assert!(md.contains("| 10 ± 0 | 25 ± 0 (2 of 3) |\n"), "{md}");
+        // One seed: no spread, and no interval to call a tie.
+        assert!(md.contains("| c | 1 | 0.8600 | 0.8600 | - |"), "{md}");
+        assert!(
+            md.contains(
+                "| c | +0.0600 (one seed, no interval) | +0.0600 (one seed, no interval) | - | - |"
+            ),
+            "{md}"
+        );
     }
 }

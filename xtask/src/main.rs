@@ -3,7 +3,7 @@
 //! - `cargo xtask train [--config FILE] [--set key=value ...] [--data-dir DIR] [--out DIR] [--resume]`
 //! - `cargo xtask eval --run DIR [--split S] [--checkpoint PATH] [--device D]`
 //! - `cargo xtask embed --run DIR [--split S | --images PATH] [--out FILE] [--format F]`
-//! - `cargo xtask compare --suite FILE [--seeds N] [--jobs J] [--out DIR] [--quick]`
+//! - `cargo xtask compare --suite FILE [--seeds N] [--jobs J] [--out DIR] [--quick] [--no-train]`
 //! - `cargo xtask data fetch <dataset> [--data-dir DIR]`
 //! - `cargo xtask fuzz [--runs N] [--seed S] [--target NAME]`
 //! - `cargo xtask reliability [--kills N] [--seed S]`
@@ -138,32 +138,7 @@ enum Command {
     /// each run, and compare them with the suite's baseline (paired differences per
     /// seed, 95% intervals; an interval holding 0 is a tie). Writes results.json and
     /// results.md; runs already done are reused.
-    Compare {
-        /// The suite file (configs/suites/*.toml).
-        #[arg(long)]
-        suite: PathBuf,
-        /// Seeds per entry [default: the suite's, 2 with --quick].
-        #[arg(long)]
-        seeds: Option<usize>,
-        /// Runs trained at once (each gets its share of the cores).
-        #[arg(long, default_value_t = 1)]
-        jobs: usize,
-        /// Output directory (default: `runs/compare-<suite>`).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// A tiny budget (1,024 images, one epoch) that tests the machinery in
-        /// minutes; its numbers make no claims.
-        #[arg(long)]
-        quick: bool,
-        /// Only these entries (comma-separated names) and the baseline: to split a
-        /// suite across invocations or machines, or to table the entries done so far.
-        #[arg(long, value_delimiter = ',')]
-        only: Vec<String>,
-        /// Compare with this entry instead of the suite's baseline (e.g. SimCLR at
-        /// another method's temperature); with --only, it is kept like the baseline.
-        #[arg(long)]
-        baseline: Option<String>,
-    },
+    Compare(compare::Options),
     /// Benchmarks: `kernels` (similarity hot path against the plain candle path and sgemm).
     Bench {
         /// Device to run the cases on: cpu, cuda, cuda:N, metal or auto.
@@ -568,23 +543,7 @@ fn main() {
                 device,
             )
         }
-        Command::Compare {
-            suite,
-            seeds,
-            jobs,
-            out,
-            quick,
-            only,
-            baseline,
-        } => compare::compare(
-            &suite,
-            seeds,
-            jobs,
-            out.as_deref(),
-            quick,
-            &only,
-            baseline.as_deref(),
-        ),
+        Command::Compare(options) => compare::compare(&options),
         Command::Fuzz { runs, seed, target } => {
             fuzz::fuzz(Path::new("."), runs, seed, target.as_deref())
         }

@@ -102,6 +102,19 @@ fn a_quick_suite_runs_compares_and_is_reused() {
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(text.contains("\nseed = 1\n"), "{text}");
     std::fs::write(&config, text.replace("\nseed = 1\n", "\nseed = 5\n")).unwrap();
+    // --no-train tables the two finished runs and leaves the unfinished ones alone.
+    let tabled = compare(out.path(), &["--no-train"]);
+    assert!(
+        tabled.contains("simclr seed 0: not run (--no-train)")
+            && tabled.contains("simclr seed 1: not run (--no-train)")
+            && !tabled.contains("resuming"),
+        "{tabled}"
+    );
+    let partial: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("results.json")).unwrap())
+            .unwrap();
+    assert_eq!(partial["runs"].as_array().unwrap().len(), 2, "{partial}");
+    assert!(!simclr.join("seed-0/summary.json").exists());
     let resumed = compare(out.path(), &[]);
     assert!(
         resumed.contains("simclr seed 0: resuming") && resumed.matches("resuming").count() == 1,
