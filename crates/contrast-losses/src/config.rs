@@ -230,6 +230,28 @@ impl LossConfig {
         }))
     }
 
+    /// For the losses that contrast two views in the batch against every other
+    /// instance at one temperature (NT-Xent, DCL, DCLW, debiased, HCL), the share
+    /// NT-Xent's softmax at that temperature gives each anchor's positive
+    /// ([`crate::nt_xent_positive_share`]: summed over anchors, and their count);
+    /// `None` for every other loss and with a queue. A diagnostic: the inputs are
+    /// read, not trained.
+    pub fn positive_share(&self, inputs: LossInputs<'_>) -> Result<Option<(f64, usize)>> {
+        let t = match self {
+            LossConfig::NtXent(c) => c.temperature,
+            LossConfig::Decoupled(c) => c.temperature,
+            LossConfig::DecoupledWeighted(c) => c.temperature,
+            LossConfig::Debiased(c) => c.temperature,
+            LossConfig::Hcl(c) => c.temperature,
+            _ => return Ok(None),
+        };
+        if inputs.queue.is_some() {
+            return Ok(None);
+        }
+        let (a, b) = two(self.name(), inputs.views)?;
+        Ok(Some(crate::nt_xent_positive_share(a, b, t)?))
+    }
+
     /// Computes the scalar loss.
     pub fn compute(&self, inputs: LossInputs<'_>) -> Result<Tensor> {
         let name = self.name();

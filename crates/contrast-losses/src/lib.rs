@@ -84,7 +84,7 @@ pub use invariance_propagation::{
 };
 pub use looc::{LoocConfig, looc};
 pub use moco::{MocoConfig, moco_info_nce, moco_info_nce_keyed, moco_info_nce_reference};
-pub use nt_xent::{NtXentConfig, nt_xent, nt_xent_reference};
+pub use nt_xent::{NtXentConfig, nt_xent, nt_xent_positive_share, nt_xent_reference};
 pub use ring::{RingConfig, ring};
 pub use sampling::{
     Aggregation, Cancellation, FalseNegativeRule, check_ring, hardest_first, hardness_weights,

@@ -1,9 +1,9 @@
 //! NT-Xent, the SimCLR loss.
 
 use crate::error::{Result, check_same_shape, check_temperature};
-use crate::generalized::{generalized_info_nce, one_hot};
+use crate::generalized::{generalized_info_nce, one_hot, weighted_logsumexp};
 use crate::views::{logits, not_self, stack_normalized};
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use contrast_kernels::paired_info_nce;
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +40,28 @@ pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<Tensor> {
     let n = 2 * b;
     let partner: Vec<u32> = (0..n).map(|i| ((i + b) % n) as u32).collect();
     Ok(paired_info_nce(&z, &partner, temperature)?)
+}
+
+/// The probability NT-Xent's softmax at `temperature` gives each anchor's positive,
+/// `p_i = exp(l_i+) / sum_{j != i} exp(l_ij)`, summed over the `2B` anchors of the
+/// views `z1`, `z2` `[B, D]` (raw; normalised inside), and the anchor count: their
+/// ratio is the mean share. A diagnostic, computed in f64 on the inputs as given
+/// (detach them).
+///
+/// NT-Xent's pull on the positive is scaled by `1 - p_i`; DCL removes the positive
+/// from the denominator and with it this factor, and HCL's reweighting moves it. A
+/// mean share near 0 leaves DCL's gradient close to NT-Xent's.
+pub fn nt_xent_positive_share(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<(f64, usize)> {
+    let (b, _) = check_same_shape("z1", z1, "z2", z2)?;
+    check_temperature("temperature", temperature)?;
+    let z = stack_normalized(&[z1.to_dtype(DType::F64)?, z2.to_dtype(DType::F64)?])?;
+    let n = 2 * b;
+    let partner: Vec<usize> = (0..n).map(|i| (i + b) % n).collect();
+    let l = logits(&z, &z, temperature)?;
+    let positive = (&l * one_hot(&partner, n, DType::F64, z.device())?)?.sum(1)?;
+    let log_denominator = weighted_logsumexp(&l, Some(&not_self(n, DType::F64, z.device())?))?;
+    let share = (positive - log_denominator)?.exp()?.sum_all()?;
+    Ok((share.to_scalar::<f64>()?, n))
 }
 
 /// NT-Xent as a dense composition of candle ops (the reference; any device).

@@ -3,7 +3,8 @@
 use candle_core::{DType, Device, Tensor, Var};
 use contrast_losses::{
     Cancellation, FncConfig, InvPConfig, LossError, debiased, decoupled, fnc, generalized_info_nce,
-    hcl, hcl_floored, hcl_queue_floored, invariance_propagation, nt_xent, one_hot, supcon,
+    hcl, hcl_floored, hcl_queue_floored, invariance_propagation, nt_xent, nt_xent_positive_share,
+    one_hot, supcon,
 };
 use contrast_testing::{scalar, uniform_tensor};
 use proptest::prelude::*;
@@ -175,6 +176,90 @@ fn floored_by_hand(z1: &Tensor, z2: &Tensor, t: f64, tau_plus: f64, beta: f64) -
         possibly += (corrected <= floor + 1e-6 * floor.abs().max(sum)) as usize;
     }
     (surely, possibly)
+}
+
+/// The positive's softmax share of every anchor of two views, summed, computed in
+/// f64 with plain loops: `e^(l_i+) / sum_{j != i} e^(l_ij)`, `l = cos / t`.
+fn positive_share_by_hand(z1: &Tensor, z2: &Tensor, t: f64) -> f64 {
+    let rows: Vec<Vec<f64>> = Tensor::cat(&[z1, z2], 0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let unit: Vec<Vec<f64>> = rows
+        .iter()
+        .map(|r| {
+            let n = r.iter().map(|x| x * x).sum::<f64>().sqrt();
+            r.iter().map(|x| x / n).collect()
+        })
+        .collect();
+    let (n2, b) = (unit.len(), unit.len() / 2);
+    let e = |i: usize, j: usize| {
+        (unit[i]
+            .iter()
+            .zip(&unit[j])
+            .map(|(a, b)| a * b)
+            .sum::<f64>()
+            / t)
+            .exp()
+    };
+    (0..n2)
+        .map(|i| e(i, (i + b) % n2) / (0..n2).filter(|&j| j != i).map(|j| e(i, j)).sum::<f64>())
+        .sum()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The share matches the loops in f32 and f64 inputs, lies in (0, 1] per anchor,
+    /// and bounds NT-Xent from below (Jensen: the mean of `-ln p` is at least
+    /// `-ln` of the mean `p`).
+    #[test]
+    fn positive_share_matches_the_formula(seed in any::<u64>(), b in 1usize..9, d in 2usize..7, t in prop_oneof![Just(0.05), Just(0.2), Just(0.5)]) {
+        let z1 = uniform(seed, (b, d));
+        let z2 = uniform(seed.wrapping_add(1), (b, d));
+        for dtype in [DType::F32, DType::F64] {
+            let (a, c) = (z1.to_dtype(dtype).unwrap(), z2.to_dtype(dtype).unwrap());
+            let (sum, anchors) = nt_xent_positive_share(&a, &c, t).unwrap();
+            prop_assert_eq!(anchors, 2 * b);
+            // The share is computed in f64 whatever the inputs' precision.
+            let want = positive_share_by_hand(&a, &c, t);
+            prop_assert!((sum - want).abs() <= 1e-9 * want.max(1.0), "{:?}: {} vs {}", dtype, sum, want);
+        }
+        let mean = positive_share_by_hand(&z1, &z2, t) / (2 * b) as f64;
+        prop_assert!(mean > 0.0 && mean <= 1.0 + 1e-12);
+        let loss = scalar(&nt_xent(&z1.to_dtype(DType::F64).unwrap(), &z2.to_dtype(DType::F64).unwrap(), t).unwrap());
+        prop_assert!(-mean.ln() <= loss + 1e-9, "{} > {}", -mean.ln(), loss);
+    }
+}
+
+#[test]
+fn positive_share_in_closed_form() {
+    // Each image's two views on its own axis, the others orthogonal: every anchor's
+    // positive has e^(1/t) against 2B - 2 negatives of e^0.
+    let z = Tensor::eye(4, DType::F64, &Device::Cpu).unwrap();
+    let (sum, anchors) = nt_xent_positive_share(&z, &z, 0.5).unwrap();
+    let p = 2f64.exp() / (2f64.exp() + 6.0);
+    assert_eq!(anchors, 8);
+    assert!((sum / 8.0 - p).abs() < 1e-12, "{sum}");
+    // Collapse: every candidate alike, so the positive is one of 2B - 1.
+    let ones = Tensor::ones((4, 3), DType::F32, &Device::Cpu).unwrap();
+    let (sum, _) = nt_xent_positive_share(&ones, &ones, 0.1).unwrap();
+    assert!((sum / 8.0 - 1.0 / 7.0).abs() < 1e-12, "{sum}");
+    // One image: its positive is each anchor's only candidate.
+    let one = uniform(3, (1, 5));
+    assert_eq!(
+        nt_xent_positive_share(&one, &uniform(4, (1, 5)), 0.2)
+            .unwrap()
+            .0,
+        2.0
+    );
+    // Bad arguments are named.
+    let err = nt_xent_positive_share(&z, &ones, 0.5)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("z2"), "{err}");
 }
 
 #[test]

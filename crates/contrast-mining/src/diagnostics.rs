@@ -31,6 +31,12 @@ pub struct Diagnostics {
     debias_anchors: u64,
     #[serde(default)]
     debias_floored: u64,
+    /// Sum over anchors of the share NT-Xent's softmax gave the positive, and the
+    /// anchor count (absent from checkpoints written before they were kept).
+    #[serde(default)]
+    positive_share_sum: f64,
+    #[serde(default)]
+    positive_anchors: u64,
 }
 
 /// The epoch's figures (keys of `metrics.jsonl`).
@@ -56,6 +62,12 @@ pub struct DiagnosticsSummary {
     /// (`contrast_losses::debias_floored`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debias_floor_share: Option<f64>,
+    /// Mean share that NT-Xent's softmax, at the loss's temperature, gave each
+    /// anchor's positive (`contrast_losses::nt_xent_positive_share`): NT-Xent's pull
+    /// on the positive is scaled by one minus it, the factor DCL removes. In-batch
+    /// two-view losses without mining policies only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub positive_share: Option<f64>,
 }
 
 impl Diagnostics {
@@ -114,6 +126,12 @@ impl Diagnostics {
     pub fn add_debias_floor(&mut self, floored: usize, anchors: usize) {
         self.debias_anchors += anchors as u64;
         self.debias_floored += floored as u64;
+    }
+
+    /// Counts one labelled batch's positive shares: their `sum` over `anchors`.
+    pub fn add_positive_share(&mut self, sum: f64, anchors: usize) {
+        self.positive_share_sum += sum;
+        self.positive_anchors += anchors as u64;
     }
 
     /// Counts one anchor's identified candidates against the `is_fn` truth over its
@@ -201,6 +219,8 @@ impl Diagnostics {
             },
             nn_positive_precision: ratio(self.neighbours_agreeing, self.neighbours),
             debias_floor_share: ratio(self.debias_floored, self.debias_anchors),
+            positive_share: (self.positive_anchors > 0)
+                .then(|| self.positive_share_sum / self.positive_anchors as f64),
         })
     }
 }

@@ -296,7 +296,7 @@ fn bank_diagnostics_judge_background_and_positives_by_the_bank_labels() {
 }
 
 #[test]
-fn diagnostics_give_the_share_of_floored_anchors() {
+fn diagnostics_give_the_floored_and_positive_shares() {
     let (z1, z2) = views(5, 4, 5);
     let batch = MiningBatch::in_batch(&[z1, z2], &ids(4), Some(&[0, 0, 1, 1])).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -310,6 +310,11 @@ fn diagnostics_give_the_share_of_floored_anchors() {
     d.add_debias_floor(3, 8);
     d.add_debias_floor(0, 8);
     assert_eq!(d.summary().unwrap().debias_floor_share, Some(3.0 / 16.0));
+    // The positive's softmax share: the mean over every anchor added.
+    assert_eq!(d.summary().unwrap().positive_share, None);
+    d.add_positive_share(2.0, 8);
+    d.add_positive_share(1.0, 4);
+    assert_eq!(d.summary().unwrap().positive_share, Some(0.25));
 }
 
 #[test]

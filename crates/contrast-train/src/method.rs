@@ -610,6 +610,16 @@ impl InBatch {
             if let Some((floored, anchors)) = floored {
                 self.diagnostics.add_debias_floor(floored, anchors);
             }
+            // The positive's softmax share, where the loss sees every instance of the
+            // whole batch as is (no policies, two views, not ring-sharded).
+            if self.pipeline.is_empty() && views.len() == 2 && !ring {
+                let detached = views.iter().map(Tensor::detach).collect::<Vec<_>>();
+                if let Some((sum, anchors)) =
+                    cfg.loss.positive_share(LossInputs::views(&detached))?
+                {
+                    self.diagnostics.add_positive_share(sum, anchors);
+                }
+            }
         }
         Ok((loss, StepExtras::default()))
     }

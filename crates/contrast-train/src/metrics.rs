@@ -142,7 +142,7 @@ fn one() -> usize {
 
 /// The keys of a `metrics.jsonl` line that a run determines (everything but
 /// wall-clock measurements): a resumed or interrupted run must reproduce them exactly.
-pub const DETERMINISTIC_KEYS: [&str; 14] = [
+pub const DETERMINISTIC_KEYS: [&str; 15] = [
     "epoch",
     "step",
     "loss",
@@ -157,6 +157,7 @@ pub const DETERMINISTIC_KEYS: [&str; 14] = [
     "fn_identified_precision",
     "nn_positive_precision",
     "debias_floor_share",
+    "positive_share",
 ];
 
 /// The [`DETERMINISTIC_KEYS`] of every line of a run's `metrics.jsonl`, as JSON text

@@ -1043,8 +1043,11 @@ fn epoch_line(record: &EpochRecord, epochs: usize, remaining: f64) -> String {
         let positives = m.nn_positive_precision.map_or(String::new(), |p| {
             format!(", neighbour positives {:.0}% same-class", 100.0 * p)
         });
+        let share = m
+            .positive_share
+            .map_or(String::new(), |p| format!(", positive share {p:.2}"));
         format!(
-            "  negatives: {:.1}% same-class, sim {:.2}{fnc}{floor}{positives}",
+            "  negatives: {:.1}% same-class, sim {:.2}{fnc}{floor}{positives}{share}",
             100.0 * m.neg_false_fraction,
             m.neg_sim_mean
         )

@@ -99,6 +99,21 @@ fn every_preset_runs_a_short_epoch() {
             "{}: {metrics}",
             path.display()
         );
+        // Two-view in-batch losses at one temperature without policies log the
+        // share NT-Xent's softmax gives the positive, and only they.
+        let shares = matches!(cfg.method, contrast_train::config::MethodConfig::Simclr)
+            && matches!(
+                cfg.loss.name(),
+                "nt_xent" | "decoupled" | "decoupled_weighted" | "debiased" | "hcl"
+            )
+            && cfg.mining.is_empty()
+            && cfg.data.views == 2;
+        assert_eq!(
+            metrics.contains("\"positive_share\""),
+            shares,
+            "{}: {metrics}",
+            path.display()
+        );
         if cfg.loss.name() == "fnc"
             || cfg
                 .mining
