@@ -131,6 +131,22 @@ proptest! {
 
 /// Loss and gradient at temperature 0.05 on nearly identical embeddings: finite, and
 /// the gradient equals central differences.
+/// The rows of `z1` then `z2`, L2-normalised in f64.
+fn unit_rows(z1: &Tensor, z2: &Tensor) -> Vec<Vec<f64>> {
+    let rows: Vec<Vec<f64>> = Tensor::cat(&[z1, z2], 0)
+        .unwrap()
+        .to_dtype(DType::F64)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    rows.iter()
+        .map(|r| {
+            let n = r.iter().map(|x| x * x).sum::<f64>().sqrt();
+            r.iter().map(|x| x / n).collect()
+        })
+        .collect()
+}
+
 /// The anchors of two-view HCL whose corrected negative sum is at or under the floor,
 /// counted in f64 from the raw views with the formula itself: per anchor `i` with
 /// positive `p` and the `N = 2B - 2` others as negatives, `l = cos / t`, weights
@@ -138,19 +154,7 @@ proptest! {
 /// tau+)` against `N e^(-1/t)`. Returns the count with a relative margin of 1e-6 each
 /// way (surely under, possibly under), so that rounding cannot make the test flaky.
 fn floored_by_hand(z1: &Tensor, z2: &Tensor, t: f64, tau_plus: f64, beta: f64) -> (usize, usize) {
-    let rows: Vec<Vec<f64>> = Tensor::cat(&[z1, z2], 0)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec2()
-        .unwrap();
-    let unit: Vec<Vec<f64>> = rows
-        .iter()
-        .map(|r| {
-            let n = r.iter().map(|x| x * x).sum::<f64>().sqrt();
-            r.iter().map(|x| x / n).collect()
-        })
-        .collect();
+    let unit = unit_rows(z1, z2);
     let (n2, b) = (unit.len(), unit.len() / 2);
     let l = |i: usize, j: usize| {
         unit[i]
@@ -181,19 +185,7 @@ fn floored_by_hand(z1: &Tensor, z2: &Tensor, t: f64, tau_plus: f64, beta: f64) -
 /// The positive's softmax share of every anchor of two views, summed, computed in
 /// f64 with plain loops: `e^(l_i+) / sum_{j != i} e^(l_ij)`, `l = cos / t`.
 fn positive_share_by_hand(z1: &Tensor, z2: &Tensor, t: f64) -> f64 {
-    let rows: Vec<Vec<f64>> = Tensor::cat(&[z1, z2], 0)
-        .unwrap()
-        .to_dtype(DType::F64)
-        .unwrap()
-        .to_vec2()
-        .unwrap();
-    let unit: Vec<Vec<f64>> = rows
-        .iter()
-        .map(|r| {
-            let n = r.iter().map(|x| x * x).sum::<f64>().sqrt();
-            r.iter().map(|x| x / n).collect()
-        })
-        .collect();
+    let unit = unit_rows(z1, z2);
     let (n2, b) = (unit.len(), unit.len() / 2);
     let e = |i: usize, j: usize| {
         (unit[i]
