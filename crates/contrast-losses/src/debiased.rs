@@ -56,7 +56,11 @@ pub(crate) fn check_tau_plus(tau_plus: f64) -> Result<()> {
 }
 
 /// Logits, targets and not-self weights of the two-view batch.
-fn batch(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<(Tensor, Tensor, Tensor)> {
+pub(crate) fn batch(
+    z1: &Tensor,
+    z2: &Tensor,
+    temperature: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (b, _) = check_same_shape("z1", z1, "z2", z2)?;
     check_temperature("temperature", temperature)?;
     let z = stack_normalized(&[z1.clone(), z2.clone()])?;

@@ -52,16 +52,15 @@ pub fn nt_xent(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<Tensor> {
 /// from the denominator and with it this factor, and HCL's reweighting moves it. A
 /// mean share near 0 leaves DCL's gradient close to NT-Xent's.
 pub fn nt_xent_positive_share(z1: &Tensor, z2: &Tensor, temperature: f64) -> Result<(f64, usize)> {
-    let (b, _) = check_same_shape("z1", z1, "z2", z2)?;
-    check_temperature("temperature", temperature)?;
-    let z = stack_normalized(&[z1.to_dtype(DType::F64)?, z2.to_dtype(DType::F64)?])?;
-    let n = 2 * b;
-    let partner: Vec<usize> = (0..n).map(|i| (i + b) % n).collect();
-    let l = logits(&z, &z, temperature)?;
-    let positive = (&l * one_hot(&partner, n, DType::F64, z.device())?)?.sum(1)?;
-    let log_denominator = weighted_logsumexp(&l, Some(&not_self(n, DType::F64, z.device())?))?;
+    let (l, targets, not_self) = crate::debiased::batch(
+        &z1.to_dtype(DType::F64)?,
+        &z2.to_dtype(DType::F64)?,
+        temperature,
+    )?;
+    let positive = (&l * targets)?.sum(1)?;
+    let log_denominator = weighted_logsumexp(&l, Some(&not_self))?;
     let share = (positive - log_denominator)?.exp()?.sum_all()?;
-    Ok((share.to_scalar::<f64>()?, n))
+    Ok((share.to_scalar::<f64>()?, l.dim(0)?))
 }
 
 /// NT-Xent as a dense composition of candle ops (the reference; any device).
