@@ -645,7 +645,8 @@ pub struct Options {
     #[arg(long)]
     pub quick: bool,
     /// Only these entries (comma-separated names) and the baseline: to split a
-    /// suite across invocations or machines, or to table the entries done so far.
+    /// suite across invocations or machines (their missing seeds train; with
+    /// --no-train, only what is done is tabled).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Compare with this entry instead of the suite's baseline (e.g. SimCLR at
