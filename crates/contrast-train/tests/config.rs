@@ -471,3 +471,17 @@ fn a_new_encoder_kind_from_the_command_line_takes_the_default_head() {
     .unwrap();
     assert_eq!(wider.model.head, file.model.head);
 }
+
+/// `cargo xtask train`'s configuration is the SimCLR preset with fewer epochs (to fit
+/// the 15-minute budget): nothing else may drift between the two, or the default run
+/// would stop being the comparisons' baseline at a shorter budget.
+#[test]
+fn the_default_is_the_simclr_preset_for_fewer_epochs() {
+    let default = Config::load(&preset("default.toml"), &[]).unwrap();
+    let mut simclr = Config::load(&preset("simclr-fmnist.toml"), &[]).unwrap();
+    assert_eq!((simclr.train.epochs, default.train.epochs), (12, 9));
+    assert_ne!(default.name, simclr.name, "runs of the two are told apart");
+    simclr.name = default.name.clone();
+    simclr.train.epochs = default.train.epochs;
+    assert_eq!(default, simclr);
+}
