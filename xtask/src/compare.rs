@@ -225,6 +225,9 @@ struct Metric {
     name: &'static str,
     get: fn(&RunResult) -> Option<f64>,
     decimals: usize,
+    /// A figure of the machine as much as of the method (speed, time): its cell says
+    /// when an entry's runs trained on several machine kinds.
+    per_machine: bool,
 }
 
 impl Metric {
@@ -233,6 +236,14 @@ impl Metric {
             name,
             get,
             decimals,
+            per_machine: false,
+        }
+    }
+
+    const fn timing(name: &'static str, get: fn(&RunResult) -> Option<f64>) -> Self {
+        Self {
+            per_machine: true,
+            ..Self::new(name, get, 0)
         }
     }
 }
@@ -246,8 +257,8 @@ const METRICS: [Metric; 11] = [
     Metric::new("uniformity", |r| Some(r.uniformity), 3),
     Metric::new("effective rank", |r| Some(r.effective_rank), 1),
     Metric::new("false-negative share", |r| r.false_negative_fraction, 4),
-    Metric::new("images/s", |r| Some(r.images_per_sec), 0),
-    Metric::new("wall s", |r| Some(r.wall_seconds), 0),
+    Metric::timing("images/s", |r| Some(r.images_per_sec)),
+    Metric::timing("wall s", |r| Some(r.wall_seconds)),
     Metric::new(
         "others' CPU %",
         |r| r.others_cpu_share.map(|x| 100.0 * x),
@@ -997,6 +1008,9 @@ pub fn summarise(suite: &Suite, results: &[RunResult], command: &str) -> String 
     for entry in &suite.run {
         let runs = of(&entry.name);
         s.push_str(&format!("| {} | {} |", entry.name, runs.len()));
+        let mut devices: Vec<&str> = runs.iter().map(|r| r.device.as_str()).collect();
+        devices.sort_unstable();
+        devices.dedup();
         for metric in &METRICS {
             let v: Vec<f64> = runs.iter().filter_map(|r| (metric.get)(r)).collect();
             if v.is_empty() {
@@ -1006,11 +1020,15 @@ pub fn summarise(suite: &Suite, results: &[RunResult], command: &str) -> String 
                 let d = metric.decimals;
                 // Over fewer runs than the entry has (records from before a
                 // measurement existed): say over how many.
-                let part = if v.len() < runs.len() {
+                let mut part = if v.len() < runs.len() {
                     format!(" ({} of {})", v.len(), runs.len())
                 } else {
                     String::new()
                 };
+                // Speeds of several machine kinds: their spread is the machines'.
+                if metric.per_machine && devices.len() > 1 {
+                    part.push_str(&format!(" ({} machines)", devices.len()));
+                }
                 // One value has no spread to show.
                 if v.len() == 1 {
                     s.push_str(&format!(" {m:.d$}{part} |"));
@@ -1453,9 +1471,10 @@ mod tests {
             trained_in: None,
             evaluated_by: None,
         };
-        // One of b's runs predates the CPU-share measurement.
+        // One of b's runs predates the CPU-share measurement, on another machine.
         let older = RunResult {
             others_cpu_share: None,
+            device: "cpu (other)".into(),
             ..r("b", 2, 0.84)
         };
         let results = [
@@ -1478,13 +1497,18 @@ mod tests {
         assert!(
             md.contains("command: `xtask compare --suite t.toml`")
                 && md.contains("commit: abc1234")
-                && md.contains("machine: cpu (test)")
+                && md.contains("machine: cpu (other), cpu (test)")
                 && md.contains("records: `results/t`"),
             "{md}"
         );
         assert!(md.contains("better"), "{md}");
         assert!(md.contains("| b |") && md.contains(" - |"), "{md}");
-        assert!(md.contains("| 10 ± 0 | 25 ± 0 (2 of 3) |\n"), "{md}");
+        // b's speed and time mix two machines, and say so; a's do not.
+        assert!(
+            md.contains("| 1000 ± 0 (2 machines) | 10 ± 0 (2 machines) | 25 ± 0 (2 of 3) |\n"),
+            "{md}"
+        );
+        assert!(md.contains("| 1000 ± 0 | 10 ± 0 | 25 ± 0 |\n"), "{md}");
         // One seed: no spread, and no interval to call a tie.
         assert!(md.contains("| c | 1 | 0.8600 | 0.8600 | - |"), "{md}");
         assert!(
