@@ -240,6 +240,7 @@ impl Metric {
         }
     }
 
+    /// A speed or a time, in whole units, marked when an entry's machines differ.
     const fn timing(name: &'static str, get: fn(&RunResult) -> Option<f64>) -> Self {
         Self {
             per_machine: true,
