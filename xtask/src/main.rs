@@ -60,9 +60,9 @@ fn keep_freed_memory() {
 /// barrier pool. That pool adds one spinning thread per core beside the rayon pool
 /// that already runs every GEMM, fused kernel and augmentation on one thread per
 /// core, so the two pools oversubscribe the cores: on the 2-core Zen 3 the run kept
-/// them 175% busy, the pool's thread spun 9% of a core, and the default run trains
+/// them 175% busy, the pool's thread ran 9% of a core, and the default run trains
 /// at a median 1,609 images/s without it against 1,483 with it (10 epochs each, five
-/// interleaved pairs, every pair faster; the same losses and accuracies to the last
+/// interleaved pairs, every pair faster; the same losses and monitor kNN to the last
 /// digit, since each element is computed alike). Measured on 2 cores only.
 /// `CANDLE_NUM_THREADS` in the environment still wins.
 fn one_compute_pool() {
