@@ -967,7 +967,9 @@ pub fn summarise(suite: &Suite, results: &[RunResult], command: &str) -> String 
         "# Suite `{}`: mean ± standard deviation over seeds\n\n\
          - command: `{command}`\n- commit: {}\n- machine: {}\n\
          - others' CPU %: the share of the machine's CPU that other processes took while \
-         a run trained; above {:.0}, its images/s and wall time are disturbed\n{}{}\n| entry | seeds |",
+         a run trained; above {:.0}, its images/s and wall time are disturbed\n\
+         - images/s: augmented views encoded per second of training, every view counted \
+         (two per image for a two-view method, four for a four-view one)\n{}{}\n| entry | seeds |",
         suite.name,
         distinct(results, |r| r
             .commit

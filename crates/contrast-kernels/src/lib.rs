@@ -68,6 +68,8 @@
 pub mod cnn;
 mod cpu;
 mod float;
+
+pub use cpu::simd_level;
 pub mod similarity;
 
 pub use cnn::{

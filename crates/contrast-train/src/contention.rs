@@ -135,11 +135,13 @@ mod tests {
             return;
         }
         let a = CpuClock::now().expect("/proc/stat and /proc/self/stat parse");
-        // Spin until this process's clock moves (a tick is 10 ms of CPU; a busy test
-        // machine may give this thread a fraction of the wall time), 10 s at most.
+        // Spin until this process's clock and the machine's both move (a tick is 10 ms
+        // of CPU; a busy test machine may give this thread a fraction of the wall time,
+        // and /proc/stat's totals can lag the process's own count by a tick), 10 s at
+        // most.
         let t = std::time::Instant::now();
         let mut b = a;
-        while b.own == a.own && t.elapsed().as_secs() < 10 {
+        while (b.own == a.own || b.total == a.total) && t.elapsed().as_secs() < 10 {
             std::hint::black_box((0..10_000u64).sum::<u64>());
             b = CpuClock::now().unwrap();
         }

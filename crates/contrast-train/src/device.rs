@@ -230,15 +230,19 @@ impl OpsChoice {
 }
 
 /// A short name for `device`, as `summary.json` and the first line of a run show it:
-/// `cpu (<model name>, <threads> threads)`, `cuda:N (<GPU name>)` or `metal`.
+/// `cpu (<model name>, family F model M, <SIMD level>, <threads> threads)`,
+/// `cuda:N (<GPU name>)` or `metal`. The family and model numbers and the SIMD level
+/// tell apart CPUs that share a model name (an "AMD EPYC" Zen 3, AVX2, and Zen 4,
+/// AVX-512, differ 1.4x in speed), so that compare counts them as two machines.
 pub fn describe(device: &Device) -> String {
     match device {
         Device::Cpu => {
             let threads = rayon_threads();
-            match cpu_model() {
-                Some(model) => format!("cpu ({model}, {threads} threads)"),
-                None => format!("cpu ({threads} threads)"),
-            }
+            let simd = contrast_kernels::simd_level();
+            let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+            let mut parts = cpu_identity(&info);
+            parts.extend([simd.to_string(), format!("{threads} threads")]);
+            format!("cpu ({})", parts.join(", "))
         }
         Device::Cuda(d) => {
             let id = match device.location() {
@@ -273,12 +277,20 @@ pub fn rayon_threads() -> usize {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }
 
-/// The CPU's model name from `/proc/cpuinfo` (Linux), if readable.
-fn cpu_model() -> Option<String> {
-    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    info.lines()
-        .find_map(|l| l.strip_prefix("model name")?.split_once(':'))
-        .map(|(_, name)| name.split_whitespace().collect::<Vec<_>>().join(" "))
+/// The first processor's model name and its `family F model M` from the text of
+/// `/proc/cpuinfo` (Linux), each where present: empty where the file is unreadable.
+fn cpu_identity(cpuinfo: &str) -> Vec<String> {
+    let field = |key: &str| {
+        cpuinfo.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == key).then(|| v.split_whitespace().collect::<Vec<_>>().join(" "))
+        })
+    };
+    let mut parts: Vec<String> = field("model name").into_iter().collect();
+    if let (Some(family), Some(model)) = (field("cpu family"), field("model")) {
+        parts.push(format!("family {family} model {model}"));
+    }
+    parts
 }
 
 #[cfg(test)]
@@ -331,5 +343,27 @@ mod tests {
         let e = OpsChoice::Fused.resolve(cpu, bf16).unwrap_err().to_string();
         assert!(e.contains("train.precision"), "{e}");
         assert!(describe(&Device::Cpu).starts_with("cpu ("));
+    }
+
+    #[test]
+    fn the_cpu_is_named_by_model_name_family_and_model() {
+        let zen4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n\
+                    model\t\t: 17\nmodel name\t: AMD EPYC\n\nprocessor\t: 1\n\
+                    cpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n";
+        assert_eq!(cpu_identity(zen4), ["AMD EPYC", "family 25 model 17"]);
+        let xeon = "cpu family\t: 6\nmodel\t\t: 143\n\
+                    model name\t: Intel(R) Xeon(R)   Processor\n";
+        assert_eq!(
+            cpu_identity(xeon),
+            ["Intel(R) Xeon(R) Processor", "family 6 model 143"]
+        );
+        assert!(cpu_identity("").is_empty());
+        assert_eq!(cpu_identity("model name : Neoverse-N1\n"), ["Neoverse-N1"]);
+        let cpu = describe(&Device::Cpu);
+        let simd = contrast_kernels::simd_level();
+        assert!(
+            cpu.ends_with(&format!(", {simd}, {} threads)", rayon_threads())),
+            "{cpu}"
+        );
     }
 }

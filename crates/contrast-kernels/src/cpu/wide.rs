@@ -14,6 +14,27 @@ pub(crate) fn has_avx2() -> bool {
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
+/// The widest vector instructions the CPU kernels dispatch to on this CPU:
+/// `"AVX-512"` (the exponentials of the streaming losses), `"AVX2"` (with FMA: the
+/// elementwise passes and those exponentials) or `"SSE2"` (the baseline build). Two machines that report different levels run the same code at
+/// different speeds, so run records name it beside the CPU's model.
+pub fn simd_level() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            return "AVX-512";
+        }
+        if has_avx2() {
+            return "AVX2";
+        }
+        "SSE2"
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        std::env::consts::ARCH
+    }
+}
+
 /// `wide_kernel! { fn name<T: Bound>(a: A, b: B) { body } }` defines `name`, which
 /// runs `body` compiled for AVX2 + FMA when the CPU supports them and for the
 /// baseline otherwise. The body is inlined into both versions (a closure handed to a
