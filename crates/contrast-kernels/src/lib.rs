@@ -68,8 +68,6 @@
 pub mod cnn;
 mod cpu;
 mod float;
-
-pub use cpu::simd_level;
 pub mod similarity;
 
 pub use cnn::{
@@ -77,6 +75,7 @@ pub use cnn::{
     OpSet, ResidualBlockOutput, add_relu, batch_norm, conv_block, conv2d_nhwc, max_pool2,
     residual_block,
 };
+pub use cpu::simd_level;
 pub use similarity::{
     Candidates, NORM_EPS, Positive, QUERY_BLOCK, TopK, l2_normalize, paired_info_nce,
     streaming_info_nce, tiled_info_nce, topk_similarity,

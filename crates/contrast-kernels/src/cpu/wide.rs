@@ -16,8 +16,10 @@ pub(crate) fn has_avx2() -> bool {
 
 /// The widest vector instructions the CPU kernels dispatch to on this CPU:
 /// `"AVX-512"` (the exponentials of the streaming losses), `"AVX2"` (with FMA: the
-/// elementwise passes and those exponentials) or `"SSE2"` (the baseline build). Two machines that report different levels run the same code at
-/// different speeds, so run records name it beside the CPU's model.
+/// elementwise passes and those exponentials) or `"SSE2"` (the baseline build); off
+/// x86-64, where nothing is dispatched, the architecture's name. Two machines that
+/// report different levels run the same code at different speeds, so run records
+/// name it beside the CPU's model.
 pub fn simd_level() -> &'static str {
     #[cfg(target_arch = "x86_64")]
     {
