@@ -52,7 +52,9 @@
 //! run. Such a run has no training diagnostics under this suite's labels (its
 //! false-negative share is "-"); its images/s and wall time are the source run's. A
 //! seed the other suite has not finished, or finished under another configuration, is
-//! trained here.
+//! trained here. Where this suite changes nothing about the entry (not even
+//! `data.superclasses`), the other suite's record of a seed is its result here too,
+//! and neither a run directory nor a new evaluation is needed.
 
 use anyhow::{Context, Result, bail};
 use contrast_train::evaluate::EvalReport;
@@ -529,6 +531,47 @@ fn trained_in_suites(
     Ok(out)
 }
 
+/// The other suite's record of `entry` with `seed`, when that suite runs it exactly
+/// as `cfg` (this suite changes nothing about it, not even the labels evaluation
+/// reads): its evaluation is then this suite's too, and is reused without opening
+/// the run. `None` when the other suite keeps no such record or this suite reads
+/// other labels (the run is then evaluated from its checkpoint, if one is there).
+/// The result names the run that trained it (`trained_in`) and the build that
+/// evaluated it (`evaluated_by`): its own, at the end of training.
+fn recorded_elsewhere(
+    other: &Suite,
+    entry: &Entry,
+    seed: u64,
+    cfg: &Config,
+    quick: bool,
+) -> Result<Option<RunResult>> {
+    let (Some(records), false) = (&other.records, quick) else {
+        return Ok(None);
+    };
+    let Some(twin) = other.run.iter().find(|e| e.name == entry.name) else {
+        return Ok(None);
+    };
+    if resolved(twin, &overrides(other, twin, seed, false), Path::new(""))? != *cfg {
+        return Ok(None);
+    }
+    let path = Record::path(records, &twin.name, seed);
+    let (config, set) = Record::identity(other, twin, seed)?;
+    let Some(mut result) = Record::reusable(&path, &config, &set)? else {
+        return Ok(None);
+    };
+    if result.trained_in.is_none() {
+        result.trained_in = Some(result.dir.clone());
+        result.evaluated_by = result.commit.clone();
+    }
+    println!(
+        "{} seed {seed}: reused {} (suite `{}` runs it unchanged)",
+        entry.name,
+        path.display(),
+        other.name
+    );
+    Ok(Some(result))
+}
+
 /// The other suite's finished run of `entry` with `seed` that trained exactly as
 /// `cfg` would, as a [`TrainedIn`]; `None`, said on stdout, when there is none.
 fn trained_elsewhere(
@@ -780,9 +823,18 @@ pub fn compare(options: &Options) -> Result<()> {
                     println!("{} seed {seed}: reused {}", entry.name, path.display());
                 }
             }
+            let other = elsewhere
+                .iter()
+                .find(|(name, _)| *name == entry.name)
+                .map(|(_, other)| other);
+            if found.is_none()
+                && let Some(other) = other
+            {
+                found = recorded_elsewhere(other, entry, seed, &cfg, quick)?;
+            }
             if found.is_none() {
-                let source = match elsewhere.iter().find(|(name, _)| *name == entry.name) {
-                    Some((_, other)) => trained_elsewhere(other, entry, seed, &cfg, quick)?,
+                let source = match other {
+                    Some(other) => trained_elsewhere(other, entry, seed, &cfg, quick)?,
                     None => None,
                 };
                 pending.push((entry.clone(), seed, dir, cfg, source));
@@ -987,7 +1039,7 @@ pub fn summarise(suite: &Suite, results: &[RunResult], command: &str) -> String 
                 String::new()
             } else {
                 format!(
-                    "- {} runs trained in another suite (`trained_in`), evaluated here by: {}\n",
+                    "- {} runs trained in another suite (`trained_in`), evaluated by: {}\n",
                     moved.len(),
                     distinct(&moved, |r| r
                         .evaluated_by
@@ -1205,16 +1257,23 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path().join("base.toml");
         let config = tmp.path().join("a.toml");
-        std::fs::write(&base, "seed = 1\n[train]\nepochs = 12\n").unwrap();
+        // The base extends a real preset, so that the configuration also loads whole.
+        let preset = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/simclr-fmnist.toml");
+        let extends = format!("extends = {:?}\n", preset.display().to_string());
+        std::fs::write(&base, format!("{extends}seed = 1\n[train]\nepochs = 12\n")).unwrap();
         std::fs::write(&config, "extends = \"base.toml\"\n[train]\nepochs = 3\n").unwrap();
-        let suite: Suite = toml::from_str(&format!(
-            "name = \"t\"\nbaseline = \"a\"\nset = [\"data.validation=50\"]\nrecords = \"r\"\n\
-             [[run]]\nname = \"a\"\nconfig = {:?}\nset = [\"loss.temperature=0.5\"]\n",
-            config.display().to_string()
-        ))
-        .unwrap();
-        let entry = &suite.run[0];
         let records = tmp.path().join("records");
+        let suite_text = |name: &str, set: &str, extra: &str| {
+            format!(
+                "name = \"{name}\"\nbaseline = \"a\"\nset = [\"data.validation=50\"{set}]\n\
+                 records = {:?}\n[[run]]\nname = \"a\"\nconfig = {:?}\n\
+                 set = [\"loss.temperature=0.5\"]\n{extra}",
+                records.display().to_string(),
+                config.display().to_string()
+            )
+        };
+        let suite: Suite = toml::from_str(&suite_text("t", "", "")).unwrap();
+        let entry = &suite.run[0];
         let result = RunResult {
             entry: "a".into(),
             seed: 2,
@@ -1247,15 +1306,47 @@ mod tests {
         );
         assert_eq!(
             Record::reusable(&path, &config_text, &set).unwrap(),
-            Some(result)
+            Some(result.clone())
         );
+        // A suite naming this one's entry `trained_in` and changing nothing about it
+        // takes the record as a run trained there, evaluated by its own build; not
+        // under --quick, nor for a seed without a record, nor where it evaluates
+        // against other labels (superclasses).
+        let elsewhere = |set: &str, seed: u64, quick: bool| {
+            let this: Suite =
+                toml::from_str(&suite_text("u", set, "trained_in = \"t.toml\"\n")).unwrap();
+            let cfg = resolved(
+                &this.run[0],
+                &overrides(&this, &this.run[0], seed, quick),
+                Path::new(""),
+            )
+            .unwrap();
+            recorded_elsewhere(&suite, &this.run[0], seed, &cfg, quick).unwrap()
+        };
+        assert_eq!(
+            elsewhere("", 2, false),
+            Some(RunResult {
+                trained_in: Some("runs/a/seed-2".into()),
+                evaluated_by: Some("abc1234".into()),
+                ..result.clone()
+            })
+        );
+        assert_eq!(elsewhere("", 2, true), None);
+        assert_eq!(elsewhere("", 1, false), None);
+        let merged = ", 'data.superclasses=[{ name = \"a\", classes = [0, 1, 2, 3, 4] }, \
+                      { name = \"b\", classes = [5, 6, 7, 8, 9] }]'";
+        assert_eq!(elsewhere(merged, 2, false), None);
         // Another seed's overrides, or the config file edited: not this run.
         let (_, other_seed) = Record::identity(&suite, entry, 1).unwrap();
         assert_eq!(
             Record::reusable(&path, &config_text, &other_seed).unwrap(),
             None
         );
-        std::fs::write(&base, "seed = 1\n[train]\nepochs = 12\nlr = 0.1\n").unwrap();
+        std::fs::write(
+            &base,
+            format!("{extends}seed = 1\n[train]\nepochs = 12\nlr = 0.1\n"),
+        )
+        .unwrap();
         let (edited, _) = Record::identity(&suite, entry, 2).unwrap();
         assert_eq!(Record::reusable(&path, &edited, &set).unwrap(), None);
         // No record: nothing to reuse. A damaged one: an error that names the file.
