@@ -142,7 +142,7 @@ pub struct RunResult {
     /// The device it trained on, as its summary names it.
     pub device: String,
     /// The run directory that trained it, when it is another suite's run evaluated
-    /// here (an entry's `trained_in`).
+    /// here or read from that suite's record (an entry's `trained_in`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trained_in: Option<String>,
     /// The build that evaluated such a run, when known (`commit` is its training's).
